@@ -1,0 +1,86 @@
+"""Shared plumbing for backends built on an fsspec filesystem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bottomless.errors import ObjectNotFoundError, StoreError
+from bottomless.pagestore import PageStore
+
+
+class FsspecPageStore(PageStore):
+    """A PageStore whose objects are files under ``root`` in an fsspec filesystem.
+
+    Subclasses provide :meth:`put_if_absent` and may override :meth:`_translate` to turn their
+    filesystem's errors into :class:`~bottomless.errors.StoreError`.
+    """
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _key(self, path: str) -> str:
+        path = path.lstrip("/")
+        root = self.root.lstrip("/")
+        return path[len(root) + 1 :] if path.startswith(root + "/") else path
+
+    def _translate(self, error: Exception, action: str, key: str) -> Exception:
+        if isinstance(error, FileNotFoundError):
+            return ObjectNotFoundError(f"{self.location}: {key} does not exist")
+        return StoreError(f"{self.location}: {action} {key} failed: {error}")
+
+    def get(self, key: str) -> bytes:
+        """Return the whole object; raise ObjectNotFoundError if it does not exist."""
+        try:
+            data: bytes = self.fs.cat_file(self._path(key))
+        except Exception as e:
+            raise self._translate(e, "GET", key) from e
+        return data
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Return bytes ``[start, end)`` of the object."""
+        try:
+            data: bytes = self.fs.cat_file(self._path(key), start=start, end=end)
+        except Exception as e:
+            raise self._translate(e, "GET", key) from e
+        return data
+
+    def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``, sorted."""
+        base, _, _ = prefix.rpartition("/")
+        directory = self._path(base) if base else self.root
+        try:
+            paths = self.fs.find(directory)
+        except FileNotFoundError:
+            return []
+        except Exception as e:
+            raise self._translate(e, "LIST", prefix) from e
+        keys = (self._key(p) for p in paths)
+        return sorted(
+            k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".tmp-")
+        )
+
+    def list_children(self, prefix: str) -> list[str]:
+        """Return the names one level below ``prefix``."""
+        directory = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            entries = self.fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as e:
+            raise self._translate(e, "LIST", prefix) from e
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in entries}
+        names.discard("")
+        return sorted(n for n in names if not n.startswith(".tmp-"))
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is not an error."""
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            return
+        except Exception as e:
+            raise self._translate(e, "DELETE", key) from e

@@ -1,0 +1,81 @@
+"""Local-directory backend: one file per object, written atomically and durably."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import TYPE_CHECKING
+
+import fsspec
+
+from bottomless.backends._fsspec import FsspecPageStore
+from bottomless.errors import ObjectExistsError, StoreError
+
+if TYPE_CHECKING:
+    from bottomless.settings import Settings
+
+
+class FilePageStore(FsspecPageStore):
+    """Objects are files under a local directory (``bucket`` is its path).
+
+    A write goes to a temporary file, is fsynced, and is then linked into place; the link fails
+    if the key exists, so create-only writes are atomic, and readers never see a partial file.
+    """
+
+    backend = "file"
+
+    def __init__(self, directory: str) -> None:
+        directory = os.path.abspath(directory)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create replica directory {directory}: {e}") from e
+        super().__init__(fsspec.filesystem("file", skip_instance_cache=True), directory)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FilePageStore:
+        """Build the store that ``settings`` describes (``bucket`` is the directory)."""
+        return cls(settings.bucket)
+
+    @property
+    def location(self) -> str:
+        """Where the objects live."""
+        return f"file://{self.root}"
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` only if it does not exist, durably."""
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExistsError(f"{self.location}: {key} already exists") from None
+            _fsync_dir(directory)
+        except ObjectExistsError:
+            raise
+        except OSError as e:
+            raise StoreError(f"{self.location}: PUT {key} failed: {e}") from e
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

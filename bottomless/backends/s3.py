@@ -1,0 +1,134 @@
+"""S3 backend on s3fs: AWS S3, MinIO, SeaweedFS, R2 and other S3-compatible stores.
+
+Create-only writes use ``If-None-Match: *``. Retries are left to botocore's "standard" mode
+(``max_retries`` attempts after the first); s3fs's own retry loop is set to a single attempt so
+the two layers never multiply.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import s3fs
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bottomless.backends._fsspec import FsspecPageStore
+from bottomless.errors import ObjectExistsError, ObjectNotFoundError, StoreError
+
+if TYPE_CHECKING:
+    from bottomless.settings import Settings
+
+
+def _error_code(error: BaseException | None) -> str:
+    """The S3 error code carried by an exception or its causes, or ``""``."""
+    seen = 0
+    while error is not None and seen < 5:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return str(code or status or "")
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return ""
+
+
+class S3PageStore(FsspecPageStore):
+    """Objects live in an S3 bucket, under keys exactly as the format names them."""
+
+    backend = "s3"
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.bucket
+        self.endpoint = settings.endpoint
+        client_kwargs: dict[str, Any] = {"verify": settings.verify_tls}
+        if settings.region:
+            client_kwargs["region_name"] = settings.region
+        fs = s3fs.S3FileSystem(
+            endpoint_url=settings.endpoint or None,
+            key=_secret(settings.access_key_id),
+            secret=_secret(settings.secret_access_key),
+            token=_secret(settings.session_token),
+            client_kwargs=client_kwargs,
+            config_kwargs={
+                "connect_timeout": settings.timeout,
+                "read_timeout": settings.timeout,
+                "retries": {"max_attempts": settings.max_retries + 1, "mode": "standard"},
+            },
+            use_listings_cache=False,
+            skip_instance_cache=True,
+        )
+        fs.retries = 1
+        super().__init__(fs, self.bucket)
+        self._ensure_bucket(settings.create_bucket, settings.region)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3PageStore:
+        """Build the store that ``settings`` describes."""
+        return cls(settings)
+
+    @property
+    def location(self) -> str:
+        """Where the objects live."""
+        return f"s3://{self.bucket} at {self.endpoint or 'AWS'}"
+
+    def _ensure_bucket(self, create: bool, region: str | None) -> None:
+        try:
+            self.fs.call_s3("head_bucket", Bucket=self.bucket)
+            return
+        except Exception as e:
+            code = _error_code(e)
+            if code not in ("404", "NoSuchBucket", "NotFound") and not isinstance(
+                e, FileNotFoundError
+            ):
+                raise self._translate(e, "HEAD bucket", "") from e
+        if not create:
+            raise StoreError(
+                f"{self.location}: bucket {self.bucket!r} does not exist; create it, or set"
+                " LIBSQL_BOTTOMLESS_CREATE_BUCKET=true (URI parameter create_bucket=true)"
+            )
+        try:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if region and region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            self.fs.call_s3("create_bucket", **kwargs)
+        except Exception as e:
+            if _error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._translate(e, "CREATE bucket", "") from e
+
+    def _translate(self, error: Exception, action: str, key: str) -> Exception:
+        code = _error_code(error)
+        where = f"{self.location}: {action} {key}".rstrip()
+        if isinstance(error, FileNotFoundError) or code in ("NoSuchKey", "404"):
+            if code == "NoSuchBucket":
+                return StoreError(f"{where} failed: bucket {self.bucket!r} does not exist")
+            return ObjectNotFoundError(f"{self.location}: {key} does not exist")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StoreError(f"{where} failed: access denied ({code}); check the credentials")
+        if isinstance(error, (BotoCoreError, ClientError, OSError)):
+            detail = f"{code}: {error}" if code else str(error) or type(error).__name__
+            return StoreError(f"{where} failed: {detail}")
+        return StoreError(f"{where} failed: {type(error).__name__}: {error}")
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` with ``If-None-Match: *``; ObjectExistsError if it exists."""
+        try:
+            self.fs.call_s3(
+                "put_object", Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*"
+            )
+        except Exception as e:
+            code = _error_code(e)
+            if isinstance(e, FileExistsError) or code in ("PreconditionFailed", "412"):
+                raise ObjectExistsError(f"{self.location}: {key} already exists") from e
+            raise self._translate(e, "PUT", key) from e
+
+    def close(self) -> None:
+        """Drop the client's connections."""
+        try:
+            s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

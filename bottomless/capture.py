@@ -1,0 +1,168 @@
+"""Turning the file writes SQLite makes into committed transactions (no apsw here).
+
+Two journal modes, two ways to see a commit:
+
+* **Rollback journal** (DELETE, TRUNCATE, PERSIST): pages are written into the database file,
+  then the journal is finalized (deleted, truncated or its header zeroed) — that is the commit
+  point. :class:`RollbackCapture` remembers which byte ranges were written (and a hash of what
+  was there before, so a rolled-back transaction, whose writes restore the old bytes, is not
+  mistaken for a commit) and, at finalization, reads the changed pages back.
+* **WAL**: a transaction is a run of frames ending in a commit frame (non-zero database size).
+  SQLite writes each frame's 24-byte header and then its page. :class:`WalCapture` acts when the
+  commit frame's page arrives, before it reaches the file: it reads the transaction's earlier
+  frames back from the WAL, stopping at the previous commit frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bottomless.localdb import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, DbHeader
+
+ReadFn = Callable[[int, int], bytes]
+
+
+@dataclass
+class Transaction:
+    """A committed transaction: the pages it changed and the database size after it."""
+
+    pages: dict[int, bytes]
+    db_size: int
+    page_size: int
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class RollbackCapture:
+    """Collects database-file writes between two journal finalizations."""
+
+    def __init__(self) -> None:
+        self._before: dict[int, tuple[int, bytes]] = {}
+
+    @property
+    def dirty(self) -> bool:
+        """Whether any write was seen since the last finalization."""
+        return bool(self._before)
+
+    def note_write(self, offset: int, length: int, read: ReadFn) -> None:
+        """Record a write about to happen at ``offset``; ``read`` reads the file as it is now."""
+        if offset not in self._before or self._before[offset][0] < length:
+            self._before[offset] = (length, _hash(read(offset, length).ljust(length, b"\0")))
+
+    def discard(self) -> None:
+        """Forget every recorded write."""
+        self._before.clear()
+
+    def finalize(self, read: ReadFn, known_page_size: int) -> Transaction | None:
+        """Return the committed transaction, or ``None`` if nothing changed.
+
+        Called at journal finalization, while the file holds the committed content. When the
+        page size differs from ``known_page_size`` every page is included.
+        """
+        writes, self._before = self._before, {}
+        if not writes:
+            return None
+        header = DbHeader.parse(read(0, 100))
+        if header is None:
+            return None
+        size = header.page_size
+        changed = [
+            (offset, length)
+            for offset, (length, before) in writes.items()
+            if _hash(read(offset, length).ljust(length, b"\0")) != before
+        ]
+        if not changed:
+            return None
+        db_size = header.db_size
+        if db_size is None:
+            db_size = len(read(0, 1 << 62)) // size  # pre-3.7 header: fall back to file size
+        if known_page_size and known_page_size != size:
+            numbers = set(range(1, db_size + 1))
+        else:
+            numbers = set()
+            for offset, length in changed:
+                numbers.update(range(offset // size + 1, (offset + length - 1) // size + 2))
+        pages = {
+            n: read((n - 1) * size, size).ljust(size, b"\0") for n in sorted(numbers) if n <= db_size
+        }
+        return Transaction(pages, db_size, size)
+
+
+class WalCapture:
+    """Recognizes commit frames among WAL writes and gathers their transactions."""
+
+    def __init__(self) -> None:
+        self.page_size = 0
+        self._commit: tuple[int, int, int] | None = None  # frame index, page number, db size
+        self._last: tuple[int, int, int, bytes] | None = None  # last commit, to spot padding
+
+    def _frame_of(self, offset: int, header: bool) -> int | None:
+        if not self.page_size or offset < WAL_HEADER_SIZE:
+            return None
+        stride = WAL_FRAME_HEADER_SIZE + self.page_size
+        rel = offset - WAL_HEADER_SIZE - (0 if header else WAL_FRAME_HEADER_SIZE)
+        return rel // stride + 1 if rel >= 0 and rel % stride == 0 else None
+
+    def on_header(self, data: bytes) -> None:
+        """The 32-byte WAL header is being (re)written: a new WAL starts."""
+        (self.page_size,) = struct.unpack_from(">I", data, 8)
+        self._commit = None
+        self._last = None
+
+    def on_write(self, data: bytes, offset: int, read: ReadFn) -> Transaction | None:
+        """Observe a write to the WAL; return the transaction if this write completes a commit.
+
+        The write has not reached the file yet. ``read`` reads the WAL file as it is now.
+        """
+        if offset == 0 and len(data) == WAL_HEADER_SIZE:
+            self.on_header(data)
+            return None
+        if not self.page_size:
+            existing = read(0, WAL_HEADER_SIZE)
+            if len(existing) < WAL_HEADER_SIZE:
+                return None
+            (self.page_size,) = struct.unpack_from(">I", existing, 8)
+        if len(data) == WAL_FRAME_HEADER_SIZE:
+            frame = self._frame_of(offset, header=True)
+            if frame is not None:
+                pgno, db_size = struct.unpack_from(">II", data)
+                self._commit = (frame, pgno, db_size) if db_size else None
+            return None
+        frame = self._frame_of(offset, header=False)
+        if frame is None or len(data) != self.page_size:
+            return None
+        if self._commit is None or self._commit[0] != frame:
+            return None
+        commit_frame, pgno, db_size = self._commit
+        self._commit = None
+        if (
+            self._last is not None
+            and commit_frame == self._last[0] + 1
+            and (pgno, db_size, data) == self._last[1:]
+        ):
+            # padding frame: a copy of the previous commit frame, nothing new
+            self._last = (commit_frame, pgno, db_size, data)
+            return None
+        pages = {pgno: bytes(data)}
+        stride = WAL_FRAME_HEADER_SIZE + self.page_size
+        frame = commit_frame - 1
+        while frame >= 1:
+            start = WAL_HEADER_SIZE + (frame - 1) * stride
+            header = read(start, WAL_FRAME_HEADER_SIZE)
+            if len(header) < WAL_FRAME_HEADER_SIZE:
+                break
+            number, size_after = struct.unpack_from(">II", header)
+            if size_after:
+                break  # previous commit frame: the transaction starts after it
+            if number not in pages:
+                pages[number] = read(start + WAL_FRAME_HEADER_SIZE, self.page_size)
+            frame -= 1
+        self._last = (commit_frame, pgno, db_size, bytes(data))
+        return Transaction(
+            {n: p for n, p in sorted(pages.items()) if n <= db_size}, db_size, self.page_size
+        )

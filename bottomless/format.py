@@ -1,0 +1,329 @@
+"""The storage format: object keys, page-batch objects, manifests and their checksums.
+
+This module is the only place that knows how bytes are laid out in the store; it is documented
+in ``docs/format.md``. It has no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import secrets
+import struct
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from bottomless.errors import ConfigError, CorruptObjectError
+
+FORMAT_VERSION = 1
+DIGEST_SIZE = 32
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+KIND_SNAPSHOT = 1
+KIND_COMMIT = 2
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+COMPRESSION_CODES = {"none": COMPRESSION_NONE, "zstd": COMPRESSION_ZSTD}
+
+_BATCH_MAGIC = b"BTLS"
+_MANIFEST_MAGIC = b"BTLM"
+# magic, version, kind, compression, page size, db size, page count, seq, time, gen, prev, writer
+_HEADER = struct.Struct("<4sHBBIIIQQ32s32s16s")
+HEADER_SIZE = _HEADER.size
+_INDEX_ENTRY = struct.Struct("<II")
+
+_DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_GENERATION_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
+
+_zstd_compressor = zstandard.ZstdCompressor(level=3)
+_zstd_decompressor = zstandard.ZstdDecompressor()
+
+
+def validate_db_name(name: str) -> str:
+    """Return ``name`` if it is a valid database name, else raise :class:`ConfigError`."""
+    if not isinstance(name, str) or not _DB_NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"invalid db_name {name!r}: use 1-200 characters from [A-Za-z0-9._-], starting with a"
+            " letter or digit, without '/' or '..'"
+        )
+    return name
+
+
+def new_generation_id(now: float | None = None) -> str:
+    """Return a new generation id that sorts after every id created earlier on this clock."""
+    moment = _dt.datetime.fromtimestamp(time.time() if now is None else now, tz=_dt.UTC)
+    stamp = moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def is_generation_id(text: str) -> bool:
+    """Tell whether ``text`` has the shape of a generation id."""
+    return bool(_GENERATION_RE.fullmatch(text))
+
+
+def new_writer_id() -> bytes:
+    """Return a fresh random writer id."""
+    return secrets.token_bytes(16)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def db_prefix(db_name: str) -> str:
+    """Prefix under which every object of ``db_name`` lives."""
+    return f"{db_name}/"
+
+
+def generations_prefix(db_name: str) -> str:
+    """Prefix whose children are the generation ids of ``db_name``."""
+    return f"{db_name}/generations/"
+
+
+def manifest_key(db_name: str, generation: str) -> str:
+    """Key of a generation's manifest."""
+    return f"{db_name}/generations/{generation}/manifest"
+
+
+def snapshot_key(db_name: str, generation: str, part: int) -> str:
+    """Key of one snapshot part."""
+    return f"{db_name}/generations/{generation}/snapshot/{part:08d}"
+
+
+def commits_prefix(db_name: str, generation: str) -> str:
+    """Prefix under which a generation's commits live."""
+    return f"{db_name}/generations/{generation}/commits/"
+
+
+def commit_key(db_name: str, generation: str, seq: int) -> str:
+    """Key of commit ``seq`` of a generation."""
+    return f"{commits_prefix(db_name, generation)}{seq:016d}"
+
+
+def seq_from_commit_key(key: str) -> int | None:
+    """Return the sequence number encoded in a commit key, or ``None`` if it is not one."""
+    tail = key.rsplit("/", 1)[-1]
+    return int(tail) if len(tail) == 16 and tail.isdigit() else None
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def digest(body: bytes | memoryview) -> bytes:
+    """SHA-256 of ``body``."""
+    return hashlib.sha256(body).digest()
+
+
+def seal(body: bytes) -> bytes:
+    """Append the checksum trailer to ``body``."""
+    return body + digest(body)
+
+
+def unseal(data: bytes, key: str) -> tuple[memoryview, bytes]:
+    """Check an object's trailer; return its body and digest, or raise CorruptObjectError."""
+    if len(data) < DIGEST_SIZE + 4:
+        raise CorruptObjectError(f"{key}: object is truncated ({len(data)} bytes)")
+    view = memoryview(data)
+    body, trailer = view[:-DIGEST_SIZE], bytes(view[-DIGEST_SIZE:])
+    actual = digest(body)
+    if actual != trailer:
+        raise CorruptObjectError(
+            f"{key}: checksum mismatch (trailer says {trailer.hex()[:16]}…, content hashes to"
+            f" {actual.hex()[:16]}…): the object is truncated or corrupted"
+        )
+    return body, trailer
+
+
+# ---------------------------------------------------------------- page batches
+
+
+@dataclass
+class PageBatch:
+    """A set of pages plus the database size they produce: a commit or a snapshot part."""
+
+    kind: int
+    generation: str
+    seq: int
+    page_size: int
+    db_size: int
+    pages: dict[int, bytes]
+    prev: bytes = ZERO_DIGEST
+    writer: bytes = bytes(16)
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    digest: bytes = ZERO_DIGEST
+
+
+def encode_batch(batch: PageBatch, compression: str = "zstd") -> bytes:
+    """Serialize ``batch`` into a sealed object; sets ``batch.digest``."""
+    code = COMPRESSION_CODES[compression]
+    numbers = sorted(batch.pages)
+    stored: list[bytes] = []
+    for pgno in numbers:
+        page = batch.pages[pgno]
+        stored.append(_zstd_compressor.compress(page) if code == COMPRESSION_ZSTD else page)
+    header = _HEADER.pack(
+        _BATCH_MAGIC,
+        FORMAT_VERSION,
+        batch.kind,
+        code,
+        batch.page_size,
+        batch.db_size,
+        len(numbers),
+        batch.seq,
+        batch.created_ms,
+        batch.generation.encode().ljust(32, b"\0"),
+        batch.prev,
+        batch.writer,
+    )
+    index = b"".join(_INDEX_ENTRY.pack(p, len(s)) for p, s in zip(numbers, stored, strict=True))
+    sealed = seal(b"".join([header, index, *stored]))
+    batch.digest = sealed[-DIGEST_SIZE:]
+    return sealed
+
+
+@dataclass
+class BatchHeader:
+    """The fixed header of a page batch, without its pages."""
+
+    kind: int
+    compression: int
+    page_size: int
+    db_size: int
+    page_count: int
+    seq: int
+    created_ms: int
+    generation: str
+    prev: bytes
+    writer: bytes
+
+
+def decode_header(body: bytes | memoryview, key: str) -> BatchHeader:
+    """Parse the fixed header of a page batch (no checksum check)."""
+    if len(body) < HEADER_SIZE:
+        raise CorruptObjectError(f"{key}: object is truncated (header needs {HEADER_SIZE} bytes)")
+    (magic, version, kind, comp, page_size, db_size, count, seq, created, gen, prev, writer) = (
+        _HEADER.unpack_from(body, 0)
+    )
+    if magic != _BATCH_MAGIC:
+        raise CorruptObjectError(f"{key}: not a bottomless page batch (magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise CorruptObjectError(
+            f"{key}: format version {version} is not supported (this bottomless reads version"
+            f" {FORMAT_VERSION}); upgrade bottomless to read it"
+        )
+    if kind not in (KIND_SNAPSHOT, KIND_COMMIT) or comp not in COMPRESSION_CODES.values():
+        raise CorruptObjectError(f"{key}: unknown object kind {kind} or compression {comp}")
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        raise CorruptObjectError(f"{key}: invalid page size {page_size}")
+    return BatchHeader(
+        kind, comp, page_size, db_size, count, seq, created,
+        gen.rstrip(b"\0").decode("ascii", "replace"), prev, writer,
+    )
+
+
+def decode_batch(data: bytes, key: str) -> PageBatch:
+    """Verify and parse a sealed page batch; raise CorruptObjectError on any defect."""
+    body, object_digest = unseal(data, key)
+    head = decode_header(body, key)
+    pages: dict[int, bytes] = {}
+    offset = HEADER_SIZE + _INDEX_ENTRY.size * head.page_count
+    if offset > len(body):
+        raise CorruptObjectError(f"{key}: page index runs past the end of the object")
+    cursor = offset
+    for i in range(head.page_count):
+        pgno, length = _INDEX_ENTRY.unpack_from(body, HEADER_SIZE + i * _INDEX_ENTRY.size)
+        raw = bytes(body[cursor : cursor + length])
+        cursor += length
+        if len(raw) != length or pgno == 0 or pgno in pages:
+            raise CorruptObjectError(f"{key}: page index entry {i} (page {pgno}) is invalid")
+        if head.compression == COMPRESSION_ZSTD:
+            try:
+                raw = _zstd_decompressor.decompress(raw, max_output_size=head.page_size)
+            except zstandard.ZstdError as e:
+                raise CorruptObjectError(f"{key}: page {pgno} does not decompress: {e}") from e
+        if len(raw) != head.page_size:
+            raise CorruptObjectError(
+                f"{key}: page {pgno} has {len(raw)} bytes, expected page size {head.page_size}"
+            )
+        pages[pgno] = raw
+    if cursor != len(body):
+        raise CorruptObjectError(f"{key}: {len(body) - cursor} unexpected bytes after the pages")
+    return PageBatch(
+        kind=head.kind, generation=head.generation, seq=head.seq, page_size=head.page_size,
+        db_size=head.db_size, pages=pages, prev=head.prev, writer=head.writer,
+        created_ms=head.created_ms, digest=object_digest,
+    )
+
+
+# ---------------------------------------------------------------- manifests
+
+
+@dataclass
+class Manifest:
+    """Describes a generation: its snapshot parts and where it came from."""
+
+    db_name: str
+    generation: str
+    page_size: int
+    db_size: int
+    writer: str
+    reason: str
+    parts: list[dict[str, Any]]
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    digest: bytes = ZERO_DIGEST
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's JSON document."""
+        return {
+            "db_name": self.db_name,
+            "generation": self.generation,
+            "created_ms": self.created_ms,
+            "page_size": self.page_size,
+            "db_size": self.db_size,
+            "writer": self.writer,
+            "reason": self.reason,
+            "parts": self.parts,
+        }
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """Serialize a manifest into a sealed object; sets ``manifest.digest``."""
+    doc = json.dumps(manifest.to_json(), sort_keys=True).encode()
+    sealed = seal(_MANIFEST_MAGIC + struct.pack("<H", FORMAT_VERSION) + doc)
+    manifest.digest = sealed[-DIGEST_SIZE:]
+    return sealed
+
+
+def decode_manifest(data: bytes, key: str) -> Manifest:
+    """Verify and parse a sealed manifest."""
+    body, object_digest = unseal(data, key)
+    if bytes(body[:4]) != _MANIFEST_MAGIC:
+        raise CorruptObjectError(f"{key}: not a bottomless manifest")
+    (version,) = struct.unpack_from("<H", body, 4)
+    if version != FORMAT_VERSION:
+        raise CorruptObjectError(f"{key}: manifest format version {version} is not supported")
+    try:
+        doc: Mapping[str, Any] = json.loads(bytes(body[6:]))
+        manifest = Manifest(
+            db_name=str(doc["db_name"]), generation=str(doc["generation"]),
+            page_size=int(doc["page_size"]), db_size=int(doc["db_size"]),
+            writer=str(doc["writer"]), reason=str(doc["reason"]),
+            parts=[dict(p) for p in doc["parts"]], created_ms=int(doc["created_ms"]),
+        )
+        for part in manifest.parts:
+            int(part["pages"]), bytes.fromhex(part["digest"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptObjectError(f"{key}: manifest JSON is invalid: {e}") from e
+    manifest.digest = object_digest
+    return manifest
+
+
+def iter_chunks(numbers: list[int], size: int) -> Iterator[list[int]]:
+    """Split a list of page numbers into consecutive chunks of at most ``size``."""
+    for start in range(0, len(numbers), size):
+        yield numbers[start : start + size]

@@ -1,0 +1,235 @@
+"""The local side: reading a database's committed content (file plus WAL) and the state file.
+
+Nothing here imports apsw. Reads of the database file go through one file descriptor per path
+that stays open for the life of the process: closing any descriptor of a file drops every POSIX
+lock the process holds on it, SQLite's included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+logger = logging.getLogger(__name__)
+
+WAL_HEADER_SIZE = 32
+WAL_FRAME_HEADER_SIZE = 24
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+_fd_lock = threading.Lock()
+_fds: dict[str, tuple[int, int]] = {}
+
+
+def read_db(path: str, offset: int, amount: int) -> bytes:
+    """Read ``amount`` bytes at ``offset`` of the database file (short at end of file)."""
+    with _fd_lock:
+        st = os.stat(path)
+        entry = _fds.get(path)
+        if entry is None or entry[1] != st.st_ino:
+            # the previous descriptor (if any) is deliberately left open, see module docstring
+            entry = (os.open(path, os.O_RDONLY), st.st_ino)
+            _fds[path] = entry
+    return os.pread(entry[0], amount, offset)
+
+
+def file_size(path: str) -> int:
+    """Size of ``path`` in bytes, 0 if it does not exist."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass(frozen=True)
+class DbHeader:
+    """The fields of the 100-byte SQLite header that replication needs."""
+
+    page_size: int
+    db_size: int | None  # in-header size, None if not trustworthy
+
+    @classmethod
+    def parse(cls, header: bytes) -> DbHeader | None:
+        """Parse a header; ``None`` if ``header`` is not an SQLite database header."""
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+            return None
+        (raw_size,) = struct.unpack_from(">H", header, 16)
+        page_size = 65536 if raw_size == 1 else raw_size
+        change_counter, db_size = struct.unpack_from(">II", header, 24)
+        (valid_for,) = struct.unpack_from(">I", header, 92)
+        return cls(page_size, db_size if db_size and valid_for == change_counter else None)
+
+
+def wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum over ``data`` (a multiple of 8 bytes), continuing from s0, s1."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+@dataclass
+class WalContent:
+    """The committed frames of a WAL file: where the newest copy of each page is."""
+
+    page_size: int
+    db_size: int
+    frames: dict[int, int]  # page number -> offset of its data in the WAL file
+    last_commit_frame: int
+
+
+def scan_wal(path: str) -> WalContent | None:
+    """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; the WAL holds no locks
+    except FileNotFoundError:
+        return None
+    with handle:
+        header = handle.read(WAL_HEADER_SIZE)
+        if len(header) < WAL_HEADER_SIZE:
+            return None
+        magic, _version, page_size, _ckpt, salt1, salt2, c0, c1 = struct.unpack(">8I", header)
+        if magic not in _WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+            return None
+        big = magic & 1 == 1
+        s0, s1 = wal_checksum(header[:24], 0, 0, big)
+        if (s0, s1) != (c0, c1):
+            return None
+        frames: dict[int, int] = {}
+        pending: dict[int, int] = {}
+        result = WalContent(page_size, 0, {}, 0)
+        index = 0
+        while True:
+            offset = WAL_HEADER_SIZE + index * (WAL_FRAME_HEADER_SIZE + page_size)
+            frame = handle.read(WAL_FRAME_HEADER_SIZE + page_size)
+            if len(frame) < WAL_FRAME_HEADER_SIZE + page_size:
+                break
+            pgno, db_size, fsalt1, fsalt2, f0, f1 = struct.unpack_from(">6I", frame)
+            if (fsalt1, fsalt2) != (salt1, salt2) or pgno == 0:
+                break
+            s0, s1 = wal_checksum(frame[:8], s0, s1, big)
+            s0, s1 = wal_checksum(frame[WAL_FRAME_HEADER_SIZE:], s0, s1, big)
+            if (s0, s1) != (f0, f1):
+                break
+            index += 1
+            pending[pgno] = offset + WAL_FRAME_HEADER_SIZE
+            if db_size:
+                frames.update(pending)
+                pending.clear()
+                result.db_size, result.last_commit_frame = db_size, index
+        if not result.last_commit_frame:
+            return None
+        result.frames = frames
+        return result
+
+
+class LocalImage:
+    """The committed content of a local database: its file overlaid with its WAL.
+
+    Only meaningful while SQLite's write lock on the database is held, so that no commit and no
+    WAL reset can happen underneath.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self.wal = scan_wal(db_path + "-wal")
+        file_bytes = file_size(db_path)
+        header = DbHeader.parse(read_db(db_path, 0, 100)) if file_bytes >= 100 else None
+        if self.wal is not None:
+            self.page_size = self.wal.page_size
+            self.db_size = self.wal.db_size
+        elif header is not None:
+            self.page_size = header.page_size
+            self.db_size = header.db_size or file_bytes // header.page_size
+        else:
+            self.page_size = 0
+            self.db_size = 0
+        self._wal_handle: int | None = None
+
+    def page(self, pgno: int) -> bytes:
+        """Content of page ``pgno`` (1-based), zero-filled past the end of the file."""
+        if self.wal is not None and pgno in self.wal.frames:
+            if self._wal_handle is None:
+                self._wal_handle = os.open(self.db_path + "-wal", os.O_RDONLY)
+            data = os.pread(self._wal_handle, self.page_size, self.wal.frames[pgno])
+        else:
+            data = read_db(self.db_path, (pgno - 1) * self.page_size, self.page_size)
+        return data.ljust(self.page_size, b"\0")
+
+    def close(self) -> None:
+        """Release the WAL descriptor."""
+        if self._wal_handle is not None:
+            os.close(self._wal_handle)
+            self._wal_handle = None
+
+
+# ---------------------------------------------------------------- state file
+
+
+@dataclass
+class LocalState:
+    """What this local file has replicated: the generation and the last commit in it."""
+
+    db_name: str
+    generation: str
+    seq: int
+    digest: str
+    page_size: int
+    writer: str
+    location: str
+
+    @property
+    def digest_bytes(self) -> bytes:
+        """The last object's digest as bytes."""
+        return bytes.fromhex(self.digest)
+
+    @property
+    def writer_bytes(self) -> bytes:
+        """The writer id as bytes."""
+        return bytes.fromhex(self.writer)
+
+
+def state_path(db_path: str) -> str:
+    """Path of the state file kept beside ``db_path``."""
+    return db_path + "-bottomless"
+
+
+def read_state(db_path: str) -> LocalState | None:
+    """Load the state file; ``None`` if it is missing or unreadable (logged)."""
+    path = state_path(db_path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+        return LocalState(**{k: doc[k] for k in LocalState.__dataclass_fields__})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("ignoring unreadable bottomless state file %s: %s", path, e)
+        return None
+
+
+def write_state(db_path: str, state: LocalState) -> None:
+    """Replace the state file atomically."""
+    path = state_path(db_path)
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(asdict(state), handle)
+    os.replace(tmp, path)
+
+
+def remove_local_files(db_path: str, *, include_db: bool) -> None:
+    """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
+    suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
+    for suffix in suffixes:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db_path + suffix)
+
+
+ReadFn = Callable[[int, int], bytes]

@@ -1,0 +1,111 @@
+"""The abstract object store that replicas live in, and the lazy registry of backends.
+
+A :class:`PageStore` sees opaque keys and bytes; it knows nothing of SQLite or of the storage
+format. Backends implement six primitives; everything else is built on them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from bottomless.errors import ConfigError, ObjectNotFoundError
+
+if TYPE_CHECKING:
+    from bottomless.settings import Settings
+
+#: backend name -> (module, class, pip extra that provides its dependencies)
+BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("bottomless.backends.memory", "MemoryPageStore", None),
+    "file": ("bottomless.backends.file", "FilePageStore", None),
+    "s3": ("bottomless.backends.s3", "S3PageStore", "s3"),
+}
+
+
+class PageStore(ABC):
+    """A flat namespace of immutable objects.
+
+    Keys are ``/``-separated strings without a leading slash. Every method raises
+    :class:`~bottomless.errors.StoreError` (an ``OSError``) when the store fails; the
+    original exception is kept as ``__cause__``.
+    """
+
+    #: name of the backend, as in ``Settings.backend``
+    backend: str = ""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the objects live, for messages (never contains a secret)."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` holding ``data`` atomically, only if it does not exist.
+
+        Raises :class:`~bottomless.errors.ObjectExistsError` if it exists. Readers never see a
+        partial object.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the whole object; raise ObjectNotFoundError if it does not exist."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Return bytes ``[start, end)`` of the object (fewer at its end).
+
+        Raises ObjectNotFoundError if it does not exist.
+        """
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``, sorted; an empty list if none."""
+
+    @abstractmethod
+    def list_children(self, prefix: str) -> list[str]:
+        """Return the names one level below ``prefix`` (which ends with ``/``), sorted.
+
+        ``list_children("a/")`` for keys ``a/b/c`` and ``a/d`` returns ``["b", "d"]``.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+
+    def exists(self, key: str) -> bool:
+        """Tell whether ``key`` exists."""
+        try:
+            self.get_range(key, 0, 1)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the store is unusable afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location}>"
+
+
+def open_store(settings: Settings) -> PageStore:
+    """Build the backend that ``settings.backend`` names.
+
+    Backends are imported lazily, so a missing optional dependency only matters for the backend
+    that needs it; the error says what to install.
+    """
+    try:
+        module_name, class_name, extra = BACKENDS[settings.backend]
+    except KeyError:
+        raise ConfigError(
+            f"unknown backend {settings.backend!r}; allowed: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        hint = f"pip install 'bottomless[{extra}]'" if extra else "reinstall bottomless"
+        raise ConfigError(
+            f"backend {settings.backend!r} needs a missing dependency ({e.name}): {hint}"
+        ) from e
+    store: PageStore = getattr(module, class_name).from_settings(settings)
+    return store

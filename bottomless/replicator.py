@@ -1,0 +1,401 @@
+"""Replication of one local database: lineage checks at open, commits, new generations.
+
+Importable and testable without apsw: the VFS hands it :class:`~bottomless.capture.Transaction`
+objects and calls :meth:`Replicator.commit_done` once SQLite has committed locally, and it takes
+SQLite's write lock through the :class:`WriteLock` it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bottomless import format as fmt
+from bottomless.capture import Transaction
+from bottomless.errors import (
+    BottomlessError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ReplicaConflictError,
+)
+from bottomless.localdb import (
+    LocalImage,
+    LocalState,
+    file_size,
+    read_state,
+    remove_local_files,
+    write_state,
+)
+from bottomless.pagestore import PageStore
+from bottomless.restore import latest_generation, restore_file
+from bottomless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WriteLock = Callable[[], AbstractContextManager[None]]
+
+
+@dataclass
+class Stats:
+    """Counters reported by ``PRAGMA bottomless_status``."""
+
+    commits: int = 0
+    objects_written: int = 0
+    bytes_written: int = 0
+    last_commit_seq: int | None = None
+    last_commit_time: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    generations_started: list[str] = field(default_factory=list)
+
+
+class Replicator:
+    """Keeps the replica of one local database file in step with its commits.
+
+    One instance per database path per process; every connection to that path shares it.
+    Commit numbering is read from the state file under SQLite's write lock, so several
+    processes writing one file number their commits in one sequence.
+    """
+
+    def __init__(
+        self, db_path: str, settings: Settings, store: PageStore, write_lock: WriteLock
+    ) -> None:
+        self.db_path = db_path
+        self.settings = settings
+        self.store = store
+        self.db_name = settings.db_name or fmt.validate_db_name(os.path.basename(db_path))
+        self._write_lock = write_lock
+        self.lock = threading.RLock()
+        self.paused = False
+        self.stats = Stats()
+        self._pending: LocalState | None = None
+        self.state: LocalState | None = None
+
+    # ------------------------------------------------------------ open
+
+    def open(self) -> None:
+        """Bring local file and bucket in step before SQLite reads the file.
+
+        Restores a missing or empty database, uploads a database the bucket does not have,
+        continues a known lineage, and applies ``initial_replication`` to a conflict. Raises
+        ReplicaConflictError (policy ``error``) or StoreError.
+        """
+        with self.lock:
+            if self._is_empty_locally():
+                self._open_empty()
+            else:
+                with self._write_lock():
+                    self._open_existing()
+
+    def _is_empty_locally(self) -> bool:
+        if file_size(self.db_path) > 0:
+            return False
+        return file_size(self.db_path + "-wal") == 0
+
+    def _open_empty(self) -> None:
+        manifest = latest_generation(self.store, self.db_name)
+        if manifest is None:
+            remove_local_files(self.db_path, include_db=False)
+            self._start_generation(None, "initial", writer=fmt.new_writer_id())
+            return
+        remove_local_files(self.db_path, include_db=True)
+        result = restore_file(
+            self.store, self.db_name, self.db_path, parallelism=self.settings.parallelism
+        )
+        self.state = LocalState(
+            self.db_name, result.generation, result.seq, result.digest.hex(), result.page_size,
+            fmt.new_writer_id().hex(), self.store.location,
+        )
+        write_state(self.db_path, self.state)
+        logger.info(
+            "restored %s from %s (generation %s, commit %d)",
+            self.db_path, self.store.location, result.generation, result.seq,
+        )
+
+    def _open_existing(self) -> None:
+        image = LocalImage(self.db_path)
+        try:
+            state = read_state(self.db_path)
+            if state is not None and state.db_name != self.db_name:
+                state = None
+            manifest = latest_generation(self.store, self.db_name)
+            if manifest is None:
+                self._start_generation(image, "initial", writer=_writer_of(state))
+                return
+            verdict = self._same_lineage(state, manifest, image)
+            if verdict == "continue":
+                assert state is not None
+                self.state = state
+                logger.info(
+                    "continuing %s: generation %s at commit %d",
+                    self.db_name, state.generation, state.seq,
+                )
+            elif verdict == "fork":
+                logger.warning(
+                    "%s: the bucket holds a commit this file never completed (a crash between"
+                    " upload and local commit); starting a new generation from the local file",
+                    self.db_name,
+                )
+                self._start_generation(image, "restart", writer=_writer_of(state))
+            else:
+                self._apply_policy(verdict, state, manifest, image)
+        finally:
+            image.close()
+
+    def _same_lineage(
+        self, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage
+    ) -> str:
+        """'continue', 'fork', or a sentence saying why the two disagree."""
+        if state is None:
+            return "the local file has no bottomless state (it was never replicated here)"
+        if state.generation != manifest.generation:
+            return f"the local file belongs to generation {state.generation}"
+        next_key = fmt.commit_key(self.db_name, state.generation, state.seq + 1)
+        if self.store.exists(next_key):
+            batch = fmt.decode_batch(self.store.get(next_key), next_key)
+            if batch.writer.hex() == state.writer:
+                return "fork"
+            return (
+                f"another writer added commit {state.seq + 1} after the local file's commit"
+                f" {state.seq}"
+            )
+        if state.seq == 0:
+            key = fmt.manifest_key(self.db_name, state.generation)
+            last_digest = manifest.digest
+        else:
+            key = fmt.commit_key(self.db_name, state.generation, state.seq)
+            try:
+                last = fmt.decode_batch(self.store.get(key), key)
+            except ObjectNotFoundError:
+                return f"the bucket lacks commit {state.seq} that the local file recorded"
+            last_digest = last.digest
+            if last.db_size != image.db_size or any(
+                image.page(n) != page for n, page in last.pages.items()
+            ):
+                # the state file ran ahead of the local commit (crash in between)
+                if last.writer.hex() == state.writer:
+                    return "fork"
+                return f"the local file does not match commit {state.seq} it recorded"
+        if last_digest != state.digest_bytes:
+            return f"{key} is not the object the local file recorded"
+        return "continue"
+
+    def _apply_policy(
+        self, reason: str, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage
+    ) -> None:
+        policy = self.settings.initial_replication
+        if policy == "force":
+            logger.warning(
+                "%s: %s; initial_replication=force: replicating the local file as a new"
+                " generation", self.db_name, reason,
+            )
+            self._start_generation(image, "force", writer=_writer_of(state))
+        elif policy == "skip":
+            logger.warning(
+                "%s: %s; initial_replication=skip: opening WITHOUT replication. Commits made now"
+                " are not uploaded; restores return generation %s.",
+                self.db_name, reason, manifest.generation,
+            )
+            self.paused = True
+        else:
+            seqs = len(self.store.list(fmt.commits_prefix(self.db_name, manifest.generation)))
+            raise ReplicaConflictError(
+                f"cannot replicate {self.db_path}: {self.store.location} already holds a replica"
+                f" of {self.db_name!r} (generation {manifest.generation}, {manifest.db_size}-page"
+                f" snapshot, {seqs} commit(s) after it), and {reason} (local file:"
+                f" {image.db_size} pages). Set initial_replication=force (env"
+                " LIBSQL_BOTTOMLESS_INITIAL_REPLICATION, URI parameter initial_replication) to"
+                " replicate the local file as the newest generation, initial_replication=skip to"
+                " open it without replicating, or delete the local file to restore it from the"
+                " bucket."
+            )
+
+    # ------------------------------------------------------------ generations
+
+    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
+        """Upload ``image`` (or an empty database) as a new generation; make it current."""
+        latest = max(_generation_ids(self.store, self.db_name), default="")
+        generation = fmt.new_generation_id()
+        while generation <= latest:  # a clock behind the bucket's newest generation
+            time.sleep(0.002)
+            generation = fmt.new_generation_id()
+        page_size = image.page_size if image else 0
+        db_size = image.db_size if image else 0
+        per_part = max(1, self.settings.snapshot_part_mb * 1024 * 1024 // max(page_size, 512))
+        started = time.monotonic()
+        parts = self._upload_parts(generation, image, per_part) if db_size else []
+        manifest = fmt.Manifest(
+            db_name=self.db_name, generation=generation, page_size=page_size, db_size=db_size,
+            writer=writer.hex(), reason=reason, parts=parts,
+        )
+        data = fmt.encode_manifest(manifest)
+        self.store.put_if_absent(fmt.manifest_key(self.db_name, generation), data)
+        self._count(data)
+        self.state = LocalState(
+            self.db_name, generation, 0, manifest.digest.hex(), page_size, writer.hex(),
+            self.store.location,
+        )
+        write_state(self.db_path, self.state)
+        self.stats.generations_started.append(generation)
+        logger.info(
+            "%s: started generation %s (%s, %d pages, %d parts) in %.2fs",
+            self.db_name, generation, reason, db_size, len(parts), time.monotonic() - started,
+        )
+
+    def _upload_parts(
+        self, generation: str, image: LocalImage | None, per_part: int
+    ) -> list[dict[str, Any]]:
+        assert image is not None
+        numbers = list(range(1, image.db_size + 1))
+        window = self.settings.parallelism
+        results: list[dict[str, Any]] = []
+        in_flight: list[Future[dict[str, Any]]] = []
+
+        def upload(part: int, pages: dict[int, bytes]) -> dict[str, Any]:
+            batch = fmt.PageBatch(
+                fmt.KIND_SNAPSHOT, generation, part, image.page_size, image.db_size, pages
+            )
+            data = fmt.encode_batch(batch, self.settings.compression)
+            self.store.put_if_absent(fmt.snapshot_key(self.db_name, generation, part), data)
+            self._count(data)
+            return {"pages": len(pages), "digest": batch.digest.hex()}
+
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            for part, chunk in enumerate(fmt.iter_chunks(numbers, per_part)):
+                pages = {n: image.page(n) for n in chunk}
+                in_flight.append(pool.submit(upload, part, pages))
+                if len(in_flight) >= window:
+                    results.append(in_flight.pop(0).result())
+            results.extend(f.result() for f in in_flight)
+        return results
+
+    # ------------------------------------------------------------ commits
+
+    def replicate(self, txn: Transaction, image: Callable[[], LocalImage] | None = None) -> None:
+        """Make ``txn`` durable in the store before SQLite commits it locally.
+
+        Raises BottomlessError if it could not be; the caller turns that into an I/O error so
+        that SQLite rolls the transaction back. ``image`` builds the post-commit local content,
+        used only if the chain position is already taken by an orphan of this writer.
+        """
+        with self.lock:
+            self._pending = None
+            if self.paused:
+                return
+            try:
+                self._replicate(txn, image)
+            except BottomlessError as e:
+                self.stats.last_error = str(e)
+                self.stats.last_error_time = time.time()
+                logger.error("%s: commit not replicated, rolling back: %s", self.db_name, e)
+                raise
+
+    def _replicate(self, txn: Transaction, image: Callable[[], LocalImage] | None) -> None:
+        state = read_state(self.db_path) or self.state
+        if state is None:
+            raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
+        seq = state.seq + 1
+        batch = fmt.PageBatch(
+            fmt.KIND_COMMIT, state.generation, seq, txn.page_size, txn.db_size, txn.pages,
+            prev=state.digest_bytes, writer=state.writer_bytes,
+        )
+        data = fmt.encode_batch(batch, self.settings.compression)
+        key = fmt.commit_key(self.db_name, state.generation, seq)
+        started = time.monotonic()
+        try:
+            self.store.put_if_absent(key, data)
+        except ObjectExistsError:
+            self._position_taken(key, state, image)
+            return
+        self._count(data)
+        logger.debug(
+            "PUT %s (%d pages, %d bytes) in %.1f ms",
+            key, len(txn.pages), len(data), (time.monotonic() - started) * 1000,
+        )
+        self._pending = replace(
+            state, seq=seq, digest=batch.digest.hex(), page_size=txn.page_size
+        )
+
+    def _position_taken(
+        self, key: str, state: LocalState, image: Callable[[], LocalImage] | None
+    ) -> None:
+        existing = fmt.decode_batch(self.store.get(key), key)
+        if existing.writer.hex() != state.writer or image is None:
+            raise ReplicaConflictError(
+                f"{key} was written by another writer: two writers are replicating"
+                f" {self.db_name!r} to {self.store.location}; this commit is refused"
+            )
+        logger.warning(
+            "%s: %s is an orphan of an earlier crash; starting a new generation", self.db_name, key
+        )
+        local = image()
+        try:
+            self._start_generation(local, "fork", writer=state.writer_bytes)
+        finally:
+            local.close()
+        self._pending = None
+
+    def commit_done(self) -> None:
+        """SQLite committed locally: record the replicated position in the state file."""
+        with self.lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            write_state(self.db_path, pending)
+            self.state = pending
+            self.stats.commits += 1
+            self.stats.last_commit_seq = pending.seq
+            self.stats.last_commit_time = time.time()
+
+    def _count(self, data: bytes) -> None:
+        self.stats.objects_written += 1
+        self.stats.bytes_written += len(data)
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready description of replication for this database."""
+        state = read_state(self.db_path) or self.state
+        return {
+            "db_name": self.db_name,
+            "backend": self.store.backend,
+            "location": self.store.location,
+            "replicating": not self.paused,
+            "generation": state.generation if state else None,
+            "last_replicated_commit": state.seq if state else None,
+            "last_commit_time": self.stats.last_commit_time,
+            "pending_commits": 0,
+            "commits": self.stats.commits,
+            "objects_written": self.stats.objects_written,
+            "bytes_written": self.stats.bytes_written,
+            "last_error": self.stats.last_error,
+            "last_error_time": self.stats.last_error_time,
+        }
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+
+def _writer_of(state: LocalState | None) -> bytes:
+    return state.writer_bytes if state else fmt.new_writer_id()
+
+
+def _generation_ids(store: PageStore, db_name: str) -> Iterator[str]:
+    for child in store.list_children(fmt.generations_prefix(db_name)):
+        if fmt.is_generation_id(child):
+            yield child
+
+
+@contextlib.contextmanager
+def no_lock() -> Iterator[None]:
+    """A WriteLock for callers that already exclude other writers."""
+    yield

@@ -1,0 +1,168 @@
+"""Configuration: one validated :class:`Settings` from env vars, code and URI parameters.
+
+Precedence, highest first: URI parameter (``file:app.db?vfs=bottomless&bucket=...``), the
+``Settings`` object passed to :func:`bottomless.connect` / :func:`bottomless.register`,
+``LIBSQL_BOTTOMLESS_<FIELD>`` environment variables, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bottomless.errors import ConfigError
+from bottomless.format import validate_db_name
+
+ENV_PREFIX = "LIBSQL_BOTTOMLESS_"
+#: environment variables with our prefix that are not Settings fields
+NON_FIELD_ENV = {"LOG"}
+#: URI parameters SQLite itself understands; they are not bottomless settings
+SQLITE_URI_PARAMETERS = {"vfs", "mode", "cache", "psow", "nolock", "immutable", "modeof"}
+#: private URI parameter used by bottomless.connect to pass a Settings object
+SETTINGS_TOKEN_PARAMETER = "bottomless_settings"
+SECRET_FIELDS = {"access_key_id", "secret_access_key", "session_token"}
+
+
+class Settings(BaseSettings):
+    """Where a database is replicated and how.
+
+    Every field reads the environment variable ``LIBSQL_BOTTOMLESS_<FIELD>`` (for example
+    ``LIBSQL_BOTTOMLESS_BUCKET``) and can be overridden per connection by the URI parameter of
+    the same name. Credentials are ``SecretStr`` and never appear in ``repr``, logs or errors.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    backend: Literal["s3", "file", "memory"] = Field(
+        "s3", description="Where replicas live: an S3 bucket, a local directory, or memory."
+    )
+    endpoint: str = Field(
+        "http://localhost:9000",
+        description="S3 endpoint URL (s3 backend). Empty means AWS's regional endpoint.",
+    )
+    bucket: str = Field(
+        "libsql",
+        description="S3 bucket; for `file` the directory holding replicas; for `memory` a"
+        " namespace.",
+        min_length=1,
+    )
+    db_name: str | None = Field(
+        None,
+        description="Name of the database in the bucket; its objects live under this prefix."
+        " Defaults to the database file's base name.",
+    )
+    initial_replication: Literal["error", "force", "skip"] = Field(
+        "error",
+        description="What to do when the local file and the replica in the bucket disagree:"
+        " refuse to open, replicate the local file as a new generation, or open without"
+        " replicating.",
+    )
+    region: str | None = Field(None, description="S3 region; default from the AWS chain.")
+    access_key_id: SecretStr | None = Field(
+        None, description="S3 access key; default from the AWS chain (AWS_ACCESS_KEY_ID, ...)."
+    )
+    secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key; default from the AWS chain."
+    )
+    session_token: SecretStr | None = Field(None, description="S3 session token, if any.")
+    verify_tls: bool = Field(True, description="Verify TLS certificates of https endpoints.")
+    create_bucket: bool = Field(True, description="Create the S3 bucket if it does not exist.")
+    compression: Literal["zstd", "none"] = Field(
+        "zstd", description="Compression of pages in new objects (old objects stay readable)."
+    )
+    timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds before one store request times out."
+    )
+    max_retries: int = Field(
+        3, ge=0, le=20, description="Retries of a failed store request before it fails."
+    )
+    parallelism: int = Field(
+        8, ge=1, le=64, description="Concurrent transfers during restore and snapshot upload."
+    )
+    snapshot_part_mb: int = Field(
+        16, ge=1, le=1024, description="Size of one snapshot part object, in MiB of pages."
+    )
+
+    @field_validator("db_name")
+    @classmethod
+    def _check_db_name(cls, value: str | None) -> str | None:
+        return None if value is None else validate_db_name(value)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = error.get("loc") or ("?",)
+    field = str(loc[0])
+    message = str(error.get("msg", "invalid"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if field in Settings.model_fields:
+        shown = "" if field in SECRET_FIELDS else f" (got {error.get('input')!r})"
+        where = f"env {env_var(field)} / URI parameter {field}"
+        return f"{field}: {message}{shown} [{where}]"
+    return f"{field}: unknown setting; known settings: {', '.join(Settings.model_fields)}"
+
+
+def check_environment() -> None:
+    """Raise ConfigError for ``LIBSQL_BOTTOMLESS_*`` variables that name no setting."""
+    unknown = [
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper()[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+        and name.upper()[len(ENV_PREFIX) :] not in NON_FIELD_ENV
+    ]
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable(s) {', '.join(sorted(unknown))}; known:"
+            f" {', '.join(env_var(f) for f in Settings.model_fields)}"
+        )
+
+
+def load_settings(**values: Any) -> Settings:
+    """Build Settings from env vars plus ``values``; raise ConfigError listing every problem."""
+    check_environment()
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"invalid bottomless configuration: {problems}") from None
+
+
+def resolve(base: Settings | None, uri_parameters: Mapping[str, str] | None = None) -> Settings:
+    """Combine ``base`` (or the environment) with URI parameters, which win."""
+    uri = dict(uri_parameters or {})
+    unknown = [k for k in uri if k not in Settings.model_fields]
+    if unknown:
+        raise ConfigError(
+            f"unknown URI parameter(s) {', '.join(sorted(unknown))}; bottomless parameters:"
+            f" {', '.join(Settings.model_fields)}"
+        )
+    if base is None:
+        return load_settings(**uri)
+    if not uri:
+        return base
+    values = {name: getattr(base, name) for name in Settings.model_fields}
+    values.update(uri)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"invalid bottomless configuration: {problems}") from None

@@ -1,0 +1,324 @@
+"""The ``bottomless`` SQLite VFS: apsw glue only.
+
+It inherits the default VFS, so the local file stays SQLite's working copy, watches writes to
+the main database, its rollback journal and its WAL, and hands each committed transaction to
+the :class:`~bottomless.replicator.Replicator` of that database *before* SQLite's commit point.
+A failed upload becomes an SQLite I/O error at that point, so SQLite rolls back and the local
+file never gets ahead of the bucket. Temporary files pass straight through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import apsw
+
+from bottomless.capture import RollbackCapture, WalCapture
+from bottomless.errors import BottomlessError, ConfigError
+from bottomless.localdb import LocalImage, read_db
+from bottomless.pagestore import open_store
+from bottomless.replicator import Replicator
+from bottomless.settings import (
+    SETTINGS_TOKEN_PARAMETER,
+    SQLITE_URI_PARAMETERS,
+    Settings,
+    resolve,
+)
+
+logger = logging.getLogger(__name__)
+
+VFS_NAME = "bottomless"
+STATUS_PRAGMA = "bottomless_status"
+_JOURNAL_SUFFIX = "-journal"
+_WAL_SUFFIX = "-wal"
+
+#: Settings objects handed from bottomless.connect to xOpen, by token
+_settings_by_token: dict[str, Settings] = {}
+
+
+def settings_token(settings: Settings) -> str:
+    """Register ``settings`` for one open and return the URI token that names it."""
+    token = f"s{id(settings):x}"
+    _settings_by_token[token] = settings
+    return token
+
+
+@contextlib.contextmanager
+def sqlite_write_lock(db_path: str) -> Iterator[None]:
+    """Hold SQLite's write lock on ``db_path`` through a private default-VFS connection."""
+    connection = apsw.Connection(
+        db_path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
+    try:
+        connection.set_busy_timeout(60_000)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+class _Entry:
+    def __init__(self, replicator: Replicator) -> None:
+        self.replicator = replicator
+        self.files = 0
+        self.capture = RollbackCapture()
+
+
+class BottomlessVFS(apsw.VFS):
+    """Replicating VFS; one per process, registered under the name ``bottomless``."""
+
+    def __init__(self, settings: Settings | None = None, name: str = VFS_NAME) -> None:
+        self.settings = settings
+        self.name = name
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        super().__init__(name, "")
+
+    # -------------------------------------------------------- replicators
+
+    def _acquire(self, path: str, settings: Settings) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is not None:
+                mine = entry.replicator
+                if (settings.backend, settings.bucket, settings.endpoint) != (
+                    mine.settings.backend, mine.settings.bucket, mine.settings.endpoint
+                ) or (settings.db_name and settings.db_name != mine.db_name):
+                    raise ConfigError(
+                        f"{path} is already open with bottomless replicating to"
+                        f" {mine.store.location} as {mine.db_name!r}; every connection to one"
+                        " file must use the same backend, bucket, endpoint and db_name"
+                    )
+                entry.files += 1
+                return entry
+            store = open_store(settings)
+            try:
+                replicator = Replicator(
+                    path, settings, store, lambda: sqlite_write_lock(path)
+                )
+                replicator.open()
+            except BaseException:
+                store.close()
+                raise
+            entry = _Entry(replicator)
+            entry.files = 1
+            self._entries[path] = entry
+            return entry
+
+    def _release(self, path: str) -> None:
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is None:
+                return
+            entry.files -= 1
+            if entry.files <= 0:
+                del self._entries[path]
+                entry.replicator.close()
+
+    def replicator_for(self, db_path: str) -> Replicator | None:
+        """The replicator of an open database, if any."""
+        entry = self._entries.get(db_path)
+        return entry.replicator if entry else None
+
+    # -------------------------------------------------------- VFS methods
+
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:  # noqa: N802
+        """Open a file; main databases, their journals and WALs are watched."""
+        kind = flags[0]
+        if name is None or not kind & (
+            apsw.SQLITE_OPEN_MAIN_DB | apsw.SQLITE_OPEN_MAIN_JOURNAL | apsw.SQLITE_OPEN_WAL
+        ):
+            return apsw.VFSFile("", name, flags)
+        if kind & apsw.SQLITE_OPEN_MAIN_DB:
+            assert isinstance(name, apsw.URIFilename)
+            path = name.filename()
+            settings = self._settings_for(name)
+            entry = self._acquire(path, settings)
+            try:
+                return MainDbFile(self, entry, path, name, flags)
+            except BaseException:
+                self._release(path)
+                raise
+        path = name if isinstance(name, str) else name.filename()
+        for suffix, cls in ((_JOURNAL_SUFFIX, JournalFile), (_WAL_SUFFIX, WalFile)):
+            if path.endswith(suffix):
+                entry = self._entries.get(path[: -len(suffix)])
+                if entry is not None:
+                    return cls(entry, name, flags)
+        return apsw.VFSFile("", name, flags)
+
+    def _settings_for(self, name: apsw.URIFilename) -> Settings:
+        params = {key: name.uri_parameter(key) or "" for key in name.parameters}
+        token = params.pop(SETTINGS_TOKEN_PARAMETER, None)
+        base = _settings_by_token.pop(token, None) if token else None
+        for key in SQLITE_URI_PARAMETERS:
+            params.pop(key, None)
+        return resolve(base or self.settings, params)
+
+    def xDelete(self, filename: str, syncdir: bool) -> None:  # noqa: N802
+        """Delete a file; deleting a rollback journal is the commit point in DELETE mode."""
+        entry = None
+        if filename.endswith(_JOURNAL_SUFFIX):
+            entry = self._entries.get(filename[: -len(_JOURNAL_SUFFIX)])
+        if entry is not None:
+            finalize_journal(entry, apsw.SQLITE_IOERR_DELETE)
+        super().xDelete(filename, syncdir)
+
+
+def _raise_io(code: int, error: BottomlessError) -> None:
+    raise apsw.exception_for(code) from error
+
+
+def finalize_journal(entry: _Entry, code: int) -> None:
+    """A rollback journal is being finalized: replicate the transaction it protected."""
+    replicator = entry.replicator
+    path = replicator.db_path
+
+    def read(offset: int, amount: int) -> bytes:
+        return read_db(path, offset, amount)
+
+    with replicator.lock:
+        if not entry.capture.dirty:
+            return
+        known = replicator.state.page_size if replicator.state else 0
+        txn = entry.capture.finalize(read, known)
+        if txn is None:
+            return
+        try:
+            replicator.replicate(txn, lambda: LocalImage(path))
+        except BottomlessError as e:
+            _raise_io(code, e)
+
+
+class MainDbFile(apsw.VFSFile):
+    """The main database file: records writes, serves ``PRAGMA bottomless_status``."""
+
+    def __init__(
+        self, vfs: BottomlessVFS, entry: _Entry, path: str, name: apsw.URIFilename,
+        flags: list[int],
+    ) -> None:
+        super().__init__("", name, flags)
+        self._vfs = vfs
+        self._entry = entry
+        self._path = path
+        self._in_checkpoint = False
+        self._closed = False
+
+    def _read_now(self, offset: int, amount: int) -> bytes:
+        return bytes(super().xRead(amount, offset))
+
+    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+        """Write through, remembering what a rollback-mode commit must ship."""
+        if not self._in_checkpoint:
+            self._entry.capture.note_write(offset, len(data), self._read_now)
+        super().xWrite(data, offset)
+
+    def xFileControl(self, op: int, ptr: int) -> bool:  # noqa: N802
+        """Watch checkpoints and commits; answer the status pragma."""
+        if op == apsw.SQLITE_FCNTL_CKPT_START:
+            self._in_checkpoint = True
+        elif op == apsw.SQLITE_FCNTL_CKPT_DONE:
+            self._in_checkpoint = False
+        elif op == apsw.SQLITE_FCNTL_COMMIT_PHASETWO:
+            self._entry.replicator.commit_done()
+        elif op == apsw.SQLITE_FCNTL_PRAGMA:
+            pragma = apsw.VFSFcntlPragma(ptr)
+            if pragma.name.lower() == STATUS_PRAGMA:
+                pragma.result = json.dumps(self._entry.replicator.status())
+                return True
+        result: bool = super().xFileControl(op, ptr)
+        return result
+
+    def xClose(self) -> None:  # noqa: N802
+        """Close, releasing the replicator when the last file of the database closes."""
+        super().xClose()
+        if not self._closed:
+            self._closed = True
+            self._vfs._release(self._path)
+
+
+class JournalFile(apsw.VFSFile):
+    """A rollback journal: truncation to zero (TRUNCATE) or a zeroed header (PERSIST) commits."""
+
+    def __init__(self, entry: _Entry, name: Any, flags: list[int]) -> None:
+        super().__init__("", name, flags)
+        self._entry = entry
+
+    def xTruncate(self, newsize: int) -> None:  # noqa: N802
+        """Truncating the journal to zero finalizes it."""
+        if newsize == 0:
+            finalize_journal(self._entry, apsw.SQLITE_IOERR_TRUNCATE)
+        super().xTruncate(newsize)
+
+    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+        """Zeroing the journal header finalizes it."""
+        if offset == 0 and len(data) >= 28 and not any(data):
+            finalize_journal(self._entry, apsw.SQLITE_IOERR_WRITE)
+        super().xWrite(data, offset)
+
+
+class WalFile(apsw.VFSFile):
+    """A WAL: the page of a commit frame is held back until its transaction is durable."""
+
+    def __init__(self, entry: _Entry, name: Any, flags: list[int]) -> None:
+        super().__init__("", name, flags)
+        self._entry = entry
+        self._capture = WalCapture()
+
+    def _read_now(self, offset: int, amount: int) -> bytes:
+        return bytes(super().xRead(amount, offset))
+
+    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+        """Write through; a commit frame's page first goes to the store."""
+        txn = self._capture.on_write(data, offset, self._read_now)
+        if txn is not None:
+            replicator = self._entry.replicator
+            path = replicator.db_path
+            image: Callable[[], LocalImage] = lambda: _image_with(path, txn)  # noqa: E731
+            try:
+                replicator.replicate(txn, image)
+            except BottomlessError as e:
+                _raise_io(apsw.SQLITE_IOERR_WRITE, e)
+        super().xWrite(data, offset)
+
+
+def _image_with(path: str, txn: Any) -> LocalImage:
+    """Local content after ``txn``: the committed WAL plus the transaction's own pages."""
+    image = LocalImage(path)
+    base_page = image.page
+    pages = dict(txn.pages)
+
+    def page(pgno: int) -> bytes:
+        return pages[pgno] if pgno in pages else base_page(pgno)
+
+    image.page = page  # type: ignore[method-assign]
+    image.db_size = txn.db_size
+    image.page_size = txn.page_size
+    return image
+
+
+_registered: BottomlessVFS | None = None
+_register_lock = threading.Lock()
+
+
+def register(settings: Settings | None = None) -> BottomlessVFS:
+    """Register the ``bottomless`` VFS (once per process) and return it.
+
+    ``settings`` become the defaults of connections that pass none; URI parameters still win.
+    Calling it again replaces the defaults.
+    """
+    global _registered
+    with _register_lock:
+        if _registered is None:
+            _registered = BottomlessVFS(settings)
+        else:
+            _registered.settings = settings
+        return _registered
