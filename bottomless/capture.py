@@ -62,9 +62,11 @@ class RollbackCapture:
         """Return the committed transaction, or ``None`` if nothing changed.
 
         Called at journal finalization, while the file holds the committed content. When the
-        page size differs from ``known_page_size`` every page is included.
+        page size differs from ``known_page_size`` every page is included. The recorded writes
+        are kept until :meth:`discard`: if the commit fails, SQLite plays the journal back, and
+        the restored bytes then match what was recorded, so the rollback ships nothing.
         """
-        writes, self._before = self._before, {}
+        writes = self._before
         if not writes:
             return None
         header = DbHeader.parse(read(0, 100))

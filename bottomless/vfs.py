@@ -190,12 +190,12 @@ def finalize_journal(entry: _Entry, code: int) -> None:
             return
         known = replicator.state.page_size if replicator.state else 0
         txn = entry.capture.finalize(read, known)
-        if txn is None:
-            return
-        try:
-            replicator.replicate(txn, lambda: LocalImage(path))
-        except BottomlessError as e:
-            _raise_io(code, e)
+        if txn is not None:
+            try:
+                replicator.replicate(txn, lambda: LocalImage(path))
+            except BottomlessError as e:
+                _raise_io(code, e)
+        entry.capture.discard()
 
 
 class MainDbFile(apsw.VFSFile):

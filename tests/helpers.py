@@ -1,0 +1,49 @@
+"""Small helpers shared by the VFS, crash and CLI tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import apsw
+
+import bottomless
+
+
+def remove_db(path: str) -> None:
+    """Delete a database file and every file SQLite or bottomless keeps beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal", "-bottomless"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+
+
+def rows(path: str, sql: str = "SELECT * FROM t ORDER BY 1") -> list[Any]:
+    """Read a database with plain SQLite (no bottomless)."""
+    db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def integrity(path: str) -> str:
+    """``PRAGMA integrity_check`` of a file, with plain SQLite."""
+    result = rows(path, "PRAGMA integrity_check")
+    return str(result[0][0]) if len(result) == 1 else repr(result)
+
+
+def restored(tmp_path: Any, settings: bottomless.Settings, db_name: str) -> str:
+    """Restore ``db_name`` into a new file and return its path."""
+    target = str(tmp_path / f"restored-{os.urandom(4).hex()}.db")
+    bottomless.restore(target, settings, db_name=db_name)
+    return target
+
+
+def replicator(path: str) -> Any:
+    """The live replicator of an open bottomless database."""
+    from bottomless import vfs
+
+    assert vfs._registered is not None
+    found = vfs._registered.replicator_for(os.path.abspath(path))
+    assert found is not None, f"{path} is not open through bottomless"
+    return found

@@ -1,0 +1,371 @@
+"""End-to-end replication through the VFS, with real SQLite, on every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import pytest
+from helpers import integrity, remove_db, replicator, restored, rows
+
+import bottomless
+from bottomless import format as fmt
+from bottomless.errors import StoreError
+from bottomless.pagestore import PageStore
+
+JOURNAL_MODES = ["delete", "truncate", "persist", "wal"]
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+def _workload(db: apsw.Connection) -> None:
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(10):
+        db.execute("INSERT INTO t(v) VALUES(?)", (f"row {i}",))
+    with db:
+        db.execute("INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM t")
+    db.execute("UPDATE t SET v = v || '!' WHERE id % 3 = 0")
+    db.execute("DELETE FROM t WHERE id % 7 = 0")
+
+
+@pytest.mark.parametrize("mode", JOURNAL_MODES)
+def test_round_trip(tmp_path: Any, backend: str, make_settings: MakeSettings, mode: str) -> None:
+    settings = make_settings(backend)
+    path = str(tmp_path / "app.db")
+    db = bottomless.connect(path, settings)
+    assert db.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode
+    _workload(db)
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    status = bottomless.status(db)
+    assert status["last_replicated_commit"] >= 5
+    db.close()
+    copy = restored(tmp_path, settings, "app.db")
+    assert integrity(copy) == "ok"
+    assert rows(copy, "SELECT * FROM t ORDER BY id") == expected
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_restore_on_boot(tmp_path: Any, backend: str, make_settings: MakeSettings,
+                         mode: str) -> None:
+    settings = make_settings(backend)
+    path = str(tmp_path / "boot.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    _workload(db)
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    remove_db(path)
+    assert not os.path.exists(path)
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT * FROM t ORDER BY id").fetchall() == expected
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # and it keeps replicating on the restored lineage
+    db.execute("INSERT INTO t(v) VALUES('after restore')")
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    assert rows(restored(tmp_path, settings, "boot.db"), "SELECT * FROM t ORDER BY id") == expected
+
+
+def test_empty_file_is_restored(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "e.db")
+    db = bottomless.connect(path, settings)
+    _workload(db)
+    db.close()
+    remove_db(path)
+    open(path, "wb").close()
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM t").fetchone()[0] > 0
+    db.close()
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_restart_is_not_a_conflict(tmp_path: Any, backend: str, make_settings: MakeSettings,
+                                   mode: str) -> None:
+    settings = make_settings(backend)  # initial_replication defaults to "error"
+    path = str(tmp_path / "r.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    for value in (2, 3):
+        db = bottomless.connect(path, settings)
+        db.execute("INSERT INTO t VALUES(?)", (value,))
+        assert bottomless.status(db)["generation"] == generation
+        db.close()
+    assert rows(restored(tmp_path, settings, "r.db")) == [(1,), (2,), (3,)]
+
+
+def _local_db(path: str, values: list[int]) -> None:
+    db = apsw.Connection(path)
+    db.execute("CREATE TABLE t(x)")
+    for v in values:
+        db.execute("INSERT INTO t VALUES(?)", (v,))
+    db.close()
+
+
+def test_local_file_without_replica_is_uploaded(tmp_path: Any, backend: str,
+                                                make_settings: MakeSettings) -> None:
+    settings = make_settings(backend)
+    path = str(tmp_path / "existing.db")
+    _local_db(path, [1, 2, 3])
+    bottomless.connect(path, settings).close()
+    assert rows(restored(tmp_path, settings, "existing.db")) == [(1,), (2,), (3,)]
+
+
+def _conflict(tmp_path: Any, settings: bottomless.Settings) -> str:
+    """A replica of conflict.db in the bucket and an unrelated local conflict.db."""
+    other = tmp_path / "other"
+    other.mkdir()
+    db = bottomless.connect(str(other / "conflict.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES('bucket')")
+    db.close()
+    path = str(tmp_path / "conflict.db")
+    _local_db(path, [])
+    db = apsw.Connection(path)
+    db.execute("INSERT INTO t VALUES('local')")
+    db.close()
+    return path
+
+
+def test_policy_error(tmp_path: Any, backend: str, make_settings: MakeSettings) -> None:
+    settings = make_settings(backend)
+    path = _conflict(tmp_path, settings)
+    with pytest.raises(bottomless.ReplicaConflictError) as info:
+        bottomless.connect(path, settings)
+    message = str(info.value)
+    assert "conflict.db" in message and "generation" in message
+    assert "initial_replication=force" in message and "skip" in message
+    # the bucket is untouched
+    assert rows(restored(tmp_path, settings, "conflict.db")) == [("bucket",)]
+
+
+def test_policy_force(tmp_path: Any, backend: str, make_settings: MakeSettings) -> None:
+    settings = make_settings(backend, initial_replication="force")
+    path = _conflict(tmp_path, settings)
+    db = bottomless.connect(path, settings)
+    db.execute("INSERT INTO t VALUES('more')")
+    db.close()
+    assert rows(restored(tmp_path, settings, "conflict.db")) == [("local",), ("more",)]
+
+
+def test_policy_skip(tmp_path: Any, backend: str, make_settings: MakeSettings) -> None:
+    settings = make_settings(backend, initial_replication="skip")
+    path = _conflict(tmp_path, settings)
+    db = bottomless.connect(path, settings)
+    db.execute("INSERT INTO t VALUES('unreplicated')")
+    assert bottomless.status(db)["replicating"] is False
+    assert db.execute("SELECT * FROM t").fetchall() == [("local",), ("unreplicated",)]
+    db.close()
+    # documented: the bucket keeps its own lineage, restores return it
+    assert rows(restored(tmp_path, settings, "conflict.db")) == [("bucket",)]
+
+
+def test_uri_register_path(tmp_path: Any, make_settings: MakeSettings) -> None:
+    replicas = tmp_path / "uri-replicas"
+    bottomless.register()
+    path = tmp_path / "u.db"
+    db = apsw.Connection(
+        f"file:{path}?vfs=bottomless&backend=file&bucket={replicas}",
+        flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+    )
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES(42)")
+    db.close()
+    settings = bottomless.Settings(backend="file", bucket=str(replicas))
+    assert rows(restored(tmp_path, settings, "u.db")) == [(42,)]
+
+
+def test_many_databases_share_a_bucket(tmp_path: Any, backend: str,
+                                       make_settings: MakeSettings) -> None:
+    settings = make_settings(backend)
+    for name in ("one.db", "two.db"):
+        db = bottomless.connect(str(tmp_path / name), settings)
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES(?)", (name,))
+        db.close()
+    custom = make_settings(backend, db_name="renamed") if backend != "s3" else None
+    for name in ("one.db", "two.db"):
+        assert rows(restored(tmp_path, settings, name)) == [(name,)]
+    if custom is not None:
+        db = bottomless.connect(str(tmp_path / "three.db"), custom)
+        db.execute("CREATE TABLE t(x); INSERT INTO t VALUES(3)")
+        db.close()
+        assert rows(restored(tmp_path, custom, "renamed")) == [(3,)]
+
+
+def _object_keys(store: PageStore, db_name: str) -> list[str]:
+    return store.list(fmt.db_prefix(db_name))
+
+
+def test_one_object_per_commit(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("memory")
+    path = str(tmp_path / "count.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    store = replicator(path).store
+    before = len(_object_keys(store, "count.db"))
+    with db:
+        for i in range(100):  # 100 statements, one transaction: one object
+            db.execute("INSERT INTO t VALUES(?)", (i,))
+    assert len(_object_keys(store, "count.db")) == before + 1
+    db.execute("SELECT count(*) FROM t").fetchall()  # a read writes nothing
+    assert len(_object_keys(store, "count.db")) == before + 1
+    db.execute("BEGIN; INSERT INTO t VALUES(-1); ROLLBACK")  # a rollback writes nothing
+    assert len(_object_keys(store, "count.db")) == before + 1
+    db.close()
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_vacuum_checkpoint_and_page_size(tmp_path: Any, make_settings: MakeSettings,
+                                         mode: str) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "v.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    _workload(db)
+    db.execute("DELETE FROM t WHERE id > 5")
+    db.execute("VACUUM")
+    if mode == "wal":
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("INSERT INTO t(v) VALUES('after checkpoint')")
+        db.execute("PRAGMA wal_checkpoint(RESTART)")
+        db.execute("INSERT INTO t(v) VALUES('after restart')")
+        db.execute("PRAGMA journal_mode=delete")
+    db.execute("PRAGMA page_size=8192")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 8192
+    db.execute("INSERT INTO t(v) VALUES('big pages')")
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    copy = restored(tmp_path, settings, "v.db")
+    assert integrity(copy) == "ok"
+    assert rows(copy, "SELECT * FROM t ORDER BY id") == expected
+    assert rows(copy, "PRAGMA page_size") == [(8192,)]
+
+
+class FlakyStore(PageStore):
+    """Wraps a real store; fails every write while ``down`` is set."""
+
+    def __init__(self, inner: PageStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.backend = inner.backend
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        if self.down:
+            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
+        self.inner.put_if_absent(key, data)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.inner.get_range(key, start, end)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.inner.list(prefix)
+
+    def list_children(self, prefix: str) -> list[str]:
+        return self.inner.list_children(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
+@pytest.mark.parametrize("mode", JOURNAL_MODES)
+def test_failed_upload_fails_commit_and_recovers(tmp_path: Any, make_settings: MakeSettings,
+                                                mode: str) -> None:
+    settings = make_settings("memory")
+    path = str(tmp_path / "f.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    rep = replicator(path)
+    flaky = FlakyStore(rep.store)
+    rep.store = flaky
+    flaky.down = True
+    with pytest.raises(apsw.IOError) as info:
+        db.execute("INSERT INTO t VALUES(2)")
+    assert "injected outage" in repr(info.value.__cause__)
+    assert "injected outage" in bottomless.status(db)["last_error"]
+    # the local database did not move ahead of the bucket
+    assert db.execute("SELECT * FROM t").fetchall() == [(1,)]
+    flaky.down = False
+    db.execute("INSERT INTO t VALUES(3)")
+    assert db.execute("SELECT * FROM t").fetchall() == [(1,), (3,)]
+    db.close()
+    assert rows(restored(tmp_path, settings, "f.db")) == [(1,), (3,)]
+    if mode != "wal":  # plain sqlite sees the same as the bucket
+        assert rows(path) == [(1,), (3,)]
+
+
+def test_several_connections_one_process(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "multi.db")
+    a = bottomless.connect(path, settings)
+    a.execute("PRAGMA journal_mode=wal")
+    a.execute("CREATE TABLE t(x)")
+    b = bottomless.connect(path, settings)
+    for i in range(20):
+        (a if i % 2 else b).execute("INSERT INTO t VALUES(?)", (i,))
+    b.close()
+    a.execute("INSERT INTO t VALUES(99)")
+    a.close()
+    assert sorted(rows(restored(tmp_path, settings, "multi.db"))) == sorted(
+        [(i,) for i in range(20)] + [(99,)]
+    )
+
+
+_WRITER = """
+import sys, bottomless
+settings = bottomless.Settings(backend="file", bucket=sys.argv[2])
+db = bottomless.connect(sys.argv[1], settings)
+db.set_busy_timeout(30000)
+for i in range(int(sys.argv[4])):
+    db.execute("INSERT INTO t VALUES(?, ?)", (sys.argv[3], i))
+db.close()
+"""
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_several_processes_one_file(tmp_path: Any, make_settings: MakeSettings,
+                                    mode: str) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "procs.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(who, i)")
+    db.close()
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    children = [
+        subprocess.Popen([sys.executable, str(script), path, settings.bucket, name, "40"])
+        for name in ("a", "b", "c")
+    ]
+    assert [c.wait(timeout=120) for c in children] == [0, 0, 0]
+    expected = sorted((w, i) for w in "abc" for i in range(40))
+    assert sorted(rows(path)) == expected
+    copy = restored(tmp_path, settings, "procs.db")
+    assert integrity(copy) == "ok"
+    assert sorted(rows(copy)) == expected
+
+
+def test_status_pragma(tmp_path: Any, make_settings: MakeSettings) -> None:
+    db = bottomless.connect(str(tmp_path / "s.db"), make_settings("memory"))
+    db.execute("CREATE TABLE t(x)")
+    status = json.loads(db.pragma("bottomless_status"))
+    assert status["db_name"] == "s.db" and status["backend"] == "memory"
+    assert status["last_replicated_commit"] == 1 and status["last_error"] is None
+    db.close()
