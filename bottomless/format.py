@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,22 @@ _INDEX_ENTRY = struct.Struct("<II")
 _DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _GENERATION_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
 
-_zstd_compressor = zstandard.ZstdCompressor(level=3)
-_zstd_decompressor = zstandard.ZstdDecompressor()
+# zstandard (de)compressor objects must not be shared between threads
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    found: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if found is None:
+        found = _local.compressor = zstandard.ZstdCompressor(level=3)
+    return found
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    found: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if found is None:
+        found = _local.decompressor = zstandard.ZstdDecompressor()
+    return found
 
 
 def validate_db_name(name: str) -> str:
@@ -165,7 +180,7 @@ def encode_batch(batch: PageBatch, compression: str = "zstd") -> bytes:
     stored: list[bytes] = []
     for pgno in numbers:
         page = batch.pages[pgno]
-        stored.append(_zstd_compressor.compress(page) if code == COMPRESSION_ZSTD else page)
+        stored.append(_compressor().compress(page) if code == COMPRESSION_ZSTD else page)
     header = _HEADER.pack(
         _BATCH_MAGIC,
         FORMAT_VERSION,
@@ -243,7 +258,7 @@ def decode_batch(data: bytes, key: str) -> PageBatch:
             raise CorruptObjectError(f"{key}: page index entry {i} (page {pgno}) is invalid")
         if head.compression == COMPRESSION_ZSTD:
             try:
-                raw = _zstd_decompressor.decompress(raw, max_output_size=head.page_size)
+                raw = _decompressor().decompress(raw, max_output_size=head.page_size)
             except zstandard.ZstdError as e:
                 raise CorruptObjectError(f"{key}: page {pgno} does not decompress: {e}") from e
         if len(raw) != head.page_size:
