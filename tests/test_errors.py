@@ -1,0 +1,126 @@
+"""Failures say clearly what went wrong, quickly, without leaking secrets or losing data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from helpers import remove_db
+
+import bottomless
+from bottomless import format as fmt
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+def _replicate(tmp_path: Any, settings: bottomless.Settings, commits: int = 3) -> str:
+    path = str(tmp_path / "e.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    for i in range(commits):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    db.close()
+    return path
+
+
+def test_unreachable_endpoint_fails_fast(tmp_path: Any) -> None:
+    settings = bottomless.Settings(endpoint="http://127.0.0.1:9", bucket="b", timeout=2,
+                                   max_retries=1, access_key_id="k", secret_access_key="s")
+    started = time.monotonic()
+    with pytest.raises(bottomless.StoreError) as info:
+        bottomless.connect(str(tmp_path / "u.db"), settings)
+    assert time.monotonic() - started < 60
+    assert "http://127.0.0.1:9" in str(info.value) and "connect" in str(info.value).lower()
+
+
+@pytest.mark.s3
+def test_missing_bucket_without_create(tmp_path: Any, s3_settings: dict[str, Any]) -> None:
+    settings = bottomless.Settings(**{**s3_settings, "bucket": "no-such-bucket-here",
+                                      "create_bucket": False})
+    with pytest.raises(bottomless.StoreError) as info:
+        bottomless.connect(str(tmp_path / "m.db"), settings)
+    assert "no-such-bucket-here" in str(info.value)
+    assert "LIBSQL_BOTTOMLESS_CREATE_BUCKET" in str(info.value)
+
+
+@pytest.mark.s3
+def test_missing_bucket_is_created(tmp_path: Any, s3_settings: dict[str, Any],
+                                   seaweed: Any) -> None:
+    name = f"created-{os.urandom(4).hex()}"
+    settings = bottomless.Settings(**{**s3_settings, "bucket": name})
+    _replicate(tmp_path, settings)
+    target = str(tmp_path / "r.db")
+    bottomless.restore(target, settings, db_name="e.db")
+    seaweed.drop_bucket(name)
+
+
+def _commit_file(settings: bottomless.Settings, seq: int) -> str:
+    store = bottomless.open_store(settings)
+    keys = [k for k in store.list("e.db/") if fmt.seq_from_commit_key(k) == seq]
+    assert len(keys) == 1
+    return os.path.join(settings.bucket, keys[0])
+
+
+def test_corrupted_commit_is_named(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    victim = _commit_file(settings, 2)
+    data = bytearray(open(victim, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    os.chmod(victim, 0o644)
+    with open(victim, "wb") as handle:
+        handle.write(bytes(data))
+    target = tmp_path / "c.db"
+    with pytest.raises(bottomless.CorruptObjectError) as info:
+        bottomless.restore(str(target), settings, db_name="e.db")
+    assert "commits/0000000000000002" in str(info.value) and "checksum" in str(info.value)
+    assert not target.exists(), "a failed restore must not leave a file behind"
+
+
+def test_gap_in_chain_names_last_good_commit(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    _replicate(tmp_path, settings, commits=4)
+    os.unlink(_commit_file(settings, 3))
+    with pytest.raises(bottomless.RestoreError) as info:
+        bottomless.restore(str(tmp_path / "g.db"), settings, db_name="e.db")
+    assert "missing commit 3" in str(info.value) and "commit 2" in str(info.value)
+
+
+def test_object_from_elsewhere_is_refused(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    _replicate(tmp_path, settings, commits=4)
+    first, second = _commit_file(settings, 2), _commit_file(settings, 3)
+    os.chmod(second, 0o644)
+    with open(first, "rb") as src, open(second, "wb") as dst:
+        dst.write(src.read())
+    with pytest.raises(bottomless.CorruptObjectError) as info:
+        bottomless.restore(str(tmp_path / "x.db"), settings, db_name="e.db")
+    assert "commits/0000000000000003" in str(info.value)
+
+
+def test_missing_replica(tmp_path: Any, make_settings: MakeSettings) -> None:
+    with pytest.raises(bottomless.ReplicaNotFoundError, match="no replica of 'ghost.db'"):
+        bottomless.restore(str(tmp_path / "ghost.db"), make_settings("file"))
+
+
+@pytest.mark.s3
+def test_secrets_absent_from_logs_and_errors(tmp_path: Any, s3_settings: dict[str, Any],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    settings = bottomless.Settings(**s3_settings)
+    secret = settings.secret_access_key
+    assert secret is not None
+    caplog.set_level(logging.DEBUG)
+    path = _replicate(tmp_path, settings)
+    remove_db(path)
+    bottomless.connect(path, settings).close()
+    wrong = bottomless.Settings(**{**s3_settings, "secret_access_key": "WRONG-secret-value"})
+    remove_db(path)
+    with pytest.raises(bottomless.BottomlessError) as info:
+        bottomless.restore(path, wrong, db_name="nothing")
+    text = caplog.text + str(info.value) + repr(settings) + repr(bottomless.open_store(settings))
+    assert secret.get_secret_value() not in text
+    assert "WRONG-secret-value" not in text

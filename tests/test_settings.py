@@ -1,0 +1,116 @@
+"""Configuration: env vars, URI parameters, precedence, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+import pytest
+
+import bottomless
+from bottomless.settings import Settings, load_settings, resolve
+
+# one bad value per setting, and the words the error must contain
+BAD_VALUES = {
+    "backend": ("s4", ["backend", "LIBSQL_BOTTOMLESS_BACKEND", "'s3'", "'file'", "'memory'"]),
+    "endpoint": ("localhost:9000", ["endpoint", "http://"]),
+    "bucket": ("", ["bucket"]),
+    "db_name": ("../etc", ["db_name", "LIBSQL_BOTTOMLESS_DB_NAME"]),
+    "initial_replication": ("always", ["initial_replication", "'error'", "'force'", "'skip'"]),
+    "verify_tls": ("maybe", ["verify_tls"]),
+    "create_bucket": ("perhaps", ["create_bucket"]),
+    "compression": ("lz4", ["compression", "'zstd'", "'none'"]),
+    "timeout": ("-1", ["timeout", "greater than 0"]),
+    "max_retries": ("many", ["max_retries"]),
+    "parallelism": ("0", ["parallelism"]),
+    "snapshot_part_mb": ("0", ["snapshot_part_mb"]),
+}
+
+
+def test_every_setting_has_a_bad_value_case() -> None:
+    secret_fields = {"access_key_id", "secret_access_key", "session_token", "region"}
+    assert set(Settings.model_fields) - secret_fields == set(BAD_VALUES)
+
+
+@pytest.mark.parametrize("field", sorted(BAD_VALUES))
+def test_bad_env_value_names_the_variable(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    value, words = BAD_VALUES[field]
+    monkeypatch.setenv(f"LIBSQL_BOTTOMLESS_{field.upper()}", value)
+    with pytest.raises(bottomless.ConfigError) as info:
+        load_settings()
+    for word in words:
+        assert word in str(info.value)
+    assert f"LIBSQL_BOTTOMLESS_{field.upper()}" in str(info.value)
+
+
+@pytest.mark.parametrize("field", sorted(BAD_VALUES))
+def test_bad_uri_value_fails_open(field: str, tmp_path: Any) -> None:
+    value, words = BAD_VALUES[field]
+    bottomless.register(Settings(backend="memory"))
+    with pytest.raises(bottomless.ConfigError) as info:
+        apsw.Connection(
+            f"file:{tmp_path}/x.db?vfs=bottomless&{field}={value}",
+            flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+        )
+    for word in words:
+        assert word in str(info.value)
+    assert f"URI parameter {field}" in str(info.value)
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(bottomless.ConfigError) as info:
+        resolve(None, {"backend": "nope", "timeout": "0", "compression": "lz"})
+    assert all(f in str(info.value) for f in ("backend", "timeout", "compression"))
+
+
+def test_unknown_uri_parameter_and_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(bottomless.ConfigError, match="bukcet"):
+        resolve(None, {"bukcet": "x"})
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUKCET", "x")
+    with pytest.raises(bottomless.ConfigError, match="LIBSQL_BOTTOMLESS_BUKCET"):
+        load_settings()
+
+
+def test_precedence_uri_over_settings_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", "from-env")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_ENDPOINT", "http://env:9000")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_TIMEOUT", "7")
+    assert load_settings().bucket == "from-env"
+    given = Settings(bucket="from-code", endpoint="http://code:9000")
+    assert given.timeout == 7  # env fills what code leaves
+    merged = resolve(given, {"bucket": "from-uri"})
+    assert merged.bucket == "from-uri"
+    assert merged.endpoint == "http://code:9000"
+    assert merged.timeout == 7
+    assert Settings().backend == "s3" and Settings().initial_replication == "error"
+    monkeypatch.delenv("LIBSQL_BOTTOMLESS_ENDPOINT")
+    assert Settings().endpoint == "http://localhost:9000"
+
+
+def test_uri_parameters_reach_the_replica(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BACKEND", "file")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", str(tmp_path / "env-replicas"))
+    bottomless.register()
+    db = apsw.Connection(
+        f"file:{tmp_path}/p.db?vfs=bottomless&bucket={tmp_path}/uri-replicas&db_name=named",
+        flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+    )
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES(1)")
+    db.close()
+    assert (tmp_path / "uri-replicas" / "named").is_dir()
+    assert not (tmp_path / "env-replicas").exists()
+
+
+def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cr3t-VALUE-123"
+    settings = Settings(access_key_id="AKIDEXAMPLE", secret_access_key=secret)
+    assert secret not in repr(settings) and secret not in str(settings)
+    assert secret not in repr(settings.model_dump())
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_TIMEOUT", "oops")
+    with pytest.raises(bottomless.ConfigError) as info:
+        load_settings()
+    assert secret not in str(info.value)
+    with pytest.raises(bottomless.ConfigError) as info:
+        resolve(None, {"session_token": secret, "parallelism": "x"})
+    assert secret not in str(info.value)
