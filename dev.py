@@ -31,7 +31,11 @@ def ensure_venv(extra: str) -> str:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
         stamp_value = hashlib.sha256(handle.read() + extra.encode()).hexdigest()
     stamp = os.path.join(VENV, f".installed-{extra}")
-    if not os.path.exists(stamp) or open(stamp).read() != stamp_value:
+    installed = ""
+    if os.path.exists(stamp):
+        with open(stamp) as handle:
+            installed = handle.read()
+    if installed != stamp_value:
         print(f"installing bottomless[{extra}] into {VENV}", flush=True)
         subprocess.run(
             [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",

@@ -15,7 +15,7 @@ from bottomless.format import validate_db_name
 from bottomless.localdb import file_size
 from bottomless.pagestore import open_store
 from bottomless.restore import RestoreResult, restore_file
-from bottomless.settings import Settings, resolve
+from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, resolve
 
 
 def register(settings: Settings | None = None) -> None:
@@ -41,7 +41,7 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
     query = {"vfs": _vfs.VFS_NAME}
     token = _vfs.settings_token(settings) if settings is not None else None
     if token:
-        query[_vfs.SETTINGS_TOKEN_PARAMETER] = token
+        query[SETTINGS_TOKEN_PARAMETER] = token
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?" + urllib.parse.urlencode(query)
     flags = kwargs.pop("flags", apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:

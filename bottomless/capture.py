@@ -90,7 +90,9 @@ class RollbackCapture:
             for offset, length in changed:
                 numbers.update(range(offset // size + 1, (offset + length - 1) // size + 2))
         pages = {
-            n: read((n - 1) * size, size).ljust(size, b"\0") for n in sorted(numbers) if n <= db_size
+            n: read((n - 1) * size, size).ljust(size, b"\0")
+            for n in sorted(numbers)
+            if n <= db_size
         }
         return Transaction(pages, db_size, size)
 

@@ -317,7 +317,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
 def decode_manifest(data: bytes, key: str) -> Manifest:
     """Verify and parse a sealed manifest."""
     body, object_digest = unseal(data, key)
-    if bytes(body[:4]) != _MANIFEST_MAGIC:
+    if len(body) < 6 or bytes(body[:4]) != _MANIFEST_MAGIC:
         raise CorruptObjectError(f"{key}: not a bottomless manifest")
     (version,) = struct.unpack_from("<H", body, 4)
     if version != FORMAT_VERSION:
@@ -332,7 +332,7 @@ def decode_manifest(data: bytes, key: str) -> Manifest:
         )
         for part in manifest.parts:
             int(part["pages"]), bytes.fromhex(part["digest"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
         raise CorruptObjectError(f"{key}: manifest JSON is invalid: {e}") from e
     manifest.digest = object_digest
     return manifest

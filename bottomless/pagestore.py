@@ -59,7 +59,7 @@ class PageStore(ABC):
         """
 
     @abstractmethod
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         """Return every key that starts with ``prefix``, sorted; an empty list if none."""
 
     @abstractmethod

@@ -206,7 +206,7 @@ class Replicator:
             )
             self.paused = True
         else:
-            seqs = len(self.store.list(fmt.commits_prefix(self.db_name, manifest.generation)))
+            seqs = len(self.store.list_keys(fmt.commits_prefix(self.db_name, manifest.generation)))
             raise ReplicaConflictError(
                 f"cannot replicate {self.db_path}: {self.store.location} already holds a replica"
                 f" of {self.db_name!r} (generation {manifest.generation}, {manifest.db_size}-page"

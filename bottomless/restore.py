@@ -7,12 +7,13 @@ written, and the result only replaces the target path, by a rename, once it is c
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -72,12 +73,12 @@ def latest_generation(store: PageStore, db_name: str) -> fmt.Manifest | None:
 
 def commit_numbers(store: PageStore, db_name: str, generation: str) -> list[int]:
     """Sequence numbers of the commits stored for a generation, ascending."""
-    keys = store.list(fmt.commits_prefix(db_name, generation))
+    keys = store.list_keys(fmt.commits_prefix(db_name, generation))
     return sorted(n for n in (fmt.seq_from_commit_key(k) for k in keys) if n is not None)
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, jobs: list[Callable[[], T]], window: int
+    pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], T]], window: int
 ) -> Iterator[T]:
     """Run ``jobs`` on ``pool`` with at most ``window`` in flight; yield results in order."""
     queue: deque[Future[T]] = deque()
@@ -118,18 +119,18 @@ def restore_file(
     tmp = f"{path}.bottomless-restore-{secrets.token_hex(4)}"
     stats = {"objects": 1, "bytes": 0}
 
-    def fetch(key: str) -> bytes:
+    def fetch(key: str) -> tuple[str, bytes]:
         data = store.get(key)
         stats["objects"] += 1
         stats["bytes"] += len(data)
-        return data
+        return key, data
 
     page_size, db_size, prev, last_seq = manifest.page_size, manifest.db_size, manifest.digest, 0
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
             part_jobs = [
-                (lambda k=fmt.snapshot_key(db_name, generation, i): (k, fetch(k)))
+                functools.partial(fetch, fmt.snapshot_key(db_name, generation, i))
                 for i in range(len(manifest.parts))
             ]
             for number, (key, data) in enumerate(_prefetch(pool, part_jobs, parallelism)):
@@ -144,7 +145,7 @@ def restore_file(
                 for pgno, page in batch.pages.items():
                     os.pwrite(fd, page, (pgno - 1) * page_size)
             commit_jobs = [
-                (lambda k=fmt.commit_key(db_name, generation, s): (k, fetch(k))) for s in seqs
+                functools.partial(fetch, fmt.commit_key(db_name, generation, s)) for s in seqs
             ]
             for seq, (key, data) in zip(seqs, _prefetch(pool, commit_jobs, parallelism),
                                         strict=True):
@@ -190,10 +191,11 @@ def restore_file(
 
 def _check(batch: fmt.PageBatch, key: str, generation: str, kind: int, seq: int) -> None:
     if batch.generation != generation or batch.kind != kind or batch.seq != seq:
+        names = {fmt.KIND_COMMIT: "commit", fmt.KIND_SNAPSHOT: "snapshot part"}
         raise CorruptObjectError(
-            f"{key}: object says generation {batch.generation} {'commit' if batch.kind == 2 else 'part'}"
-            f" {batch.seq}, expected generation {generation} {'commit' if kind == 2 else 'part'}"
-            f" {seq}: it was copied from elsewhere"
+            f"{key}: object says generation {batch.generation} {names.get(batch.kind)}"
+            f" {batch.seq}, expected generation {generation} {names[kind]} {seq}: it was"
+            " copied from elsewhere"
         )
 
 

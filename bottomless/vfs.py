@@ -150,9 +150,9 @@ class BottomlessVFS(apsw.VFS):
         path = name if isinstance(name, str) else name.filename()
         for suffix, cls in ((_JOURNAL_SUFFIX, JournalFile), (_WAL_SUFFIX, WalFile)):
             if path.endswith(suffix):
-                entry = self._entries.get(path[: -len(suffix)])
-                if entry is not None:
-                    return cls(entry, name, flags)
+                owner = self._entries.get(path[: -len(suffix)])
+                if owner is not None:
+                    return cls(owner, name, flags)
         return apsw.VFSFile("", name, flags)
 
     def _settings_for(self, name: apsw.URIFilename) -> Settings:

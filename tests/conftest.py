@@ -12,10 +12,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed  # noqa: E402
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
 
-import bottomless  # noqa: E402
-from bottomless.pagestore import PageStore, open_store  # noqa: E402
+import bottomless
+from bottomless.pagestore import PageStore, open_store
 
 BACKENDS = ["memory", "file", "s3"]
 

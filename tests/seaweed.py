@@ -25,7 +25,7 @@ import botocore.session
 from botocore.config import Config
 
 ACCESS_KEY = "bottomless-test"
-SECRET_KEY = "bottomless-test-secret"  # noqa: S105 - a throwaway key for a loopback server
+SECRET_KEY = "bottomless-test-secret"
 
 
 def _free(port: int) -> bool:

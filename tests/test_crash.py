@@ -85,7 +85,8 @@ def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: i
             f"round {round_}: child exited with {child.returncode} before the kill:\n"
             f"{err.decode()[-3000:]}"
         )
-        done = [int(line.split()[1]) for line in out.decode().splitlines() if line.startswith("done")]
+        lines = out.decode().splitlines()
+        done = [int(line.split()[1]) for line in lines if line.startswith("done")]
         if done:
             acknowledged = max(acknowledged, done[-1])
         tally["kills"] += 1

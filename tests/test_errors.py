@@ -60,7 +60,7 @@ def test_missing_bucket_is_created(tmp_path: Any, s3_settings: dict[str, Any],
 
 def _commit_file(settings: bottomless.Settings, seq: int) -> str:
     store = bottomless.open_store(settings)
-    keys = [k for k in store.list("e.db/") if fmt.seq_from_commit_key(k) == seq]
+    keys = [k for k in store.list_keys("e.db/") if fmt.seq_from_commit_key(k) == seq]
     assert len(keys) == 1
     return os.path.join(settings.bucket, keys[0])
 
@@ -69,7 +69,8 @@ def test_corrupted_commit_is_named(tmp_path: Any, make_settings: MakeSettings) -
     settings = make_settings("file")
     _replicate(tmp_path, settings)
     victim = _commit_file(settings, 2)
-    data = bytearray(open(victim, "rb").read())
+    with open(victim, "rb") as handle:
+        data = bytearray(handle.read())
     data[len(data) // 2] ^= 0x10
     os.chmod(victim, 0o644)
     with open(victim, "wb") as handle:
@@ -103,7 +104,7 @@ def test_object_from_elsewhere_is_refused(tmp_path: Any, make_settings: MakeSett
 
 
 def test_missing_replica(tmp_path: Any, make_settings: MakeSettings) -> None:
-    with pytest.raises(bottomless.ReplicaNotFoundError, match="no replica of 'ghost.db'"):
+    with pytest.raises(bottomless.ReplicaNotFoundError, match=r"no replica of 'ghost\.db'"):
         bottomless.restore(str(tmp_path / "ghost.db"), make_settings("file"))
 
 

@@ -359,13 +359,6 @@ def manifest_documents(draw: st.DrawFn) -> bytes:
     return json.dumps(doc).encode()
 
 
-MANIFEST_BUGS = (
-    "decode_manifest lets struct.error (body of 4-5 bytes after BTLM) and OverflowError"
-    " (Infinity where an int is expected) escape instead of CorruptObjectError"
-)
-
-
-@pytest.mark.xfail(reason=MANIFEST_BUGS, strict=True, raises=(struct.error, OverflowError))
 @settings(EXAMPLES, derandomize=True, database=None, report_multiple_bugs=False)
 @given(
     body=st.one_of(
@@ -377,13 +370,11 @@ def test_sealed_manifest_bodies_only_raise_corrupt_object_error(body: bytes) -> 
     decodes_or_is_corrupt(fmt.decode_manifest, fmt.seal(body), "fuzz/key")
 
 
-@pytest.mark.xfail(reason=MANIFEST_BUGS, strict=True, raises=struct.error)
 @pytest.mark.parametrize("body", [b"BTLM", b"BTLM\x01"], ids=["4-bytes", "5-bytes"])
 def test_manifest_shorter_than_its_header_is_corrupt(body: bytes) -> None:
     assert_corrupt(fmt.seal(body), fmt.decode_manifest, MANIFEST_KEY)
 
 
-@pytest.mark.xfail(reason=MANIFEST_BUGS, strict=True, raises=OverflowError)
 @pytest.mark.parametrize("field", ["page_size", "db_size", "created_ms", "parts.pages"])
 def test_manifest_with_infinite_number_is_corrupt(field: str) -> None:
     doc = sample_manifest().to_json()
@@ -395,11 +386,6 @@ def test_manifest_with_infinite_number_is_corrupt(field: str) -> None:
     assert_corrupt(fmt.seal(body), fmt.decode_manifest, MANIFEST_KEY)
 
 
-@pytest.mark.xfail(
-    reason="decode_manifest lets RecursionError from json.loads escape for deeply nested JSON",
-    strict=True,
-    raises=RecursionError,
-)
 def test_manifest_nested_too_deeply_is_corrupt() -> None:
     body = b"BTLM" + struct.pack("<H", fmt.FORMAT_VERSION) + b"[" * 100_000
     assert_corrupt(fmt.seal(body), fmt.decode_manifest, MANIFEST_KEY)

@@ -201,7 +201,7 @@ def test_many_databases_share_a_bucket(tmp_path: Any, backend: str,
 
 
 def _object_keys(store: PageStore, db_name: str) -> list[str]:
-    return store.list(fmt.db_prefix(db_name))
+    return store.list_keys(fmt.db_prefix(db_name))
 
 
 def test_one_object_per_commit(tmp_path: Any, make_settings: MakeSettings) -> None:
@@ -273,8 +273,8 @@ class FlakyStore(PageStore):
     def get_range(self, key: str, start: int, end: int) -> bytes:
         return self.inner.get_range(key, start, end)
 
-    def list(self, prefix: str) -> list[str]:
-        return self.inner.list(prefix)
+    def list_keys(self, prefix: str) -> list[str]:
+        return self.inner.list_keys(prefix)
 
     def list_children(self, prefix: str) -> list[str]:
         return self.inner.list_children(prefix)

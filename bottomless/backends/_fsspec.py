@@ -28,7 +28,7 @@ class FsspecPageStore(PageStore):
         return path[len(root) + 1 :] if path.startswith(root + "/") else path
 
     def _translate(self, error: Exception, action: str, key: str) -> Exception:
-        if isinstance(error, FileNotFoundError):
+        if isinstance(error, (FileNotFoundError, IsADirectoryError)):
             return ObjectNotFoundError(f"{self.location}: {key} does not exist")
         return StoreError(f"{self.location}: {action} {key} failed: {error}")
 
@@ -48,7 +48,7 @@ class FsspecPageStore(PageStore):
             raise self._translate(e, "GET", key) from e
         return data
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         """Return every key that starts with ``prefix``, sorted."""
         base, _, _ = prefix.rpartition("/")
         directory = self._path(base) if base else self.root
@@ -67,12 +67,16 @@ class FsspecPageStore(PageStore):
         """Return the names one level below ``prefix``."""
         directory = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         try:
-            entries = self.fs.ls(directory, detail=False)
-        except FileNotFoundError:
+            entries = self.fs.ls(directory, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except Exception as e:
             raise self._translate(e, "LIST", prefix) from e
-        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in entries}
+        if len(entries) == 1 and entries[0].get("type") == "file" and (
+            str(entries[0]["name"]).strip("/") == directory.strip("/")
+        ):
+            return []  # ``prefix`` names an object, which has no children
+        names = {str(p["name"]).rstrip("/").rsplit("/", 1)[-1] for p in entries}
         names.discard("")
         return sorted(n for n in names if not n.startswith(".tmp-"))
 
@@ -80,7 +84,14 @@ class FsspecPageStore(PageStore):
         """Delete ``key``; a missing key is not an error."""
         try:
             self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return
         except Exception as e:
             raise self._translate(e, "DELETE", key) from e
+
+    def exists(self, key: str) -> bool:
+        """Tell whether ``key`` is an object (a prefix of other keys is not)."""
+        try:
+            return bool(self.fs.isfile(self._path(key)))
+        except Exception as e:
+            raise self._translate(e, "HEAD", key) from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from typing import TYPE_CHECKING
@@ -67,10 +68,20 @@ class FilePageStore(FsspecPageStore):
         except OSError as e:
             raise StoreError(f"{self.location}: PUT {key} failed: {e}") from e
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
+
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` and the directories it leaves empty."""
+        super().delete(key)
+        directory = os.path.dirname(self._path(key))
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (or gone): stop climbing
+                break
+            directory = os.path.dirname(directory)
 
 
 def _fsync_dir(directory: str) -> None:
