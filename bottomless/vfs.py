@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,7 +44,7 @@ _settings_by_token: dict[str, Settings] = {}
 
 def settings_token(settings: Settings) -> str:
     """Register ``settings`` for one open and return the URI token that names it."""
-    token = f"s{id(settings):x}"
+    token = secrets.token_hex(8)
     _settings_by_token[token] = settings
     return token
 
