@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import apsw
 
 from bottomless import vfs as _vfs
-from bottomless.errors import BottomlessError
+from bottomless.errors import BottomlessError, ConfigError
 from bottomless.format import validate_db_name
 from bottomless.localdb import file_size
 from bottomless.pagestore import open_store
@@ -65,20 +67,47 @@ def restore(
     settings: Settings | None = None,
     *,
     db_name: str | None = None,
+    generation: str | None = None,
+    commit: int | None = None,
+    timestamp: dt.datetime | str | None = None,
     overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
-    """Write the newest replicated state of a database to ``path`` as a plain SQLite file.
+    """Write a replicated state of a database to ``path`` as a plain SQLite file.
 
-    ``db_name`` defaults to ``settings.db_name``, then to the base name of ``path``. The store is
-    only read. An existing non-empty ``path`` is replaced only with ``overwrite=True``. Raises
-    ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError.
+    By default the newest commit of the newest generation. ``commit`` picks an exact commit
+    (of ``generation``, default the newest), ``timestamp`` the last commit at or before that
+    moment (a datetime, or ISO 8601 text such as ``2026-11-25T10:00:00Z``). ``db_name``
+    defaults to ``settings.db_name``, then to the base name of ``path``. The store is only
+    read. An existing non-empty ``path`` is replaced only with ``overwrite=True``. Raises
+    ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target outside what
+    the bucket holds fails with the nearest restorable points in the message.
     """
     settings = resolve(settings)
     name = validate_db_name(db_name or settings.db_name or os.path.basename(path))
     if file_size(path) > 0 and not overwrite:
         raise BottomlessError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    if commit is not None and timestamp is not None:
+        raise ConfigError("pass either commit or timestamp, not both")
+    moment = parse_timestamp(timestamp) if isinstance(timestamp, str) else timestamp
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
     store = open_store(settings)
     try:
-        return restore_file(store, name, path, parallelism=settings.parallelism)
+        return restore_file(
+            store, name, path, generation=generation, seq=commit, timestamp=moment,
+            parallelism=settings.parallelism, progress=progress,
+        )
     finally:
         store.close()
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    """Parse ISO 8601 text (``Z`` allowed); naive times are UTC. Raises ConfigError."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"invalid timestamp {text!r}: use ISO 8601, for example 2026-11-25T10:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

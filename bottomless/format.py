@@ -100,14 +100,25 @@ def generations_prefix(db_name: str) -> str:
     return f"{db_name}/generations/"
 
 
-def manifest_key(db_name: str, generation: str) -> str:
-    """Key of a generation's manifest."""
-    return f"{db_name}/generations/{generation}/manifest"
+def snapshots_prefix(db_name: str, generation: str) -> str:
+    """Prefix under which a generation's snapshot manifests live."""
+    return f"{db_name}/generations/{generation}/snapshots/"
 
 
-def snapshot_key(db_name: str, generation: str, part: int) -> str:
-    """Key of one snapshot part."""
-    return f"{db_name}/generations/{generation}/snapshot/{part:08d}"
+def snapshot_key(db_name: str, generation: str, seq: int) -> str:
+    """Key of the manifest of the snapshot taken at commit ``seq`` (0: the generation's base)."""
+    return f"{snapshots_prefix(db_name, generation)}{seq:016d}"
+
+
+def part_key(db_name: str, generation: str, seq: int, part: int) -> str:
+    """Key of part ``part`` written for the snapshot at commit ``seq``."""
+    return f"{db_name}/generations/{generation}/parts/{seq:016d}-{part:06d}"
+
+
+def generation_of_key(key: str) -> str:
+    """The generation id inside a key under ``<db>/generations/<id>/``."""
+    pieces = key.split("/")
+    return pieces[2] if len(pieces) > 3 and pieces[1] == "generations" else ""
 
 
 def commits_prefix(db_name: str, generation: str) -> str:
@@ -120,8 +131,8 @@ def commit_key(db_name: str, generation: str, seq: int) -> str:
     return f"{commits_prefix(db_name, generation)}{seq:016d}"
 
 
-def seq_from_commit_key(key: str) -> int | None:
-    """Return the sequence number encoded in a commit key, or ``None`` if it is not one."""
+def seq_from_key(key: str) -> int | None:
+    """Return the sequence number a commit or snapshot key ends with, or ``None``."""
     tail = key.rsplit("/", 1)[-1]
     return int(tail) if len(tail) == 16 and tail.isdigit() else None
 
@@ -280,15 +291,27 @@ def decode_batch(data: bytes, key: str) -> PageBatch:
 
 @dataclass
 class Manifest:
-    """Describes a generation: its snapshot parts and where it came from."""
+    """A snapshot: the whole database as of commit ``seq`` of a generation.
+
+    ``parts`` lists the page-batch objects that hold it: ``{"key", "first", "pages",
+    "digest"}``, part ``i`` covering pages ``first .. first + pages - 1``. A part may live under
+    an older snapshot or generation when its pages did not change. ``commit_digest`` is the
+    digest of commit ``seq`` (``None`` for a generation's base snapshot, seq 0), so commits
+    after the snapshot can be chained from it. ``base`` records the (generation, seq) a branched
+    generation started from.
+    """
 
     db_name: str
     generation: str
+    seq: int
     page_size: int
     db_size: int
+    part_pages: int
     writer: str
     reason: str
     parts: list[dict[str, Any]]
+    commit_digest: str | None = None
+    base: dict[str, Any] | None = None
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     digest: bytes = ZERO_DIGEST
 
@@ -297,13 +320,22 @@ class Manifest:
         return {
             "db_name": self.db_name,
             "generation": self.generation,
+            "seq": self.seq,
             "created_ms": self.created_ms,
             "page_size": self.page_size,
             "db_size": self.db_size,
+            "part_pages": self.part_pages,
             "writer": self.writer,
             "reason": self.reason,
             "parts": self.parts,
+            "commit_digest": self.commit_digest,
+            "base": self.base,
         }
+
+    @property
+    def chain_digest(self) -> bytes:
+        """What the first commit after this snapshot names as its ``prev``."""
+        return bytes.fromhex(self.commit_digest) if self.commit_digest else self.digest
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -326,12 +358,17 @@ def decode_manifest(data: bytes, key: str) -> Manifest:
         doc: Mapping[str, Any] = json.loads(bytes(body[6:]))
         manifest = Manifest(
             db_name=str(doc["db_name"]), generation=str(doc["generation"]),
-            page_size=int(doc["page_size"]), db_size=int(doc["db_size"]),
-            writer=str(doc["writer"]), reason=str(doc["reason"]),
-            parts=[dict(p) for p in doc["parts"]], created_ms=int(doc["created_ms"]),
+            seq=int(doc["seq"]), page_size=int(doc["page_size"]), db_size=int(doc["db_size"]),
+            part_pages=int(doc["part_pages"]), writer=str(doc["writer"]),
+            reason=str(doc["reason"]), parts=[dict(p) for p in doc["parts"]],
+            commit_digest=doc.get("commit_digest"), base=doc.get("base"),
+            created_ms=int(doc["created_ms"]),
         )
         for part in manifest.parts:
-            int(part["pages"]), bytes.fromhex(part["digest"])
+            str(part["key"]), int(part["first"]), int(part["pages"])
+            bytes.fromhex(part["digest"])
+        if manifest.commit_digest is not None:
+            bytes.fromhex(manifest.commit_digest)
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
         raise CorruptObjectError(f"{key}: manifest JSON is invalid: {e}") from e
     manifest.digest = object_digest

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +36,7 @@ from bottomless.localdb import (
 from bottomless.pagestore import PageStore
 from bottomless.restore import latest_generation, restore_file
 from bottomless.settings import Settings
+from bottomless.snapshots import PageSource, compact, snapshot_seqs, upload_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ class Replicator:
         self.stats = Stats()
         self._pending: LocalState | None = None
         self.state: LocalState | None = None
+        #: called with a byte count as snapshots upload (the CLI shows a progress bar)
+        self.progress: Callable[[int], None] | None = None
+        self._since_snapshot = (0, 0)  # commits, bytes of log since the newest snapshot
+        self._compactor: threading.Thread | None = None
+        self._last_object_size = 0
 
     # ------------------------------------------------------------ open
 
@@ -130,63 +135,116 @@ class Replicator:
             if manifest is None:
                 self._start_generation(image, "initial", writer=_writer_of(state))
                 return
-            verdict = self._same_lineage(state, manifest, image)
+            verdict, reason = self._same_lineage(state, manifest, image)
             if verdict == "continue":
                 assert state is not None
                 self.state = state
+                write_state(self.db_path, state)
+                newest = max(snapshot_seqs(self.store, self.db_name, state.generation), default=0)
+                self._since_snapshot = (state.seq - newest, 0)
                 logger.info(
                     "continuing %s: generation %s at commit %d",
                     self.db_name, state.generation, state.seq,
                 )
-            elif verdict == "fork":
-                logger.warning(
-                    "%s: the bucket holds a commit this file never completed (a crash between"
-                    " upload and local commit); starting a new generation from the local file",
-                    self.db_name,
-                )
+            elif verdict == "branch":
+                assert state is not None
+                logger.warning("%s: %s; branching a new generation from commit %d",
+                               self.db_name, reason, state.seq)
+                self._branch(state)
+            elif verdict == "restart":
+                logger.warning("%s: %s; starting a new generation from the local file",
+                               self.db_name, reason)
                 self._start_generation(image, "restart", writer=_writer_of(state))
             else:
-                self._apply_policy(verdict, state, manifest, image)
+                self._apply_policy(reason, state, manifest, image)
         finally:
             image.close()
 
+    def _matches(self, image: LocalImage, batch: fmt.PageBatch) -> bool:
+        """Whether the local content equals the state right after commit ``batch``."""
+        return batch.db_size == image.db_size and all(
+            image.page(n) == page for n, page in batch.pages.items()
+        )
+
     def _same_lineage(
         self, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage
-    ) -> str:
-        """'continue', 'fork', or a sentence saying why the two disagree."""
+    ) -> tuple[str, str]:
+        """Decide how the local file relates to the newest generation in the bucket.
+
+        Returns ("continue" | "branch" | "restart" | "conflict", why). ``state`` is updated in
+        place when the bucket is one commit ahead and the local file holds that commit too.
+        """
         if state is None:
-            return "the local file has no bottomless state (it was never replicated here)"
+            return "conflict", "the local file has no bottomless state (never replicated here)"
         if state.generation != manifest.generation:
-            return f"the local file belongs to generation {state.generation}"
+            return "conflict", f"the local file belongs to generation {state.generation}"
+        ours = bytes.fromhex(state.writer)
         next_key = fmt.commit_key(self.db_name, state.generation, state.seq + 1)
         if self.store.exists(next_key):
             batch = fmt.decode_batch(self.store.get(next_key), next_key)
-            if batch.writer.hex() == state.writer:
-                return "fork"
-            return (
-                f"another writer added commit {state.seq + 1} after the local file's commit"
-                f" {state.seq}"
-            )
+            if batch.writer != ours or batch.prev != state.digest_bytes:
+                return "conflict", (
+                    f"another writer added commit {state.seq + 1} after the local file's"
+                    f" commit {state.seq}"
+                )
+            if self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
+                return "conflict", f"the bucket runs more than one commit past {state.seq}"
+            if self._matches(image, batch):
+                # committed locally, but the process died before recording it
+                state.seq, state.digest = batch.seq, batch.digest.hex()
+                state.page_size = batch.page_size
+                return "continue", ""
+            return self._orphan_verdict(state, image)
         if state.seq == 0:
-            key = fmt.manifest_key(self.db_name, state.generation)
-            last_digest = manifest.digest
-        else:
-            key = fmt.commit_key(self.db_name, state.generation, state.seq)
-            try:
-                last = fmt.decode_batch(self.store.get(key), key)
-            except ObjectNotFoundError:
-                return f"the bucket lacks commit {state.seq} that the local file recorded"
-            last_digest = last.digest
-            if last.db_size != image.db_size or any(
-                image.page(n) != page for n, page in last.pages.items()
-            ):
-                # the state file ran ahead of the local commit (crash in between)
-                if last.writer.hex() == state.writer:
-                    return "fork"
-                return f"the local file does not match commit {state.seq} it recorded"
-        if last_digest != state.digest_bytes:
-            return f"{key} is not the object the local file recorded"
-        return "continue"
+            return ("continue", "") if manifest.digest == state.digest_bytes else (
+                "conflict", "the generation's base snapshot is not the one the file recorded")
+        key = fmt.commit_key(self.db_name, state.generation, state.seq)
+        try:
+            last = fmt.decode_batch(self.store.get(key), key)
+        except ObjectNotFoundError:
+            snapshot = fmt.snapshot_key(self.db_name, state.generation, state.seq)
+            if self.store.exists(snapshot):  # the commit was compacted away by gc
+                kept = fmt.decode_manifest(self.store.get(snapshot), snapshot)
+                if kept.commit_digest == state.digest:
+                    return "continue", ""
+            return "conflict", f"the bucket lacks commit {state.seq} that the local file recorded"
+        if last.digest != state.digest_bytes:
+            return "conflict", f"{key} is not the object the local file recorded"
+        if not self._matches(image, last):
+            if last.writer == ours:
+                return "restart", (
+                    f"the local file does not hold commit {state.seq} it recorded (a crash"
+                    " between recording and committing)"
+                )
+            return "conflict", f"the local file does not match commit {state.seq}"
+        return "continue", ""
+
+    def _orphan_verdict(self, state: LocalState, image: LocalImage) -> tuple[str, str]:
+        why = (
+            f"commit {state.seq + 1} reached the bucket but not the local file (a crash between"
+            " upload and local commit)"
+        )
+        if state.seq == 0:
+            return "branch", why
+        key = fmt.commit_key(self.db_name, state.generation, state.seq)
+        try:
+            last = fmt.decode_batch(self.store.get(key), key)
+        except ObjectNotFoundError:
+            return "restart", why
+        return ("branch", why) if self._matches(image, last) else ("restart", why)
+
+    def _branch(self, state: LocalState) -> None:
+        """Start a generation at (generation, seq) of the bucket, leaving an orphan behind."""
+        generation = self._new_generation_id()
+        manifest = compact(
+            self.store, db_name=self.db_name, generation=state.generation, seq=state.seq,
+            into=generation, reason="branch", writer=state.writer,
+            compression=self.settings.compression, parallelism=self.settings.parallelism,
+            part_mb=self.settings.snapshot_part_mb, counter=self._count,
+        )
+        self.state = replace(state, generation=generation, seq=0, digest=manifest.digest.hex())
+        write_state(self.db_path, self.state)
+        self.stats.generations_started.append(generation)
 
     def _apply_policy(
         self, reason: str, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage
@@ -220,62 +278,37 @@ class Replicator:
 
     # ------------------------------------------------------------ generations
 
-    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
-        """Upload ``image`` (or an empty database) as a new generation; make it current."""
+    def _new_generation_id(self) -> str:
         latest = max(_generation_ids(self.store, self.db_name), default="")
         generation = fmt.new_generation_id()
         while generation <= latest:  # a clock behind the bucket's newest generation
             time.sleep(0.002)
             generation = fmt.new_generation_id()
-        page_size = image.page_size if image else 0
-        db_size = image.db_size if image else 0
-        per_part = max(1, self.settings.snapshot_part_mb * 1024 * 1024 // max(page_size, 512))
+        return generation
+
+    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
+        """Upload ``image`` (or an empty database) as a new generation; make it current."""
+        generation = self._new_generation_id()
         started = time.monotonic()
-        parts = self._upload_parts(generation, image, per_part) if db_size else []
-        manifest = fmt.Manifest(
-            db_name=self.db_name, generation=generation, page_size=page_size, db_size=db_size,
-            writer=writer.hex(), reason=reason, parts=parts,
+        source: PageSource = image if image is not None else _Empty()
+        manifest = upload_snapshot(
+            self.store, db_name=self.db_name, generation=generation, seq=0, source=source,
+            part_mb=self.settings.snapshot_part_mb, parallelism=self.settings.parallelism,
+            compression=self.settings.compression, writer=writer.hex(), reason=reason,
+            counter=self._count, progress=self.progress,
         )
-        data = fmt.encode_manifest(manifest)
-        self.store.put_if_absent(fmt.manifest_key(self.db_name, generation), data)
-        self._count(data)
         self.state = LocalState(
-            self.db_name, generation, 0, manifest.digest.hex(), page_size, writer.hex(),
+            self.db_name, generation, 0, manifest.digest.hex(), source.page_size, writer.hex(),
             self.store.location,
         )
         write_state(self.db_path, self.state)
         self.stats.generations_started.append(generation)
+        self._since_snapshot = (0, 0)
         logger.info(
             "%s: started generation %s (%s, %d pages, %d parts) in %.2fs",
-            self.db_name, generation, reason, db_size, len(parts), time.monotonic() - started,
+            self.db_name, generation, reason, source.db_size, len(manifest.parts),
+            time.monotonic() - started,
         )
-
-    def _upload_parts(
-        self, generation: str, image: LocalImage | None, per_part: int
-    ) -> list[dict[str, Any]]:
-        assert image is not None
-        numbers = list(range(1, image.db_size + 1))
-        window = self.settings.parallelism
-        results: list[dict[str, Any]] = []
-        in_flight: list[Future[dict[str, Any]]] = []
-
-        def upload(part: int, pages: dict[int, bytes]) -> dict[str, Any]:
-            batch = fmt.PageBatch(
-                fmt.KIND_SNAPSHOT, generation, part, image.page_size, image.db_size, pages
-            )
-            data = fmt.encode_batch(batch, self.settings.compression)
-            self.store.put_if_absent(fmt.snapshot_key(self.db_name, generation, part), data)
-            self._count(data)
-            return {"pages": len(pages), "digest": batch.digest.hex()}
-
-        with ThreadPoolExecutor(max_workers=window) as pool:
-            for part, chunk in enumerate(fmt.iter_chunks(numbers, per_part)):
-                pages = {n: image.page(n) for n in chunk}
-                in_flight.append(pool.submit(upload, part, pages))
-                if len(in_flight) >= window:
-                    results.append(in_flight.pop(0).result())
-            results.extend(f.result() for f in in_flight)
-        return results
 
     # ------------------------------------------------------------ commits
 
@@ -316,6 +349,7 @@ class Replicator:
             self._position_taken(key, state, image)
             return
         self._count(data)
+        self._last_object_size = len(data)
         logger.debug(
             "PUT %s (%d pages, %d bytes) in %.1f ms",
             key, len(txn.pages), len(data), (time.monotonic() - started) * 1000,
@@ -354,6 +388,43 @@ class Replicator:
             self.stats.commits += 1
             self.stats.last_commit_seq = pending.seq
             self.stats.last_commit_time = time.time()
+            commits, size = self._since_snapshot
+            self._since_snapshot = (commits + 1, size + self._last_object_size)
+            self._maybe_snapshot(pending)
+
+    def _maybe_snapshot(self, state: LocalState) -> None:
+        """Start a background snapshot once enough log has piled up since the last one."""
+        commits, size = self._since_snapshot
+        every_commits = self.settings.snapshot_interval_commits
+        every_bytes = self.settings.snapshot_interval_mb * 1024 * 1024
+        due = (every_commits and commits >= every_commits) or (every_bytes and size >= every_bytes)
+        if not due or (self._compactor is not None and self._compactor.is_alive()):
+            return
+        self._since_snapshot = (0, 0)
+        self._compactor = threading.Thread(
+            target=self._snapshot, args=(state.generation, state.seq, state.writer),
+            name=f"bottomless-snapshot-{self.db_name}", daemon=True,
+        )
+        self._compactor.start()
+
+    def _snapshot(self, generation: str, seq: int, writer: str) -> None:
+        try:
+            compact(
+                self.store, db_name=self.db_name, generation=generation, seq=seq,
+                compression=self.settings.compression, parallelism=self.settings.parallelism,
+                writer=writer, part_mb=self.settings.snapshot_part_mb, counter=self._count,
+            )
+        except ObjectExistsError:
+            pass  # another process took this very snapshot
+        except Exception as e:  # noqa: BLE001 - a failed snapshot must not break commits
+            self.stats.last_error = f"snapshot at commit {seq} failed: {e}"
+            self.stats.last_error_time = time.time()
+            logger.warning("%s: snapshot at commit %d failed: %s", self.db_name, seq, e)
+
+    def wait_snapshot(self, timeout: float | None = None) -> None:
+        """Wait for a background snapshot in progress, if any."""
+        if self._compactor is not None:
+            self._compactor.join(timeout)
 
     def _count(self, data: bytes) -> None:
         self.stats.objects_written += 1
@@ -381,8 +452,19 @@ class Replicator:
         }
 
     def close(self) -> None:
-        """Release the store."""
+        """Finish a snapshot in progress, then release the store."""
+        self.wait_snapshot()
         self.store.close()
+
+
+class _Empty:
+    """The page source of a database with no pages yet."""
+
+    page_size = 0
+    db_size = 0
+
+    def page(self, pgno: int) -> bytes:
+        raise IndexError(pgno)
 
 
 def _writer_of(state: LocalState | None) -> bytes:

@@ -1,22 +1,23 @@
-"""Rebuilding a database file from the store: newest snapshot plus every commit after it.
+"""Rebuilding a database file from the store, at the newest commit or at any point in time.
 
-Every object is verified (checksum, generation, sequence, chain) before a byte of it is
-written, and the result only replaces the target path, by a rename, once it is complete.
+A restore picks the newest snapshot at or before the target commit, writes its parts, and
+applies the commits after it in order. Every object is verified (checksum, generation,
+sequence, chain) before a byte of it is written, and the result replaces the target path, by a
+rename, only once it is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import logging
 import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 from bottomless import format as fmt
 from bottomless.errors import (
@@ -26,9 +27,10 @@ from bottomless.errors import (
     RestoreError,
 )
 from bottomless.pagestore import PageStore
+from bottomless.snapshots import check_part, iter_commits, read_manifest, snapshot_seqs
+from bottomless.transfer import in_order
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -41,9 +43,19 @@ class RestoreResult:
     digest: bytes
     page_size: int
     db_size: int
+    created_ms: int
     objects: int
     bytes_read: int
     seconds: float
+
+
+@dataclass
+class Target:
+    """A restorable point: a commit of a generation, and the snapshot to start from."""
+
+    generation: str
+    seq: int
+    snapshot: fmt.Manifest
 
 
 def generations(store: PageStore, db_name: str) -> list[str]:
@@ -52,122 +64,172 @@ def generations(store: PageStore, db_name: str) -> list[str]:
     return sorted(c for c in children if fmt.is_generation_id(c))
 
 
+def complete_generations(store: PageStore, db_name: str) -> list[str]:
+    """Generations that have at least one snapshot (incomplete uploads excluded), oldest first."""
+    return [g for g in generations(store, db_name) if snapshot_seqs(store, db_name, g)]
+
+
 def latest_generation(store: PageStore, db_name: str) -> fmt.Manifest | None:
-    """Manifest of the newest complete generation of ``db_name``, or ``None``."""
+    """Base snapshot (seq 0) of the newest complete generation of ``db_name``, or ``None``."""
     for generation in reversed(generations(store, db_name)):
-        key = fmt.manifest_key(db_name, generation)
         try:
-            data = store.get(key)
+            return read_manifest(store, db_name, generation, 0)
         except ObjectNotFoundError:
-            logger.debug("generation %s has no manifest (incomplete), skipping", generation)
-            continue
-        manifest = fmt.decode_manifest(data, key)
-        if manifest.generation != generation or manifest.db_name != db_name:
-            raise CorruptObjectError(
-                f"{key}: manifest describes {manifest.db_name}/{manifest.generation}, not"
-                f" {db_name}/{generation}"
-            )
-        return manifest
+            logger.debug("generation %s has no base snapshot (incomplete), skipping", generation)
     return None
 
 
 def commit_numbers(store: PageStore, db_name: str, generation: str) -> list[int]:
     """Sequence numbers of the commits stored for a generation, ascending."""
     keys = store.list_keys(fmt.commits_prefix(db_name, generation))
-    return sorted(n for n in (fmt.seq_from_commit_key(k) for k in keys) if n is not None)
+    return sorted(n for n in (fmt.seq_from_key(k) for k in keys) if n is not None)
 
 
-def _prefetch(
-    pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], T]], window: int
-) -> Iterator[T]:
-    """Run ``jobs`` on ``pool`` with at most ``window`` in flight; yield results in order."""
-    queue: deque[Future[T]] = deque()
-    pending = iter(jobs)
-    for job in pending:
-        queue.append(pool.submit(job))
-        if len(queue) >= window:
+def commit_header(store: PageStore, db_name: str, generation: str, seq: int) -> fmt.BatchHeader:
+    """The header of one commit, with one ranged GET."""
+    key = fmt.commit_key(db_name, generation, seq)
+    return fmt.decode_header(store.get_range(key, 0, fmt.HEADER_SIZE), key)
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _restorable(snapshots: list[int], commits: list[int]) -> tuple[int, int] | None:
+    """First and last restorable commit of a generation, given what is stored."""
+    if not snapshots:
+        return None
+    last = snapshots[-1]
+    for seq in commits:
+        if seq <= last:
+            continue
+        if seq != last + 1:
             break
-    while queue:
-        result = queue.popleft().result()
-        for job in pending:
-            queue.append(pool.submit(job))
-            break
-        yield result
+        last = seq
+    return snapshots[0], last
+
+
+def resolve_target(
+    store: PageStore, db_name: str, *, generation: str | None = None, seq: int | None = None,
+    timestamp: dt.datetime | None = None,
+) -> Target:
+    """Find the snapshot and commit a restore should use; raise with the nearest valid points."""
+    gens = complete_generations(store, db_name)
+    if not gens:
+        raise ReplicaNotFoundError(f"{store.location} holds no replica of {db_name!r}")
+    if generation is not None and generation not in gens:
+        raise RestoreError(
+            f"{db_name}: no complete generation {generation}; generations: {', '.join(gens)}"
+        )
+    candidates = [generation] if generation else list(reversed(gens))
+    if timestamp is not None:
+        wanted_ms = int(timestamp.timestamp() * 1000)
+        for gen in candidates:
+            snapshots = snapshot_seqs(store, db_name, gen)
+            span = _restorable(snapshots, commit_numbers(store, db_name, gen))
+            assert span is not None
+            first = read_manifest(store, db_name, gen, span[0])
+            first_ms = first.created_ms if span[0] == 0 else commit_header(
+                store, db_name, gen, span[0]).created_ms
+            if first_ms > wanted_ms:
+                continue
+            low, high = span  # last commit with created_ms <= wanted, by bisection
+            while low < high:
+                middle = (low + high + 1) // 2
+                if commit_header(store, db_name, gen, middle).created_ms <= wanted_ms:
+                    low = middle
+                else:
+                    high = middle - 1
+            return _target(store, db_name, gen, low)
+        oldest = gens[0] if generation is None else generation
+        earliest = read_manifest(store, db_name, oldest, snapshot_seqs(store, db_name, oldest)[0])
+        raise RestoreError(
+            f"{db_name}: nothing restorable at or before {timestamp.isoformat()}; the earliest"
+            f" restorable point is generation {oldest} as of {_iso(earliest.created_ms)}"
+        )
+    gen = candidates[0]
+    snapshots = snapshot_seqs(store, db_name, gen)
+    commits = commit_numbers(store, db_name, gen)
+    span = _restorable(snapshots, commits)
+    assert span is not None
+    if seq is None:
+        later = [c for c in commits if c > span[1]]
+        if later:
+            raise RestoreError(
+                f"{db_name}: generation {gen} is missing commit {span[1] + 1} while later"
+                f" commits exist; the last consistent point is commit {span[1]}; pass"
+                f" --commit {span[1]} to restore it"
+            )
+        return _target(store, db_name, gen, span[1])
+    if not span[0] <= seq <= span[1]:
+        raise RestoreError(
+            f"{db_name}: commit {seq} of generation {gen} cannot be restored; restorable"
+            f" commits are {span[0]}..{span[1]}"
+        )
+    return _target(store, db_name, gen, seq)
+
+
+def _target(store: PageStore, db_name: str, generation: str, seq: int) -> Target:
+    start = max(s for s in snapshot_seqs(store, db_name, generation) if s <= seq)
+    return Target(generation, seq, read_manifest(store, db_name, generation, start))
 
 
 def restore_file(
-    store: PageStore, db_name: str, path: str, *, parallelism: int = 8
+    store: PageStore, db_name: str, path: str, *, generation: str | None = None,
+    seq: int | None = None, timestamp: dt.datetime | None = None, parallelism: int = 8,
+    progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
-    """Write the newest replicated state of ``db_name`` to ``path`` (replacing it atomically).
+    """Write a replicated state of ``db_name`` to ``path`` (replacing it atomically).
 
-    Raises ReplicaNotFoundError if there is no replica, CorruptObjectError if an object fails
-    verification, and RestoreError if the commit chain has a gap.
+    Without ``generation``/``seq``/``timestamp`` it is the newest commit. Raises
+    ReplicaNotFoundError, CorruptObjectError or RestoreError; on error ``path`` is untouched.
     """
     started = time.monotonic()
-    manifest = latest_generation(store, db_name)
-    if manifest is None:
-        raise ReplicaNotFoundError(f"{store.location} holds no replica of {db_name!r}")
-    generation = manifest.generation
-    seqs = commit_numbers(store, db_name, generation)
-    expected = list(range(1, len(seqs) + 1))
-    if seqs != expected:
-        missing = next(n for n, s in zip(expected, seqs, strict=False) if n != s)
-        raise RestoreError(
-            f"{db_name}: generation {generation} is missing commit {missing} while later"
-            f" commits exist; the last consistent point is commit {missing - 1}"
-        )
+    target = resolve_target(store, db_name, generation=generation, seq=seq, timestamp=timestamp)
+    snapshot = target.snapshot
     tmp = f"{path}.bottomless-restore-{secrets.token_hex(4)}"
     stats = {"objects": 1, "bytes": 0}
 
+    def count(size: int) -> None:
+        stats["objects"] += 1
+        stats["bytes"] += size
+        if progress:
+            progress(size)
+
     def fetch(key: str) -> tuple[str, bytes]:
         data = store.get(key)
-        stats["objects"] += 1
-        stats["bytes"] += len(data)
+        count(len(data))
         return key, data
 
-    page_size, db_size, prev, last_seq = manifest.page_size, manifest.db_size, manifest.digest, 0
+    page_size, db_size = snapshot.page_size, snapshot.db_size
+    digest, created_ms = snapshot.chain_digest, snapshot.created_ms
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
-            part_jobs = [
-                functools.partial(fetch, fmt.snapshot_key(db_name, generation, i))
-                for i in range(len(manifest.parts))
-            ]
-            for number, (key, data) in enumerate(_prefetch(pool, part_jobs, parallelism)):
+            jobs = [functools.partial(fetch, str(p["key"])) for p in snapshot.parts]
+            for part, (key, data) in zip(
+                snapshot.parts, in_order(pool, jobs, parallelism), strict=True
+            ):
                 batch = fmt.decode_batch(data, key)
-                want = bytes.fromhex(manifest.parts[number]["digest"])
-                if batch.digest != want:
-                    raise CorruptObjectError(
-                        f"{key}: digest {batch.digest.hex()[:16]}… does not match the manifest's"
-                        f" {want.hex()[:16]}…"
-                    )
-                _check(batch, key, generation, fmt.KIND_SNAPSHOT, number)
+                check_part(batch, key, part, page_size)
                 for pgno, page in batch.pages.items():
                     os.pwrite(fd, page, (pgno - 1) * page_size)
-            commit_jobs = [
-                functools.partial(fetch, fmt.commit_key(db_name, generation, s)) for s in seqs
-            ]
-            for seq, (key, data) in zip(seqs, _prefetch(pool, commit_jobs, parallelism),
-                                        strict=True):
-                batch = fmt.decode_batch(data, key)
-                _check(batch, key, generation, fmt.KIND_COMMIT, seq)
-                if batch.prev != prev:
+        for batch in iter_commits(
+            store, db_name, target.generation, snapshot.seq + 1, target.seq, digest, parallelism,
+            count,
+        ):
+            if batch.page_size != page_size:
+                if len(batch.pages) < batch.db_size:
                     raise CorruptObjectError(
-                        f"{key}: breaks the commit chain (it follows {batch.prev.hex()[:16]}…,"
-                        f" the previous object is {prev.hex()[:16]}…); the last consistent point"
-                        f" is commit {seq - 1} of generation {generation}"
+                        f"{fmt.commit_key(db_name, target.generation, batch.seq)}: page size"
+                        f" changes to {batch.page_size} but the commit holds"
+                        f" {len(batch.pages)} of {batch.db_size} pages"
                     )
-                if batch.page_size != page_size:
-                    if len(batch.pages) < batch.db_size:
-                        raise CorruptObjectError(
-                            f"{key}: page size changes to {batch.page_size} but the commit holds"
-                            f" {len(batch.pages)} of {batch.db_size} pages"
-                        )
-                    os.ftruncate(fd, 0)
-                    page_size = batch.page_size
-                for pgno, page in batch.pages.items():
-                    os.pwrite(fd, page, (pgno - 1) * page_size)
-                db_size, prev, last_seq = batch.db_size, batch.digest, seq
+                os.ftruncate(fd, 0)
+                page_size = batch.page_size
+            for pgno, page in batch.pages.items():
+                os.pwrite(fd, page, (pgno - 1) * page_size)
+            db_size, digest, created_ms = batch.db_size, batch.digest, batch.created_ms
         os.ftruncate(fd, db_size * page_size)
         os.fsync(fd)
     except BaseException:
@@ -179,24 +241,14 @@ def restore_file(
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     result = RestoreResult(
-        db_name, generation, last_seq, prev, page_size, db_size, stats["objects"],
-        stats["bytes"], time.monotonic() - started,
+        db_name, target.generation, target.seq, digest, page_size, db_size, created_ms,
+        stats["objects"], stats["bytes"], time.monotonic() - started,
     )
     logger.info(
-        "restored %s generation %s up to commit %d (%d pages) into %s in %.2fs",
-        db_name, generation, last_seq, db_size, path, result.seconds,
+        "restored %s generation %s commit %d (%d pages) into %s in %.2fs",
+        db_name, target.generation, target.seq, db_size, path, result.seconds,
     )
     return result
-
-
-def _check(batch: fmt.PageBatch, key: str, generation: str, kind: int, seq: int) -> None:
-    if batch.generation != generation or batch.kind != kind or batch.seq != seq:
-        names = {fmt.KIND_COMMIT: "commit", fmt.KIND_SNAPSHOT: "snapshot part"}
-        raise CorruptObjectError(
-            f"{key}: object says generation {batch.generation} {names.get(batch.kind)}"
-            f" {batch.seq}, expected generation {generation} {names[kind]} {seq}: it was"
-            " copied from elsewhere"
-        )
 
 
 def _fsync_dir(directory: str) -> None:

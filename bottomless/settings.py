@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     snapshot_part_mb: int = Field(
         16, ge=1, le=1024, description="Size of one snapshot part object, in MiB of pages."
     )
+    snapshot_interval_commits: int = Field(
+        1000, ge=0, description="Take a new snapshot after this many commits (0: never)."
+    )
+    snapshot_interval_mb: int = Field(
+        64, ge=0, description="Take a new snapshot after this many MiB of commits (0: never)."
+    )
 
     @field_validator("db_name")
     @classmethod

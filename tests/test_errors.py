@@ -60,7 +60,8 @@ def test_missing_bucket_is_created(tmp_path: Any, s3_settings: dict[str, Any],
 
 def _commit_file(settings: bottomless.Settings, seq: int) -> str:
     store = bottomless.open_store(settings)
-    keys = [k for k in store.list_keys("e.db/") if fmt.seq_from_commit_key(k) == seq]
+    keys = [k for k in store.list_keys("e.db/")
+            if "/commits/" in k and fmt.seq_from_key(k) == seq]
     assert len(keys) == 1
     return os.path.join(settings.bucket, keys[0])
 

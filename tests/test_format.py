@@ -59,11 +59,16 @@ def sample_manifest(**overrides: Any) -> fmt.Manifest:
     values: dict[str, Any] = {
         "db_name": "app.db",
         "generation": GENERATION,
+        "seq": 0,
         "page_size": 4096,
         "db_size": 1200,
+        "part_pages": 1024,
         "writer": "ab" * 16,
         "reason": "initial",
-        "parts": [{"pages": 1024, "digest": "00" * 32}, {"pages": 176, "digest": "ff" * 32}],
+        "parts": [
+            {"key": "app.db/p0", "first": 1, "pages": 1024, "digest": "00" * 32},
+            {"key": "app.db/p1", "first": 1025, "pages": 176, "digest": "ff" * 32},
+        ],
         "created_ms": 1_795_600_000_000,
     }
     values.update(overrides)
@@ -161,7 +166,12 @@ def test_manifest_round_trips() -> None:
     numbers=st.lists(st.integers(), min_size=3, max_size=3),
     parts=st.lists(
         st.fixed_dictionaries(
-            {"pages": st.integers(0, 2**32), "digest": st.binary(max_size=32).map(bytes.hex)}
+            {
+                "key": st.text(max_size=20),
+                "first": st.integers(1, 2**32),
+                "pages": st.integers(0, 2**32),
+                "digest": st.binary(max_size=32).map(bytes.hex),
+            }
         ),
         max_size=4,
     ),

@@ -24,6 +24,8 @@ BAD_VALUES = {
     "max_retries": ("many", ["max_retries"]),
     "parallelism": ("0", ["parallelism"]),
     "snapshot_part_mb": ("0", ["snapshot_part_mb"]),
+    "snapshot_interval_commits": ("-5", ["snapshot_interval_commits"]),
+    "snapshot_interval_mb": ("lots", ["snapshot_interval_mb"]),
 }
 
 

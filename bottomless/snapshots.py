@@ -1,0 +1,241 @@
+"""Snapshots: the whole database at one commit, stored as fixed page ranges ("parts").
+
+A generation starts with snapshot 0, uploaded from the local file. Later snapshots are built
+from the bucket (the previous snapshot plus the commits since), so they need no lock on the
+local database and never slow a commit down; a part whose pages did not change is not
+uploaded again, the new manifest points at the existing object.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from bottomless import format as fmt
+from bottomless.errors import CorruptObjectError, RestoreError
+from bottomless.pagestore import PageStore
+from bottomless.transfer import in_order
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+class PageSource(Protocol):
+    """Anything that can hand out a database's pages."""
+
+    page_size: int
+    db_size: int
+
+    def page(self, pgno: int) -> bytes:
+        """Content of one page."""
+
+
+def part_pages_for(page_size: int, part_mb: int) -> int:
+    """Pages per part for a page size and a part size in MiB."""
+    return max(1, part_mb * 1024 * 1024 // max(page_size, 512))
+
+
+def _encode_part(
+    store: PageStore, key: str, generation: str, number: int, page_size: int, db_size: int,
+    pages: dict[int, bytes], compression: str, counter: Callable[[bytes], None] | None,
+) -> dict[str, Any]:
+    batch = fmt.PageBatch(fmt.KIND_SNAPSHOT, generation, number, page_size, db_size, pages)
+    data = fmt.encode_batch(batch, compression)
+    store.put_if_absent(key, data)
+    if counter:
+        counter(data)
+    return {"key": key, "first": min(pages), "pages": len(pages), "digest": batch.digest.hex()}
+
+
+def upload_snapshot(
+    store: PageStore, *, db_name: str, generation: str, seq: int, source: PageSource,
+    part_mb: int, parallelism: int, compression: str, writer: str, reason: str,
+    commit_digest: str | None = None, base: dict[str, Any] | None = None,
+    counter: Callable[[bytes], None] | None = None, progress: Progress | None = None,
+) -> fmt.Manifest:
+    """Upload every page of ``source`` as snapshot ``seq`` of ``generation``; return it.
+
+    Parts go up concurrently, at most ``parallelism`` at a time, so memory stays bounded.
+    The manifest is written last: until then the snapshot does not exist.
+    """
+    per_part = part_pages_for(source.page_size, part_mb)
+
+    def jobs() -> Iterator[Callable[[], dict[str, Any]]]:
+        for number, first in enumerate(range(1, source.db_size + 1, per_part)):
+            last = min(first + per_part - 1, source.db_size)
+            pages = {n: source.page(n) for n in range(first, last + 1)}
+            yield functools.partial(
+                _encode_part, store, fmt.part_key(db_name, generation, seq, number), generation,
+                number, source.page_size, source.db_size, pages, compression, counter,
+            )
+
+    parts: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        for part in in_order(pool, jobs(), parallelism):
+            parts.append(part)
+            if progress:
+                progress(part["pages"] * source.page_size)
+    return _write_manifest(
+        store, fmt.Manifest(
+            db_name=db_name, generation=generation, seq=seq, page_size=source.page_size,
+            db_size=source.db_size, part_pages=per_part, writer=writer, reason=reason,
+            parts=parts, commit_digest=commit_digest, base=base,
+        ), counter,
+    )
+
+
+def _write_manifest(
+    store: PageStore, manifest: fmt.Manifest, counter: Callable[[bytes], None] | None
+) -> fmt.Manifest:
+    data = fmt.encode_manifest(manifest)
+    store.put_if_absent(fmt.snapshot_key(manifest.db_name, manifest.generation, manifest.seq), data)
+    if counter:
+        counter(data)
+    return manifest
+
+
+def snapshot_seqs(store: PageStore, db_name: str, generation: str) -> list[int]:
+    """Commit numbers at which ``generation`` has a snapshot, ascending."""
+    keys = store.list_keys(fmt.snapshots_prefix(db_name, generation))
+    return sorted(n for n in (fmt.seq_from_key(k) for k in keys) if n is not None)
+
+
+def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> fmt.Manifest:
+    """Fetch and verify one snapshot manifest."""
+    key = fmt.snapshot_key(db_name, generation, seq)
+    manifest = fmt.decode_manifest(store.get(key), key)
+    if (manifest.db_name, manifest.generation, manifest.seq) != (db_name, generation, seq):
+        raise CorruptObjectError(
+            f"{key}: manifest describes {manifest.db_name}/{manifest.generation} at commit"
+            f" {manifest.seq}: it was copied from elsewhere"
+        )
+    return manifest
+
+
+def check_part(batch: fmt.PageBatch, key: str, part: dict[str, Any], page_size: int) -> None:
+    """Raise CorruptObjectError unless ``batch`` is exactly the part the manifest lists."""
+    if batch.digest.hex() != part["digest"]:
+        raise CorruptObjectError(
+            f"{key}: digest {batch.digest.hex()[:16]}… does not match the manifest's"
+            f" {str(part['digest'])[:16]}…"
+        )
+    if batch.kind != fmt.KIND_SNAPSHOT or batch.generation != fmt.generation_of_key(key):
+        raise CorruptObjectError(f"{key}: not a snapshot part of {fmt.generation_of_key(key)}")
+    if batch.page_size != page_size or sorted(batch.pages) != list(
+        range(int(part["first"]), int(part["first"]) + int(part["pages"]))
+    ):
+        raise CorruptObjectError(f"{key}: holds other pages than the manifest says")
+
+
+def iter_commits(
+    store: PageStore, db_name: str, generation: str, first: int, last: int, prev: bytes,
+    parallelism: int, counter: Callable[[int], None] | None = None,
+) -> Iterator[fmt.PageBatch]:
+    """Fetch commits ``first..last`` of a generation in order, verifying the chain from ``prev``."""
+    keys = [fmt.commit_key(db_name, generation, s) for s in range(first, last + 1)]
+
+    def fetch(key: str) -> tuple[str, bytes]:
+        data = store.get(key)
+        if counter:
+            counter(len(data))
+        return key, data
+
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        jobs = [functools.partial(fetch, k) for k in keys]
+        for seq, (key, data) in zip(
+            range(first, last + 1), in_order(pool, jobs, parallelism), strict=True
+        ):
+            batch = fmt.decode_batch(data, key)
+            if batch.generation != generation or batch.kind != fmt.KIND_COMMIT or batch.seq != seq:
+                raise CorruptObjectError(
+                    f"{key}: object says generation {batch.generation} commit {batch.seq},"
+                    f" expected {generation} commit {seq}: it was copied from elsewhere"
+                )
+            if batch.prev != prev:
+                raise CorruptObjectError(
+                    f"{key}: breaks the commit chain (it follows {batch.prev.hex()[:16]}…, the"
+                    f" previous object is {prev.hex()[:16]}…); the last consistent point is"
+                    f" commit {seq - 1} of generation {generation}"
+                )
+            prev = batch.digest
+            yield batch
+
+
+def compact(
+    store: PageStore, *, db_name: str, generation: str, seq: int, compression: str,
+    parallelism: int, writer: str, into: str | None = None, reason: str = "compaction",
+    part_mb: int = 16, counter: Callable[[bytes], None] | None = None,
+) -> fmt.Manifest:
+    """Build the snapshot of ``generation`` at commit ``seq`` from the bucket and store it.
+
+    With ``into``, the snapshot becomes snapshot 0 of that new generation (a branch that starts
+    from ``generation`` at ``seq``). Only parts whose pages changed since the previous snapshot
+    are uploaded.
+    """
+    started = time.monotonic()
+    older = [s for s in snapshot_seqs(store, db_name, generation) if s <= seq]
+    if not older:
+        raise RestoreError(f"{db_name}: generation {generation} has no snapshot at or before {seq}")
+    base = read_manifest(store, db_name, generation, older[-1])
+    page_size, db_size = base.page_size, base.db_size
+    touched: dict[int, bytes] = {}
+    resized = False
+    last_digest = base.chain_digest
+    for batch in iter_commits(
+        store, db_name, generation, base.seq + 1, seq, base.chain_digest, parallelism
+    ):
+        if batch.page_size != page_size:
+            resized, touched, page_size = True, {}, batch.page_size
+        touched.update(batch.pages)
+        db_size = batch.db_size
+        last_digest = batch.digest
+    target_gen = into or generation
+    target_seq = 0 if into else seq
+    per_part = base.part_pages if not resized and base.page_size else part_pages_for(
+        page_size, part_mb
+    )
+    old_parts = {int(p["first"]): p for p in base.parts} if not resized else {}
+    parts: list[dict[str, Any]] = []
+    uploaded = 0
+    for number, first in enumerate(range(1, db_size + 1, per_part)):
+        last = min(first + per_part - 1, db_size)
+        old = old_parts.get(first)
+        changed = any(first <= n <= last for n in touched)
+        if old is not None and not changed and int(old["pages"]) == last - first + 1:
+            parts.append(old)
+            continue
+        pages: dict[int, bytes] = {}
+        if old is not None:
+            key = str(old["key"])
+            batch = fmt.decode_batch(store.get(key), key)
+            check_part(batch, key, old, base.page_size)
+            pages.update((n, p) for n, p in batch.pages.items() if n <= last)
+        pages.update((n, p) for n, p in touched.items() if first <= n <= last)
+        missing = [n for n in range(first, last + 1) if n not in pages]
+        if missing:
+            raise CorruptObjectError(
+                f"{db_name}: cannot build the snapshot at commit {seq} of {generation}: pages"
+                f" {missing[:5]} are in neither the previous snapshot nor the commits"
+            )
+        parts.append(_encode_part(
+            store, fmt.part_key(db_name, target_gen, target_seq, number), target_gen, number,
+            page_size, db_size, pages, compression, counter,
+        ))
+        uploaded += 1
+    manifest = _write_manifest(store, fmt.Manifest(
+        db_name=db_name, generation=target_gen, seq=target_seq, page_size=page_size,
+        db_size=db_size, part_pages=per_part, writer=writer, reason=reason, parts=parts,
+        commit_digest=None if into else last_digest.hex(),
+        base={"generation": generation, "seq": seq, "digest": last_digest.hex()} if into else None,
+    ), counter)
+    logger.info(
+        "%s: snapshot of %s at commit %d%s: %d of %d parts uploaded in %.2fs",
+        db_name, generation, seq, f" as generation {into}" if into else "", uploaded,
+        len(parts), time.monotonic() - started,
+    )
+    return manifest

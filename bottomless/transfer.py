@@ -1,0 +1,32 @@
+"""Bounded concurrent transfers: at most ``window`` objects in flight, results in order."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def in_order(
+    pool: ThreadPoolExecutor, jobs: Iterable[Callable[[], T]], window: int
+) -> Iterator[T]:
+    """Run ``jobs`` on ``pool`` with at most ``window`` in flight; yield results in order.
+
+    Jobs are pulled lazily, so a generator of jobs that reads local pages keeps memory bounded
+    to ``window`` jobs' worth.
+    """
+    queue: deque[Future[T]] = deque()
+    pending = iter(jobs)
+    for job in pending:
+        queue.append(pool.submit(job))
+        if len(queue) >= window:
+            break
+    while queue:
+        result = queue.popleft().result()
+        for job in pending:
+            queue.append(pool.submit(job))
+            break
+        yield result

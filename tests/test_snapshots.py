@@ -1,0 +1,201 @@
+"""Snapshots inside a generation, incremental parts, point-in-time restore, crash branches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import pytest
+from helpers import integrity, remove_db, replicator, rows
+
+import bottomless
+from bottomless import format as fmt
+from bottomless.errors import StoreError
+from bottomless.pagestore import PageStore
+from bottomless.restore import commit_numbers, generations, resolve_target
+from bottomless.snapshots import read_manifest, snapshot_seqs
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+def _fill(db: Any, rows_: int) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+    with db:
+        for _ in range(rows_):
+            db.execute("INSERT INTO t(v) VALUES(randomblob(3000))")
+
+
+def test_snapshots_are_taken_and_reuse_unchanged_parts(
+    tmp_path: Any, backend: str, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(backend, snapshot_interval_commits=3, snapshot_part_mb=1)
+    path = str(tmp_path / "snap.db")
+    db = bottomless.connect(path, settings)
+    _fill(db, 1100)  # ~1100 pages: 5 parts of 256 pages
+    for i in range(8):
+        replicator(path).wait_snapshot(60)
+        db.execute("UPDATE t SET v = randomblob(3000) WHERE id = ?", (1 + i,))
+    replicator(path).wait_snapshot(60)
+    generation = bottomless.status(db)["generation"]
+    store = replicator(path).store
+    seqs = snapshot_seqs(store, "snap.db", generation)
+    assert len(seqs) >= 2 and seqs[0] == 0
+    newest = read_manifest(store, "snap.db", generation, seqs[-1])
+    assert len(newest.parts) >= 4
+    reused = [p for p in newest.parts if f"/parts/{seqs[-1]:016d}-" not in p["key"]]
+    assert reused, "an unchanged part was uploaded again"
+    assert len(reused) >= len(newest.parts) - 2
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    result = bottomless.restore(copy, settings, db_name="snap.db")
+    assert integrity(copy) == "ok" and rows(copy, "SELECT * FROM t ORDER BY id") == expected
+    commits_after_snapshot = result.seq - seqs[-1]
+    assert result.objects <= len(newest.parts) + commits_after_snapshot + 1
+
+
+def test_point_in_time_by_commit_and_timestamp(tmp_path: Any, backend: str,
+                                               make_settings: MakeSettings) -> None:
+    settings = make_settings(backend, snapshot_interval_commits=4)
+    path = str(tmp_path / "pitr.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    history: list[tuple[int, list[Any], dt.datetime]] = []
+    for i in range(12):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+        seq = bottomless.status(db)["last_replicated_commit"]
+        history.append((seq, db.execute("SELECT x FROM t ORDER BY x").fetchall(),
+                        dt.datetime.now(dt.UTC)))
+        time.sleep(0.02)
+    replicator(path).wait_snapshot(30)
+    db.close()
+    for seq, expected, moment in (history[2], history[5], history[9]):
+        by_commit = str(tmp_path / f"c{seq}.db")
+        bottomless.restore(by_commit, settings, db_name="pitr.db", commit=seq)
+        assert rows(by_commit, "SELECT x FROM t ORDER BY x") == expected
+        by_time = str(tmp_path / f"t{seq}.db")
+        result = bottomless.restore(by_time, settings, db_name="pitr.db", timestamp=moment)
+        assert result.seq == seq
+        assert rows(by_time, "SELECT x FROM t ORDER BY x") == expected
+    with pytest.raises(bottomless.RestoreError, match="restorable commits are"):
+        bottomless.restore(str(tmp_path / "x.db"), settings, db_name="pitr.db", commit=999)
+    with pytest.raises(bottomless.RestoreError, match="earliest restorable point"):
+        bottomless.restore(str(tmp_path / "y.db"), settings, db_name="pitr.db",
+                           timestamp=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+
+
+class LostAckStore(PageStore):
+    """Stores the object, then reports a failure: the server got it, the client never knew."""
+
+    def __init__(self, inner: PageStore) -> None:
+        self.inner, self.backend, self.armed = inner, inner.backend, False
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.inner.put_if_absent(key, data)
+        if self.armed and "/commits/" in key:
+            self.armed = False
+            raise StoreError(f"{self.location}: PUT {key} failed: connection reset (injected)")
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.inner.get_range(key, start, end)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return self.inner.list_keys(prefix)
+
+    def list_children(self, prefix: str) -> list[str]:
+        return self.inner.list_children(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_orphan_commit_branches_cheaply_on_reopen(tmp_path: Any, make_settings: MakeSettings,
+                                                  mode: str) -> None:
+    settings = make_settings("file", snapshot_part_mb=1, snapshot_interval_commits=3)
+    path = str(tmp_path / "orphan.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    _fill(db, 1000)
+    db.execute("UPDATE t SET v = x'00' WHERE id = 1")
+    rep = replicator(path)
+    rep.wait_snapshot(60)
+    first_generation = bottomless.status(db)["generation"]
+    lossy = LostAckStore(rep.store)
+    rep.store = lossy
+    lossy.armed = True
+    with pytest.raises(apsw.IOError):
+        db.execute("INSERT INTO t(v) VALUES(x'00')")
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    # the bucket holds commit N+1, the local file does not: reopening branches at N
+    db = bottomless.connect(path, settings)
+    status = bottomless.status(db)
+    assert status["generation"] != first_generation
+    store = replicator(path).store
+    base = read_manifest(store, "orphan.db", status["generation"], 0)
+    assert base.reason == "branch" and base.base is not None
+    assert base.base["generation"] == first_generation
+    old = [p for p in base.parts if first_generation in p["key"]]
+    assert len(old) >= len(base.parts) - 1, "unchanged parts were uploaded again"
+    db.execute("INSERT INTO t(v) VALUES(x'01')")
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    copy = str(tmp_path / "after.db")
+    bottomless.restore(copy, settings, db_name="orphan.db")
+    assert integrity(copy) == "ok" and rows(copy, "SELECT * FROM t ORDER BY id") == expected
+
+
+def test_commit_recorded_late_is_not_a_new_generation(tmp_path: Any,
+                                                      make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "late.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    shutil.copy(path + "-bottomless", str(tmp_path / "state-before"))
+    db.execute("INSERT INTO t VALUES(2)")
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    # as if the process died after committing locally but before recording it
+    shutil.copy(str(tmp_path / "state-before"), path + "-bottomless")
+    db = bottomless.connect(path, settings)
+    assert bottomless.status(db)["generation"] == generation
+    db.execute("INSERT INTO t VALUES(3)")
+    db.close()
+    copy = str(tmp_path / "late-copy.db")
+    bottomless.restore(copy, settings, db_name="late.db")
+    assert rows(copy) == [(1,), (2,), (3,)]
+
+
+def test_restore_never_touches_the_bucket(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file", snapshot_interval_commits=2)
+    path = str(tmp_path / "ro.db")
+    db = bottomless.connect(path, settings)
+    _fill(db, 10)
+    for i in range(5):
+        db.execute("DELETE FROM t WHERE id = ?", (i,))
+    replicator(path).wait_snapshot(30)
+    db.close()
+    store = bottomless.open_store(settings)
+    before = {k: store.get(k) for k in store.list_keys("ro.db/")}
+    remove_db(path)
+    bottomless.restore(str(tmp_path / "r1.db"), settings, db_name="ro.db")
+    target = resolve_target(store, "ro.db")
+    bottomless.restore(str(tmp_path / "r2.db"), settings, db_name="ro.db", commit=target.seq - 1)
+    after = {k: store.get(k) for k in store.list_keys("ro.db/")}
+    assert before == after
+    assert len(generations(store, "ro.db")) == 1
+    assert commit_numbers(store, "ro.db", target.generation)[-1] == target.seq
+    assert fmt.is_generation_id(target.generation)
