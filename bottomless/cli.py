@@ -1,54 +1,151 @@
 """The ``bottomless`` command line: a thin layer over the library.
 
 Backend, bucket and endpoint come from the same ``LIBSQL_BOTTOMLESS_*`` environment variables
-as the library, and from options, which win.
+as the library, and from options, which win. Every listing prints a table on a terminal and
+JSON with ``--json``. Logging: ``-v`` (info), ``-vv`` (debug), or ``LIBSQL_BOTTOMLESS_LOG``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
+from bottomless import catalog
+from bottomless.api import parse_timestamp
 from bottomless.api import restore as restore_database
-from bottomless.errors import BottomlessError
+from bottomless.errors import BottomlessError, ConfigError
+from bottomless.pagestore import PageStore, open_store
+from bottomless.retention import collect_garbage, parse_duration
 from bottomless.settings import Settings, load_settings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
 def _settings(options: dict[str, Any]) -> Settings:
-    given = {k: v for k, v in options.items() if v is not None}
-    return load_settings(**given)
+    return load_settings(**{k: v for k, v in options.items() if v is not None})
 
 
-def _store_options(function: Any) -> Any:
-    for option in reversed(
-        [
-            click.option("--backend", type=click.Choice(["s3", "file", "memory"]),
-                         help="Where replicas live [env LIBSQL_BOTTOMLESS_BACKEND]."),
-            click.option("--bucket", help="Bucket, or directory for the file backend"
-                         " [env LIBSQL_BOTTOMLESS_BUCKET]."),
-            click.option("--endpoint", help="S3 endpoint URL [env LIBSQL_BOTTOMLESS_ENDPOINT]."),
-        ]
-    ):
+@contextlib.contextmanager
+def _store(options: dict[str, Any]) -> Iterator[tuple[Settings, PageStore]]:
+    settings = _settings(options)
+    store = open_store(settings)
+    try:
+        yield settings, store
+    finally:
+        store.close()
+
+
+def store_options(function: Any) -> Any:
+    """The options every command shares to say where the replicas are."""
+    for option in reversed([
+        click.option("--backend", type=click.Choice(["s3", "file", "memory"]),
+                     help="Where replicas live [env LIBSQL_BOTTOMLESS_BACKEND]."),
+        click.option("--bucket", help="Bucket, or directory for the file backend"
+                     " [env LIBSQL_BOTTOMLESS_BUCKET]."),
+        click.option("--endpoint", help="S3 endpoint URL [env LIBSQL_BOTTOMLESS_ENDPOINT]."),
+    ]):
         function = option(function)
     return function
 
 
+def target_options(function: Any) -> Any:
+    """The options that pick a point in time."""
+    for option in reversed([
+        click.option("--generation", "generation", help="Generation id (default: newest)."),
+        click.option("--commit", "commit", type=int, help="Exact commit number, as `ls` shows."),
+        click.option("--timestamp", "timestamp",
+                     help="Last commit at or before this ISO 8601 time, e.g."
+                     " 2026-11-25T10:00:00Z."),
+    ]):
+        function = option(function)
+    return function
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _target(commit: int | None, timestamp: str | None) -> dict[str, Any]:
+    if commit is not None and timestamp is not None:
+        raise ConfigError("pass either --commit or --timestamp, not both")
+    return {"seq": commit, "timestamp": parse_timestamp(timestamp) if timestamp else None}
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None] | None]:
+    """A byte progress bar on a terminal (stderr); nothing when not attached to one."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda size: bar.advance(task, size)
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo(f"{title}: none")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _emit(as_json: bool, title: str, rows: list[dict[str, Any]]) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _table(title, rows)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True,
-              help="More logging (-v info, -vv debug); default from LIBSQL_BOTTOMLESS_LOG.")
+              help="More logging: -v info, -vv debug (default from LIBSQL_BOTTOMLESS_LOG).")
 def cli(verbose: int) -> None:
     """Operate on bottomless replicas of SQLite databases."""
     level_name = os.environ.get("LIBSQL_BOTTOMLESS_LOG", "warning").lower()
-    level = _LEVELS.get(level_name, logging.WARNING)
+    if level_name not in _LEVELS:
+        raise ConfigError(
+            f"LIBSQL_BOTTOMLESS_LOG={level_name!r}: allowed values are debug, info, warning"
+        )
+    level = _LEVELS[level_name]
     if verbose:
         level = logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:  # botocore's own debug output is noise at info level
+        logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -56,17 +153,141 @@ def cli(verbose: int) -> None:
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="File to write the restored database to.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@_store_options
-def restore(db_name: str, output: str, force: bool, **options: Any) -> None:
-    """Restore the newest replicated state of DB_NAME into a plain SQLite file."""
-    result = restore_database(
-        output, _settings(options), db_name=db_name, overwrite=force
-    )
+@target_options
+@store_options
+def restore(db_name: str, output: str, force: bool, generation: str | None, commit: int | None,
+            timestamp: str | None, **options: Any) -> None:
+    """Restore DB_NAME into a plain SQLite file (newest commit, or a point in time)."""
+    point = _target(commit, timestamp)
+    with _progress("restoring") as progress:
+        result = restore_database(
+            output, _settings(options), db_name=db_name, overwrite=force, generation=generation,
+            commit=point["seq"], timestamp=point["timestamp"], progress=progress,
+        )
     click.echo(
-        f"restored {result.db_name} (generation {result.generation}, commit {result.seq},"
-        f" {result.db_size} pages of {result.page_size} bytes) to {output}"
-        f" in {result.seconds:.2f}s"
+        f"restored {result.db_name} generation {result.generation} commit {result.seq}"
+        f" ({catalog.iso(result.created_ms)}, {result.db_size} pages of {result.page_size}"
+        f" bytes) to {output} in {result.seconds:.2f}s"
     )
+
+
+@cli.command(name="ls")
+@click.argument("db_name", required=False)
+@click.option("--generation", help="List the commits of this generation.")
+@json_option
+@store_options
+def list_command(db_name: str | None, generation: str | None, as_json: bool,
+                 **options: Any) -> None:
+    """List databases; with DB_NAME its generations; with --generation its commits."""
+    with _store(options) as (settings, store):
+        if db_name is None:
+            if generation:
+                raise ConfigError("--generation needs a DB_NAME")
+            names = catalog.list_databases(store)
+            _emit(as_json, f"databases in {store.location}", [{"db_name": n} for n in names])
+        elif generation is None:
+            gens = catalog.describe_generations(store, db_name)
+            if as_json:
+                _emit(True, "", [dataclasses.asdict(g) for g in gens])
+            else:
+                _table(f"generations of {db_name}", [{
+                    "generation": g.generation,
+                    "started": (g.started or "incomplete")[:19],
+                    "reason": g.reason,
+                    "snapshot": _size(g.snapshot_bytes),
+                    "snapshots": len(g.snapshots),
+                    "commits": g.commits,
+                    "first commit": (g.first_commit_time or "")[:19],
+                    "last commit": (g.last_commit_time or "")[:19],
+                } for g in gens])
+        else:
+            commits = catalog.describe_commits(store, db_name, generation, settings.parallelism)
+            _emit(as_json, f"commits of {db_name} generation {generation}",
+                  [dataclasses.asdict(c) for c in commits])
+
+
+@cli.command()
+@click.argument("db_name")
+@target_options
+@json_option
+@store_options
+def verify(db_name: str, generation: str | None, commit: int | None, timestamp: str | None,
+           as_json: bool, **options: Any) -> None:
+    """Check every object of DB_NAME, restore it to a temporary file and integrity-check it.
+
+    Exits with status 1 if anything is wrong; the report names each faulty object.
+    """
+    point = _target(commit, timestamp)
+    with _store(options) as (settings, store), _progress("verifying") as progress:
+        report = catalog.verify(
+            store, db_name, generation=generation, seq=point["seq"],
+            timestamp=point["timestamp"], parallelism=settings.parallelism, progress=progress,
+        )
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
+    else:
+        click.echo(f"verified {db_name}: {report.objects} objects, {report.bytes} bytes read")
+        if report.restore_seconds is not None:
+            click.echo(f"restore of generation {report.generation} commit {report.seq} took"
+                       f" {report.restore_seconds:.2f}s (RTO); integrity_check:"
+                       f" {report.integrity}")
+        for problem in report.problems:
+            click.echo(f"PROBLEM: {problem}")
+        click.echo("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("db_name")
+@click.option("--older-than", help="Keep every point newer than this (30s, 15m, 12h, 7d, 2w)"
+              " [env LIBSQL_BOTTOMLESS_RETENTION, default 7d].")
+@click.option("--keep", "keep", type=int,
+              help="Also keep the newest N snapshots restorable"
+              " [env LIBSQL_BOTTOMLESS_KEEP_SNAPSHOTS].")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@json_option
+@store_options
+def gc(db_name: str, older_than: str | None, keep: int | None, dry_run: bool, as_json: bool,
+       **options: Any) -> None:
+    """Delete objects of DB_NAME that no point inside retention needs."""
+    with _store(options) as (settings, store):
+        report = collect_garbage(
+            store, db_name, older_than=parse_duration(older_than or settings.retention),
+            keep_snapshots=settings.keep_snapshots if keep is None else keep, dry_run=dry_run,
+        )
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for key in report.deleted:
+        click.echo(f"{verb} {key}")
+    click.echo(f"{db_name}: {verb} {len(report.deleted)} objects; every point since"
+               f" {report.window_start} stays restorable")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--db-name", help="Name in the bucket (default: the file's base name).")
+@click.option("--initial-replication", type=click.Choice(["error", "force", "skip"]),
+              help="What to do if the file and the bucket disagree.")
+@store_options
+def shell(path: str, db_name: str | None, initial_replication: str | None,
+          **options: Any) -> None:
+    """Open the SQLite shell (apsw) on PATH through bottomless.
+
+    A missing file is restored first; every commit made in the shell is replicated.
+    """
+    import apsw.shell
+
+    from bottomless.api import connect
+
+    options.update(db_name=db_name, initial_replication=initial_replication)
+    connection = connect(path, _settings(options))
+    try:
+        apsw.shell.Shell(db=connection).cmdloop()  # type: ignore[no-untyped-call]
+    finally:
+        connection.close()
 
 
 def main() -> None:

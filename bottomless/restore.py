@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from bottomless import format as fmt
 from bottomless.errors import (
     CorruptObjectError,
-    ObjectNotFoundError,
     ReplicaNotFoundError,
     RestoreError,
 )
@@ -70,12 +69,15 @@ def complete_generations(store: PageStore, db_name: str) -> list[str]:
 
 
 def latest_generation(store: PageStore, db_name: str) -> fmt.Manifest | None:
-    """Base snapshot (seq 0) of the newest complete generation of ``db_name``, or ``None``."""
+    """Oldest kept snapshot of the newest complete generation of ``db_name``, or ``None``.
+
+    That is snapshot 0 unless gc removed the generation's early history.
+    """
     for generation in reversed(generations(store, db_name)):
-        try:
-            return read_manifest(store, db_name, generation, 0)
-        except ObjectNotFoundError:
-            logger.debug("generation %s has no base snapshot (incomplete), skipping", generation)
+        seqs = snapshot_seqs(store, db_name, generation)
+        if seqs:
+            return read_manifest(store, db_name, generation, seqs[0])
+        logger.debug("generation %s has no snapshot (incomplete), skipping", generation)
     return None
 
 

@@ -94,11 +94,30 @@ class Settings(BaseSettings):
     snapshot_interval_mb: int = Field(
         64, ge=0, description="Take a new snapshot after this many MiB of commits (0: never)."
     )
+    retention: str = Field(
+        "7d",
+        description="How far back `bottomless gc` keeps every point restorable (30s, 15m, 12h,"
+        " 7d, 2w).",
+    )
+    keep_snapshots: int = Field(
+        0, ge=0, description="`gc` also keeps the newest N snapshots restorable (0: off)."
+    )
 
     @field_validator("db_name")
     @classmethod
     def _check_db_name(cls, value: str | None) -> str | None:
         return None if value is None else validate_db_name(value)
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        from bottomless.retention import parse_duration
+
+        try:
+            parse_duration(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     @field_validator("endpoint")
     @classmethod

@@ -26,6 +26,8 @@ BAD_VALUES = {
     "snapshot_part_mb": ("0", ["snapshot_part_mb"]),
     "snapshot_interval_commits": ("-5", ["snapshot_interval_commits"]),
     "snapshot_interval_mb": ("lots", ["snapshot_interval_mb"]),
+    "retention": ("a week", ["retention", "7d"]),
+    "keep_snapshots": ("-1", ["keep_snapshots"]),
 }
 
 

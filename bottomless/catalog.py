@@ -1,0 +1,266 @@
+"""Looking into a bucket: databases, generations, commits, and verifying what is there."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from bottomless import format as fmt
+from bottomless.errors import BottomlessError, ObjectNotFoundError
+from bottomless.pagestore import PageStore
+from bottomless.restore import (
+    commit_header,
+    commit_numbers,
+    generations,
+    restore_file,
+)
+from bottomless.snapshots import check_part, read_manifest, snapshot_seqs
+from bottomless.transfer import in_order
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC text."""
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def list_databases(store: PageStore) -> list[str]:
+    """Names of the databases that have at least one generation in the store."""
+    names = []
+    for child in store.list_children(""):
+        try:
+            fmt.validate_db_name(child)
+        except BottomlessError:
+            continue
+        if store.list_children(fmt.generations_prefix(child)):
+            names.append(child)
+    return names
+
+
+@dataclass
+class GenerationInfo:
+    """One generation, as ``bottomless ls DB_NAME`` shows it."""
+
+    generation: str
+    complete: bool
+    started: str | None = None
+    reason: str | None = None
+    base: dict[str, Any] | None = None
+    snapshot_bytes: int = 0
+    snapshots: list[int] = field(default_factory=list)
+    commits: int = 0
+    first_commit: int | None = None
+    last_commit: int | None = None
+    first_commit_time: str | None = None
+    last_commit_time: str | None = None
+
+
+def describe_generations(store: PageStore, db_name: str) -> list[GenerationInfo]:
+    """Every generation of ``db_name``, oldest first."""
+    result = []
+    for generation in generations(store, db_name):
+        snapshots = snapshot_seqs(store, db_name, generation)
+        info = GenerationInfo(generation, complete=bool(snapshots))
+        if snapshots:
+            first = read_manifest(store, db_name, generation, snapshots[0])
+            newest = read_manifest(store, db_name, generation, snapshots[-1])
+            info.started, info.reason, info.base = iso(first.created_ms), first.reason, first.base
+            info.snapshot_bytes = newest.db_size * newest.page_size
+            info.snapshots = snapshots
+        commits = commit_numbers(store, db_name, generation)
+        info.commits = len(commits)
+        if commits:
+            info.first_commit, info.last_commit = commits[0], commits[-1]
+            info.first_commit_time = iso(
+                commit_header(store, db_name, generation, commits[0]).created_ms
+            )
+            info.last_commit_time = iso(
+                commit_header(store, db_name, generation, commits[-1]).created_ms
+            )
+        result.append(info)
+    return result
+
+
+@dataclass
+class CommitInfo:
+    """One commit, as ``bottomless ls DB_NAME --generation G`` shows it."""
+
+    seq: int
+    time: str | None
+    pages: int
+    bytes: int
+    db_pages: int
+
+
+def describe_commits(
+    store: PageStore, db_name: str, generation: str, parallelism: int = 8
+) -> list[CommitInfo]:
+    """Every stored commit of a generation, in order."""
+    seqs = commit_numbers(store, db_name, generation)
+
+    def one(seq: int) -> CommitInfo:
+        key = fmt.commit_key(db_name, generation, seq)
+        data = store.get(key)
+        head = fmt.decode_header(data, key)
+        return CommitInfo(seq, iso(head.created_ms), head.page_count, len(data), head.db_size)
+
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        return list(in_order(pool, [functools.partial(one, s) for s in seqs], parallelism))
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` read, what it found wrong, and how long a restore took."""
+
+    db_name: str
+    objects: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    generation: str | None = None
+    seq: int | None = None
+    restore_seconds: float | None = None
+    integrity: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems and self.integrity == "ok"
+
+
+def verify(
+    store: PageStore, db_name: str, *, generation: str | None = None, seq: int | None = None,
+    timestamp: dt.datetime | None = None, parallelism: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check every object of ``db_name`` (checksums, chains), then restore and integrity-check.
+
+    Problems are collected, not raised: the report names each faulty object and what was
+    expected. Store failures (unreachable endpoint) still raise StoreError.
+    """
+    report = VerifyReport(db_name)
+    gens = [generation] if generation else generations(store, db_name)
+
+    def fetch(key: str) -> tuple[str, bytes | None]:
+        try:
+            data = store.get(key)
+        except ObjectNotFoundError:
+            return key, None
+        report.objects += 1
+        report.bytes += len(data)
+        if progress:
+            progress(len(data))
+        return key, data
+
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        for gen in gens:
+            _verify_generation(store, db_name, gen, pool, fetch, parallelism, report)
+    started = time.monotonic()
+    handle, path = tempfile.mkstemp(prefix="bottomless-verify-", suffix=".db")
+    os.close(handle)
+    try:
+        result = restore_file(
+            store, db_name, path, generation=generation, seq=seq, timestamp=timestamp,
+            parallelism=parallelism,
+        )
+        report.restore_seconds = time.monotonic() - started
+        report.generation, report.seq = result.generation, result.seq
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            lines = [str(r[0]) for r in db.execute("PRAGMA integrity_check")]
+        finally:
+            db.close()
+        report.integrity = "ok" if lines == ["ok"] else "; ".join(lines[:10])
+        if report.integrity != "ok":
+            report.problems.append(f"integrity_check of the restored database: {report.integrity}")
+    except BottomlessError as e:
+        report.problems.append(f"restore failed: {e}")
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+    return report
+
+
+def _verify_generation(
+    store: PageStore, db_name: str, generation: str, pool: ThreadPoolExecutor,
+    fetch: Callable[[str], tuple[str, bytes | None]], parallelism: int, report: VerifyReport,
+) -> None:
+    snapshots = snapshot_seqs(store, db_name, generation)
+    if not snapshots:
+        report.problems.append(
+            f"{fmt.generations_prefix(db_name)}{generation}: incomplete generation (no snapshot;"
+            " an interrupted upload, which gc removes)"
+        )
+        return
+    manifests: dict[int, fmt.Manifest] = {}
+    for at in snapshots:
+        key = fmt.snapshot_key(db_name, generation, at)
+        try:
+            manifests[at] = read_manifest(store, db_name, generation, at)
+            report.objects += 1
+        except BottomlessError as e:
+            report.problems.append(str(e) if key in str(e) else f"{key}: {e}")
+    for manifest in manifests.values():
+        parts = manifest.parts
+        jobs = [functools.partial(fetch, str(p["key"])) for p in parts]
+        for part, (key, data) in zip(parts, in_order(pool, jobs, parallelism), strict=True):
+            if data is None:
+                report.problems.append(f"{key}: missing (listed by snapshot {manifest.seq})")
+                continue
+            try:
+                check_part(fmt.decode_batch(data, key), key, part, manifest.page_size)
+            except BottomlessError as e:
+                report.problems.append(str(e))
+    commits = commit_numbers(store, db_name, generation)
+    start = snapshots[0]
+    prev = manifests[start].chain_digest if start in manifests else None
+    expected = start + 1
+    jobs = [
+        functools.partial(fetch, fmt.commit_key(db_name, generation, s))
+        for s in commits if s > start
+    ]
+    for key, data in in_order(pool, jobs, parallelism):
+        number = fmt.seq_from_key(key)
+        assert number is not None and data is not None
+        seq = number
+        if seq != expected:
+            report.problems.append(
+                f"{fmt.commit_key(db_name, generation, expected)}: missing; commits"
+                f" {expected}..{seq - 1} are gone, so points after {expected - 1} are not"
+                " restorable"
+            )
+            prev = None
+        expected = seq + 1
+        try:
+            batch = fmt.decode_batch(data, key)
+        except BottomlessError as e:
+            report.problems.append(str(e))
+            prev = None
+            continue
+        if batch.seq != seq or batch.generation != generation or batch.kind != fmt.KIND_COMMIT:
+            report.problems.append(
+                f"{key}: object says generation {batch.generation} commit {batch.seq}"
+            )
+        elif prev is not None and batch.prev != prev:
+            report.problems.append(
+                f"{key}: breaks the chain: expected prev {prev.hex()[:16]}…, found"
+                f" {batch.prev.hex()[:16]}…"
+            )
+        snapshot = manifests.get(seq)
+        if snapshot is not None and snapshot.commit_digest not in (None, batch.digest.hex()):
+            report.problems.append(
+                f"{fmt.snapshot_key(db_name, generation, seq)}: records commit digest"
+                f" {str(snapshot.commit_digest)[:16]}…, the commit is {batch.digest.hex()[:16]}…"
+            )
+        prev = batch.digest
