@@ -12,10 +12,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
-
 import bottomless
 from bottomless.pagestore import PageStore, open_store
+from bottomless.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
 
 BACKENDS = ["memory", "file", "s3"]
 
