@@ -7,11 +7,12 @@ rebuild it anywhere.
 
 from __future__ import annotations
 
-from bottomless.api import connect, log_sqlite, register, restore, status
+from bottomless.api import connect, log_sqlite, register, restore, status, wait_durable
 from bottomless.errors import (
     BottomlessError,
     ConfigError,
     CorruptObjectError,
+    DurabilityTimeoutError,
     ObjectExistsError,
     ObjectNotFoundError,
     ReplicaConflictError,
@@ -29,6 +30,7 @@ __all__ = [
     "BottomlessError",
     "ConfigError",
     "CorruptObjectError",
+    "DurabilityTimeoutError",
     "ObjectExistsError",
     "ObjectNotFoundError",
     "PageStore",
@@ -45,4 +47,5 @@ __all__ = [
     "register",
     "restore",
     "status",
+    "wait_durable",
 ]

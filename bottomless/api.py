@@ -64,6 +64,19 @@ def log_sqlite(level: int = logging.WARNING) -> None:
     apsw.ext.log_sqlite(level=level, logger=logging.getLogger("bottomless.sqlite"))
 
 
+def wait_durable(connection: apsw.Connection, timeout: float | None = None) -> None:
+    """Block until every transaction committed so far on this database is in the store.
+
+    Immediate in sync mode. In async mode it waits for the uploader (of this or another
+    process). Raises DurabilityTimeoutError (a TimeoutError) after ``timeout`` seconds.
+    """
+    registered = _vfs._registered
+    replicator = registered.replicator_for(connection.filename) if registered else None
+    if replicator is None:
+        raise BottomlessError("this connection was not opened through the bottomless VFS")
+    replicator.wait_durable(timeout)
+
+
 def status(connection: apsw.Connection) -> dict[str, Any]:
     """Replication status of a bottomless connection (same as ``PRAGMA bottomless_status``)."""
     text = connection.pragma(_vfs.STATUS_PRAGMA)

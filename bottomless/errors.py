@@ -10,6 +10,7 @@ that best matches it, so callers may catch either::
     │   └── ObjectExistsError(FileExistsError)
     ├── CorruptObjectError(ValueError)      an object fails its checksum or does not parse
     ├── ReplicaNotFoundError(FileNotFoundError)   no replica of that db_name
+    ├── DurabilityTimeoutError(TimeoutError)       wait_durable ran out of time
     ├── RestoreError                        the bucket holds no consistent state to restore
     └── ReplicaConflictError                local file and bucket disagree
 """
@@ -43,6 +44,10 @@ class CorruptObjectError(BottomlessError, ValueError):
 
 class ReplicaNotFoundError(BottomlessError, FileNotFoundError):
     """The store holds no replica of the requested database."""
+
+
+class DurabilityTimeoutError(BottomlessError, TimeoutError):
+    """Commits were still waiting for upload when ``wait_durable`` timed out."""
 
 
 class RestoreError(BottomlessError):

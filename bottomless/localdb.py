@@ -184,6 +184,8 @@ class LocalState:
     page_size: int
     writer: str
     location: str
+    #: async durability: the last spool entry included in an uploaded commit
+    spooled_through: int = 0
 
     @property
     def digest_bytes(self) -> bytes:
@@ -207,7 +209,8 @@ def read_state(db_path: str) -> LocalState | None:
     try:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
-        return LocalState(**{k: doc[k] for k in LocalState.__dataclass_fields__})
+        values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
+        return LocalState(**values)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -227,6 +230,7 @@ def write_state(db_path: str, state: LocalState) -> None:
 def remove_local_files(db_path: str, *, include_db: bool) -> None:
     """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
     suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
+    suffixes += [f"-bottomless-spool{s}" for s in ("", "-wal", "-shm", "-journal", ".lock")]
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(db_path + suffix)

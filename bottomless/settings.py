@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     session_token: SecretStr | None = Field(None, description="S3 session token, if any.")
     verify_tls: bool = Field(True, description="Verify TLS certificates of https endpoints.")
     create_bucket: bool = Field(True, description="Create the S3 bucket if it does not exist.")
+    durability: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: COMMIT returns once the transaction is in the store. async: COMMIT"
+        " returns at local speed and a background uploader ships commits in order, at most"
+        " `max_lag` seconds behind.",
+    )
+    max_lag: float = Field(
+        1.0, gt=0, le=3600,
+        description="async: how far (seconds) replication may fall behind before commits wait.",
+    )
+    max_spool_mb: int = Field(
+        256, ge=1, description="async: local spool size (MiB) at which commits wait."
+    )
     compression: Literal["zstd", "none"] = Field(
         "zstd", description="Compression of pages in new objects (old objects stay readable)."
     )

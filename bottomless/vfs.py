@@ -9,6 +9,7 @@ file never gets ahead of the bucket. Temporary files pass straight through.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -123,6 +124,14 @@ class BottomlessVFS(apsw.VFS):
             if entry.files <= 0:
                 del self._entries[path]
                 entry.replicator.close()
+
+    def flush_all(self) -> None:
+        """At a clean exit: upload what async databases still hold, finish snapshots."""
+        for entry in list(self._entries.values()):
+            try:
+                entry.replicator.close()
+            except Exception as e:  # noqa: BLE001 - keep flushing the others
+                logger.error("%s: flush at exit failed: %s", entry.replicator.db_name, e)
 
     def replicator_for(self, db_path: str) -> Replicator | None:
         """The replicator of an open database, if any."""
@@ -320,6 +329,7 @@ def register(settings: Settings | None = None) -> BottomlessVFS:
     with _register_lock:
         if _registered is None:
             _registered = BottomlessVFS(settings)
+            atexit.register(_registered.flush_all)
         else:
             _registered.settings = settings
         return _registered

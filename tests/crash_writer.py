@@ -8,6 +8,7 @@ Settings come from LIBSQL_BOTTOMLESS_* variables. After each COMMIT returns it p
 from __future__ import annotations
 
 import sys
+import time
 
 import bottomless
 
@@ -35,7 +36,7 @@ def main() -> None:
             db.execute("INSERT OR REPLACE INTO meta VALUES('last', ?)", (txn,))
             if txn % 17 == 0:
                 db.execute("DELETE FROM t WHERE txn = ? AND j > 0", (txn - 16,))
-        print(f"done {txn}", flush=True)
+        print(f"done {txn} {time.time():.6f}", flush=True)
     db.close()
 
 

@@ -29,7 +29,8 @@ MakeSettings = Callable[..., bottomless.Settings]
 
 def _env(settings: bottomless.Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
-    for name in ("backend", "bucket", "endpoint", "region", "timeout", "max_retries"):
+    for name in ("backend", "bucket", "endpoint", "region", "timeout", "max_retries",
+                 "durability", "max_lag"):
         value = getattr(settings, name)
         if value is not None:
             env[f"LIBSQL_BOTTOMLESS_{name.upper()}"] = str(value)
@@ -46,8 +47,12 @@ def _expected_rows(txn: int) -> int:
     return rows_in(txn)
 
 
-def check_restored(path: str, acknowledged: int) -> int:
-    """Check a restored copy; return the last transaction it holds."""
+def check_restored(path: str, acknowledged: int, newest: int | None = None) -> int:
+    """Check a restored copy; return the last transaction it holds.
+
+    Every transaction up to ``acknowledged`` must be there, none past ``newest`` (default
+    ``acknowledged + 1``: at most the commit in flight), and none partially.
+    """
     assert integrity(path) == "ok"
     tables = {r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='table'")}
     if tables != {"t", "meta"}:
@@ -56,7 +61,8 @@ def check_restored(path: str, acknowledged: int) -> int:
     last = rows(path, "SELECT v FROM meta WHERE k='last'")
     top = last[0][0] if last else 0
     assert top >= acknowledged, f"acknowledged commit {acknowledged} lost (restored {top})"
-    assert top <= acknowledged + 1, f"restored {top}, more than one commit past {acknowledged}"
+    newest = acknowledged + 1 if newest is None else newest
+    assert top <= newest, f"restored {top}, more than the {newest} commits ever attempted"
     counts = dict(rows(path, "SELECT txn, count(*) FROM t GROUP BY txn"))
     assert sorted(counts) == list(range(1, top + 1)), "a transaction is missing entirely"
     for txn, count in counts.items():
@@ -72,6 +78,7 @@ def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: i
     path = str(tmp_path / "crash.db")
     env = _env(settings)
     acknowledged = 0
+    acknowledged_async = 0
     tally = {"kills": 0, "restores": 0, "lost": 0}
     for round_ in range(kills):
         child = subprocess.Popen(
@@ -79,21 +86,30 @@ def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: i
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         time.sleep(rng.uniform(0.3, 1.2) * (2.5 if settings.backend == "s3" else 1))
+        killed_at = time.time()
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate(timeout=60)
         assert child.returncode == -signal.SIGKILL, (
             f"round {round_}: child exited with {child.returncode} before the kill:\n"
             f"{err.decode()[-3000:]}"
         )
-        lines = out.decode().splitlines()
-        done = [int(line.split()[1]) for line in lines if line.startswith("done")]
+        lines = [line.split() for line in out.decode().splitlines() if line.startswith("done")]
+        done = [(int(n), float(at)) for _, n, at in lines]
+        newest = max([acknowledged + 1] + [n + 1 for n, _ in done])
+        if settings.durability == "async":
+            # promised: every commit acknowledged more than max_lag before the kill
+            old_enough = [n for n, at in done if at <= killed_at - settings.max_lag]
+            required = max([acknowledged_async, *old_enough])
+        else:
+            required = max([acknowledged] + [n for n, _ in done])
         if done:
-            acknowledged = max(acknowledged, done[-1])
+            acknowledged = max(acknowledged, done[-1][0])
         tally["kills"] += 1
         target = str(tmp_path / f"restored-{round_}.db")
         bottomless.restore(target, settings, db_name="crash.db")
         tally["restores"] += 1
-        check_restored(target, acknowledged)
+        restored_top = check_restored(target, required, newest)
+        acknowledged_async = restored_top if settings.durability == "async" else acknowledged
         os.unlink(target)
     # a last clean run on the same local file: no conflict, and the bucket matches the file
     finish = subprocess.run(
@@ -122,6 +138,12 @@ def test_crash_file_backend(tmp_path: Any, make_settings: MakeSettings, mode: st
     assert tally["kills"] == 12 and tally["lost"] == 0
 
 
+def test_crash_async(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file", durability="async", max_lag=0.5)
+    tally = crash_loop(tmp_path, settings, "wal", kills=8, seed=3)
+    assert tally["kills"] == 8 and tally["lost"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["delete", "wal"])
 def test_crash_s3_ci_slice(tmp_path: Any, make_settings: MakeSettings, mode: str) -> None:
@@ -130,9 +152,11 @@ def test_crash_s3_ci_slice(tmp_path: Any, make_settings: MakeSettings, mode: str
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("durability", ["sync", "async"])
 @pytest.mark.parametrize("backend_name", ["file", "s3"])
 @pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal"])
 def test_crash_soak(tmp_path: Any, make_settings: MakeSettings, mode: str,
-                    backend_name: str) -> None:
-    tally = crash_loop(tmp_path, make_settings(backend_name), mode, kills=25, seed=11)
-    assert tally["kills"] == 25 and tally["lost"] == 0
+                    backend_name: str, durability: str) -> None:
+    settings = make_settings(backend_name, durability=durability, max_lag=1.0)
+    tally = crash_loop(tmp_path, settings, mode, kills=13, seed=11)
+    assert tally["kills"] == 13 and tally["lost"] == 0

@@ -1,0 +1,176 @@
+"""Asynchronous durability: COMMIT at local speed, bounded lag, flush on close and exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import pytest
+from helpers import integrity, remove_db, replicator, rows
+
+import bottomless
+from bottomless.restore import commit_numbers, resolve_target
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+def hold_upload_lock(rep: Any) -> Any:
+    """Take the spool's upload lock (retrying while the uploader holds it)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lock = rep.spool.upload_lock()
+        if lock.__enter__():
+            return lock
+        lock.__exit__(None, None, None)
+        time.sleep(0.01)
+    raise AssertionError("could not take the upload lock")
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_async_round_trip_and_wait_durable(tmp_path: Any, backend: str,
+                                           make_settings: MakeSettings, mode: str) -> None:
+    settings = make_settings(backend, durability="async", max_lag=2)
+    path = str(tmp_path / "a.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x)")
+    for i in range(300):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    bottomless.wait_durable(db, timeout=30)
+    status = bottomless.status(db)
+    assert status["durability"] == "async" and status["pending_commits"] == 0
+    # consecutive commits share objects: far fewer commit objects than transactions
+    store = replicator(path).store
+    assert len(commit_numbers(store, "a.db", status["generation"])) < 301
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="a.db")
+    assert integrity(copy) == "ok" and rows(copy) == [(i,) for i in range(300)]
+    db.close()
+
+
+def test_wait_durable_really_waits(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file", durability="async", max_lag=30)
+    path = str(tmp_path / "w.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    rep = replicator(path)
+    bottomless.wait_durable(db, timeout=30)
+    assert rep._uploader is not None
+    rep._uploader.stopping.set()  # nobody uploads any more
+    rep._uploader.wake.set()
+    rep._uploader.join(5)
+    rep._uploader = None
+    lock = hold_upload_lock(rep)  # wait_durable cannot drain either
+    try:
+        db.execute("INSERT INTO t VALUES(1)")
+        assert bottomless.status(db)["pending_commits"] == 1
+        started = time.monotonic()
+        with pytest.raises(bottomless.DurabilityTimeoutError, match="1 commit"):
+            bottomless.wait_durable(db, timeout=0.5)
+        assert time.monotonic() - started >= 0.5
+        assert resolve_target(rep.store, "w.db").seq == 1  # the insert is not in the bucket
+    finally:
+        lock.__exit__(None, None, None)
+    bottomless.wait_durable(db, timeout=30)
+    assert resolve_target(rep.store, "w.db").seq == 2
+    db.close()
+
+
+def test_close_flushes(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file", durability="async", max_lag=60)
+    path = str(tmp_path / "c.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    for i in range(50):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="c.db")
+    assert len(rows(copy)) == 50
+
+
+_EXITING = """
+import sys, bottomless
+settings = bottomless.Settings(backend="file", bucket=sys.argv[2], durability="async",
+                               max_lag=60)
+db = bottomless.connect(sys.argv[1], settings)
+db.execute("CREATE TABLE t(x)")
+for i in range(40):
+    db.execute("INSERT INTO t VALUES(?)", (i,))
+# no close: a clean interpreter exit must still flush
+"""
+
+
+def test_clean_exit_flushes(tmp_path: Any) -> None:
+    bucket = str(tmp_path / "replicas")
+    path = str(tmp_path / "exit.db")
+    script = tmp_path / "exiting.py"
+    script.write_text(_EXITING)
+    result = subprocess.run([sys.executable, str(script), path, bucket], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, bottomless.Settings(backend="file", bucket=bucket), db_name="exit.db")
+    assert len(rows(copy)) == 40
+
+
+def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
+                                                         make_settings: MakeSettings) -> None:
+    settings = make_settings("file", durability="async", max_lag=60)
+    path = str(tmp_path / "s.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    rep = replicator(path)
+    assert rep._uploader is not None
+    rep._uploader.stopping.set()
+    rep._uploader.wake.set()
+    rep._uploader.join(5)
+    rep._uploader = None
+    for i in range(25):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    assert bottomless.status(db)["pending_commits"] == 25
+    # as if the process died here: nothing flushed, the spool stays on disk
+    rep.close = lambda: None  # type: ignore[method-assign]
+    db.close()
+    from bottomless import vfs
+
+    assert vfs._registered is not None
+    vfs._registered._entries.pop(os.path.abspath(path), None)
+    assert os.path.exists(path + "-bottomless-spool")
+    db = bottomless.connect(path, settings)  # reopening ships the spool first
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    result = bottomless.restore(copy, settings, db_name="s.db")
+    assert result.generation == generation, "the spool should continue the lineage"
+    assert rows(copy) == [(i,) for i in range(25)]
+
+
+def test_back_pressure_bounds_the_lag(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("memory", durability="async", max_lag=0.3, timeout=1,
+                             max_retries=0)
+    path = str(tmp_path / "bp.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    rep = replicator(path)
+    lock = hold_upload_lock(rep)  # the uploader can't ship: the lag grows
+    try:
+        started = time.monotonic()
+        with pytest.raises(apsw.IOError) as info:
+            while time.monotonic() - started < 10:
+                db.execute("INSERT INTO t VALUES(1)")
+        assert "behind" in str(info.value.__cause__)
+        assert time.monotonic() - started < 5, "commits must be refused, not queued forever"
+    finally:
+        lock.__exit__(None, None, None)
+    bottomless.wait_durable(db, 30)
+    db.execute("INSERT INTO t VALUES(2)")
+    bottomless.wait_durable(db, 30)
+    db.close()
+    remove_db(path)
