@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from bottomless import format as fmt
 from bottomless.errors import (
     CorruptObjectError,
+    ObjectNotFoundError,
     ReplicaNotFoundError,
     RestoreError,
 )
@@ -131,8 +132,10 @@ def resolve_target(
             span = _restorable(snapshots, commit_numbers(store, db_name, gen))
             assert span is not None
             first = read_manifest(store, db_name, gen, span[0])
-            first_ms = first.created_ms if span[0] == 0 else commit_header(
-                store, db_name, gen, span[0]).created_ms
+            first_ms = first.created_ms
+            if span[0] > 0:  # gc may have removed the commit the oldest snapshot stands for
+                with contextlib.suppress(ObjectNotFoundError):
+                    first_ms = commit_header(store, db_name, gen, span[0]).created_ms
             if first_ms > wanted_ms:
                 continue
             low, high = span  # last commit with created_ms <= wanted, by bisection

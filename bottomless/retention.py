@@ -59,7 +59,7 @@ def collect_garbage(
     """Delete the objects of ``db_name`` that fall outside retention (see module docstring)."""
     now = time.time() if now is None else now
     now_ms = int(now * 1000)
-    window_ms = now_ms - int(older_than.total_seconds() * 1000) if older_than else 0
+    window_ms = now_ms - int(older_than.total_seconds() * 1000) if older_than is not None else 0
     gens = generations(store, db_name)
     snapshots = {g: snapshot_seqs(store, db_name, g) for g in gens}
     manifests = {

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from bottomless import format as fmt
 from bottomless.capture import Transaction
 
+
 @dataclass
 class Intent:
     """An upload that was about to happen: the object, its key, the spool entries it covers."""

@@ -1,0 +1,188 @@
+"""The asynchronous half of the replicator: back-pressure, the uploader's work, wait_durable.
+
+Mixed into :class:`bottomless.replicator.Replicator`; see :mod:`bottomless.spool` for the
+spool itself and why it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from bottomless import format as fmt
+from bottomless.errors import (
+    DurabilityTimeoutError,
+    ObjectExistsError,
+    ReplicaConflictError,
+    StoreError,
+)
+from bottomless.localdb import LocalState, read_state, write_state
+from bottomless.spool import Intent, Spool, Uploader
+
+if TYPE_CHECKING:
+    from bottomless.pagestore import PageStore
+    from bottomless.replicator import Stats
+    from bottomless.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: an uploaded async object merges at most this many bytes of spooled pages
+GROUP_BYTES = 16 * 1024 * 1024
+
+
+class AsyncReplication:
+    """Async-durability behaviour of a replicator (state lives on the Replicator)."""
+
+    db_path: str
+    db_name: str
+    settings: Settings
+    store: PageStore
+    stats: Stats
+    state: LocalState | None
+    spool: Spool
+    _uploader: Uploader | None
+    _uploaded: threading.Condition
+    _room_checked: float
+    _since_snapshot: tuple[int, int]
+
+    def _count(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _maybe_snapshot(self, state: LocalState) -> None:
+        raise NotImplementedError
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: hold a commit while the spool is too old or too big."""
+        now = time.monotonic()
+        if now - self._room_checked < 0.01:
+            return  # checked a moment ago: the bound is in seconds, not microseconds
+        self._room_checked = now
+        limit = self.settings.max_lag
+        budget = limit + self.settings.timeout * (self.settings.max_retries + 1)
+        deadline = now + budget
+        max_bytes = self.settings.max_spool_mb * 1024 * 1024
+        # start shipping before the bound, so commits rarely have to wait at all
+        while self.spool.oldest_age() > limit * 0.8 or self.spool.size_bytes() > max_bytes:
+            if self._uploader is not None:
+                self._uploader.hurry.set()
+                self._uploader.wake.set()
+            if self.spool.oldest_age() <= limit and self.spool.size_bytes() <= max_bytes:
+                return
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{self.db_name}: replication is {self.spool.oldest_age():.1f}s behind"
+                    f" (max_lag {limit}s) and the store is not catching up"
+                    f" ({self.stats.last_error or 'no error recorded'}); commit refused"
+                )
+            with self._uploaded:
+                self._uploaded.wait(0.02)
+
+    def _drain_guarded(self) -> bool:
+        try:
+            return self.drain_once()
+        except Exception as e:  # noqa: BLE001 - the uploader thread must survive store errors
+            self.stats.last_error = f"async upload failed: {e}"
+            self.stats.last_error_time = time.time()
+            logger.warning("%s: async upload failed, will retry: %s", self.db_name, e)
+            time.sleep(min(1.0, self.settings.max_lag / 2))
+            return False
+
+    def drain_once(self, state_required: bool = False) -> bool:
+        """Upload the oldest spooled entries as one commit object; False if there was nothing.
+
+        Raises StoreError or ReplicaConflictError if the upload fails (entries stay spooled).
+        """
+        with self.spool.upload_lock() as mine:
+            if not mine:
+                return False
+            state = read_state(self.db_path)
+            if state is None:
+                if state_required:
+                    return False
+                raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
+            intent = self.spool.read_intent()
+            if intent is not None:
+                self._ship(intent, state)
+                return True
+            group = self.spool.read_group(GROUP_BYTES)
+            if not group:
+                return False
+            pages: dict[int, bytes] = {}
+            through, last = group[0]
+            for number, entry in group:
+                if entry.page_size != last.page_size:
+                    break  # a page-size change starts its own object
+                pages.update(entry.pages)
+                through, last = number, entry
+            seq = state.seq + 1
+            batch = fmt.PageBatch(
+                fmt.KIND_COMMIT, state.generation, seq, last.page_size, last.db_size, pages,
+                prev=state.digest_bytes, writer=state.writer_bytes, created_ms=last.created_ms,
+            )
+            data = fmt.encode_batch(batch, self.settings.compression)
+            intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
+            self.spool.write_intent(intent)
+            self._ship(intent, state)
+            return True
+
+    def _ship(self, intent: Intent, state: LocalState) -> None:
+        """Upload an intent (again, after a crash) and record it."""
+        seq = fmt.seq_from_key(intent.key)
+        if seq is None or seq != state.seq + 1 or state.generation not in intent.key:
+            # already recorded before the crash, or from a generation that has since moved on
+            self.spool.remove_through(intent.through)
+            self.spool.clear_intent()
+            return
+        digest = intent.data[-fmt.DIGEST_SIZE :]
+        try:
+            self.store.put_if_absent(intent.key, intent.data)
+            self._count(intent.data)
+        except ObjectExistsError:
+            existing = self.store.get(intent.key)
+            if existing[-fmt.DIGEST_SIZE :] != digest:
+                raise ReplicaConflictError(
+                    f"{intent.key} was written by another writer: two writers are replicating"
+                    f" {self.db_name!r} to {self.store.location}"
+                ) from None
+        recorded = replace(state, seq=seq, digest=digest.hex(), spooled_through=intent.through)
+        write_state(self.db_path, recorded)
+        self.spool.remove_through(intent.through)
+        self.spool.clear_intent()
+        self.state = recorded
+        self.stats.commits += 1
+        self.stats.last_commit_seq = seq
+        self.stats.last_commit_time = time.time()
+        self.stats.last_error = None
+        commits, size = self._since_snapshot
+        self._since_snapshot = (commits + 1, size + len(intent.data))
+        self._maybe_snapshot(recorded)
+        with self._uploaded:
+            self._uploaded.notify_all()
+
+    def wait_durable(self, timeout: float | None = None) -> None:
+        """Block until everything committed so far is in the store (no-op in sync mode).
+
+        Raises DurabilityTimeoutError if ``timeout`` seconds pass first.
+        """
+        target = self.spool.last_number()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = read_state(self.db_path)
+            remaining = [n for n in self.spool.entries() if n <= target]
+            if not remaining and (state is None or self.spool.read_intent() is None):
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise DurabilityTimeoutError(
+                    f"{self.db_name}: {len(remaining)} commit(s) still waiting for upload after"
+                    f" {timeout}s (last error: {self.stats.last_error or 'none'})"
+                )
+            if self._uploader is not None:
+                self._uploader.hurry.set()
+                self._uploader.wake.set()
+            elif not self.drain_once():
+                time.sleep(0.01)
+            with self._uploaded:
+                self._uploaded.wait(0.02)
