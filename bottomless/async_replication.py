@@ -19,6 +19,7 @@ from bottomless.errors import (
     ReplicaConflictError,
     StoreError,
 )
+from bottomless.lease import WriterLease
 from bottomless.localdb import LocalState, read_state, write_state
 from bottomless.spool import Intent, Spool, Uploader
 
@@ -47,6 +48,7 @@ class AsyncReplication:
     _uploaded: threading.Condition
     _room_checked: float
     _since_snapshot: tuple[int, int]
+    lease: WriterLease | None
 
     def _count(self, data: bytes) -> None:
         raise NotImplementedError
@@ -137,6 +139,8 @@ class AsyncReplication:
             self.spool.clear_intent()
             return
         digest = intent.data[-fmt.DIGEST_SIZE :]
+        if self.lease is not None:
+            self.lease.check()
         try:
             self.store.put_if_absent(intent.key, intent.data)
             self._count(intent.data)

@@ -42,7 +42,8 @@ class RollbackCapture:
     """Collects database-file writes between two journal finalizations."""
 
     def __init__(self) -> None:
-        self._before: dict[int, tuple[int, bytes]] = {}
+        # offset -> (length, hash of the bytes before the write, or None: past end of file)
+        self._before: dict[int, tuple[int, bytes | None]] = {}
 
     @property
     def dirty(self) -> bool:
@@ -52,7 +53,10 @@ class RollbackCapture:
     def note_write(self, offset: int, length: int, read: ReadFn) -> None:
         """Record a write about to happen at ``offset``; ``read`` reads the file as it is now."""
         if offset not in self._before or self._before[offset][0] < length:
-            self._before[offset] = (length, _hash(read(offset, length).ljust(length, b"\0")))
+            current = read(offset, length)
+            # bytes past the end of the file are new even when they are zeros
+            before = _hash(current) if len(current) == length else None
+            self._before[offset] = (length, before)
 
     def discard(self) -> None:
         """Forget every recorded write."""
@@ -76,7 +80,7 @@ class RollbackCapture:
         changed = [
             (offset, length)
             for offset, (length, before) in writes.items()
-            if _hash(read(offset, length).ljust(length, b"\0")) != before
+            if before is None or _hash(read(offset, length).ljust(length, b"\0")) != before
         ]
         if not changed:
             return None
@@ -94,6 +98,8 @@ class RollbackCapture:
             for n in sorted(numbers)
             if n <= db_size
         }
+        if not pages:
+            return None  # only pages past the (rolled back) end changed
         return Transaction(pages, db_size, size)
 
 
@@ -102,8 +108,14 @@ class WalCapture:
 
     def __init__(self) -> None:
         self.page_size = 0
-        self._commit: tuple[int, int, int] | None = None  # frame index, page number, db size
-        self._last: tuple[int, int, int, bytes] | None = None  # last commit, to spot padding
+        # frame index, page number, db size, salts of the commit frame whose page is awaited
+        self._commit: tuple[int, int, int, bytes] | None = None
+        # the last commit frame and its page, to recognize padding copies of it
+        self._last: tuple[int, int, int, bytes, bytes] | None = None
+        self._last_header: int | None = None
+        #: this transaction rewrote a page in place, so SQLite fixes up frame checksums (the
+        #: commit frame's header last) after the commit frame: the commit is complete only then
+        self.rewrote_in_place = False
 
     def _frame_of(self, offset: int, header: bool) -> int | None:
         if not self.page_size or offset < WAL_HEADER_SIZE:
@@ -117,6 +129,16 @@ class WalCapture:
         (self.page_size,) = struct.unpack_from(">I", data, 8)
         self._commit = None
         self._last = None
+        self._last_header = None
+        self.rewrote_in_place = False
+
+    def is_commit_header(self, data: bytes, offset: int) -> bool:
+        """Whether this write is the (checksum-fixed) header of the last commit frame."""
+        return (
+            len(data) == WAL_FRAME_HEADER_SIZE
+            and self._last is not None
+            and self._frame_of(offset, header=True) == self._last[0]
+        )
 
     def on_write(self, data: bytes, offset: int, read: ReadFn) -> Transaction | None:
         """Observe a write to the WAL; return the transaction if this write completes a commit.
@@ -135,22 +157,26 @@ class WalCapture:
             frame = self._frame_of(offset, header=True)
             if frame is not None:
                 pgno, db_size = struct.unpack_from(">II", data)
-                self._commit = (frame, pgno, db_size) if db_size else None
+                self._commit = (frame, pgno, db_size, bytes(data[8:16])) if db_size else None
+                self._last_header = frame
             return None
         frame = self._frame_of(offset, header=False)
         if frame is None or len(data) != self.page_size:
             return None
+        if self._last_header != frame:
+            self.rewrote_in_place = True  # a page written without its header: in place
+        self._last_header = None
         if self._commit is None or self._commit[0] != frame:
             return None
-        commit_frame, pgno, db_size = self._commit
+        commit_frame, pgno, db_size, salts = self._commit
         self._commit = None
         if (
             self._last is not None
             and commit_frame == self._last[0] + 1
-            and (pgno, db_size, data) == self._last[1:]
+            and (pgno, db_size, salts, data) == self._last[1:]
         ):
-            # padding frame: a copy of the previous commit frame, nothing new
-            self._last = (commit_frame, pgno, db_size, data)
+            # padding frame: a copy of the previous commit frame in the same WAL, nothing new
+            self._last = (commit_frame, pgno, db_size, salts, bytes(data))
             return None
         pages = {pgno: bytes(data)}
         stride = WAL_FRAME_HEADER_SIZE + self.page_size
@@ -166,7 +192,7 @@ class WalCapture:
             if number not in pages:
                 pages[number] = read(start + WAL_FRAME_HEADER_SIZE, self.page_size)
             frame -= 1
-        self._last = (commit_frame, pgno, db_size, bytes(data))
+        self._last = (commit_frame, pgno, db_size, salts, bytes(data))
         return Transaction(
             {n: p for n, p in sorted(pages.items()) if n <= db_size}, db_size, self.page_size
         )

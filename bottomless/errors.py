@@ -7,7 +7,8 @@ that best matches it, so callers may catch either::
     ├── ConfigError(ValueError)             a setting or URI parameter is invalid
     ├── StoreError(OSError)                 the object store failed or is unreachable
     │   ├── ObjectNotFoundError(FileNotFoundError)
-    │   └── ObjectExistsError(FileExistsError)
+    │   ├── ObjectExistsError(FileExistsError)
+    │   └── ObjectChangedError                a conditional write found a newer version
     ├── CorruptObjectError(ValueError)      an object fails its checksum or does not parse
     ├── ReplicaNotFoundError(FileNotFoundError)   no replica of that db_name
     ├── DurabilityTimeoutError(TimeoutError)       wait_durable ran out of time
@@ -36,6 +37,10 @@ class ObjectNotFoundError(StoreError, FileNotFoundError):
 
 class ObjectExistsError(StoreError, FileExistsError):
     """A create-only write found the key already present."""
+
+
+class ObjectChangedError(StoreError):
+    """A write conditional on an object's version found a different version."""
 
 
 class CorruptObjectError(BottomlessError, ValueError):

@@ -85,8 +85,42 @@ class WalContent:
     last_commit_frame: int
 
 
+def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
+    """``(mxFrame, salts)`` from the wal-index (``-shm``) header, if it is valid.
+
+    That is what SQLite itself considers committed. A valid commit frame past it (written by a
+    process that died before publishing it) is not part of the database.
+    """
+    shm = wal_path[: -len("-wal")] + "-shm"
+    try:
+        with open(shm, "rb") as handle:
+            header = handle.read(96)
+    except FileNotFoundError:
+        return None
+    if len(header) < 96 or header[:48] != header[48:96]:
+        return None
+    _version, _unused, _change, is_init, _big, _size, max_frame = struct.unpack_from(
+        "=IIIBBHI", header, 0
+    )
+    salt1, salt2, c0, c1 = struct.unpack_from("=IIII", header, 32)
+    if not is_init:
+        return None
+    words = struct.unpack_from("=10I", header, 0)
+    s0 = s1 = 0
+    for i in range(0, 10, 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    if (s0, s1) != (c0, c1):
+        return None
+    return max_frame, (salt1, salt2)
+
+
 def scan_wal(path: str) -> WalContent | None:
-    """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none."""
+    """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none.
+
+    Frames past the wal-index's ``mxFrame`` are ignored when the index is valid.
+    """
+    limit = wal_index_limit(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; the WAL holds no locks
     except FileNotFoundError:
@@ -99,6 +133,11 @@ def scan_wal(path: str) -> WalContent | None:
         if magic not in _WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
             return None
         big = magic & 1 == 1
+        max_frame = None
+        if limit is not None:
+            index_salts = tuple(struct.pack("=I", s) for s in limit[1])
+            if index_salts == (header[16:20], header[20:24]):
+                max_frame = limit[0]
         s0, s1 = wal_checksum(header[:24], 0, 0, big)
         if (s0, s1) != (c0, c1):
             return None
@@ -106,7 +145,7 @@ def scan_wal(path: str) -> WalContent | None:
         pending: dict[int, int] = {}
         result = WalContent(page_size, 0, {}, 0)
         index = 0
-        while True:
+        while max_frame is None or index < max_frame:
             offset = WAL_HEADER_SIZE + index * (WAL_FRAME_HEADER_SIZE + page_size)
             frame = handle.read(WAL_FRAME_HEADER_SIZE + page_size)
             if len(frame) < WAL_FRAME_HEADER_SIZE + page_size:
@@ -230,6 +269,7 @@ def write_state(db_path: str, state: LocalState) -> None:
 def remove_local_files(db_path: str, *, include_db: bool) -> None:
     """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
     suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
+    # the "-bottomless.lock" file is held by the caller and stays
     suffixes += [f"-bottomless-spool{s}" for s in ("", "-wal", "-shm", "-journal", ".lock")]
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):

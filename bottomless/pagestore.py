@@ -48,6 +48,21 @@ class PageStore(ABC):
         """
 
     @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Return the object and an opaque version token (an ETag).
+
+        Raises ObjectNotFoundError if it does not exist.
+        """
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        """Replace ``key`` only if it is still at ``version``; return the new version.
+
+        Raises :class:`~bottomless.errors.ObjectChangedError` if the object changed (or is
+        gone). Only used for the small writer-lease object; data objects are never replaced.
+        """
+
+    @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the whole object; raise ObjectNotFoundError if it does not exist."""
 

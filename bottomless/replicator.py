@@ -8,6 +8,7 @@ SQLite's write lock through the :class:`WriteLock` it is given.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from bottomless.errors import (
     ObjectNotFoundError,
     ReplicaConflictError,
 )
+from bottomless.lease import WriterLease
 from bottomless.localdb import (
     LocalImage,
     LocalState,
@@ -88,6 +90,9 @@ class Replicator(AsyncReplication):
         self._compactor: threading.Thread | None = None
         self._last_object_size = 0
         self.spool = Spool(db_path)
+        #: the writer id: shared by every process writing through this local file
+        self.writer = fmt.new_writer_id()
+        self.lease: WriterLease | None = None
         self._uploader: Uploader | None = None
         self._waiting: Transaction | None = None  # async: committed at PHASETWO
         self._uploaded = threading.Condition()
@@ -103,13 +108,32 @@ class Replicator(AsyncReplication):
         continues a known lineage, and applies ``initial_replication`` to a conflict. Raises
         ReplicaConflictError (policy ``error``) or StoreError.
         """
-        with self.lock:
-            if self._is_empty_locally():
-                self._open_empty()
+        with self.lock, _open_lock(self.db_path):
+            empty = self._is_empty_locally()
+            state = read_state(self.db_path)
+            if state is not None and state.db_name == self.db_name:
+                self.writer = state.writer_bytes
             else:
-                with self._write_lock():
-                    self._drain_leftovers()
-                    self._open_existing()
+                state = None
+            if self.settings.lease_ttl:
+                self.lease = WriterLease(
+                    self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
+                )
+                self.lease.acquire()
+            try:
+                if empty:
+                    self._open_empty(state)
+                else:
+                    with self._write_lock():
+                        self._drain_leftovers()
+                        self._open_existing()
+            except BaseException:
+                if self.lease is not None:
+                    self.lease.release()
+                raise
+            if self.paused and self.lease is not None:
+                self.lease.release()  # skip: this process will not write
+                self.lease = None
             if self.settings.durability == "async" and not self.paused:
                 self._uploader = Uploader(
                     f"bottomless-upload-{self.db_name}", self._drain_guarded,
@@ -131,12 +155,20 @@ class Replicator(AsyncReplication):
             return False
         return file_size(self.db_path + "-wal") == 0
 
-    def _open_empty(self) -> None:
-        self.spool.destroy()  # entries of a database that no longer exists
+    def _open_empty(self, state: LocalState | None) -> None:
         manifest = latest_generation(self.store, self.db_name)
+        if (
+            state is not None and manifest is not None
+            and state.generation == manifest.generation and state.seq == 0
+            and manifest.db_size == 0 and manifest.digest == state.digest_bytes
+            and not self.store.exists(fmt.commit_key(self.db_name, state.generation, 1))
+        ):
+            self.state = state  # a new, still empty database that another process opened
+            return
+        self.spool.destroy()  # entries of a database that no longer exists
         if manifest is None:
             remove_local_files(self.db_path, include_db=False)
-            self._start_generation(None, "initial", writer=fmt.new_writer_id())
+            self._start_generation(None, "initial", writer=self.writer)
             return
         remove_local_files(self.db_path, include_db=True)
         result = restore_file(
@@ -144,7 +176,7 @@ class Replicator(AsyncReplication):
         )
         self.state = LocalState(
             self.db_name, result.generation, result.seq, result.digest.hex(), result.page_size,
-            fmt.new_writer_id().hex(), self.store.location,
+            self.writer.hex(), self.store.location,
         )
         write_state(self.db_path, self.state)
         logger.info(
@@ -160,7 +192,7 @@ class Replicator(AsyncReplication):
                 state = None
             manifest = latest_generation(self.store, self.db_name)
             if manifest is None:
-                self._start_generation(image, "initial", writer=_writer_of(state))
+                self._start_generation(image, "initial", writer=self.writer)
                 return
             verdict, reason = self._same_lineage(state, manifest, image)
             if verdict == "continue":
@@ -181,7 +213,7 @@ class Replicator(AsyncReplication):
             elif verdict == "restart":
                 logger.warning("%s: %s; starting a new generation from the local file",
                                self.db_name, reason)
-                self._start_generation(image, "restart", writer=_writer_of(state))
+                self._start_generation(image, "restart", writer=self.writer)
             else:
                 self._apply_policy(reason, state, manifest, image)
         finally:
@@ -223,8 +255,13 @@ class Replicator(AsyncReplication):
                 return "continue", ""
             return self._orphan_verdict(state, image)
         if state.seq == 0:
-            return ("continue", "") if manifest.digest == state.digest_bytes else (
-                "conflict", "the generation's base snapshot is not the one the file recorded")
+            if manifest.digest != state.digest_bytes:
+                return "conflict", "the generation's base snapshot is not the one it recorded"
+            if (manifest.db_size, manifest.page_size or image.page_size) != (
+                image.db_size, image.page_size
+            ):
+                return "restart", "the local file changed without bottomless seeing it"
+            return "continue", ""
         key = fmt.commit_key(self.db_name, state.generation, state.seq)
         try:
             last = fmt.decode_batch(self.store.get(key), key)
@@ -282,7 +319,7 @@ class Replicator(AsyncReplication):
                 "%s: %s; initial_replication=force: replicating the local file as a new"
                 " generation", self.db_name, reason,
             )
-            self._start_generation(image, "force", writer=_writer_of(state))
+            self._start_generation(image, "force", writer=self.writer)
         elif policy == "skip":
             logger.warning(
                 "%s: %s; initial_replication=skip: opening WITHOUT replication. Commits made now"
@@ -367,6 +404,8 @@ class Replicator(AsyncReplication):
         state = read_state(self.db_path) or self.state
         if state is None:
             raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
+        if self.lease is not None:
+            self.lease.check()
         seq = state.seq + 1
         batch = fmt.PageBatch(
             fmt.KIND_COMMIT, state.generation, seq, txn.page_size, txn.db_size, txn.pages,
@@ -512,6 +551,8 @@ class Replicator(AsyncReplication):
             self._uploader.wake.set()
             self._uploader.join(5)
         self.wait_snapshot()
+        if self.lease is not None:
+            self.lease.release()
         self.spool.close()
         self.store.close()
 
@@ -526,10 +567,6 @@ class _Empty:
         raise IndexError(pgno)
 
 
-def _writer_of(state: LocalState | None) -> bytes:
-    return state.writer_bytes if state else fmt.new_writer_id()
-
-
 def _generation_ids(store: PageStore, db_name: str) -> Iterator[str]:
     for child in store.list_children(fmt.generations_prefix(db_name)):
         if fmt.is_generation_id(child):
@@ -537,6 +574,11 @@ def _generation_ids(store: PageStore, db_name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def no_lock() -> Iterator[None]:
-    """A WriteLock for callers that already exclude other writers."""
-    yield
+def _open_lock(db_path: str) -> Iterator[None]:
+    """Serialize the open-time checks of one local file across processes (flock)."""
+    fd = os.open(db_path + "-bottomless.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -243,6 +243,9 @@ def restore_file(
             os.unlink(tmp)
         raise
     os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):  # they belong to the file being replaced
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     result = RestoreResult(

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     max_spool_mb: int = Field(
         256, ge=1, description="async: local spool size (MiB) at which commits wait."
     )
+    lease_ttl: float = Field(
+        30.0, ge=0, le=3600,
+        description="Seconds a writer's lease on a db_name lasts without renewal; a second"
+        " writer fails until it expires (0: no single-writer fencing).",
+    )
     compression: Literal["zstd", "none"] = Field(
         "zstd", description="Compression of pages in new objects (old objects stay readable)."
     )

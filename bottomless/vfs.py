@@ -181,6 +181,8 @@ class BottomlessVFS(apsw.VFS):
         if entry is not None:
             finalize_journal(entry, apsw.SQLITE_IOERR_DELETE)
         super().xDelete(filename, syncdir)
+        if entry is not None:
+            entry.replicator.commit_done()  # still under SQLite's lock
 
 
 def _raise_io(code: int, error: BottomlessError) -> None:
@@ -241,9 +243,16 @@ class MainDbFile(apsw.VFSFile):
             self._entry.replicator.commit_done()
         elif op == apsw.SQLITE_FCNTL_PRAGMA:
             pragma = apsw.VFSFcntlPragma(ptr)
-            if pragma.name.lower() == STATUS_PRAGMA:
+            name, value = pragma.name.lower(), (pragma.value or "").strip("'\"").lower()
+            if name == STATUS_PRAGMA:
                 pragma.result = json.dumps(self._entry.replicator.status())
                 return True
+            if name == "journal_mode" and value in ("memory", "off"):
+                # no journal file means no commit point bottomless can see: refuse, loudly
+                raise apsw.SQLError(
+                    f"bottomless cannot replicate journal_mode={value}: commits would not be"
+                    " seen; use WAL, DELETE, TRUNCATE or PERSIST"
+                )
         result: bool = super().xFileControl(op, ptr)
         return result
 
@@ -267,12 +276,17 @@ class JournalFile(apsw.VFSFile):
         if newsize == 0:
             finalize_journal(self._entry, apsw.SQLITE_IOERR_TRUNCATE)
         super().xTruncate(newsize)
+        if newsize == 0:
+            self._entry.replicator.commit_done()
 
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
         """Zeroing the journal header finalizes it."""
-        if offset == 0 and len(data) >= 28 and not any(data):
+        finalizing = offset == 0 and len(data) >= 28 and not any(data)
+        if finalizing:
             finalize_journal(self._entry, apsw.SQLITE_IOERR_WRITE)
         super().xWrite(data, offset)
+        if finalizing:
+            self._entry.replicator.commit_done()
 
 
 class WalFile(apsw.VFSFile):
@@ -282,22 +296,40 @@ class WalFile(apsw.VFSFile):
         super().__init__("", name, flags)
         self._entry = entry
         self._capture = WalCapture()
+        self._deferred = False  # commit recorded once its header's checksum is fixed
 
     def _read_now(self, offset: int, amount: int) -> bytes:
         return bytes(super().xRead(amount, offset))
 
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
-        """Write through; a commit frame's page first goes to the store."""
+        """Write through; a commit frame's page first goes to the store.
+
+        The replicated position is recorded while SQLite still holds the WAL write lock (the
+        next writer, maybe in another process, numbers its commit after it): right after the
+        commit frame, or after the commit frame's header once SQLite has fixed its checksum.
+        """
+        replicator = self._entry.replicator
+        if self._deferred and self._capture.is_commit_header(data, offset):
+            super().xWrite(data, offset)
+            self._deferred = False
+            replicator.commit_done()
+            return
         txn = self._capture.on_write(data, offset, self._read_now)
-        if txn is not None:
-            replicator = self._entry.replicator
-            path = replicator.db_path
-            image: Callable[[], LocalImage] = lambda: _image_with(path, txn)  # noqa: E731
-            try:
-                replicator.replicate(txn, image)
-            except BottomlessError as e:
-                _raise_io(apsw.SQLITE_IOERR_WRITE, e)
+        if txn is None:
+            super().xWrite(data, offset)
+            return
+        path = replicator.db_path
+        image: Callable[[], LocalImage] = lambda: _image_with(path, txn)  # noqa: E731
+        try:
+            replicator.replicate(txn, image)
+        except BottomlessError as e:
+            _raise_io(apsw.SQLITE_IOERR_WRITE, e)
         super().xWrite(data, offset)
+        if self._capture.rewrote_in_place:
+            self._deferred = True
+        else:
+            replicator.commit_done()
+        self._capture.rewrote_in_place = False
 
 
 def _image_with(path: str, txn: Any) -> LocalImage:

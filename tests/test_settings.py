@@ -27,6 +27,10 @@ BAD_VALUES = {
     "snapshot_interval_commits": ("-5", ["snapshot_interval_commits"]),
     "snapshot_interval_mb": ("lots", ["snapshot_interval_mb"]),
     "retention": ("a week", ["retention", "7d"]),
+    "durability": ("eventually", ["durability", "'sync'", "'async'"]),
+    "max_lag": ("0", ["max_lag", "greater than 0"]),
+    "max_spool_mb": ("0", ["max_spool_mb"]),
+    "lease_ttl": ("-3", ["lease_ttl"]),
     "keep_snapshots": ("-1", ["keep_snapshots"]),
 }
 

@@ -104,6 +104,12 @@ class LostAckStore(PageStore):
             self.armed = False
             raise StoreError(f"{self.location}: PUT {key} failed: connection reset (injected)")
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_versioned(key)
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        return self.inner.put_if_match(key, data, version)
+
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
 

@@ -267,6 +267,12 @@ class FlakyStore(PageStore):
             raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
         self.inner.put_if_absent(key, data)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_versioned(key)
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        return self.inner.put_if_match(key, data, version)
+
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from bottomless.errors import ObjectNotFoundError, StoreError
@@ -39,6 +40,11 @@ class FsspecPageStore(PageStore):
         except Exception as e:
             raise self._translate(e, "GET", key) from e
         return data
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Return the object and its version (the SHA-256 of its content)."""
+        data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of the object."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import secrets
 from typing import TYPE_CHECKING
@@ -10,7 +12,12 @@ from typing import TYPE_CHECKING
 import fsspec
 
 from bottomless.backends._fsspec import FsspecPageStore
-from bottomless.errors import ObjectExistsError, StoreError
+from bottomless.errors import (
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -71,6 +78,40 @@ class FilePageStore(FsspecPageStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        """Replace ``key`` only if its content still hashes to ``version`` (under flock)."""
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        if not os.path.isfile(path):
+            raise ObjectChangedError(f"{self.location}: {key} is gone")
+        try:
+            lock = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"{self.location}: PUT {key} failed: {e}") from e
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                _, current = self.get_versioned(key)
+            except ObjectNotFoundError:
+                raise ObjectChangedError(f"{self.location}: {key} is gone") from None
+            if current != version:
+                raise ObjectChangedError(f"{self.location}: {key} changed")
+            tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(directory)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise StoreError(f"{self.location}: PUT {key} failed: {e}") from e
+        finally:
+            os.close(lock)
+        return hashlib.sha256(data).hexdigest()
 
     def delete(self, key: str) -> None:
         """Delete ``key`` and the directories it leaves empty."""

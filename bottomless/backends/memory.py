@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import TYPE_CHECKING
 
 import fsspec
 
 from bottomless.backends._fsspec import FsspecPageStore
-from bottomless.errors import ObjectExistsError
+from bottomless.errors import ObjectChangedError, ObjectExistsError, ObjectNotFoundError
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -44,3 +45,16 @@ class MemoryPageStore(FsspecPageStore):
             if self.fs.exists(path):
                 raise ObjectExistsError(f"{self.location}: {key} already exists")
             self.fs.pipe_file(path, bytes(data))
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        """Replace ``key`` only if its content still hashes to ``version``."""
+        path = self._path(key)
+        with _CREATE_LOCK:
+            try:
+                _, current = self.get_versioned(key)
+            except ObjectNotFoundError:
+                raise ObjectChangedError(f"{self.location}: {key} is gone") from None
+            if current != version:
+                raise ObjectChangedError(f"{self.location}: {key} changed")
+            self.fs.pipe_file(path, bytes(data))
+        return hashlib.sha256(data).hexdigest()

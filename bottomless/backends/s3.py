@@ -8,13 +8,20 @@ the two layers never multiply.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+import fsspec.asyn
 import s3fs
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bottomless.backends._fsspec import FsspecPageStore
-from bottomless.errors import ObjectExistsError, ObjectNotFoundError, StoreError
+from bottomless.errors import (
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -71,7 +78,7 @@ class S3PageStore(FsspecPageStore):
     @property
     def location(self) -> str:
         """Where the objects live."""
-        return f"s3://{self.bucket} at {self.endpoint or 'AWS'}"
+        return f"s3://{self.bucket} at {_public(self.endpoint) or 'AWS'}"
 
     def _ensure_bucket(self, create: bool, region: str | None) -> None:
         try:
@@ -139,10 +146,56 @@ class S3PageStore(FsspecPageStore):
             raise self._translate(e, "GET", key) from e
         return data
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Return the object and its ETag."""
+        try:
+            response = self.fs.call_s3("get_object", Bucket=self.bucket, Key=key)
+            data: bytes = _read(self.fs, response["Body"])
+        except Exception as e:
+            raise self._translate(e, "GET", key) from e
+        return data, str(response["ETag"])
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        """Replace ``key`` with ``If-Match: <ETag>``; ObjectChangedError on 412."""
+        try:
+            response = self.fs.call_s3(
+                "put_object", Bucket=self.bucket, Key=key, Body=bytes(data), IfMatch=version
+            )
+        except Exception as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                  "409", "NoSuchKey", "404") or isinstance(
+                e, (FileNotFoundError, FileExistsError)
+            ):
+                raise ObjectChangedError(f"{self.location}: {key} changed") from e
+            raise self._translate(e, "PUT", key) from e
+        return str(response["ETag"])
+
     def close(self) -> None:
         """Drop the client's connections."""
         with contextlib.suppress(Exception):  # best effort at shutdown
             s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
+
+
+def _read(fs: s3fs.S3FileSystem, body: Any) -> bytes:
+    """Read a streaming body on s3fs's event loop."""
+
+    async def read() -> bytes:
+        async with body as stream:
+            content: bytes = await stream.read()
+            return content
+
+    result: bytes = fsspec.asyn.sync(fs.loop, read)
+    return result
+
+
+def _public(endpoint: str) -> str:
+    """The endpoint without any ``user:password@`` part."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.username is None and parts.password is None:
+        return endpoint
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _secret(value: Any) -> str | None:

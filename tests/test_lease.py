@@ -1,0 +1,148 @@
+"""Single writer: a second writer fails loudly, a paused writer cannot commit after losing its
+lease, a crashed writer's lease is taken over once it expires."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import pytest
+from helpers import rows
+
+import bottomless
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+_CHILD = """
+import sys, time, apsw, bottomless
+settings = bottomless.Settings(backend="file", bucket=sys.argv[2], db_name="shared",
+                               lease_ttl=float(sys.argv[3]))
+db = bottomless.connect(sys.argv[1], settings)
+db.set_busy_timeout(10000)
+db.execute("CREATE TABLE IF NOT EXISTS t(x)")
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    try:
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    except apsw.IOError as e:
+        print("refused", type(e.__cause__).__name__, e.__cause__, flush=True)
+        sys.exit(3)
+    print("done", i, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def _child(tmp_path: Any, name: str, bucket: str, ttl: float) -> subprocess.Popen[str]:
+    script = tmp_path / "lease_child.py"
+    script.write_text(_CHILD)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / name), bucket, str(ttl)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("ready")
+    return process
+
+
+def test_second_writer_fails_loudly_at_open(tmp_path: Any, backend: str,
+                                            make_settings: MakeSettings) -> None:
+    settings = make_settings(backend, db_name="one", initial_replication="force")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = bottomless.connect(str(tmp_path / "a" / "db"), settings)
+    first.execute("CREATE TABLE t(x); INSERT INTO t VALUES(1)")
+    with pytest.raises(bottomless.ReplicaConflictError, match="another writer"):
+        bottomless.connect(str(tmp_path / "b" / "db"), settings)
+    first.execute("INSERT INTO t VALUES(2)")  # the first writer is unaffected
+    first.close()
+    # a clean close releases the lease: the other (empty) file may now take over; it is
+    # restored from the bucket first
+    second = bottomless.connect(str(tmp_path / "b" / "db"), settings)
+    assert second.execute("SELECT x FROM t").fetchall() == [(1,), (2,)]
+    second.execute("INSERT INTO t VALUES(3)")
+    second.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="one")
+    assert rows(copy) == [(1,), (2,), (3,)]
+
+
+def test_paused_writer_cannot_commit_after_losing_its_lease(tmp_path: Any) -> None:
+    bucket = str(tmp_path / "replicas")
+    ttl = 1.5
+    writer = _child(tmp_path, "a.db", bucket, ttl)
+    assert writer.stdout is not None
+    time.sleep(0.3)
+    writer.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(ttl + 0.5)
+        settings = bottomless.Settings(backend="file", bucket=bucket, db_name="shared",
+                                       lease_ttl=ttl, initial_replication="force")
+        (tmp_path / "b").mkdir()
+        usurper = bottomless.connect(str(tmp_path / "b" / "b.db"), settings)
+        before = usurper.execute("SELECT x FROM t").fetchall()  # restored from the bucket
+        usurper.execute("INSERT INTO t VALUES(-1)")
+    finally:
+        writer.send_signal(signal.SIGCONT)
+    out, _ = writer.communicate(timeout=60)
+    assert writer.returncode == 3, out
+    assert "ReplicaConflictError" in out and "lease" in out
+    acknowledged = [int(line.split()[1]) for line in out.splitlines() if line.startswith("done")]
+    assert before == [(i,) for i in acknowledged], "every acknowledged commit was restored"
+    usurper.execute("INSERT INTO t VALUES(-2)")
+    usurper.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="shared")
+    assert sorted(rows(copy)) == sorted([*before, (-1,), (-2,)]), "a late commit appeared"
+
+
+def test_crashed_writers_lease_is_taken_over_after_expiry(tmp_path: Any) -> None:
+    bucket = str(tmp_path / "replicas")
+    ttl = 1.5
+    writer = _child(tmp_path, "a.db", bucket, ttl)
+    time.sleep(0.2)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(10)
+    settings = bottomless.Settings(backend="file", bucket=bucket, db_name="shared",
+                                   lease_ttl=ttl, initial_replication="force")
+    (tmp_path / "b").mkdir()
+    path = str(tmp_path / "b" / "b.db")
+    started = time.monotonic()
+    with pytest.raises(bottomless.ReplicaConflictError, match="lease runs until"):
+        bottomless.connect(path, settings)
+    while True:
+        try:
+            db = bottomless.connect(path, settings)
+            break
+        except bottomless.ReplicaConflictError:
+            assert time.monotonic() - started < ttl + 5, "the expired lease was not taken over"
+            time.sleep(0.2)
+    assert time.monotonic() - started >= ttl * 0.5
+    db.execute("CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES(42)")
+    db.close()
+
+
+def test_processes_sharing_one_file_are_one_writer(tmp_path: Any) -> None:
+    bucket = str(tmp_path / "replicas")
+    first = _child(tmp_path, "same.db", bucket, 1.5)
+    second = _child(tmp_path, "same.db", bucket, 1.5)
+    time.sleep(2.5)  # longer than the TTL: renewals from both processes must coexist
+    for process in (first, second):
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    plain = apsw.Connection(str(tmp_path / "same.db"))
+    local = sorted(plain.execute("SELECT x FROM t").fetchall())
+    plain.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, bottomless.Settings(backend="file", bucket=bucket),
+                       db_name="shared")
+    assert sorted(rows(copy)) == local and len(local) > 20
+    os.unlink(copy)
