@@ -142,7 +142,7 @@ class AsyncReplication:
         if self.lease is not None:
             self.lease.check()
         try:
-            self.store.put_if_absent(intent.key, intent.data)
+            self.store.put_once(intent.key, intent.data)
             self._count(intent.data)
         except ObjectExistsError:
             existing = self.store.get(intent.key)

@@ -10,7 +10,7 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
-from bottomless.errors import ConfigError, ObjectNotFoundError
+from bottomless.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StoreError
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -87,6 +87,32 @@ class PageStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
+
+    def put_once(self, key: str, data: bytes) -> None:
+        """Create ``key`` like :meth:`put_if_absent`, but idempotently.
+
+        When the request fails, or reports that the key exists, and the stored object holds
+        exactly ``data``, the write did happen (a reply lost on the way, a retry that found its
+        own earlier attempt): that is success, not an error. Raises ObjectExistsError only when
+        the key holds other bytes.
+        """
+        try:
+            self.put_if_absent(key, data)
+            return
+        except ObjectExistsError:
+            if self._holds(key, data):
+                return
+            raise
+        except StoreError:
+            if self._holds(key, data):
+                return
+            raise
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        try:
+            return self.get(key) == data
+        except StoreError:
+            return False
 
     def exists(self, key: str) -> bool:
         """Tell whether ``key`` exists."""

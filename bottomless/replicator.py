@@ -108,13 +108,14 @@ class Replicator(AsyncReplication):
         continues a known lineage, and applies ``initial_replication`` to a conflict. Raises
         ReplicaConflictError (policy ``error``) or StoreError.
         """
-        with self.lock, _open_lock(self.db_path):
+        with self.lock, _open_lock(self.db_path) as lock_fd:
             empty = self._is_empty_locally()
             state = read_state(self.db_path)
             if state is not None and state.db_name == self.db_name:
                 self.writer = state.writer_bytes
             else:
                 state = None
+                self.writer = _local_writer_id(lock_fd, self.writer)
             if self.settings.lease_ttl:
                 self.lease = WriterLease(
                     self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
@@ -236,6 +237,9 @@ class Replicator(AsyncReplication):
         if state is None:
             return "conflict", "the local file has no bottomless state (never replicated here)"
         if state.generation != manifest.generation:
+            if manifest.writer == state.writer and manifest.generation > state.generation:
+                # our own generation start whose reply was lost: the local file is the truth
+                return "restart", f"generation {manifest.generation} was started but not recorded"
             return "conflict", f"the local file belongs to generation {state.generation}"
         ours = bytes.fromhex(state.writer)
         next_key = fmt.commit_key(self.db_name, state.generation, state.seq + 1)
@@ -415,7 +419,7 @@ class Replicator(AsyncReplication):
         key = fmt.commit_key(self.db_name, state.generation, seq)
         started = time.monotonic()
         try:
-            self.store.put_if_absent(key, data)
+            self.store.put_once(key, data)
         except ObjectExistsError:
             self._position_taken(key, state, image)
             return
@@ -574,11 +578,26 @@ def _generation_ids(store: PageStore, db_name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _open_lock(db_path: str) -> Iterator[None]:
+def _open_lock(db_path: str) -> Iterator[int]:
     """Serialize the open-time checks of one local file across processes (flock)."""
     fd = os.open(db_path + "-bottomless.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
+
+
+def _local_writer_id(lock_fd: int, fresh: bytes) -> bytes:
+    """The writer id of this local file, kept in its lock file so that it survives a failed
+    first open (a retry must not look like a second writer)."""
+    stored = os.pread(lock_fd, 64, 0).strip()
+    try:
+        writer = bytes.fromhex(stored.decode())
+        if len(writer) == len(fresh):
+            return writer
+    except ValueError:
+        pass
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, fresh.hex().encode(), 0)
+    return fresh

@@ -46,7 +46,7 @@ def _encode_part(
 ) -> dict[str, Any]:
     batch = fmt.PageBatch(fmt.KIND_SNAPSHOT, generation, number, page_size, db_size, pages)
     data = fmt.encode_batch(batch, compression)
-    store.put_if_absent(key, data)
+    store.put_once(key, data)
     if counter:
         counter(data)
     return {"key": key, "first": min(pages), "pages": len(pages), "digest": batch.digest.hex()}
@@ -93,7 +93,7 @@ def _write_manifest(
     store: PageStore, manifest: fmt.Manifest, counter: Callable[[bytes], None] | None
 ) -> fmt.Manifest:
     data = fmt.encode_manifest(manifest)
-    store.put_if_absent(fmt.snapshot_key(manifest.db_name, manifest.generation, manifest.seq), data)
+    store.put_once(fmt.snapshot_key(manifest.db_name, manifest.generation, manifest.seq), data)
     if counter:
         counter(data)
     return manifest

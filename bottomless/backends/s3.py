@@ -61,7 +61,8 @@ class S3PageStore(FsspecPageStore):
             config_kwargs={
                 "connect_timeout": settings.timeout,
                 "read_timeout": settings.timeout,
-                "retries": {"max_attempts": settings.max_retries + 1, "mode": "standard"},
+                # total_max_attempts counts the first try; botocore's max_attempts would not
+                "retries": {"total_max_attempts": settings.max_retries + 1, "mode": "standard"},
             },
             use_listings_cache=False,
             skip_instance_cache=True,
