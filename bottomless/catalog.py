@@ -25,7 +25,7 @@ from bottomless.restore import (
     restore_file,
 )
 from bottomless.snapshots import check_part, read_manifest, snapshot_seqs
-from bottomless.transfer import in_order
+from bottomless.transfer import in_order, window_for
 
 
 def iso(ms: int | None) -> str | None:
@@ -214,7 +214,8 @@ def _verify_generation(
     for manifest in manifests.values():
         parts = manifest.parts
         jobs = [functools.partial(fetch, str(p["key"])) for p in parts]
-        for part, (key, data) in zip(parts, in_order(pool, jobs, parallelism), strict=True):
+        window = window_for(parallelism, manifest.part_pages * manifest.page_size)
+        for part, (key, data) in zip(parts, in_order(pool, jobs, window), strict=True):
             if data is None:
                 report.problems.append(f"{key}: missing (listed by snapshot {manifest.seq})")
                 continue

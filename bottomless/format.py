@@ -207,9 +207,12 @@ def encode_batch(batch: PageBatch, compression: str = "zstd") -> bytes:
         batch.writer,
     )
     index = b"".join(_INDEX_ENTRY.pack(p, len(s)) for p, s in zip(numbers, stored, strict=True))
-    sealed = seal(b"".join([header, index, *stored]))
-    batch.digest = sealed[-DIGEST_SIZE:]
-    return sealed
+    hasher = hashlib.sha256(header)
+    hasher.update(index)
+    for chunk in stored:
+        hasher.update(chunk)
+    batch.digest = hasher.digest()
+    return b"".join([header, index, *stored, batch.digest])  # one copy, whatever the size
 
 
 @dataclass

@@ -28,7 +28,7 @@ from bottomless.errors import (
 )
 from bottomless.pagestore import PageStore
 from bottomless.snapshots import check_part, iter_commits, read_manifest, snapshot_seqs
-from bottomless.transfer import in_order
+from bottomless.transfer import in_order, window_for
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,9 @@ def restore_file(
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
             jobs = [functools.partial(fetch, str(p["key"])) for p in snapshot.parts]
             for part, (key, data) in zip(
-                snapshot.parts, in_order(pool, jobs, parallelism), strict=True
+                snapshot.parts,
+                in_order(pool, jobs, window_for(parallelism, snapshot.part_pages * page_size)),
+                strict=True,
             ):
                 batch = fmt.decode_batch(data, key)
                 check_part(batch, key, part, page_size)

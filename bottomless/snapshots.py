@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from bottomless import format as fmt
 from bottomless.errors import CorruptObjectError, RestoreError
 from bottomless.pagestore import PageStore
-from bottomless.transfer import in_order
+from bottomless.transfer import in_order, window_for
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def upload_snapshot(
 
     parts: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
-        for part in in_order(pool, jobs(), parallelism):
+        for part in in_order(pool, jobs(), window_for(parallelism, per_part * source.page_size)):
             parts.append(part)
             if progress:
                 progress(part["pages"] * source.page_size)

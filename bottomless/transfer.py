@@ -30,3 +30,15 @@ def in_order(
             queue.append(pool.submit(job))
             break
         yield result
+
+
+#: how many bytes of parts may be in flight at once, whatever the parallelism
+MEMORY_BUDGET = 96 * 1024 * 1024
+#: a part in flight is held about this many times over (pages, encoded object, copies)
+_COPIES = 3
+
+
+def window_for(parallelism: int, object_bytes: int) -> int:
+    """How many objects of ``object_bytes`` to keep in flight: ``parallelism``, but never more
+    than fit in :data:`MEMORY_BUDGET` (at least one)."""
+    return max(1, min(parallelism, MEMORY_BUDGET // max(object_bytes * _COPIES, 1)))
