@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
         return run([python, os.path.join(ROOT, "examples", "demo.py"), *rest])
     python = ensure_venv("dev")
     lint = [
-        [os.path.join(BIN, "ruff"), "check", "bottomless", "tests", "examples", "docs", "dev.py"],
+        [os.path.join(BIN, "ruff"), "check", "bottomless", "tests", "examples", "docs",
+         "benchmarks", "dev.py"],
         [os.path.join(BIN, "mypy")],
     ]
     lint.append([python, os.path.join(ROOT, "docs", "gen_reference.py"), "--check"])
