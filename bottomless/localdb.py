@@ -15,7 +15,7 @@ import secrets
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 logger = logging.getLogger(__name__)
 
@@ -242,28 +242,70 @@ def state_path(db_path: str) -> str:
     return db_path + "-bottomless"
 
 
+# The state file is read and written on every commit, so both are made cheap: a read is one
+# stat() while the file is unchanged, and an update is one pwrite() of a fixed-size record into
+# the existing file (every process writes it under SQLite's write lock).
+_STATE_RECORD = 1024
+_state_lock = threading.Lock()
+_state_cache: dict[str, tuple[tuple[int, int, int], LocalState]] = {}
+_state_fds: dict[str, tuple[int, int]] = {}
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read_state(db_path: str) -> LocalState | None:
     """Load the state file; ``None`` if it is missing or unreadable (logged)."""
     path = state_path(db_path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
+        key = _stat_key(os.stat(path))
+        with _state_lock:
+            cached = _state_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return replace(cached[1])
+        with open(path, "rb") as handle:
+            doc = json.loads(handle.read().rstrip(b" \n\0"))
         values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
-        return LocalState(**values)
+        state = LocalState(**values)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("ignoring unreadable bottomless state file %s: %s", path, e)
         return None
+    with _state_lock:
+        _state_cache[path] = (key, replace(state))
+    return state
 
 
 def write_state(db_path: str, state: LocalState) -> None:
-    """Replace the state file atomically."""
+    """Record ``state``: in place when the file exists, else created atomically."""
     path = state_path(db_path)
-    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(asdict(state), handle)
-    os.replace(tmp, path)
+    record = json.dumps(asdict(state)).encode()
+    with _state_lock:
+        handle = _state_fds.get(path)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if (
+            handle is not None and current is not None and current.st_ino == handle[1]
+            and len(record) < _STATE_RECORD
+        ):
+            os.pwrite(handle[0], record.ljust(_STATE_RECORD - 1) + b"\n", 0)
+            _state_cache[path] = (_stat_key(os.fstat(handle[0])), replace(state))
+            return
+        if handle is not None:
+            os.close(handle[0])
+            del _state_fds[path]
+        tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+        with open(tmp, "wb") as out:
+            out.write(record.ljust(_STATE_RECORD - 1) + b"\n")
+        os.replace(tmp, path)
+        fd = os.open(path, os.O_RDWR)
+        stat = os.fstat(fd)
+        _state_fds[path] = (fd, stat.st_ino)
+        _state_cache[path] = (_stat_key(stat), replace(state))
 
 
 def remove_local_files(db_path: str, *, include_db: bool) -> None:

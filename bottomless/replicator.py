@@ -494,7 +494,8 @@ class Replicator(AsyncReplication):
         try:
             compact(
                 self.store, db_name=self.db_name, generation=generation, seq=seq,
-                compression=self.settings.compression, parallelism=self.settings.parallelism,
+                compression=self.settings.compression,
+                parallelism=min(2, self.settings.parallelism),  # gently, beside live commits
                 writer=writer, part_mb=self.settings.snapshot_part_mb, counter=self._count,
             )
         except ObjectExistsError:

@@ -39,6 +39,11 @@ STATUS_PRAGMA = "bottomless_status"
 _JOURNAL_SUFFIX = "-journal"
 _WAL_SUFFIX = "-wal"
 
+_WATCHED_FCNTLS = frozenset({
+    apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE,
+    apsw.SQLITE_FCNTL_COMMIT_PHASETWO, apsw.SQLITE_FCNTL_PRAGMA,
+})
+
 #: Settings objects handed from bottomless.connect to xOpen, by token
 _settings_by_token: dict[str, Settings] = {}
 
@@ -235,6 +240,9 @@ class MainDbFile(apsw.VFSFile):
 
     def xFileControl(self, op: int, ptr: int) -> bool:  # noqa: N802
         """Watch checkpoints and commits; answer the status pragma."""
+        if op not in _WATCHED_FCNTLS:  # most calls (lock timeouts, size hints, ...): fast path
+            passed: bool = super().xFileControl(op, ptr)
+            return passed
         if op == apsw.SQLITE_FCNTL_CKPT_START:
             self._in_checkpoint = True
         elif op == apsw.SQLITE_FCNTL_CKPT_DONE:

@@ -93,6 +93,7 @@ class LostAckStore(PageStore):
 
     def __init__(self, inner: PageStore) -> None:
         self.inner, self.backend, self.armed = inner, inner.backend, False
+        self.blind: str | None = None  # the connection stays down for the follow-up GET
 
     @property
     def location(self) -> str:
@@ -102,6 +103,7 @@ class LostAckStore(PageStore):
         self.inner.put_if_absent(key, data)
         if self.armed and "/commits/" in key:
             self.armed = False
+            self.blind = key
             raise StoreError(f"{self.location}: PUT {key} failed: connection reset (injected)")
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
@@ -111,6 +113,9 @@ class LostAckStore(PageStore):
         return self.inner.put_if_match(key, data, version)
 
     def get(self, key: str) -> bytes:
+        if key == self.blind:
+            self.blind = None
+            raise StoreError(f"{self.location}: GET {key} failed: connection reset (injected)")
         return self.inner.get(key)
 
     def get_range(self, key: str, start: int, end: int) -> bytes:

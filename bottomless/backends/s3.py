@@ -66,6 +66,7 @@ class S3PageStore(FsspecPageStore):
             },
             use_listings_cache=False,
             skip_instance_cache=True,
+            max_concurrency=1,  # a GET is one request (no HEAD first to plan ranged reads)
         )
         fs.retries = 1
         super().__init__(fs, self.bucket)
