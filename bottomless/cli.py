@@ -100,6 +100,31 @@ def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], 
         yield lambda size: bar.advance(task, size)
 
 
+def _terminal_progress(label: str, total: int) -> Callable[[int], None]:
+    """A progress bar for an upload at open (the shell's initial replication)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    done = [0]
+
+    def advance(size: int) -> None:
+        done[0] += size
+        bar.advance(task, size)
+        if done[0] >= total:
+            bar.stop()
+
+    return advance
+
+
 def _table(title: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo(f"{title}: none")
@@ -283,6 +308,10 @@ def shell(path: str, db_name: str | None, initial_replication: str | None,
     from bottomless.api import connect
 
     options.update(db_name=db_name, initial_replication=initial_replication)
+    if sys.stderr.isatty():
+        from bottomless import vfs
+
+        vfs.register(None).progress = _terminal_progress
     connection = connect(path, _settings(options))
     try:
         apsw.shell.Shell(db=connection).cmdloop()  # type: ignore[no-untyped-call]

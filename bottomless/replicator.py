@@ -47,6 +47,7 @@ from bottomless.spool import Spool, Uploader
 logger = logging.getLogger(__name__)
 
 WriteLock = Callable[[], AbstractContextManager[None]]
+ProgressFactory = Callable[[str, int], Callable[[int], None] | None]
 
 
 @dataclass
@@ -84,8 +85,9 @@ class Replicator(AsyncReplication):
         self.stats = Stats()
         self._pending: LocalState | None = None
         self.state: LocalState | None = None
-        #: called with a byte count as snapshots upload (the CLI shows a progress bar)
-        self.progress: Callable[[int], None] | None = None
+        #: makes a byte-count callback for a long upload, given a label and the total bytes
+        #: (the CLI shows a progress bar with it); ``None``: no progress reporting
+        self.progress: ProgressFactory | None = None
         self._since_snapshot = (0, 0)  # commits, bytes of log since the newest snapshot
         self._compactor: threading.Thread | None = None
         self._last_object_size = 0
@@ -363,7 +365,10 @@ class Replicator(AsyncReplication):
             self.store, db_name=self.db_name, generation=generation, seq=0, source=source,
             part_mb=self.settings.snapshot_part_mb, parallelism=self.settings.parallelism,
             compression=self.settings.compression, writer=writer.hex(), reason=reason,
-            counter=self._count, progress=self.progress,
+            counter=self._count,
+            progress=self.progress(
+                f"uploading {self.db_name}", source.db_size * source.page_size
+            ) if self.progress and source.db_size else None,
         )
         self.state = LocalState(
             self.db_name, generation, 0, manifest.digest.hex(), source.page_size, writer.hex(),

@@ -24,7 +24,7 @@ from bottomless.capture import RollbackCapture, WalCapture
 from bottomless.errors import BottomlessError, ConfigError
 from bottomless.localdb import LocalImage, read_db
 from bottomless.pagestore import open_store
-from bottomless.replicator import Replicator
+from bottomless.replicator import ProgressFactory, Replicator
 from bottomless.settings import (
     SETTINGS_TOKEN_PARAMETER,
     SQLITE_URI_PARAMETERS,
@@ -85,6 +85,8 @@ class BottomlessVFS(apsw.VFS):
     def __init__(self, settings: Settings | None = None, name: str = VFS_NAME) -> None:
         self.settings = settings
         self.name = name
+        #: progress reporting for long uploads at open (set by the CLI on a terminal)
+        self.progress: ProgressFactory | None = None
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         super().__init__(name, "")
@@ -111,6 +113,7 @@ class BottomlessVFS(apsw.VFS):
                 replicator = Replicator(
                     path, settings, store, lambda: sqlite_write_lock(path)
                 )
+                replicator.progress = self.progress
                 replicator.open()
             except BaseException:
                 store.close()
