@@ -18,7 +18,7 @@ from bottomless import vfs
 
 
 class _Teapot(http.server.BaseHTTPRequestHandler):
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         self.send_response(418)
         self.end_headers()
 
