@@ -71,6 +71,10 @@ def describe_generations(store: PageStore, db_name: str) -> list[GenerationInfo]
     result = []
     for generation in generations(store, db_name):
         snapshots = snapshot_seqs(store, db_name, generation)
+        if not snapshots and not store.list_keys(
+            f"{fmt.generations_prefix(db_name)}{generation}/"
+        ):
+            continue  # an emptied prefix (some stores keep listing it)
         info = GenerationInfo(generation, complete=bool(snapshots))
         if snapshots:
             first = read_manifest(store, db_name, generation, snapshots[0])
@@ -198,10 +202,8 @@ def _verify_generation(
 ) -> None:
     snapshots = snapshot_seqs(store, db_name, generation)
     if not snapshots:
-        report.problems.append(
-            f"{fmt.generations_prefix(db_name)}{generation}: incomplete generation (no snapshot;"
-            " an interrupted upload, which gc removes)"
-        )
+        # an interrupted upload, parts kept for a branch, or an emptied prefix: nothing here is
+        # a restorable point, so nothing here can be wrong (gc removes what is not needed)
         return
     manifests: dict[int, fmt.Manifest] = {}
     for at in snapshots:

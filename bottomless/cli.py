@@ -285,7 +285,7 @@ def gc(db_name: str, older_than: str | None, keep: int | None, dry_run: bool, as
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
     verb = "would delete" if dry_run else "deleted"
-    for key in report.deleted:
+    for key in [*report.deleted, *report.temporaries]:
         click.echo(f"{verb} {key}")
     click.echo(f"{db_name}: {verb} {len(report.deleted)} objects; every point since"
                f" {report.window_start} stays restorable")

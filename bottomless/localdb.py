@@ -243,29 +243,31 @@ def state_path(db_path: str) -> str:
 
 
 # The state file is read and written on every commit, so both are made cheap: a read is one
-# stat() while the file is unchanged, and an update is one pwrite() of a fixed-size record into
-# the existing file (every process writes it under SQLite's write lock).
+# pread() on a descriptor kept open (parsed again only when the bytes changed; mtime is too
+# coarse to tell), and an update is one pwrite() of a fixed-size record into the existing file
+# (every process writes it under SQLite's write lock).
 _STATE_RECORD = 1024
 _state_lock = threading.Lock()
-_state_cache: dict[str, tuple[tuple[int, int, int], LocalState]] = {}
+_state_cache: dict[str, tuple[bytes, LocalState]] = {}
 _state_fds: dict[str, tuple[int, int]] = {}
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def read_state(db_path: str) -> LocalState | None:
     """Load the state file; ``None`` if it is missing or unreadable (logged)."""
     path = state_path(db_path)
     try:
-        key = _stat_key(os.stat(path))
+        inode = os.stat(path).st_ino
         with _state_lock:
+            handle = _state_fds.get(path)
+            if handle is not None and handle[1] == inode:
+                raw = os.pread(handle[0], _STATE_RECORD * 2, 0)
+            else:
+                with open(path, "rb") as stream:
+                    raw = stream.read()
             cached = _state_cache.get(path)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == raw:
             return replace(cached[1])
-        with open(path, "rb") as handle:
-            doc = json.loads(handle.read().rstrip(b" \n\0"))
+        doc = json.loads(raw.rstrip(b" \n\0"))
         values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
         state = LocalState(**values)
     except FileNotFoundError:
@@ -274,7 +276,7 @@ def read_state(db_path: str) -> LocalState | None:
         logger.warning("ignoring unreadable bottomless state file %s: %s", path, e)
         return None
     with _state_lock:
-        _state_cache[path] = (key, replace(state))
+        _state_cache[path] = (raw, replace(state))
     return state
 
 
@@ -292,20 +294,21 @@ def write_state(db_path: str, state: LocalState) -> None:
             handle is not None and current is not None and current.st_ino == handle[1]
             and len(record) < _STATE_RECORD
         ):
-            os.pwrite(handle[0], record.ljust(_STATE_RECORD - 1) + b"\n", 0)
-            _state_cache[path] = (_stat_key(os.fstat(handle[0])), replace(state))
+            raw = record.ljust(_STATE_RECORD - 1) + b"\n"
+            os.pwrite(handle[0], raw, 0)
+            _state_cache[path] = (raw, replace(state))
             return
         if handle is not None:
             os.close(handle[0])
             del _state_fds[path]
         tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+        raw = record.ljust(_STATE_RECORD - 1) + b"\n"
         with open(tmp, "wb") as out:
-            out.write(record.ljust(_STATE_RECORD - 1) + b"\n")
+            out.write(raw)
         os.replace(tmp, path)
         fd = os.open(path, os.O_RDWR)
-        stat = os.fstat(fd)
-        _state_fds[path] = (fd, stat.st_ino)
-        _state_cache[path] = (_stat_key(stat), replace(state))
+        _state_fds[path] = (fd, os.fstat(fd).st_ino)
+        _state_cache[path] = (raw, replace(state))
 
 
 def remove_local_files(db_path: str, *, include_db: bool) -> None:

@@ -122,6 +122,11 @@ class PageStore(ABC):
             return False
         return True
 
+    def stale_temporaries(self, prefix: str, *, older_than: float, now: float) -> list[str]:
+        """Leftovers of writes killed half-way under ``prefix``, older than ``older_than``
+        seconds; they can be passed to :meth:`delete`. Stores with atomic PUTs have none."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is unusable afterwards."""
 

@@ -237,6 +237,9 @@ class Replicator(AsyncReplication):
         place when the bucket is one commit ahead and the local file holds that commit too.
         """
         if state is None:
+            if manifest.writer == self.writer.hex():
+                # our own upload, interrupted before the state file was written
+                return "restart", "the previous open was interrupted before it finished"
             return "conflict", "the local file has no bottomless state (never replicated here)"
         if state.generation != manifest.generation:
             if manifest.writer == state.writer and manifest.generation > state.generation:

@@ -50,6 +50,7 @@ class GcReport:
     deleted: list[str] = field(default_factory=list)
     kept_generations: list[str] = field(default_factory=list)
     dry_run: bool = False
+    temporaries: list[str] = field(default_factory=list)
 
 
 def collect_garbage(
@@ -109,12 +110,25 @@ def collect_garbage(
                 GRACE_SECONDS
             ):
                 doomed.append(key)
-    report.deleted = sorted(set(doomed))
+    # a part a kept snapshot lists is never deleted, whichever generation it sits in
+    report.deleted = sorted(set(doomed) - needed, key=_deletion_order)
+    report.temporaries = store.stale_temporaries(
+        fmt.db_prefix(db_name), older_than=GRACE_SECONDS, now=now
+    )
     if not dry_run:
+        # snapshots first, oldest first, then commits, then parts: a gc killed half-way leaves
+        # fewer restorable points, never a snapshot whose parts or commits are gone
         for key in report.deleted:
+            store.delete(key)
+        for key in report.temporaries:
             store.delete(key)
         logger.info("%s: gc deleted %d objects", db_name, len(report.deleted))
     return report
+
+
+def _deletion_order(key: str) -> tuple[int, str]:
+    rank = 0 if "/snapshots/" in key else 1 if "/commits/" in key else 2
+    return rank, key
 
 
 def _iso(ms: int) -> str:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from bottomless import format as fmt
-from bottomless.errors import CorruptObjectError, RestoreError
+from bottomless.errors import CorruptObjectError, ObjectNotFoundError, RestoreError
 from bottomless.pagestore import PageStore
 from bottomless.transfer import in_order, window_for
 
@@ -140,7 +140,15 @@ def iter_commits(
     keys = [fmt.commit_key(db_name, generation, s) for s in range(first, last + 1)]
 
     def fetch(key: str) -> tuple[str, bytes]:
-        data = store.get(key)
+        try:
+            data = store.get(key)
+        except ObjectNotFoundError:
+            seq = fmt.seq_from_key(key)
+            raise RestoreError(
+                f"{key} is missing: commit {seq} of generation {generation} is gone (deleted by"
+                f" hand, or by an interrupted gc); the last consistent point before it is commit"
+                f" {(seq or 1) - 1}"
+            ) from None
         if counter:
             counter(len(data))
         return key, data

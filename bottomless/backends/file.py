@@ -113,6 +113,19 @@ class FilePageStore(FsspecPageStore):
             os.close(lock)
         return hashlib.sha256(data).hexdigest()
 
+    def stale_temporaries(self, prefix: str, *, older_than: float, now: float) -> list[str]:
+        """Temporary files of writes that were killed before they were linked into place."""
+        base = self._path(prefix.rstrip("/"))
+        found = []
+        for directory, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    path = os.path.join(directory, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - os.stat(path).st_mtime > older_than:
+                            found.append(self._key(path))
+        return sorted(found)
+
     def delete(self, key: str) -> None:
         """Delete ``key`` and the directories it leaves empty."""
         super().delete(key)
