@@ -210,3 +210,25 @@ def test_restore_never_touches_the_bucket(tmp_path: Any, make_settings: MakeSett
     assert len(generations(store, "ro.db")) == 1
     assert commit_numbers(store, "ro.db", target.generation)[-1] == target.seq
     assert fmt.is_generation_id(target.generation)
+
+
+def test_compression_can_change_and_old_objects_stay_readable(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    plain = make_settings("file", compression="none")
+    path = str(tmp_path / "z.db")
+    db = bottomless.connect(path, plain)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(hex(zeroblob(3000)))")  # very compressible
+    db.close()
+    packed = plain.model_copy(update={"compression": "zstd"})
+    db = bottomless.connect(path, packed)
+    db.execute("INSERT INTO t VALUES(hex(zeroblob(3000)))")
+    db.close()
+    store = bottomless.open_store(plain)
+    generation = resolve_target(store, "z.db").generation
+    sizes = [len(store.get(fmt.commit_key("z.db", generation, s))) for s in (2, 3)]
+    assert sizes[1] < sizes[0] / 4, f"zstd commit not smaller: {sizes}"
+    copy = str(tmp_path / "z-copy.db")
+    bottomless.restore(copy, packed, db_name="z.db")
+    assert integrity(copy) == "ok" and len(rows(copy)) == 2
