@@ -8,6 +8,7 @@ from typing import Any
 import apsw
 
 import bottomless
+from bottomless.pagestore import PageStore
 
 
 def remove_db(path: str) -> None:
@@ -47,3 +48,39 @@ def replicator(path: str) -> Any:
     found = vfs._registered.replicator_for(os.path.abspath(path))
     assert found is not None, f"{path} is not open through bottomless"
     return found
+
+
+class ForwardingStore(PageStore):
+    """A PageStore that hands every call to ``inner``; tests override what they break."""
+
+    def __init__(self, inner: PageStore) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.inner.put_if_absent(key, data)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_versioned(key)
+
+    def put_if_match(self, key: str, data: bytes, version: str) -> str:
+        return self.inner.put_if_match(key, data, version)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.inner.get_range(key, start, end)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return self.inner.list_keys(prefix)
+
+    def list_children(self, prefix: str) -> list[str]:
+        return self.inner.list_children(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)

@@ -10,7 +10,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import integrity, remove_db, replicator, rows
+from helpers import ForwardingStore, integrity, remove_db, replicator, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -88,16 +88,13 @@ def test_point_in_time_by_commit_and_timestamp(tmp_path: Any, backend: str,
                            timestamp=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
 
 
-class LostAckStore(PageStore):
+class LostAckStore(ForwardingStore):
     """Stores the object, then reports a failure: the server got it, the client never knew."""
 
     def __init__(self, inner: PageStore) -> None:
-        self.inner, self.backend, self.armed = inner, inner.backend, False
+        super().__init__(inner)
+        self.armed = False
         self.blind: str | None = None  # the connection stays down for the follow-up GET
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         self.inner.put_if_absent(key, data)
@@ -106,29 +103,11 @@ class LostAckStore(PageStore):
             self.blind = key
             raise StoreError(f"{self.location}: PUT {key} failed: connection reset (injected)")
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
-        return self.inner.get_versioned(key)
-
-    def put_if_match(self, key: str, data: bytes, version: str) -> str:
-        return self.inner.put_if_match(key, data, version)
-
     def get(self, key: str) -> bytes:
         if key == self.blind:
             self.blind = None
             raise StoreError(f"{self.location}: GET {key} failed: connection reset (injected)")
         return self.inner.get(key)
-
-    def get_range(self, key: str, start: int, end: int) -> bytes:
-        return self.inner.get_range(key, start, end)
-
-    def list_keys(self, prefix: str) -> list[str]:
-        return self.inner.list_keys(prefix)
-
-    def list_children(self, prefix: str) -> list[str]:
-        return self.inner.list_children(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])

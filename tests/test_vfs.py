@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import integrity, remove_db, replicator, restored, rows
+from helpers import ForwardingStore, integrity, remove_db, replicator, restored, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -250,43 +250,17 @@ def test_vacuum_checkpoint_and_page_size(tmp_path: Any, make_settings: MakeSetti
     assert rows(copy, "PRAGMA page_size") == [(8192,)]
 
 
-class FlakyStore(PageStore):
+class FlakyStore(ForwardingStore):
     """Wraps a real store; fails every write while ``down`` is set."""
 
     def __init__(self, inner: PageStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.down = False
-        self.backend = inner.backend
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         if self.down:
             raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
         self.inner.put_if_absent(key, data)
-
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
-        return self.inner.get_versioned(key)
-
-    def put_if_match(self, key: str, data: bytes, version: str) -> str:
-        return self.inner.put_if_match(key, data, version)
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def get_range(self, key: str, start: int, end: int) -> bytes:
-        return self.inner.get_range(key, start, end)
-
-    def list_keys(self, prefix: str) -> list[str]:
-        return self.inner.list_keys(prefix)
-
-    def list_children(self, prefix: str) -> list[str]:
-        return self.inner.list_children(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 @pytest.mark.parametrize("mode", JOURNAL_MODES)

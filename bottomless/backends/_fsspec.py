@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from bottomless.errors import ObjectNotFoundError, StoreError
+from bottomless.errors import ObjectChangedError, ObjectNotFoundError, StoreError
 from bottomless.pagestore import PageStore
 
 
@@ -45,6 +45,15 @@ class FsspecPageStore(PageStore):
         """Return the object and its version (the SHA-256 of its content)."""
         data = self.get(key)
         return data, hashlib.sha256(data).hexdigest()
+
+    def _check_version(self, key: str, version: str) -> None:
+        """Raise ObjectChangedError unless ``key`` is at ``version`` (caller holds a lock)."""
+        try:
+            _, current = self.get_versioned(key)
+        except ObjectNotFoundError:
+            raise ObjectChangedError(f"{self.location}: {key} is gone") from None
+        if current != version:
+            raise ObjectChangedError(f"{self.location}: {key} changed")
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of the object."""

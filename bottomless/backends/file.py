@@ -15,7 +15,6 @@ from bottomless.backends._fsspec import FsspecPageStore
 from bottomless.errors import (
     ObjectChangedError,
     ObjectExistsError,
-    ObjectNotFoundError,
     StoreError,
 )
 
@@ -91,12 +90,7 @@ class FilePageStore(FsspecPageStore):
             raise StoreError(f"{self.location}: PUT {key} failed: {e}") from e
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                _, current = self.get_versioned(key)
-            except ObjectNotFoundError:
-                raise ObjectChangedError(f"{self.location}: {key} is gone") from None
-            if current != version:
-                raise ObjectChangedError(f"{self.location}: {key} changed")
+            self._check_version(key, version)
             tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
             try:
                 with open(tmp, "wb") as handle:

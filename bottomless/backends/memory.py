@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import fsspec
 
 from bottomless.backends._fsspec import FsspecPageStore
-from bottomless.errors import ObjectChangedError, ObjectExistsError, ObjectNotFoundError
+from bottomless.errors import ObjectExistsError
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -50,11 +50,6 @@ class MemoryPageStore(FsspecPageStore):
         """Replace ``key`` only if its content still hashes to ``version``."""
         path = self._path(key)
         with _CREATE_LOCK:
-            try:
-                _, current = self.get_versioned(key)
-            except ObjectNotFoundError:
-                raise ObjectChangedError(f"{self.location}: {key} is gone") from None
-            if current != version:
-                raise ObjectChangedError(f"{self.location}: {key} changed")
+            self._check_version(key, version)
             self.fs.pipe_file(path, bytes(data))
         return hashlib.sha256(data).hexdigest()
