@@ -14,7 +14,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,11 @@ def commits_prefix(db_name: str, generation: str) -> str:
 def commit_key(db_name: str, generation: str, seq: int) -> str:
     """Key of commit ``seq`` of a generation."""
     return f"{commits_prefix(db_name, generation)}{seq:016d}"
+
+
+def seqs_of(keys: list[str]) -> list[int]:
+    """The sequence numbers that ``keys`` (commit or snapshot keys) end with, ascending."""
+    return sorted(n for n in (seq_from_key(k) for k in keys) if n is not None)
 
 
 def seq_from_key(key: str) -> int | None:
@@ -376,9 +381,3 @@ def decode_manifest(data: bytes, key: str) -> Manifest:
         raise CorruptObjectError(f"{key}: manifest JSON is invalid: {e}") from e
     manifest.digest = object_digest
     return manifest
-
-
-def iter_chunks(numbers: list[int], size: int) -> Iterator[list[int]]:
-    """Split a list of page numbers into consecutive chunks of at most ``size``."""
-    for start in range(0, len(numbers), size):
-        yield numbers[start : start + size]

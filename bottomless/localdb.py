@@ -14,7 +14,6 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 logger = logging.getLogger(__name__)
@@ -320,5 +319,3 @@ def remove_local_files(db_path: str, *, include_db: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(db_path + suffix)
 
-
-ReadFn = Callable[[int, int], bytes]

@@ -84,8 +84,7 @@ def latest_generation(store: PageStore, db_name: str) -> fmt.Manifest | None:
 
 def commit_numbers(store: PageStore, db_name: str, generation: str) -> list[int]:
     """Sequence numbers of the commits stored for a generation, ascending."""
-    keys = store.list_keys(fmt.commits_prefix(db_name, generation))
-    return sorted(n for n in (fmt.seq_from_key(k) for k in keys) if n is not None)
+    return fmt.seqs_of(store.list_keys(fmt.commits_prefix(db_name, generation)))
 
 
 def commit_header(store: PageStore, db_name: str, generation: str, seq: int) -> fmt.BatchHeader:

@@ -101,8 +101,7 @@ def _write_manifest(
 
 def snapshot_seqs(store: PageStore, db_name: str, generation: str) -> list[int]:
     """Commit numbers at which ``generation`` has a snapshot, ascending."""
-    keys = store.list_keys(fmt.snapshots_prefix(db_name, generation))
-    return sorted(n for n in (fmt.seq_from_key(k) for k in keys) if n is not None)
+    return fmt.seqs_of(store.list_keys(fmt.snapshots_prefix(db_name, generation)))
 
 
 def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> fmt.Manifest:

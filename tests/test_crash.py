@@ -169,6 +169,25 @@ def wait_for_line(child: subprocess.Popen[bytes], prefix: str, rng: random.Rando
     return seen
 
 
+def finish_cleanly(tmp_path: Any, settings: bottomless.Settings, path: str, mode: str,
+                   env: dict[str, str], acknowledged: int, tally: dict[str, int]) -> int:
+    """A last clean run of 3 commits on the same local file: it must open without a conflict,
+    and afterwards the bucket must hold exactly the file's rows. Returns the last commit."""
+    finish = subprocess.run(
+        [sys.executable, os.path.join(HERE, "crash_writer.py"), path, mode, "3"],
+        capture_output=True, env=env, timeout=120,
+    )
+    assert finish.returncode == 0, finish.stderr.decode()[-3000:]
+    target = str(tmp_path / "final.db")
+    bottomless.restore(target, settings, db_name="crash.db")
+    tally["restores"] += 1
+    top = check_restored(target, acknowledged + 3)
+    assert rows(target, "SELECT txn, j FROM t ORDER BY 1, 2") == rows(
+        path, "SELECT txn, j FROM t ORDER BY 1, 2"
+    )
+    return top
+
+
 def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: int,
                seed: int, *, checkpoint_every: int = 0, snapshot_every: int = 20,
                kill_at: str = "", kill_within: float = 0.0005,
@@ -233,19 +252,7 @@ def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: i
             restored_top = check_restored(target, required, newest)
             acknowledged_async = restored_top if settings.durability == "async" else acknowledged
             os.unlink(target)
-        # a last clean run on the same local file: no conflict, and the bucket matches the file
-        finish = subprocess.run(
-            [sys.executable, os.path.join(HERE, "crash_writer.py"), path, mode, "3"],
-            capture_output=True, env=env, timeout=120,
-        )
-        assert finish.returncode == 0, finish.stderr.decode()[-3000:]
-        target = str(tmp_path / "final.db")
-        bottomless.restore(target, settings, db_name="crash.db")
-        tally["restores"] += 1
-        top = check_restored(target, acknowledged + 3)
-        assert rows(target, "SELECT txn, j FROM t ORDER BY 1, 2") == rows(
-            path, "SELECT txn, j FROM t ORDER BY 1, 2"
-        )
+        top = finish_cleanly(tmp_path, settings, path, mode, env, acknowledged, tally)
         tally["generations"] = len(generations(store, "crash.db"))
     finally:
         store.close()

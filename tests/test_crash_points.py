@@ -40,6 +40,7 @@ from test_crash import (  # noqa: F401 - crash_totals is an autouse fixture
     child_env,
     crash_loop,
     crash_totals,
+    finish_cleanly,
     kill_marks,
     new_tally,
     print_tally,
@@ -575,17 +576,7 @@ def gc_crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills
         writer.send_signal(signal.SIGKILL)
         writer.wait(60)
         tally["kills"] += 1
-        acknowledged = last_done(log)
-        finish = subprocess.run([sys.executable, WRITER, path, mode, "3"], capture_output=True,
-                                env=writer_env, timeout=120)
-        assert finish.returncode == 0, finish.stderr.decode()[-3000:]
-        target = str(tmp_path / "final.db")
-        bottomless.restore(target, settings, db_name="crash.db")
-        tally["restores"] += 1
-        top = check_restored(target, acknowledged + 3)
-        assert rows(target, "SELECT txn, j FROM t ORDER BY 1, 2") == rows(
-            path, "SELECT txn, j FROM t ORDER BY 1, 2"
-        )
+        top = finish_cleanly(tmp_path, settings, path, mode, writer_env, last_done(log), tally)
         check_verify(store)
         # a gc that runs to the end leaves nothing for verify to complain about, twice over
         monkeypatch.setattr(retention, "GRACE_SECONDS", 0)
