@@ -222,7 +222,7 @@ def _verify_generation(
                 report.problems.append(f"{key}: missing (listed by snapshot {manifest.seq})")
                 continue
             try:
-                check_part(fmt.decode_batch(data, key), key, part, manifest.page_size)
+                check_part(fmt.decode_raw(data, key), key, part, manifest.page_size)
             except BottomlessError as e:
                 report.problems.append(str(e))
     commits = commit_numbers(store, db_name, generation)

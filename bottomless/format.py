@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import re
 import secrets
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,12 @@ import zstandard
 
 from bottomless.errors import ConfigError, CorruptObjectError
 
-FORMAT_VERSION = 1
+#: version written in new page batches; version 1 batches (pages compressed one by one) stay
+#: readable
+BATCH_VERSION = 2
+BATCH_VERSIONS = (1, 2)
+#: version of snapshot manifests
+MANIFEST_VERSION = 1
 DIGEST_SIZE = 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 
@@ -37,7 +43,8 @@ _MANIFEST_MAGIC = b"BTLM"
 # magic, version, kind, compression, page size, db size, page count, seq, time, gen, prev, writer
 _HEADER = struct.Struct("<4sHBBIIIQQ32s32s16s")
 HEADER_SIZE = _HEADER.size
-_INDEX_ENTRY = struct.Struct("<II")
+_INDEX_ENTRY_V1 = struct.Struct("<II")  # page number, stored length
+_PGNO = struct.Struct("<I")
 
 _DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _GENERATION_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
@@ -189,17 +196,19 @@ class PageBatch:
     digest: bytes = ZERO_DIGEST
 
 
-def encode_batch(batch: PageBatch, compression: str = "zstd") -> bytes:
-    """Serialize ``batch`` into a sealed object; sets ``batch.digest``."""
+def encode_batch(
+    batch: PageBatch, compression: str = "zstd", version: int = BATCH_VERSION
+) -> bytes:
+    """Serialize ``batch`` into a sealed object; sets ``batch.digest``.
+
+    ``version`` 1 writes the layout of bottomless 0.1 (each page compressed on its own); it is
+    kept so that tests can prove such objects stay readable.
+    """
     code = COMPRESSION_CODES[compression]
     numbers = sorted(batch.pages)
-    stored: list[bytes] = []
-    for pgno in numbers:
-        page = batch.pages[pgno]
-        stored.append(_compressor().compress(page) if code == COMPRESSION_ZSTD else page)
     header = _HEADER.pack(
         _BATCH_MAGIC,
-        FORMAT_VERSION,
+        version,
         batch.kind,
         code,
         batch.page_size,
@@ -211,7 +220,16 @@ def encode_batch(batch: PageBatch, compression: str = "zstd") -> bytes:
         batch.prev,
         batch.writer,
     )
-    index = b"".join(_INDEX_ENTRY.pack(p, len(s)) for p, s in zip(numbers, stored, strict=True))
+    pages = [batch.pages[n] for n in numbers]
+    if version == 1:
+        stored = [_compressor().compress(p) for p in pages] if code == COMPRESSION_ZSTD else pages
+        index = b"".join(
+            _INDEX_ENTRY_V1.pack(p, len(s)) for p, s in zip(numbers, stored, strict=True)
+        )
+    else:
+        index = struct.pack(f"<{len(numbers)}I", *numbers)
+        payload = b"".join(pages)
+        stored = [_compressor().compress(payload) if code == COMPRESSION_ZSTD else payload]
     hasher = hashlib.sha256(header)
     hasher.update(index)
     for chunk in stored:
@@ -234,6 +252,7 @@ class BatchHeader:
     generation: str
     prev: bytes
     writer: bytes
+    version: int = BATCH_VERSION
 
 
 def decode_header(body: bytes | memoryview, key: str) -> BatchHeader:
@@ -245,10 +264,10 @@ def decode_header(body: bytes | memoryview, key: str) -> BatchHeader:
     )
     if magic != _BATCH_MAGIC:
         raise CorruptObjectError(f"{key}: not a bottomless page batch (magic {magic!r})")
-    if version != FORMAT_VERSION:
+    if version not in BATCH_VERSIONS:
         raise CorruptObjectError(
-            f"{key}: format version {version} is not supported (this bottomless reads version"
-            f" {FORMAT_VERSION}); upgrade bottomless to read it"
+            f"{key}: format version {version} is not supported (this bottomless reads versions"
+            f" {', '.join(map(str, BATCH_VERSIONS))}); upgrade bottomless to read it"
         )
     if kind not in (KIND_SNAPSHOT, KIND_COMMIT) or comp not in COMPRESSION_CODES.values():
         raise CorruptObjectError(f"{key}: unknown object kind {kind} or compression {comp}")
@@ -256,24 +275,97 @@ def decode_header(body: bytes | memoryview, key: str) -> BatchHeader:
         raise CorruptObjectError(f"{key}: invalid page size {page_size}")
     return BatchHeader(
         kind, comp, page_size, db_size, count, seq, created,
-        gen.rstrip(b"\0").decode("ascii", "replace"), prev, writer,
+        gen.rstrip(b"\0").decode("ascii", "replace"), prev, writer, version,
     )
 
 
-def decode_batch(data: bytes, key: str) -> PageBatch:
-    """Verify and parse a sealed page batch; raise CorruptObjectError on any defect."""
+@dataclass
+class RawBatch:
+    """A verified page batch as laid out in memory: its pages back to back in one buffer.
+
+    Restores write :meth:`runs` straight to the file, with no object per page.
+    """
+
+    head: BatchHeader
+    numbers: list[int]  #: page numbers, ascending
+    payload: bytes  #: the pages, in ``numbers`` order, ``page_size`` bytes each
+    digest: bytes
+
+    def runs(self) -> Iterator[tuple[int, memoryview]]:
+        """``(first page number, bytes)`` for each run of consecutive page numbers."""
+        view, size, numbers = memoryview(self.payload), self.head.page_size, self.numbers
+        start = 0
+        for i in range(1, len(numbers) + 1):
+            if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
+                yield numbers[start], view[start * size : i * size]
+                start = i
+
+    def to_batch(self) -> PageBatch:
+        """The batch with one ``bytes`` object per page."""
+        head, size, payload = self.head, self.head.page_size, self.payload
+        pages = {n: payload[i * size : (i + 1) * size] for i, n in enumerate(self.numbers)}
+        return PageBatch(
+            kind=head.kind, generation=head.generation, seq=head.seq, page_size=head.page_size,
+            db_size=head.db_size, pages=pages, prev=head.prev, writer=head.writer,
+            created_ms=head.created_ms, digest=self.digest,
+        )
+
+
+def decode_raw(data: bytes, key: str) -> RawBatch:
+    """Verify and parse a sealed page batch, keeping its pages in one buffer.
+
+    Raises CorruptObjectError on any defect.
+    """
     body, object_digest = unseal(data, key)
     head = decode_header(body, key)
-    pages: dict[int, bytes] = {}
-    offset = HEADER_SIZE + _INDEX_ENTRY.size * head.page_count
-    if offset > len(body):
+    entry = _INDEX_ENTRY_V1.size if head.version == 1 else _PGNO.size
+    start = HEADER_SIZE + entry * head.page_count
+    if start > len(body):
         raise CorruptObjectError(f"{key}: page index runs past the end of the object")
-    cursor = offset
+    if head.version == 1:
+        numbers, payload = _pages_v1(body, head, key)
+    else:
+        numbers = list(struct.unpack_from(f"<{head.page_count}I", body, HEADER_SIZE))
+        payload = _payload_v2(body[start:], head, key)
+    if any(b <= a for a, b in itertools.pairwise(numbers)) or (numbers and numbers[0] == 0):
+        raise CorruptObjectError(f"{key}: page index is not ascending page numbers")
+    return RawBatch(head, numbers, payload, object_digest)
+
+
+def _payload_v2(stored: memoryview, head: BatchHeader, key: str) -> bytes:
+    expected = head.page_count * head.page_size
+    if head.compression != COMPRESSION_ZSTD:
+        if len(stored) != expected:
+            raise CorruptObjectError(
+                f"{key}: holds {len(stored)} bytes of pages, expected {head.page_count} pages of"
+                f" {head.page_size} bytes"
+            )
+        return bytes(stored)
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared != expected:
+            raise CorruptObjectError(
+                f"{key}: compressed pages declare {declared} bytes, expected {head.page_count}"
+                f" pages of {head.page_size} bytes"
+            )
+        payload: bytes = _decompressor().decompress(stored, max_output_size=expected)
+    except zstandard.ZstdError as e:
+        raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
+    if len(payload) != expected:
+        raise CorruptObjectError(f"{key}: pages decompress to {len(payload)} bytes, expected"
+                                 f" {expected}")
+    return payload
+
+
+def _pages_v1(body: memoryview, head: BatchHeader, key: str) -> tuple[list[int], bytes]:
+    numbers: list[int] = []
+    pages: list[bytes] = []
+    cursor = HEADER_SIZE + _INDEX_ENTRY_V1.size * head.page_count
     for i in range(head.page_count):
-        pgno, length = _INDEX_ENTRY.unpack_from(body, HEADER_SIZE + i * _INDEX_ENTRY.size)
+        pgno, length = _INDEX_ENTRY_V1.unpack_from(body, HEADER_SIZE + i * _INDEX_ENTRY_V1.size)
         raw = bytes(body[cursor : cursor + length])
         cursor += length
-        if len(raw) != length or pgno == 0 or pgno in pages:
+        if len(raw) != length or pgno == 0:
             raise CorruptObjectError(f"{key}: page index entry {i} (page {pgno}) is invalid")
         if head.compression == COMPRESSION_ZSTD:
             try:
@@ -284,14 +376,16 @@ def decode_batch(data: bytes, key: str) -> PageBatch:
             raise CorruptObjectError(
                 f"{key}: page {pgno} has {len(raw)} bytes, expected page size {head.page_size}"
             )
-        pages[pgno] = raw
+        numbers.append(pgno)
+        pages.append(raw)
     if cursor != len(body):
         raise CorruptObjectError(f"{key}: {len(body) - cursor} unexpected bytes after the pages")
-    return PageBatch(
-        kind=head.kind, generation=head.generation, seq=head.seq, page_size=head.page_size,
-        db_size=head.db_size, pages=pages, prev=head.prev, writer=head.writer,
-        created_ms=head.created_ms, digest=object_digest,
-    )
+    return numbers, b"".join(pages)
+
+
+def decode_batch(data: bytes, key: str) -> PageBatch:
+    """Verify and parse a sealed page batch; raise CorruptObjectError on any defect."""
+    return decode_raw(data, key).to_batch()
 
 
 # ---------------------------------------------------------------- manifests
@@ -349,7 +443,7 @@ class Manifest:
 def encode_manifest(manifest: Manifest) -> bytes:
     """Serialize a manifest into a sealed object; sets ``manifest.digest``."""
     doc = json.dumps(manifest.to_json(), sort_keys=True).encode()
-    sealed = seal(_MANIFEST_MAGIC + struct.pack("<H", FORMAT_VERSION) + doc)
+    sealed = seal(_MANIFEST_MAGIC + struct.pack("<H", MANIFEST_VERSION) + doc)
     manifest.digest = sealed[-DIGEST_SIZE:]
     return sealed
 
@@ -360,7 +454,7 @@ def decode_manifest(data: bytes, key: str) -> Manifest:
     if len(body) < 6 or bytes(body[:4]) != _MANIFEST_MAGIC:
         raise CorruptObjectError(f"{key}: not a bottomless manifest")
     (version,) = struct.unpack_from("<H", body, 4)
-    if version != FORMAT_VERSION:
+    if version != MANIFEST_VERSION:
         raise CorruptObjectError(f"{key}: manifest format version {version} is not supported")
     try:
         doc: Mapping[str, Any] = json.loads(bytes(body[6:]))

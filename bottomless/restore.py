@@ -9,6 +9,8 @@ rename, only once it is complete.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as dt
 import functools
 import logging
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from bottomless import format as fmt
 from bottomless.errors import (
@@ -200,42 +203,44 @@ def restore_file(
         if progress:
             progress(size)
 
-    def fetch(key: str) -> tuple[str, bytes]:
+    def fetch_part(part: dict[str, Any], fd: int) -> int:
+        # in a download thread: hashing, decompressing and pwrite release the GIL
+        key = str(part["key"])
         data = store.get(key)
-        count(len(data))
-        return key, data
+        raw = fmt.decode_raw(data, key)
+        check_part(raw, key, part, snapshot.page_size)
+        for first, run in raw.runs():
+            _write_all(fd, run, (first - 1) * snapshot.page_size)
+            _start_writeback(fd, (first - 1) * snapshot.page_size, len(run))
+        return len(data)
 
     page_size, db_size = snapshot.page_size, snapshot.db_size
     digest, created_ms = snapshot.chain_digest, snapshot.created_ms
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
-            jobs = [functools.partial(fetch, str(p["key"])) for p in snapshot.parts]
-            for part, (key, data) in zip(
-                snapshot.parts,
-                in_order(pool, jobs, window_for(parallelism, snapshot.part_pages * page_size)),
-                strict=True,
+            jobs = [functools.partial(fetch_part, p, fd) for p in snapshot.parts]
+            for size in in_order(
+                pool, jobs, window_for(parallelism, snapshot.part_pages * page_size)
             ):
-                batch = fmt.decode_batch(data, key)
-                check_part(batch, key, part, page_size)
-                for pgno, page in batch.pages.items():
-                    os.pwrite(fd, page, (pgno - 1) * page_size)
-        for batch in iter_commits(
+                count(size)
+        for raw in iter_commits(
             store, db_name, target.generation, snapshot.seq + 1, target.seq, digest, parallelism,
             count,
         ):
-            if batch.page_size != page_size:
-                if len(batch.pages) < batch.db_size:
+            head = raw.head
+            if head.page_size != page_size:
+                if len(raw.numbers) < head.db_size:
                     raise CorruptObjectError(
-                        f"{fmt.commit_key(db_name, target.generation, batch.seq)}: page size"
-                        f" changes to {batch.page_size} but the commit holds"
-                        f" {len(batch.pages)} of {batch.db_size} pages"
+                        f"{fmt.commit_key(db_name, target.generation, head.seq)}: page size"
+                        f" changes to {head.page_size} but the commit holds"
+                        f" {len(raw.numbers)} of {head.db_size} pages"
                     )
                 os.ftruncate(fd, 0)
-                page_size = batch.page_size
-            for pgno, page in batch.pages.items():
-                os.pwrite(fd, page, (pgno - 1) * page_size)
-            db_size, digest, created_ms = batch.db_size, batch.digest, batch.created_ms
+                page_size = head.page_size
+            for first, run in raw.runs():
+                _write_all(fd, run, (first - 1) * page_size)
+            db_size, digest, created_ms = head.db_size, raw.digest, head.created_ms
         os.ftruncate(fd, db_size * page_size)
         os.fsync(fd)
     except BaseException:
@@ -258,6 +263,36 @@ def restore_file(
         db_name, target.generation, target.seq, db_size, path, result.seconds,
     )
     return result
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset`` (a large write may be cut short)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting (Linux), so that the
+    final ``fsync`` has little left to do: the disk works while the next parts download."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(directory: str) -> None:

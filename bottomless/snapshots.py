@@ -116,29 +116,31 @@ def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> 
     return manifest
 
 
-def check_part(batch: fmt.PageBatch, key: str, part: dict[str, Any], page_size: int) -> None:
-    """Raise CorruptObjectError unless ``batch`` is exactly the part the manifest lists."""
-    if batch.digest.hex() != part["digest"]:
+def check_part(raw: fmt.RawBatch, key: str, part: dict[str, Any], page_size: int) -> None:
+    """Raise CorruptObjectError unless ``raw`` is exactly the part the manifest lists."""
+    if raw.digest.hex() != part["digest"]:
         raise CorruptObjectError(
-            f"{key}: digest {batch.digest.hex()[:16]}… does not match the manifest's"
+            f"{key}: digest {raw.digest.hex()[:16]}… does not match the manifest's"
             f" {str(part['digest'])[:16]}…"
         )
-    if batch.kind != fmt.KIND_SNAPSHOT or batch.generation != fmt.generation_of_key(key):
+    head = raw.head
+    if head.kind != fmt.KIND_SNAPSHOT or head.generation != fmt.generation_of_key(key):
         raise CorruptObjectError(f"{key}: not a snapshot part of {fmt.generation_of_key(key)}")
-    if batch.page_size != page_size or sorted(batch.pages) != list(
-        range(int(part["first"]), int(part["first"]) + int(part["pages"]))
-    ):
+    first, count = int(part["first"]), int(part["pages"])
+    numbers = raw.numbers
+    if (head.page_size != page_size or len(numbers) != count
+            or (numbers and (numbers[0] != first or numbers[-1] != first + count - 1))):
         raise CorruptObjectError(f"{key}: holds other pages than the manifest says")
 
 
 def iter_commits(
     store: PageStore, db_name: str, generation: str, first: int, last: int, prev: bytes,
     parallelism: int, counter: Callable[[int], None] | None = None,
-) -> Iterator[fmt.PageBatch]:
+) -> Iterator[fmt.RawBatch]:
     """Fetch commits ``first..last`` of a generation in order, verifying the chain from ``prev``."""
     keys = [fmt.commit_key(db_name, generation, s) for s in range(first, last + 1)]
 
-    def fetch(key: str) -> tuple[str, bytes]:
+    def fetch(key: str) -> tuple[str, fmt.RawBatch]:
         try:
             data = store.get(key)
         except ObjectNotFoundError:
@@ -150,14 +152,14 @@ def iter_commits(
             ) from None
         if counter:
             counter(len(data))
-        return key, data
+        return key, fmt.decode_raw(data, key)  # in the download thread
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
         jobs = [functools.partial(fetch, k) for k in keys]
-        for seq, (key, data) in zip(
+        for seq, (key, raw) in zip(
             range(first, last + 1), in_order(pool, jobs, parallelism), strict=True
         ):
-            batch = fmt.decode_batch(data, key)
+            batch = raw.head
             if batch.generation != generation or batch.kind != fmt.KIND_COMMIT or batch.seq != seq:
                 raise CorruptObjectError(
                     f"{key}: object says generation {batch.generation} commit {batch.seq},"
@@ -169,8 +171,8 @@ def iter_commits(
                     f" previous object is {prev.hex()[:16]}…); the last consistent point is"
                     f" commit {seq - 1} of generation {generation}"
                 )
-            prev = batch.digest
-            yield batch
+            prev = raw.digest
+            yield raw
 
 
 def compact(
@@ -193,9 +195,10 @@ def compact(
     touched: dict[int, bytes] = {}
     resized = False
     last_digest = base.chain_digest
-    for batch in iter_commits(
+    for raw in iter_commits(
         store, db_name, generation, base.seq + 1, seq, base.chain_digest, parallelism
     ):
+        batch = raw.to_batch()
         if batch.page_size != page_size:
             resized, touched, page_size = True, {}, batch.page_size
         touched.update(batch.pages)
@@ -219,9 +222,9 @@ def compact(
         pages: dict[int, bytes] = {}
         if old is not None:
             key = str(old["key"])
-            batch = fmt.decode_batch(store.get(key), key)
-            check_part(batch, key, old, base.page_size)
-            pages.update((n, p) for n, p in batch.pages.items() if n <= last)
+            raw = fmt.decode_raw(store.get(key), key)
+            check_part(raw, key, old, base.page_size)
+            pages.update((n, p) for n, p in raw.to_batch().pages.items() if n <= last)
         pages.update((n, p) for n, p in touched.items() if first <= n <= last)
         missing = [n for n in range(first, last + 1) if n not in pages]
         if missing:

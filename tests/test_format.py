@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,8 @@ EXAMPLES = settings(
 GENERATION = "20261125T101500123Z-1a2b3c4d"
 BATCH_KEY = f"app.db/generations/{GENERATION}/commits/0000000000000007"
 MANIFEST_KEY = f"app.db/generations/{GENERATION}/manifest"
-INDEX_ENTRY_SIZE = 8
+INDEX_ENTRY_SIZE_V1 = 8  # version 1: page number and stored length
+PGNO_SIZE = 4  # version 2: page number only
 
 Decoder = Callable[[bytes, str], object]
 
@@ -79,9 +81,13 @@ def sample_manifest(**overrides: Any) -> fmt.Manifest:
 SAMPLES: dict[str, tuple[bytes, Decoder, str]] = {
     "batch-zstd": (fmt.encode_batch(sample_batch(), "zstd"), fmt.decode_batch, BATCH_KEY),
     "batch-none": (fmt.encode_batch(sample_batch(), "none"), fmt.decode_batch, BATCH_KEY),
+    # objects written by bottomless 0.1 (each page compressed on its own) stay readable
+    "batch-zstd-v1": (fmt.encode_batch(sample_batch(), "zstd", 1), fmt.decode_batch, BATCH_KEY),
+    "batch-none-v1": (fmt.encode_batch(sample_batch(), "none", 1), fmt.decode_batch, BATCH_KEY),
     "manifest": (fmt.encode_manifest(sample_manifest()), fmt.decode_manifest, MANIFEST_KEY),
 }
-BATCH_SAMPLES = ["batch-zstd", "batch-none"]
+BATCH_SAMPLES = ["batch-zstd", "batch-none", "batch-zstd-v1", "batch-none-v1"]
+V1_SAMPLES = ["batch-zstd-v1", "batch-none-v1"]
 
 
 def body_of(data: bytes) -> bytes:
@@ -121,31 +127,62 @@ def batches(draw: st.DrawFn) -> fmt.PageBatch:
     )
 
 
+@pytest.mark.parametrize("version", fmt.BATCH_VERSIONS)
 @pytest.mark.parametrize("compression", ["zstd", "none"])
-def test_batch_round_trips(compression: str) -> None:
+def test_batch_round_trips(compression: str, version: int) -> None:
     batch = sample_batch()
-    data = fmt.encode_batch(batch, compression)
+    data = fmt.encode_batch(batch, compression, version)
+    assert struct.unpack_from("<H", data, 4) == (version,)
     assert batch.digest == data[-fmt.DIGEST_SIZE :] == fmt.digest(body_of(data))
     assert fmt.decode_batch(data, BATCH_KEY) == batch
 
 
+@pytest.mark.parametrize("version", fmt.BATCH_VERSIONS)
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 @EXAMPLES
 @given(batch=batches())
-def test_any_batch_round_trips(compression: str, batch: fmt.PageBatch) -> None:
-    data = fmt.encode_batch(batch, compression)
+def test_any_batch_round_trips(compression: str, version: int, batch: fmt.PageBatch) -> None:
+    data = fmt.encode_batch(batch, compression, version)
     decoded = fmt.decode_batch(data, BATCH_KEY)
     assert decoded == batch
     assert decoded.digest == data[-fmt.DIGEST_SIZE :]
 
 
+def test_new_batches_are_written_in_the_current_version() -> None:
+    data = fmt.encode_batch(sample_batch())
+    assert struct.unpack_from("<H", data, 4) == (fmt.BATCH_VERSION,) == (2,)
+
+
 def test_batch_without_compression_stores_pages_verbatim() -> None:
     batch = sample_batch()
     data = fmt.encode_batch(batch, "none")
-    expected = fmt.HEADER_SIZE + INDEX_ENTRY_SIZE * 3 + 3 * 4096 + fmt.DIGEST_SIZE
+    expected = fmt.HEADER_SIZE + PGNO_SIZE * 3 + 3 * 4096 + fmt.DIGEST_SIZE
     assert len(data) == expected
+    assert data[fmt.HEADER_SIZE : fmt.HEADER_SIZE + 12] == struct.pack("<3I", 1, 5, 12)
     assert data[-fmt.DIGEST_SIZE - 4096 : -fmt.DIGEST_SIZE] == batch.pages[12]
     assert len(fmt.encode_batch(batch, "zstd")) < len(data)
+
+
+def test_zstd_batch_is_one_frame_of_the_pages_in_order() -> None:
+    batch = sample_batch()
+    data = fmt.encode_batch(batch, "zstd")
+    frame = body_of(data)[fmt.HEADER_SIZE + PGNO_SIZE * 3 :]
+    assert zstandard.ZstdDecompressor().decompress(frame) == b"".join(
+        batch.pages[n] for n in (1, 5, 12)
+    )
+
+
+@pytest.mark.parametrize("sample", BATCH_SAMPLES)
+def test_raw_batch_runs_cover_consecutive_pages(sample: str) -> None:
+    data, _, key = SAMPLES[sample]
+    raw = fmt.decode_raw(data, key)
+    pages = sample_batch().pages
+    runs = [(first, bytes(view)) for first, view in raw.runs()]
+    assert runs == [(1, pages[1]), (5, pages[5]), (12, pages[12])]
+    contiguous = sample_batch(pages={7: page(4096, 1), 8: page(4096, 2), 9: page(4096, 3)})
+    raw = fmt.decode_raw(fmt.encode_batch(contiguous), key)
+    [(first, view)] = raw.runs()
+    assert first == 7 and bytes(view) == b"".join(contiguous.pages[n] for n in (7, 8, 9))
 
 
 def test_empty_batch_round_trips() -> None:
@@ -241,9 +278,11 @@ def test_wrong_magic_is_detected(sample: str, magic: bytes) -> None:
 
 
 @pytest.mark.parametrize("sample", list(SAMPLES))
-@pytest.mark.parametrize("version", [0, fmt.FORMAT_VERSION + 1, 0xFFFF])
-def test_unknown_format_version_is_detected(sample: str, version: int) -> None:
+@pytest.mark.parametrize("version", [0, "next", 0xFFFF])
+def test_unknown_format_version_is_detected(sample: str, version: int | str) -> None:
     data, decode, key = SAMPLES[sample]
+    if version == "next":
+        version = fmt.MANIFEST_VERSION + 1 if sample == "manifest" else fmt.BATCH_VERSION + 1
     body = bytearray(body_of(data))
     struct.pack_into("<H", body, 4, version)
     error = assert_corrupt(fmt.seal(bytes(body)), decode, key)
@@ -253,12 +292,12 @@ def test_unknown_format_version_is_detected(sample: str, version: int) -> None:
 def with_index_entry(data: bytes, entry: int, length: int) -> bytes:
     """``data`` re-sealed with the stored length of index entry ``entry`` replaced."""
     body = bytearray(body_of(data))
-    offset = fmt.HEADER_SIZE + entry * INDEX_ENTRY_SIZE + 4
+    offset = fmt.HEADER_SIZE + entry * INDEX_ENTRY_SIZE_V1 + 4
     struct.pack_into("<I", body, offset, length)
     return fmt.seal(bytes(body))
 
 
-@pytest.mark.parametrize("sample", BATCH_SAMPLES)
+@pytest.mark.parametrize("sample", V1_SAMPLES)
 @pytest.mark.parametrize("entry", [0, 2])
 @pytest.mark.parametrize("extra", [1, 100_000, 2**32 - 1 - 4096])
 def test_index_entry_pointing_past_the_end_is_detected(
@@ -266,8 +305,45 @@ def test_index_entry_pointing_past_the_end_is_detected(
 ) -> None:
     data, decode, key = SAMPLES[sample]
     body = body_of(data)
-    (stored,) = struct.unpack_from("<I", body, fmt.HEADER_SIZE + entry * INDEX_ENTRY_SIZE + 4)
+    (stored,) = struct.unpack_from("<I", body, fmt.HEADER_SIZE + entry * INDEX_ENTRY_SIZE_V1 + 4)
     assert_corrupt(with_index_entry(data, entry, stored + extra), decode, key)
+
+
+@pytest.mark.parametrize("sample", ["batch-zstd", "batch-none"])
+@pytest.mark.parametrize("numbers", [(5, 1, 12), (1, 5, 5), (0, 5, 12)], ids=str)
+def test_page_index_not_ascending_is_detected(sample: str, numbers: tuple[int, ...]) -> None:
+    data, decode, key = SAMPLES[sample]
+    body = bytearray(body_of(data))
+    struct.pack_into("<3I", body, fmt.HEADER_SIZE, *numbers)
+    error = assert_corrupt(fmt.seal(bytes(body)), decode, key)
+    assert "ascending" in str(error)
+
+
+@pytest.mark.parametrize("change", [-1, 1, -4096, 4096])
+def test_uncompressed_pages_of_the_wrong_length_are_detected(change: int) -> None:
+    data, decode, key = SAMPLES["batch-none"]
+    body = body_of(data)
+    body = body[:change] if change < 0 else body + bytes(change)
+    error = assert_corrupt(fmt.seal(body), decode, key)
+    assert "expected 3 pages of 4096 bytes" in str(error)
+
+
+@pytest.mark.parametrize("pages", [2, 4])
+def test_compressed_pages_of_the_wrong_size_are_detected(pages: int) -> None:
+    batch = sample_batch()
+    frame = zstandard.ZstdCompressor().compress(bytes(pages * 4096))
+    body = body_of(fmt.encode_batch(batch, "zstd"))[: fmt.HEADER_SIZE + PGNO_SIZE * 3] + frame
+    error = assert_corrupt(fmt.seal(body), fmt.decode_batch, BATCH_KEY)
+    assert "declare" in str(error)
+
+
+def test_compressed_pages_without_a_declared_size_are_detected() -> None:
+    batch = sample_batch()
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(
+        b"".join(batch.pages[n] for n in (1, 5, 12))
+    )
+    body = body_of(fmt.encode_batch(batch, "zstd"))[: fmt.HEADER_SIZE + PGNO_SIZE * 3] + frame
+    assert_corrupt(fmt.seal(body), fmt.decode_batch, BATCH_KEY)
 
 
 @pytest.mark.parametrize("sample", BATCH_SAMPLES)
@@ -339,7 +415,8 @@ def test_samples_damaged_behind_a_valid_checksum_only_raise_corrupt_object_error
 @given(tail=st.binary(max_size=600))
 def test_sealed_batch_bodies_only_raise_corrupt_object_error(tail: bytes) -> None:
     header = body_of(SAMPLES["batch-zstd"][0])[: fmt.HEADER_SIZE]
-    for body in (tail, b"BTLS" + tail, header + tail):
+    header_v1 = body_of(SAMPLES["batch-zstd-v1"][0])[: fmt.HEADER_SIZE]
+    for body in (tail, b"BTLS" + tail, header + tail, header_v1 + tail):
         decodes_or_is_corrupt(fmt.decode_batch, fmt.seal(body), "fuzz/key")
 
 
@@ -392,12 +469,12 @@ def test_manifest_with_infinite_number_is_corrupt(field: str) -> None:
         doc["parts"][0]["pages"] = float("inf")
     else:
         doc[field] = float("inf")
-    body = b"BTLM" + struct.pack("<H", fmt.FORMAT_VERSION) + json.dumps(doc).encode()
+    body = b"BTLM" + struct.pack("<H", fmt.MANIFEST_VERSION) + json.dumps(doc).encode()
     assert_corrupt(fmt.seal(body), fmt.decode_manifest, MANIFEST_KEY)
 
 
 def test_manifest_nested_too_deeply_is_corrupt() -> None:
-    body = b"BTLM" + struct.pack("<H", fmt.FORMAT_VERSION) + b"[" * 100_000
+    body = b"BTLM" + struct.pack("<H", fmt.MANIFEST_VERSION) + b"[" * 100_000
     assert_corrupt(fmt.seal(body), fmt.decode_manifest, MANIFEST_KEY)
 
 
