@@ -14,7 +14,7 @@ import os
 import secrets
 import struct
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def read_state(db_path: str) -> LocalState | None:
 def write_state(db_path: str, state: LocalState) -> None:
     """Record ``state``: in place when the file exists, else created atomically."""
     path = state_path(db_path)
-    record = json.dumps(asdict(state)).encode()
+    record = json.dumps(vars(state)).encode()  # a flat dataclass: no deep copy needed
     with _state_lock:
         handle = _state_fds.get(path)
         try:
@@ -314,6 +314,7 @@ def remove_local_files(db_path: str, *, include_db: bool) -> None:
     """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
     suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
     # the "-bottomless.lock" file is held by the caller and stays
+    suffixes += [f"-bottomless-queue{s}" for s in ("", ".lock", ".intent")]
     suffixes += [f"-bottomless-spool{s}" for s in ("", "-wal", "-shm", "-journal", ".lock")]
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):

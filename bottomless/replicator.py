@@ -149,6 +149,7 @@ class Replicator(AsyncReplication):
         state = read_state(self.db_path)
         if state is None or state.db_name != self.db_name:
             return
+        self.spool.migrate_legacy()
         while self.spool.read_intent() is not None or self.spool.entries():
             if not self.drain_once(state_required=True):
                 break
@@ -465,9 +466,7 @@ class Replicator(AsyncReplication):
         with self.lock:
             waiting, self._waiting = self._waiting, None
             if waiting is not None:
-                self.spool.append(waiting)
-                if self._uploader is not None:
-                    self._uploader.wake.set()
+                self.spool.append(waiting)  # the uploader polls: no wake-up per commit
                 return
             pending, self._pending = self._pending, None
             if pending is None:

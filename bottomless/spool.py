@@ -1,6 +1,6 @@
 """Asynchronous durability: a local spool of committed transactions and its uploader.
 
-With ``durability="async"`` a commit only appends its pages to ``<db>-bottomless-spool``
+With ``durability="async"`` a commit only appends its pages to ``<db>-bottomless-queue``
 (after SQLite committed locally, under SQLite's write lock, so entries are numbered in commit
 order across processes). An uploader thread merges consecutive entries into one commit object
 (the restore then lands on the last of them: still a commit boundary), uploads it, records it,
@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bottomless import format as fmt
 from bottomless.capture import Transaction
+from bottomless.errors import CorruptObjectError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,107 +39,200 @@ class Intent:
     through: int
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entry(
-    n INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS intent(
-    id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL, through INTEGER NOT NULL,
-    data BLOB NOT NULL);
-"""
+# The queue file: a fixed header, then records appended back to back.
+_MAGIC = b"BTLQ"
+_VERSION = 1
+# magic, version, reserved, head offset, end offset, number at head, next number
+_HEADER = struct.Struct("<4sHHQQQQ")
+_DATA_START = 64
+# body length, number, created (Unix seconds), CRC-32 of the body
+_RECORD = struct.Struct("<IQdI")
+# page size, database size, page count; then the page numbers (u32) and the pages
+_BODY = struct.Struct("<III")
+# magic, entries covered ("through"), key length; then the key, the object, a CRC-32 of all
+_INTENT = struct.Struct("<4sQI")
+_INTENT_MAGIC = b"BTLI"
+#: compact the file once this many consumed bytes sit before the live records
+_COMPACT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Header:
+    head: int
+    end: int
+    head_number: int
+    next_number: int
 
 
 class Spool:
-    """The spool of one database: a small SQLite database (stdlib ``sqlite3``) beside it.
+    """The spool of one database: an append-only queue file beside it, ``<db>-bottomless-queue``.
 
-    SQLite gives the spool what it needs for free: atomic appends, one order across processes
-    (``AUTOINCREMENT``), and a torn append never becoming visible. It runs with
-    ``synchronous=OFF``: entries survive a process crash, not a power cut (nor would the local
-    database's own unsynced WAL tail).
+    Appending a commit is two ``pwrite`` calls: the record after the last one, then the header
+    that makes it visible, so a process killed between them leaves nothing half-visible. Every
+    header update happens under an exclusive ``flock`` on the file (and a thread lock in the
+    process); committers append under SQLite's write lock, so records are numbered in commit
+    order across processes. Records carry a CRC-32. Consumed records are dropped by moving the
+    head; the file is truncated once it is empty, or compacted once the consumed bytes dwarf the
+    live ones. Nothing is fsynced: entries survive a process crash, not a power cut (nor would
+    the local database's own unsynced WAL tail).
     """
 
     def __init__(self, db_path: str) -> None:
-        self.path = db_path + "-bottomless-spool"
-        # one connection per thread: the committing thread never waits behind the uploader
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self.path = db_path + "-bottomless-queue"
+        self.intent_path = self.path + ".intent"
+        self.legacy_path = db_path + "-bottomless-spool"
         self._lock = threading.Lock()
+        self._fd: int | None = None
 
     def exists(self) -> bool:
         """Whether there is a spool at all."""
         return os.path.exists(self.path)
 
+    # ---------------------------------------------------------------- the locked file
+
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=OFF")
-            connection.executescript(_SCHEMA)
-            self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
-        yield connection
+    def _locked(self, create: bool = True) -> Iterator[int | None]:
+        """The queue file, locked against other threads and processes (``None``: no file)."""
+        with self._lock:
+            fd = self._open(create)
+            if fd is None:
+                yield None
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield fd
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self, create: bool) -> int | None:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            os.close(self._fd)  # the file was removed (its database is gone): start afresh
+            self._fd = None
+        if self._fd is None:
+            if not create and not os.path.exists(self.path):
+                return None
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    def _header(self, fd: int) -> _Header:
+        raw = os.pread(fd, _HEADER.size, 0)
+        if not raw:
+            header = _Header(_DATA_START, _DATA_START, 1, 1)
+            self._write_header(fd, header)
+            return header
+        if len(raw) < _HEADER.size:
+            raise CorruptObjectError(f"{self.path}: spool header is truncated")
+        magic, version, _, head, end, head_number, next_number = _HEADER.unpack(raw)
+        if magic != _MAGIC or version != _VERSION or not _DATA_START <= head <= end:
+            raise CorruptObjectError(f"{self.path}: not a bottomless spool (or a damaged one)")
+        return _Header(head, end, head_number, next_number)
+
+    def _write_header(self, fd: int, header: _Header) -> None:
+        os.pwrite(fd, _HEADER.pack(
+            _MAGIC, _VERSION, 0, header.head, header.end, header.head_number, header.next_number
+        ), 0)
+
+    # ---------------------------------------------------------------- entries
 
     def append(self, txn: Transaction) -> int:
         """Spool a committed transaction; call with SQLite's write lock held."""
-        batch = fmt.PageBatch(fmt.KIND_COMMIT, "spool", 0, txn.page_size, txn.db_size, txn.pages)
-        data = fmt.encode_batch(batch, "none")
-        with self._db() as db:
-            cursor = db.execute(
-                "INSERT INTO entry(created, data) VALUES(?, ?)", (time.time(), data)
-            )
-            return int(cursor.lastrowid or 0)
+        numbers = sorted(txn.pages)
+        body = b"".join([
+            _BODY.pack(txn.page_size, txn.db_size, len(numbers)),
+            struct.pack(f"<{len(numbers)}I", *numbers),
+            *(txn.pages[n] for n in numbers),
+        ])
+        with self._locked() as fd:
+            assert fd is not None
+            header = self._header(fd)
+            number = header.next_number
+            record = _RECORD.pack(len(body), number, time.time(), zlib.crc32(body))
+            os.pwrite(fd, record + body, header.end)
+            header.end += len(record) + len(body)
+            header.next_number += 1
+            self._write_header(fd, header)  # the record exists from here on
+            return number
+
+    def _peek(self) -> _Header | None:
+        with self._locked(create=False) as fd:
+            return None if fd is None else self._header(fd)
 
     def entries(self) -> list[int]:
         """Numbers of the spooled transactions, oldest first."""
-        if not self.exists():
-            return []
-        with self._db() as db:
-            return [int(r[0]) for r in db.execute("SELECT n FROM entry ORDER BY n")]
+        header = self._peek()
+        return [] if header is None else list(range(header.head_number, header.next_number))
 
     def last_number(self) -> int:
         """Number of the newest entry ever spooled (0 if none)."""
-        if not self.exists():
-            return 0
-        with self._db() as db:
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entry'").fetchone()
-            return int(row[0]) if row else 0
+        header = self._peek()
+        return 0 if header is None else header.next_number - 1
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest entry was spooled (0 if the spool is empty)."""
+        with self._locked(create=False) as fd:
+            if fd is None:
+                return 0.0
+            header = self._header(fd)
+            if header.head == header.end:
+                return 0.0
+            created: float = _RECORD.unpack(os.pread(fd, _RECORD.size, header.head))[2]
+        return max(0.0, time.time() - created)
+
+    def size_bytes(self) -> int:
+        """Bytes held by the spooled entries."""
+        header = self._peek()
+        return 0 if header is None else header.end - header.head
 
     def read_group(self, max_bytes: int) -> list[tuple[int, fmt.PageBatch]]:
         """The oldest entries, in order, up to about ``max_bytes`` (at least one)."""
         group: list[tuple[int, fmt.PageBatch]] = []
-        total = 0
-        with self._db() as db:
-            for number, data in db.execute("SELECT n, data FROM entry ORDER BY n"):
-                if group and total + len(data) > max_bytes:
+        with self._locked(create=False) as fd:
+            if fd is None:
+                return group
+            header = self._header(fd)
+            offset, total = header.head, 0
+            while offset < header.end:
+                raw = os.pread(fd, _RECORD.size, offset)
+                if len(raw) < _RECORD.size:
+                    raise CorruptObjectError(f"{self.path}: record at {offset} is truncated")
+                length, number, created, crc = _RECORD.unpack(raw)
+                if group and total + length > max_bytes:
                     break
-                group.append((int(number), fmt.decode_batch(data, f"{self.path}#{number}")))
-                total += len(data)
+                body = os.pread(fd, length, offset + _RECORD.size)
+                where = f"{self.path}#{number}"
+                if len(body) != length or zlib.crc32(body) != crc:
+                    raise CorruptObjectError(f"{where}: spooled commit is damaged (CRC mismatch)")
+                group.append((number, _decode_body(body, where, created)))
+                offset += _RECORD.size + length
+                total += length
         return group
 
     def remove_through(self, number: int) -> None:
         """Delete every entry up to ``number``."""
-        with self._db() as db:
-            db.execute("DELETE FROM entry WHERE n <= ?", (number,))
+        with self._locked(create=False) as fd:
+            if fd is None:
+                return
+            header = self._header(fd)
+            while header.head < header.end and header.head_number <= number:
+                length = _RECORD.unpack(os.pread(fd, _RECORD.size, header.head))[0]
+                header.head += _RECORD.size + length
+                header.head_number += 1
+            live = header.end - header.head
+            if live == 0:
+                header.head = header.end = _DATA_START
+                self._write_header(fd, header)
+                os.ftruncate(fd, _DATA_START)
+            elif header.head - _DATA_START >= max(live, _COMPACT_BYTES):
+                # move the live records to the front; they do not overlap where they were, so a
+                # crash before the header names their new place leaves the old copy in force
+                os.pwrite(fd, os.pread(fd, live, header.head), _DATA_START)
+                header.head, header.end = _DATA_START, _DATA_START + live
+                self._write_header(fd, header)
+                os.ftruncate(fd, header.end)
+            else:
+                self._write_header(fd, header)
 
-    def oldest_age(self) -> float:
-        """Seconds since the oldest entry was spooled (0 if the spool is empty)."""
-        if not self.exists():
-            return 0.0
-        with self._db() as db:
-            row = db.execute("SELECT min(created) FROM entry").fetchone()
-        return max(0.0, time.time() - row[0]) if row and row[0] is not None else 0.0
-
-    def size_bytes(self) -> int:
-        """Bytes held by the spooled entries."""
-        if not self.exists():
-            return 0
-        with self._db() as db:
-            row = db.execute("SELECT coalesce(sum(length(data)), 0) FROM entry").fetchone()
-        return int(row[0])
+    # ---------------------------------------------------------------- upload coordination
 
     @contextlib.contextmanager
     def upload_lock(self) -> Iterator[bool]:
@@ -153,40 +252,101 @@ class Spool:
             os.close(fd)
 
     def write_intent(self, intent: Intent) -> None:
-        """Record the object about to be uploaded."""
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO intent(id, key, through, data) VALUES(1, ?, ?, ?)",
-                (intent.key, intent.through, intent.data),
-            )
+        """Record the object about to be uploaded (atomically: a new file renamed into place)."""
+        key = intent.key.encode()
+        raw = _INTENT.pack(_INTENT_MAGIC, intent.through, len(key)) + key + intent.data
+        tmp = f"{self.intent_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as out:
+            out.write(raw + struct.pack("<I", zlib.crc32(raw)))
+        os.replace(tmp, self.intent_path)
 
     def read_intent(self) -> Intent | None:
         """The interrupted upload, if any."""
-        if not self.exists():
+        try:
+            with open(self.intent_path, "rb") as stream:
+                raw = stream.read()
+        except FileNotFoundError:
             return None
-        with self._db() as db:
-            row = db.execute("SELECT key, data, through FROM intent").fetchone()
-        return Intent(str(row[0]), bytes(row[1]), int(row[2])) if row else None
+        if len(raw) >= _INTENT.size + 4 and zlib.crc32(raw[:-4]) == struct.unpack(
+            "<I", raw[-4:]
+        )[0]:
+            magic, through, size = _INTENT.unpack_from(raw)
+            if magic == _INTENT_MAGIC and _INTENT.size + size <= len(raw) - 4:
+                key = raw[_INTENT.size : _INTENT.size + size].decode("utf-8", "replace")
+                return Intent(key, raw[_INTENT.size + size : -4], through)
+        # the entries are still spooled: rebuilding the object from them is safe (a different
+        # object already in the bucket would be reported as a conflict, never overwritten)
+        logger.warning("%s is damaged; rebuilding the upload from the spooled entries",
+                       self.intent_path)
+        self.clear_intent()
+        return None
 
     def clear_intent(self) -> None:
         """The upload is recorded; forget it."""
-        with self._db() as db:
-            db.execute("DELETE FROM intent")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.intent_path)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def migrate_legacy(self) -> None:
+        """Move what a bottomless 0.1 spool (an SQLite database) still holds into the queue."""
+        if not os.path.exists(self.legacy_path):
+            return
+        connection = sqlite3.connect(self.legacy_path, timeout=60)
+        try:
+            tables = {r[0] for r in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )}
+            rows = list(connection.execute("SELECT n, data FROM entry ORDER BY n")) if (
+                "entry" in tables) else []
+            intent = connection.execute("SELECT key, through, data FROM intent").fetchone() if (
+                "intent" in tables) else None
+        finally:
+            connection.close()
+        renumbered: dict[int, int] = {}
+        for old, data in rows:
+            batch = fmt.decode_batch(bytes(data), f"{self.legacy_path}#{old}")
+            renumbered[int(old)] = self.append(Transaction(
+                pages=batch.pages, db_size=batch.db_size, page_size=batch.page_size
+            ))
+        if intent is not None:
+            through = max((new for old, new in renumbered.items() if old <= int(intent[1])),
+                          default=0)
+            self.write_intent(Intent(str(intent[0]), bytes(intent[2]), through))
+        logger.info("%s: moved %d spooled commit(s) to %s", self.legacy_path, len(rows),
+                    self.path)
+        for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.legacy_path + suffix)
 
     def close(self) -> None:
-        """Close the spool's connections."""
+        """Close the spool's file."""
         with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def destroy(self) -> None:
         """Remove the whole spool (its database is gone)."""
         self.close()
-        for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+        for path in (self.path, self.path + ".lock", self.intent_path, self.legacy_path):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path + suffix)
+                os.unlink(path)
+
+
+def _decode_body(body: bytes, where: str, created: float) -> fmt.PageBatch:
+    page_size, db_size, count = _BODY.unpack_from(body)
+    start = _BODY.size + 4 * count
+    if len(body) != start + count * page_size:
+        raise CorruptObjectError(f"{where}: spooled commit has the wrong length")
+    numbers = struct.unpack_from(f"<{count}I", body, _BODY.size)
+    pages = {
+        n: body[start + i * page_size : start + (i + 1) * page_size]
+        for i, n in enumerate(numbers)
+    }
+    return fmt.PageBatch(
+        fmt.KIND_COMMIT, "spool", 0, page_size, db_size, pages, created_ms=int(created * 1000)
+    )
 
 
 class Uploader(threading.Thread):

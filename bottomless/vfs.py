@@ -218,6 +218,9 @@ def finalize_journal(entry: _Entry, code: int) -> None:
         entry.capture.discard()
 
 
+_base_file_control = apsw.VFSFile.xFileControl  # called once per statement: skip super()
+
+
 class MainDbFile(apsw.VFSFile):
     """The main database file: records writes, serves ``PRAGMA bottomless_status``."""
 
@@ -244,7 +247,7 @@ class MainDbFile(apsw.VFSFile):
     def xFileControl(self, op: int, ptr: int) -> bool:  # noqa: N802
         """Watch checkpoints and commits; answer the status pragma."""
         if op not in _WATCHED_FCNTLS:  # most calls (lock timeouts, size hints, ...): fast path
-            passed: bool = super().xFileControl(op, ptr)
+            passed: bool = _base_file_control(self, op, ptr)
             return passed
         if op == apsw.SQLITE_FCNTL_CKPT_START:
             self._in_checkpoint = True

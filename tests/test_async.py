@@ -142,7 +142,7 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
 
     assert vfs._registered is not None
     vfs._registered._entries.pop(os.path.abspath(path), None)
-    assert os.path.exists(path + "-bottomless-spool")
+    assert os.path.exists(path + "-bottomless-queue")
     db = bottomless.connect(path, settings)  # reopening ships the spool first
     generation = bottomless.status(db)["generation"]
     db.close()

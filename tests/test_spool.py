@@ -1,0 +1,221 @@
+"""The async spool (``bottomless/spool.py``): an append-only queue file of committed transactions.
+
+Entries must come back exactly, in order, numbered without gaps; a torn append must stay
+invisible; damage must be reported with the file's name; consumed space must be given back; and
+a spool left by bottomless 0.1 (an SQLite database) must be carried over, not stranded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from bottomless import CorruptObjectError
+from bottomless import format as fmt
+from bottomless import spool as spool_module
+from bottomless.capture import Transaction
+from bottomless.spool import Intent, Spool
+
+PAGE = 4096
+
+
+def txn(seed: int, pages: int = 2) -> Transaction:
+    """A transaction whose pages are derived from ``seed``."""
+    content = {
+        seed * 10 + i + 1: bytes([(seed + i) % 256]) * PAGE for i in range(pages)
+    }
+    return Transaction(pages=content, db_size=seed * 10 + pages, page_size=PAGE)
+
+
+def test_entries_come_back_in_order_and_exactly(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    assert not spool.exists() and spool.entries() == [] and spool.last_number() == 0
+    numbers = [spool.append(txn(i, pages=1 + i % 3)) for i in range(1, 6)]
+    assert numbers == [1, 2, 3, 4, 5] == spool.entries()
+    assert spool.last_number() == 5
+    group = spool.read_group(1 << 24)
+    assert [n for n, _ in group] == numbers
+    for (_, batch), i in zip(group, range(1, 6), strict=True):
+        expected = txn(i, pages=1 + i % 3)
+        assert batch.pages == expected.pages
+        assert (batch.db_size, batch.page_size) == (expected.db_size, PAGE)
+        assert abs(batch.created_ms / 1000 - time.time()) < 60
+    assert spool.size_bytes() > 5 * PAGE
+    spool.close()
+
+
+def test_read_group_stops_at_max_bytes_but_returns_at_least_one(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    for i in range(1, 5):
+        spool.append(txn(i, pages=2))
+    assert [n for n, _ in spool.read_group(1)] == [1]
+    assert [n for n, _ in spool.read_group(2 * (2 * PAGE + 100))] == [1, 2]
+
+
+def test_removing_everything_gives_the_space_back(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    for i in range(1, 4):
+        spool.append(txn(i))
+    spool.remove_through(2)
+    assert spool.entries() == [3]
+    assert [n for n, _ in spool.read_group(1 << 24)] == [3]
+    spool.remove_through(3)
+    assert spool.entries() == [] and spool.size_bytes() == 0 and spool.oldest_age() == 0
+    assert os.path.getsize(spool.path) == spool_module._DATA_START
+    assert spool.append(txn(9)) == 4, "numbers keep growing after the file is emptied"
+
+
+def test_oldest_age_follows_the_oldest_entry(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    time.sleep(0.2)
+    spool.append(txn(2))
+    assert spool.oldest_age() >= 0.2
+    spool.remove_through(1)
+    assert spool.oldest_age() < 0.2
+
+
+def test_consumed_space_is_compacted_while_entries_remain(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_COMPACT_BYTES", 64 * 1024)
+    spool = Spool(str(tmp_path / "a.db"))
+    for i in range(1, 41):
+        spool.append(txn(i))  # about 8 KiB each
+    peak = os.path.getsize(spool.path)
+    spool.remove_through(30)  # 30 consumed, 10 live: compacted to the front
+    assert os.path.getsize(spool.path) < peak / 3
+    group = spool.read_group(1 << 24)
+    assert [n for n, _ in group] == list(range(31, 41))
+    assert all(batch.pages == txn(n).pages for n, batch in group)
+    assert spool.append(txn(41)) == 41
+    assert spool.entries() == list(range(31, 42))
+
+
+def test_a_record_without_its_header_update_stays_invisible(tmp_path: Any) -> None:
+    """A process killed between writing a record and publishing it leaves no entry."""
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    with open(spool.path, "r+b") as stream:  # a torn append: bytes past the published end
+        stream.seek(0, os.SEEK_END)
+        stream.write(b"\xff" * 5000)
+    assert spool.entries() == [1]
+    assert spool.append(txn(2)) == 2  # written over the torn bytes
+    assert [b.pages for _, b in spool.read_group(1 << 24)] == [txn(1).pages, txn(2).pages]
+
+
+def test_damaged_record_is_reported_with_its_file_and_number(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    spool.append(txn(2))
+    spool.close()
+    with open(spool.path, "r+b") as stream:
+        stream.seek(-10, os.SEEK_END)
+        stream.write(b"\0garbage\0\0")
+    with pytest.raises(CorruptObjectError, match=r"a\.db-bottomless-queue#2.*CRC"):
+        spool.read_group(1 << 24)
+
+
+def test_a_file_that_is_not_a_spool_is_refused(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    with open(spool.path, "wb") as stream:
+        stream.write(b"SQLite format 3\0" + bytes(100))
+    with pytest.raises(CorruptObjectError, match="not a bottomless spool"):
+        spool.entries()
+
+
+def test_a_removed_spool_file_is_recreated_not_written_as_a_ghost(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    other = Spool(str(tmp_path / "a.db"))
+    other.destroy()  # another process found the database gone
+    assert spool.append(txn(2)) == 1
+    assert os.path.exists(spool.path) and other.entries() == [1]
+
+
+def test_intent_round_trips_and_damage_is_dropped(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    assert spool.read_intent() is None
+    intent = Intent("db/generations/g/commits/0000000000000007", os.urandom(3000), 12)
+    spool.write_intent(intent)
+    assert spool.read_intent() == intent
+    with open(spool.intent_path, "r+b") as stream:
+        stream.seek(100)
+        stream.write(b"\0\1\2")
+    assert spool.read_intent() is None
+    assert not os.path.exists(spool.intent_path)
+    spool.write_intent(intent)
+    spool.clear_intent()
+    assert spool.read_intent() is None
+
+
+def _append_many(db_path: str, start: int, count: int) -> None:
+    spool = Spool(db_path)
+    for i in range(start, start + count):
+        spool.append(txn(i, pages=1))
+    spool.close()
+
+
+def test_processes_appending_at_once_get_distinct_numbers(tmp_path: Any) -> None:
+    path = str(tmp_path / "a.db")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(path, s, 150)) for s in (1000, 2000)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    spool = Spool(path)
+    group = spool.read_group(1 << 30)
+    assert [n for n, _ in group] == list(range(1, 301))
+    seeds = sorted(min(b.pages) // 10 for _, b in group)
+    assert seeds == list(range(1000, 1150)) + list(range(2000, 2150))
+    assert all(b.pages == txn(min(b.pages) // 10, pages=1).pages for _, b in group)
+
+
+def test_a_spool_of_bottomless_0_1_is_carried_over(tmp_path: Any) -> None:
+    """0.1 spooled into an SQLite database; its entries and intent must not be stranded."""
+    db_path = str(tmp_path / "a.db")
+    legacy = db_path + "-bottomless-spool"
+    connection = sqlite3.connect(legacy)
+    connection.executescript(
+        "CREATE TABLE entry(n INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,"
+        " data BLOB NOT NULL);"
+        "CREATE TABLE intent(id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL,"
+        " through INTEGER NOT NULL, data BLOB NOT NULL);"
+    )
+    for n, i in ((7, 1), (8, 2), (9, 3)):
+        t = txn(i)
+        batch = fmt.PageBatch(fmt.KIND_COMMIT, "spool", 0, PAGE, t.db_size, t.pages)
+        connection.execute("INSERT INTO entry VALUES(?, ?, ?)",
+                           (n, time.time(), fmt.encode_batch(batch, "none", 1)))
+    connection.execute("INSERT INTO intent VALUES(1, 'k/commits/0000000000000004', 8, x'0102')")
+    connection.commit()
+    connection.close()
+
+    spool = Spool(db_path)
+    spool.migrate_legacy()
+    assert not os.path.exists(legacy)
+    group = spool.read_group(1 << 24)
+    assert [b.pages for _, b in group] == [txn(1).pages, txn(2).pages, txn(3).pages]
+    assert spool.read_intent() == Intent("k/commits/0000000000000004", b"\1\2", 2)
+    spool.migrate_legacy()  # nothing left to move: a no-op
+    assert spool.entries() == [1, 2, 3]
+
+
+def test_record_layout_is_length_number_time_crc(tmp_path: Any) -> None:
+    """The layout documented in the module: what a recovery tool would parse by hand."""
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1, pages=1))
+    with open(spool.path, "rb") as stream:
+        raw = stream.read()
+    assert raw[:4] == b"BTLQ"
+    length, number, created, _ = struct.unpack_from("<IQdI", raw, spool_module._DATA_START)
+    assert number == 1 and abs(created - time.time()) < 60
+    assert length == 12 + 4 + PAGE
