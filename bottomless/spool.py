@@ -54,6 +54,10 @@ _INTENT = struct.Struct("<4sQI")
 _INTENT_MAGIC = b"BTLI"
 #: compact the file once this many consumed bytes sit before the live records
 _COMPACT_BYTES = 4 * 1024 * 1024
+#: the file is grown by at least this much at a time, ahead of the appends: an append that
+#: grows a file makes the WAL's fdatasync a moment later slower (ext4 journals the new size),
+#: one into space allocated in advance does not
+_PREALLOCATE = 4 * 1024 * 1024
 
 
 @dataclass
@@ -68,7 +72,8 @@ class Spool:
     """The spool of one database: an append-only queue file beside it, ``<db>-bottomless-queue``.
 
     Appending a commit is two ``pwrite`` calls: the record after the last one, then the header
-    that makes it visible, so a process killed between them leaves nothing half-visible. Every
+    that makes it visible, so a process killed between them leaves nothing half-visible. The
+    file is allocated ahead of the appends, in steps of a few MiB. Every
     header update happens under an exclusive ``flock`` on the file (and a thread lock in the
     process); committers append under SQLite's write lock, so records are numbered in commit
     order across processes. Records carry a CRC-32. Consumed records are dropped by moving the
@@ -83,6 +88,7 @@ class Spool:
         self.legacy_path = db_path + "-bottomless-spool"
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._size = 0  # size of the file when last looked at (it only shrinks under flock)
 
     def exists(self) -> bool:
         """Whether there is a spool at all."""
@@ -112,7 +118,20 @@ class Spool:
             if not create and not os.path.exists(self.path):
                 return None
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._size = 0
         return self._fd
+
+    def _reserve(self, fd: int, end: int) -> None:
+        """Make sure the file is allocated up to ``end``, growing it in big steps."""
+        if end <= self._size:
+            return
+        self._size = os.fstat(fd).st_size
+        if end > self._size:
+            try:
+                os.posix_fallocate(fd, self._size, end - self._size + _PREALLOCATE)
+            except OSError:  # a filesystem without it: the append grows the file instead
+                return
+            self._size = end + _PREALLOCATE
 
     def _header(self, fd: int) -> _Header:
         raw = os.pread(fd, _HEADER.size, 0)
@@ -142,16 +161,22 @@ class Spool:
             struct.pack(f"<{len(numbers)}I", *numbers),
             *(txn.pages[n] for n in numbers),
         ])
-        with self._locked() as fd:
+        with self._lock:  # _locked() inlined: this runs on every commit
+            fd = self._open(True)
             assert fd is not None
-            header = self._header(fd)
-            number = header.next_number
-            record = _RECORD.pack(len(body), number, time.time(), zlib.crc32(body))
-            os.pwrite(fd, record + body, header.end)
-            header.end += len(record) + len(body)
-            header.next_number += 1
-            self._write_header(fd, header)  # the record exists from here on
-            return number
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                header = self._header(fd)
+                number = header.next_number
+                record = _RECORD.pack(len(body), number, time.time(), zlib.crc32(body))
+                self._reserve(fd, header.end + len(record) + len(body))
+                os.pwrite(fd, record + body, header.end)
+                header.end += len(record) + len(body)
+                header.next_number += 1
+                self._write_header(fd, header)  # the record exists from here on
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return number
 
     def _peek(self) -> _Header | None:
         with self._locked(create=False) as fd:
@@ -218,17 +243,22 @@ class Spool:
                 header.head += _RECORD.size + length
                 header.head_number += 1
             live = header.end - header.head
+            keep = _DATA_START + _PREALLOCATE  # what an idle spool keeps allocated
             if live == 0:
                 header.head = header.end = _DATA_START
                 self._write_header(fd, header)
-                os.ftruncate(fd, _DATA_START)
+                if os.fstat(fd).st_size > keep:
+                    os.ftruncate(fd, keep)
+                    self._size = min(self._size, keep)
             elif header.head - _DATA_START >= max(live, _COMPACT_BYTES):
                 # move the live records to the front; they do not overlap where they were, so a
                 # crash before the header names their new place leaves the old copy in force
                 os.pwrite(fd, os.pread(fd, live, header.head), _DATA_START)
                 header.head, header.end = _DATA_START, _DATA_START + live
                 self._write_header(fd, header)
-                os.ftruncate(fd, header.end)
+                if os.fstat(fd).st_size > header.end + keep:
+                    os.ftruncate(fd, header.end + keep)
+                    self._size = min(self._size, header.end + keep)
             else:
                 self._write_header(fd, header)
 

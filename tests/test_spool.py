@@ -67,8 +67,23 @@ def test_removing_everything_gives_the_space_back(tmp_path: Any) -> None:
     assert [n for n, _ in spool.read_group(1 << 24)] == [3]
     spool.remove_through(3)
     assert spool.entries() == [] and spool.size_bytes() == 0 and spool.oldest_age() == 0
-    assert os.path.getsize(spool.path) == spool_module._DATA_START
+    assert os.path.getsize(spool.path) <= spool_module._DATA_START + spool_module._PREALLOCATE
     assert spool.append(txn(9)) == 4, "numbers keep growing after the file is emptied"
+    assert [b.pages for _, b in spool.read_group(1 << 24)] == [txn(9).pages]
+
+
+def test_the_file_is_allocated_ahead_and_given_back_when_idle(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_PREALLOCATE", 64 * 1024)
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    assert os.path.getsize(spool.path) >= spool_module._DATA_START + 64 * 1024
+    for i in range(2, 60):
+        spool.append(txn(i))  # about 480 KiB: grown step by step
+    assert os.path.getsize(spool.path) >= spool.size_bytes() + spool_module._DATA_START
+    spool.remove_through(59)
+    assert os.path.getsize(spool.path) == spool_module._DATA_START + 64 * 1024
 
 
 def test_oldest_age_follows_the_oldest_entry(tmp_path: Any) -> None:
@@ -85,6 +100,7 @@ def test_consumed_space_is_compacted_while_entries_remain(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spool_module, "_COMPACT_BYTES", 64 * 1024)
+    monkeypatch.setattr(spool_module, "_PREALLOCATE", 16 * 1024)
     spool = Spool(str(tmp_path / "a.db"))
     for i in range(1, 41):
         spool.append(txn(i))  # about 8 KiB each
@@ -103,7 +119,8 @@ def test_a_record_without_its_header_update_stays_invisible(tmp_path: Any) -> No
     spool = Spool(str(tmp_path / "a.db"))
     spool.append(txn(1))
     with open(spool.path, "r+b") as stream:  # a torn append: bytes past the published end
-        stream.seek(0, os.SEEK_END)
+        (end,) = struct.unpack_from("<Q", stream.read(24), 16)
+        stream.seek(end)
         stream.write(b"\xff" * 5000)
     assert spool.entries() == [1]
     assert spool.append(txn(2)) == 2  # written over the torn bytes
@@ -116,7 +133,8 @@ def test_damaged_record_is_reported_with_its_file_and_number(tmp_path: Any) -> N
     spool.append(txn(2))
     spool.close()
     with open(spool.path, "r+b") as stream:
-        stream.seek(-10, os.SEEK_END)
+        (end,) = struct.unpack_from("<Q", stream.read(24), 16)  # header: where records end
+        stream.seek(end - 10)
         stream.write(b"\0garbage\0\0")
     with pytest.raises(CorruptObjectError, match=r"a\.db-bottomless-queue#2.*CRC"):
         spool.read_group(1 << 24)
