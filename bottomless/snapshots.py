@@ -140,7 +140,7 @@ def iter_commits(
     """Fetch commits ``first..last`` of a generation in order, verifying the chain from ``prev``."""
     keys = [fmt.commit_key(db_name, generation, s) for s in range(first, last + 1)]
 
-    def fetch(key: str) -> tuple[str, fmt.RawBatch]:
+    def fetch(key: str) -> tuple[str, fmt.RawBatch, int]:
         try:
             data = store.get(key)
         except ObjectNotFoundError:
@@ -150,24 +150,24 @@ def iter_commits(
                 f" hand, or by an interrupted gc); the last consistent point before it is commit"
                 f" {(seq or 1) - 1}"
             ) from None
-        if counter:
-            counter(len(data))
-        return key, fmt.decode_raw(data, key)  # in the download thread
+        return key, fmt.decode_raw(data, key), len(data)  # decoded in the download thread
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
         jobs = [functools.partial(fetch, k) for k in keys]
-        for seq, (key, raw) in zip(
+        for seq, (key, raw, size) in zip(
             range(first, last + 1), in_order(pool, jobs, parallelism), strict=True
         ):
-            batch = raw.head
-            if batch.generation != generation or batch.kind != fmt.KIND_COMMIT or batch.seq != seq:
+            if counter:
+                counter(size)
+            head = raw.head
+            if head.generation != generation or head.kind != fmt.KIND_COMMIT or head.seq != seq:
                 raise CorruptObjectError(
-                    f"{key}: object says generation {batch.generation} commit {batch.seq},"
+                    f"{key}: object says generation {head.generation} commit {head.seq},"
                     f" expected {generation} commit {seq}: it was copied from elsewhere"
                 )
-            if batch.prev != prev:
+            if head.prev != prev:
                 raise CorruptObjectError(
-                    f"{key}: breaks the commit chain (it follows {batch.prev.hex()[:16]}…, the"
+                    f"{key}: breaks the commit chain (it follows {head.prev.hex()[:16]}…, the"
                     f" previous object is {prev.hex()[:16]}…); the last consistent point is"
                     f" commit {seq - 1} of generation {generation}"
                 )
