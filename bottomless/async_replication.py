@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from bottomless import format as fmt
 from bottomless.errors import (
+    CorruptObjectError,
     DurabilityTimeoutError,
     ObjectExistsError,
     ReplicaConflictError,
     StoreError,
 )
 from bottomless.lease import WriterLease
-from bottomless.localdb import LocalState, read_state, write_state
+from bottomless.localdb import LocalState, read_state, sync_state, write_state
 from bottomless.spool import Intent, Spool, Uploader
 
 if TYPE_CHECKING:
@@ -81,6 +82,18 @@ class AsyncReplication:
                 )
             with self._uploaded:
                 self._uploaded.wait(0.02)
+
+    def _nothing_spooled(self) -> bool:
+        """Whether every spooled commit is uploaded (a damaged spool counts as not)."""
+        try:
+            return not self.spool.entries() and self.spool.read_intent() is None
+        except CorruptObjectError:
+            return False
+
+    def _make_durable(self) -> None:
+        """fsync the spool and the state file (before a session is recorded as ended)."""
+        self.spool.sync()
+        sync_state(self.db_path)
 
     def _drain_guarded(self) -> bool:
         try:

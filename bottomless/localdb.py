@@ -310,11 +310,32 @@ def write_state(db_path: str, state: LocalState) -> None:
         _state_cache[path] = (raw, replace(state))
 
 
+def sync_state(db_path: str) -> None:
+    """Make the state file, and its name in the directory, durable (``fsync``)."""
+    path = state_path(db_path)
+    with _state_lock, contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(db_path)))
+
+
+def fsync_dir(directory: str) -> None:
+    """Make the entries of ``directory`` (names created, renamed, removed) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_local_files(db_path: str, *, include_db: bool) -> None:
     """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
     suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
     # the "-bottomless.lock" file is held by the caller and stays
-    suffixes += [f"-bottomless-queue{s}" for s in ("", ".lock", ".intent")]
+    suffixes += [f"-bottomless-queue{s}" for s in ("", ".lock", ".intent", ".session")]
     suffixes += [f"-bottomless-spool{s}" for s in ("", "-wal", "-shm", "-journal", ".lock")]
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):

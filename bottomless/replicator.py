@@ -40,6 +40,7 @@ from bottomless.localdb import (
 )
 from bottomless.pagestore import PageStore
 from bottomless.restore import latest_generation, restore_file
+from bottomless.session import SessionMarker
 from bottomless.settings import Settings
 from bottomless.snapshots import PageSource, compact, snapshot_seqs, upload_snapshot
 from bottomless.spool import Spool, Uploader
@@ -92,6 +93,7 @@ class Replicator(AsyncReplication):
         self._compactor: threading.Thread | None = None
         self._last_object_size = 0
         self.spool = Spool(db_path)
+        self.session = SessionMarker(db_path)
         #: the writer id: shared by every process writing through this local file
         self.writer = fmt.new_writer_id()
         self.lease: WriterLease | None = None
@@ -123,21 +125,28 @@ class Replicator(AsyncReplication):
                     self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
                 )
                 self.lease.acquire()
+            interrupted = self.session.left_open_by_restart()
             try:
                 if empty:
                     self._open_empty(state)
                 else:
                     with self._write_lock():
-                        self._drain_leftovers()
-                        self._open_existing()
+                        if interrupted:
+                            self._discard_spool()
+                        else:
+                            self._drain_leftovers()
+                        self._open_existing(distrust=interrupted)
             except BaseException:
                 if self.lease is not None:
                     self.lease.release()
                 raise
+            if interrupted:
+                self.session.remove()
             if self.paused and self.lease is not None:
                 self.lease.release()  # skip: this process will not write
                 self.lease = None
             if self.settings.durability == "async" and not self.paused:
+                self.session.begin()
                 self._uploader = Uploader(
                     f"bottomless-upload-{self.db_name}", self._drain_guarded,
                     min(0.05, self.settings.max_lag / 10), self.spool.oldest_age,
@@ -153,6 +162,17 @@ class Replicator(AsyncReplication):
         while self.spool.read_intent() is not None or self.spool.entries():
             if not self.drain_once(state_required=True):
                 break
+
+    def _discard_spool(self) -> None:
+        """Drop the spool of a session that a machine restart interrupted: it may have lost
+        entries (it is not fsynced), so the local file, not the spool, is the truth now."""
+        if self.spool.exists() or os.path.exists(self.spool.intent_path):
+            logger.warning(
+                "%s: dropping the async spool of a session interrupted by a machine restart;"
+                " the new generation started from the local file holds its commits",
+                self.db_name,
+            )
+        self.spool.destroy()
 
     def _is_empty_locally(self) -> bool:
         if file_size(self.db_path) > 0:
@@ -188,7 +208,7 @@ class Replicator(AsyncReplication):
             self.db_path, self.store.location, result.generation, result.seq,
         )
 
-    def _open_existing(self) -> None:
+    def _open_existing(self, *, distrust: bool = False) -> None:
         image = LocalImage(self.db_path)
         try:
             state = read_state(self.db_path)
@@ -198,7 +218,7 @@ class Replicator(AsyncReplication):
             if manifest is None:
                 self._start_generation(image, "initial", writer=self.writer)
                 return
-            verdict, reason = self._same_lineage(state, manifest, image)
+            verdict, reason = self._same_lineage(state, manifest, image, distrust)
             if verdict == "continue":
                 assert state is not None
                 self.state = state
@@ -230,12 +250,15 @@ class Replicator(AsyncReplication):
         )
 
     def _same_lineage(
-        self, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage
+        self, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage,
+        distrust: bool = False,
     ) -> tuple[str, str]:
         """Decide how the local file relates to the newest generation in the bucket.
 
         Returns ("continue" | "branch" | "restart" | "conflict", why). ``state`` is updated in
         place when the bucket is one commit ahead and the local file holds that commit too.
+        ``distrust``: a machine restart interrupted an async session, so the state file may be
+        older than the bucket and the local file ahead of both; our own lineage then restarts.
         """
         if state is None:
             if manifest.writer == self.writer.hex():
@@ -256,6 +279,8 @@ class Replicator(AsyncReplication):
                     f"another writer added commit {state.seq + 1} after the local file's"
                     f" commit {state.seq}"
                 )
+            if distrust:
+                return "restart", _INTERRUPTED
             if self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
                 return "conflict", f"the bucket runs more than one commit past {state.seq}"
             if self._matches(image, batch):
@@ -264,6 +289,8 @@ class Replicator(AsyncReplication):
                 state.page_size = batch.page_size
                 return "continue", ""
             return self._orphan_verdict(state, image)
+        if distrust:
+            return "restart", _INTERRUPTED
         if state.seq == 0:
             if manifest.digest != state.digest_bytes:
                 return "conflict", "the generation's base snapshot is not the one it recorded"
@@ -562,11 +589,18 @@ class Replicator(AsyncReplication):
             self._uploader.stopping.set()
             self._uploader.wake.set()
             self._uploader.join(5)
+            self.session.end(clean=self._nothing_spooled(), make_durable=self._make_durable)
         self.wait_snapshot()
         if self.lease is not None:
             self.lease.release()
         self.spool.close()
         self.store.close()
+
+
+_INTERRUPTED = (
+    "a machine restart interrupted the last async session (the spool and state file are not"
+    " fsynced, so the local file may hold commits the bucket lacks)"
+)
 
 
 class _Empty:

@@ -29,6 +29,7 @@ from bottomless.errors import (
     ReplicaNotFoundError,
     RestoreError,
 )
+from bottomless.localdb import fsync_dir
 from bottomless.pagestore import PageStore
 from bottomless.snapshots import check_part, iter_commits, read_manifest, snapshot_seqs
 from bottomless.transfer import in_order, window_for
@@ -253,7 +254,7 @@ def restore_file(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path + suffix)
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     result = RestoreResult(
         db_name, target.generation, target.seq, digest, page_size, db_size, created_ms,
         stats["objects"], stats["bytes"], time.monotonic() - started,
@@ -294,10 +295,3 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -343,6 +343,12 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.legacy_path + suffix)
 
+    def sync(self) -> None:
+        """Make the queue file durable (``fsync``)."""
+        with self._locked(create=False) as fd:
+            if fd is not None:
+                os.fsync(fd)
+
     def close(self) -> None:
         """Close the spool's file."""
         with self._lock:

@@ -84,3 +84,28 @@ class ForwardingStore(PageStore):
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+
+
+def stop_uploader(path: str) -> None:
+    """Stop the uploader of an open async database: later commits stay spooled."""
+    rep = replicator(path)
+    assert rep._uploader is not None
+    rep._uploader.stopping.set()
+    rep._uploader.wake.set()
+    rep._uploader.join(5)
+    rep._uploader = None
+
+
+def abandon_async(db: Any, path: str) -> None:
+    """Leave an async database as a killed process would: nothing flushed, the spool on disk;
+    the next ``connect`` in this process opens it afresh."""
+    from bottomless import vfs
+
+    rep = replicator(path)
+    if rep._uploader is not None:
+        stop_uploader(path)
+    rep.close = lambda: None
+    db.close()
+    assert vfs._registered is not None
+    vfs._registered._entries.pop(os.path.abspath(path), None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import integrity, remove_db, replicator, rows
+from helpers import abandon_async, integrity, remove_db, replicator, rows, stop_uploader
 
 import bottomless
 from bottomless.restore import commit_numbers, resolve_target
@@ -60,11 +60,7 @@ def test_wait_durable_really_waits(tmp_path: Any, make_settings: MakeSettings) -
     db.execute("CREATE TABLE t(x)")
     rep = replicator(path)
     bottomless.wait_durable(db, timeout=30)
-    assert rep._uploader is not None
-    rep._uploader.stopping.set()  # nobody uploads any more
-    rep._uploader.wake.set()
-    rep._uploader.join(5)
-    rep._uploader = None
+    stop_uploader(path)  # nobody uploads any more
     lock = hold_upload_lock(rep)  # wait_durable cannot drain either
     try:
         db.execute("INSERT INTO t VALUES(1)")
@@ -126,22 +122,11 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
     db = bottomless.connect(path, settings)
     db.execute("CREATE TABLE t(x)")
     bottomless.wait_durable(db, 30)
-    rep = replicator(path)
-    assert rep._uploader is not None
-    rep._uploader.stopping.set()
-    rep._uploader.wake.set()
-    rep._uploader.join(5)
-    rep._uploader = None
+    stop_uploader(path)
     for i in range(25):
         db.execute("INSERT INTO t VALUES(?)", (i,))
     assert bottomless.status(db)["pending_commits"] == 25
-    # as if the process died here: nothing flushed, the spool stays on disk
-    rep.close = lambda: None  # type: ignore[method-assign]
-    db.close()
-    from bottomless import vfs
-
-    assert vfs._registered is not None
-    vfs._registered._entries.pop(os.path.abspath(path), None)
+    abandon_async(db, path)  # as if the process died here: the spool stays on disk
     assert os.path.exists(path + "-bottomless-queue")
     db = bottomless.connect(path, settings)  # reopening ships the spool first
     generation = bottomless.status(db)["generation"]
