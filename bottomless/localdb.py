@@ -334,8 +334,8 @@ def fsync_dir(directory: str) -> None:
 def remove_local_files(db_path: str, *, include_db: bool) -> None:
     """Remove leftovers of a database that is gone: journal, WAL, shm and state file."""
     suffixes = ["-journal", "-wal", "-shm", "-bottomless"] + ([""] if include_db else [])
-    # the "-bottomless.lock" file is held by the caller and stays
-    suffixes += [f"-bottomless-queue{s}" for s in ("", ".lock", ".intent", ".session")]
+    # "-bottomless.lock" and "-bottomless-session" stay: processes hold them open
+    suffixes += [f"-bottomless-queue{s}" for s in ("", ".lock", ".intent")]
     suffixes += [f"-bottomless-spool{s}" for s in ("", "-wal", "-shm", "-journal", ".lock")]
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):

@@ -24,10 +24,12 @@ from bottomless.async_replication import AsyncReplication
 from bottomless.capture import Transaction
 from bottomless.errors import (
     BottomlessError,
+    CorruptObjectError,
     DurabilityTimeoutError,
     ObjectExistsError,
     ObjectNotFoundError,
     ReplicaConflictError,
+    RestoreError,
 )
 from bottomless.lease import WriterLease
 from bottomless.localdb import (
@@ -39,10 +41,16 @@ from bottomless.localdb import (
     write_state,
 )
 from bottomless.pagestore import PageStore
-from bottomless.restore import latest_generation, restore_file
-from bottomless.session import SessionMarker
+from bottomless.restore import commit_numbers, latest_generation, restore_file
+from bottomless.session import Interrupted, SessionMarker
 from bottomless.settings import Settings
-from bottomless.snapshots import PageSource, compact, snapshot_seqs, upload_snapshot
+from bottomless.snapshots import (
+    PageSource,
+    compact,
+    iter_commits,
+    snapshot_seqs,
+    upload_snapshot,
+)
 from bottomless.spool import Spool, Uploader
 
 logger = logging.getLogger(__name__)
@@ -125,28 +133,29 @@ class Replicator(AsyncReplication):
                     self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
                 )
                 self.lease.acquire()
-            interrupted = self.session.left_open_by_restart()
+            interrupted = self.session.interrupted()
             try:
+                self.session.join()
                 if empty:
                     self._open_empty(state)
                 else:
                     with self._write_lock():
-                        if interrupted:
+                        if interrupted == "async":
                             self._discard_spool()
                         else:
                             self._drain_leftovers()
-                        self._open_existing(distrust=interrupted)
+                        self._open_existing(interrupted)
+                # only now: a failed open leaves an interrupted session's record for the next
+                self.session.begin(self.settings.durability == "async" and not self.paused)
             except BaseException:
+                self.session.end()
                 if self.lease is not None:
                     self.lease.release()
                 raise
-            if interrupted:
-                self.session.remove()
             if self.paused and self.lease is not None:
                 self.lease.release()  # skip: this process will not write
                 self.lease = None
             if self.settings.durability == "async" and not self.paused:
-                self.session.begin()
                 self._uploader = Uploader(
                     f"bottomless-upload-{self.db_name}", self._drain_guarded,
                     min(0.05, self.settings.max_lag / 10), self.spool.oldest_age,
@@ -208,7 +217,7 @@ class Replicator(AsyncReplication):
             self.db_path, self.store.location, result.generation, result.seq,
         )
 
-    def _open_existing(self, *, distrust: bool = False) -> None:
+    def _open_existing(self, interrupted: Interrupted | None = None) -> None:
         image = LocalImage(self.db_path)
         try:
             state = read_state(self.db_path)
@@ -218,7 +227,10 @@ class Replicator(AsyncReplication):
             if manifest is None:
                 self._start_generation(image, "initial", writer=self.writer)
                 return
-            verdict, reason = self._same_lineage(state, manifest, image, distrust)
+            verdict, reason = self._same_lineage(state, manifest, image, interrupted)
+            if interrupted == "async" and verdict in ("continue", "branch"):
+                # the local file may be ahead of what the bucket and the state file say
+                verdict, reason = "restart", _INTERRUPTED
             if verdict == "continue":
                 assert state is not None
                 self.state = state
@@ -251,14 +263,16 @@ class Replicator(AsyncReplication):
 
     def _same_lineage(
         self, state: LocalState | None, manifest: fmt.Manifest, image: LocalImage,
-        distrust: bool = False,
+        interrupted: Interrupted | None = None,
     ) -> tuple[str, str]:
         """Decide how the local file relates to the newest generation in the bucket.
 
         Returns ("continue" | "branch" | "restart" | "conflict", why). ``state`` is updated in
         place when the bucket is one commit ahead and the local file holds that commit too.
-        ``distrust``: a machine restart interrupted an async session, so the state file may be
-        older than the bucket and the local file ahead of both; our own lineage then restarts.
+        ``interrupted``: a machine restart interrupted the last session, so the state file may
+        be older than the bucket: it is moved forward over the bucket's commits if they are
+        all ours (see :meth:`_follow`). After an async session the local file may also be ahead
+        of the bucket (the caller restarts our lineage rather than continue or branch it).
         """
         if state is None:
             if manifest.writer == self.writer.hex():
@@ -279,18 +293,31 @@ class Replicator(AsyncReplication):
                     f"another writer added commit {state.seq + 1} after the local file's"
                     f" commit {state.seq}"
                 )
-            if distrust:
-                return "restart", _INTERRUPTED
-            if self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
+            forwarded = False
+            if interrupted is not None:
+                recorded = state.seq
+                newest = self._follow(state, ours)
+                if newest is None:
+                    return "conflict", (
+                        f"the bucket holds commits after {state.seq} that are not all this"
+                        " writer's"
+                    )
+                batch, forwarded = newest, newest.seq > recorded + 1
+            elif self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
                 return "conflict", f"the bucket runs more than one commit past {state.seq}"
             if self._matches(image, batch):
                 # committed locally, but the process died before recording it
                 state.seq, state.digest = batch.seq, batch.digest.hex()
                 state.page_size = batch.page_size
                 return "continue", ""
-            return self._orphan_verdict(state, image)
-        if distrust:
-            return "restart", _INTERRUPTED
+            verdict = self._orphan_verdict(state, image)
+            if forwarded and interrupted == "sync" and verdict[0] != "branch":
+                return "conflict", (
+                    f"after a machine restart the local file holds neither of the bucket's two"
+                    f" newest commits ({batch.seq - 1} and {batch.seq}): it lost commits it"
+                    " had acknowledged (synchronous below FULL?) or is an older copy"
+                )
+            return verdict
         if state.seq == 0:
             if manifest.digest != state.digest_bytes:
                 return "conflict", "the generation's base snapshot is not the one it recorded"
@@ -312,13 +339,46 @@ class Replicator(AsyncReplication):
         if last.digest != state.digest_bytes:
             return "conflict", f"{key} is not the object the local file recorded"
         if not self._matches(image, last):
-            if last.writer == ours:
+            if last.writer == ours or interrupted == "async":
                 return "restart", (
                     f"the local file does not hold commit {state.seq} it recorded (a crash"
                     " between recording and committing)"
                 )
             return "conflict", f"the local file does not match commit {state.seq}"
         return "continue", ""
+
+    def _follow(self, state: LocalState, ours: bytes) -> fmt.PageBatch | None:
+        """Check that every commit after ``state`` is this writer's and chained, move
+        ``state`` (which a machine restart may have left behind) to the second newest, and
+        return the newest. ``None`` (and ``state`` untouched) when they are not all ours.
+
+        With ``synchronous=FULL`` the local file holds every commit it acknowledged, so after
+        a sync session it is at one of the last two (the newest may have been uploaded but not
+        committed locally).
+        """
+        newest = max(commit_numbers(self.store, self.db_name, state.generation))
+        before: fmt.RawBatch | None = None
+        last: fmt.RawBatch | None = None
+        try:
+            for raw in iter_commits(
+                self.store, self.db_name, state.generation, state.seq + 1, newest,
+                state.digest_bytes, self.settings.parallelism,
+            ):
+                if raw.head.writer != ours:
+                    return None
+                before, last = last, raw
+        except (CorruptObjectError, RestoreError) as e:  # a gap, or a chain not ours
+            logger.warning("%s: cannot follow the commits after %d: %s", self.db_name,
+                           state.seq, e)
+            return None
+        assert last is not None  # the caller saw commit state.seq + 1
+        if before is not None:
+            logger.info("%s: the state file was left at commit %d by a machine restart; the"
+                        " bucket's commits up to %d are this writer's", self.db_name,
+                        state.seq, newest)
+            state.seq, state.digest = before.head.seq, before.digest.hex()
+            state.page_size = before.head.page_size
+        return last.to_batch()
 
     def _orphan_verdict(self, state: LocalState, image: LocalImage) -> tuple[str, str]:
         why = (
@@ -589,8 +649,8 @@ class Replicator(AsyncReplication):
             self._uploader.stopping.set()
             self._uploader.wake.set()
             self._uploader.join(5)
-            self.session.end(clean=self._nothing_spooled(), make_durable=self._make_durable)
         self.wait_snapshot()
+        self.session.end(clean=self._nothing_spooled(), make_durable=self._make_durable)
         if self.lease is not None:
             self.lease.release()
         self.spool.close()

@@ -1,28 +1,31 @@
-"""Telling a process crash from a power cut, for databases replicated asynchronously.
+"""Telling a process crash from a power cut, so that the next open knows what to trust.
 
-An async commit is appended to the spool without an fsync, while SQLite fsyncs its own WAL
-(``synchronous=FULL``, the default). A killed process loses nothing: the kernel still holds the
-spool's pages. A power cut can: the local file may then hold commits that are neither spooled
-nor uploaded, and the state file may be older than the bucket. Continuing the lineage from
-there would ship later commits on top of a bucket that lacks those, and every restore after
-that would be a state the database never was.
+bottomless writes its local state file (and, in async mode, its spool) without ``fsync``,
+while SQLite fsyncs its own WAL (``synchronous=FULL``, the default). A killed process loses
+nothing: the kernel still holds those pages. A power cut can:
 
-So every process that opens a database in async mode records, durably, that an async session
-is open on this boot of the machine (``<db>-bottomless-queue.session``), and holds a shared
-``flock`` on that file while it runs. The last one to close, with nothing left to upload,
-makes the state and the spool durable and records a clean end. The first open that finds a
-session left open on an earlier boot knows the spool may have lost entries and starts a new
-generation from the local file (a full snapshot) instead of continuing.
+* in async mode the local file may then hold commits that are neither spooled nor uploaded.
+  Continuing the lineage would ship later commits on top of a bucket that lacks those, and
+  every restore after that would be a state the database never was;
+* in sync mode the state file may be older than the bucket by many commits (each of which
+  the local file holds), which looks like another writer's work.
+
+So every process that opens a database for replication records, durably, that a session is
+open on this boot of the machine (``<db>-bottomless-session``, with whether it replicates
+asynchronously), and holds a shared ``flock`` on that file while it runs. The last one to
+close, with nothing left to upload, makes the state and the spool durable and records a clean
+end. The first open that finds a session left open on an earlier boot knows a power cut (or a
+crash of the whole machine) interrupted it, and the replicator decides accordingly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Literal
 
 from bottomless.localdb import fsync_dir
 
@@ -30,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _RECORD_SIZE = 128
+
+#: how a session that a machine restart interrupted replicated
+Interrupted = Literal["async", "sync"]
 
 
 def boot_id() -> str:
@@ -42,50 +48,94 @@ def boot_id() -> str:
 
 
 class SessionMarker:
-    """The async session marker of one database file (see the module docstring)."""
+    """The session marker of one database file (see the module docstring)."""
 
     def __init__(self, db_path: str) -> None:
-        self.path = db_path + "-bottomless-queue.session"
+        self.path = db_path + "-bottomless-session"
         self._fd: int | None = None
+        self._created = False
 
-    def left_open_by_restart(self) -> bool:
-        """Whether an async session was still open when the machine last went down.
-
-        True when the marker says open and was written on another boot (or on a system
-        without boot ids: then any unclean end counts), or when it cannot be read (a power cut
-        can tear it). False when there is no marker or the last session ended cleanly.
-        """
+    def _read(self) -> dict[str, object] | None:
         try:
             with open(self.path, "rb") as stream:
                 raw = stream.read()
         except FileNotFoundError:
-            return False
+            return None
+        if not raw:
+            return None  # created by an open that failed before recording anything
         try:
             record = json.loads(raw.rstrip(b" \n\0"))
-            is_open, boot = bool(record["open"]), str(record["boot"])
-        except (ValueError, KeyError, TypeError):
+            if isinstance(record, dict) and {"open", "boot", "async"} <= record.keys():
+                return record
+        except ValueError:
+            pass
+        return {"open": True, "boot": "", "async": True, "unreadable": True}
+
+    def interrupted(self) -> Interrupted | None:
+        """How the session was replicating when the machine last went down, if it was open.
+
+        Call it under the replicator's open lock. A session counts as interrupted when no live
+        process holds it and its marker says open and was written on another boot (on a
+        system without boot ids: any unclean end). A marker that cannot be read (a power cut
+        can tear it) counts as an interrupted async session, the cautious reading. ``None``:
+        no marker, a clean end, a live session, or one of this boot (a process crash).
+        """
+        if self._held_by_others():
+            return None
+        record = self._read()
+        if record is None or not record["open"]:
+            return None
+        if record.get("unreadable"):
             logger.warning("%s is unreadable: treating the last session as interrupted",
                            self.path)
-            return True
-        return is_open and (not boot or boot != boot_id())
+            return "async"
+        boot = str(record["boot"])
+        if boot and boot == boot_id():
+            return None
+        return "async" if record["async"] else "sync"
 
-    def begin(self) -> None:
-        """Record an open async session on this boot, durably, and hold it until :meth:`end`."""
+    def _held_by_others(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True  # a process in the session holds its shared lock
+        finally:
+            os.close(fd)  # (closing releases the lock if we got it)
+        return False
+
+    def join(self) -> None:
+        """Take part in the session (a shared lock, so that no closing process records a
+        clean end meanwhile); :meth:`begin` then records it. Call under the open lock."""
         if self._fd is not None:
             return
-        created = not os.path.exists(self.path)
+        self._created = not os.path.exists(self.path)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a last process records a clean end
-            self._write(fd, is_open=True)
-            if created:
-                fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
 
-    def end(self, clean: bool, make_durable: Callable[[], None]) -> None:
+    def begin(self, asynchronous: bool) -> None:
+        """Record, durably, that this process replicates the database on this boot (after
+        :meth:`join`, once an interrupted session has been dealt with)."""
+        if self._fd is None:
+            raise RuntimeError("SessionMarker.begin() before join()")
+        current = self._read()
+        # opens are serialized (the replicator's open lock): no other begin() runs now
+        if current is not None and current["open"] and current["boot"] == boot_id():
+            asynchronous = asynchronous or bool(current["async"])
+        self._write(self._fd, is_open=True, asynchronous=asynchronous)
+        if self._created:
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            self._created = False
+
+    def end(self, clean: bool = False, make_durable: Callable[[], None] | None = None) -> None:
         """Leave the session; the last process out records a clean end if ``clean``.
 
         ``clean`` means nothing is left to upload. ``make_durable`` is called first, to fsync
@@ -101,17 +151,15 @@ class SessionMarker:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return
-                make_durable()
-                self._write(fd, is_open=False)
+                if make_durable is not None:
+                    make_durable()
+                self._write(fd, is_open=False, asynchronous=False)
         finally:
             os.close(fd)
 
-    def remove(self) -> None:
-        """Forget an interrupted session once it has been dealt with."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    def _write(self, fd: int, *, is_open: bool) -> None:
-        record = json.dumps({"open": is_open, "boot": boot_id(), "pid": os.getpid()}).encode()
+    def _write(self, fd: int, *, is_open: bool, asynchronous: bool) -> None:
+        record = json.dumps(
+            {"open": is_open, "async": asynchronous, "boot": boot_id(), "pid": os.getpid()}
+        ).encode()
         os.pwrite(fd, record.ljust(_RECORD_SIZE - 1) + b"\n", 0)
         os.fsync(fd)

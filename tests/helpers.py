@@ -97,15 +97,16 @@ def stop_uploader(path: str) -> None:
     rep._uploader = None
 
 
-def abandon_async(db: Any, path: str) -> None:
-    """Leave an async database as a killed process would: nothing flushed, the spool on disk;
-    the next ``connect`` in this process opens it afresh."""
+def abandon(db: Any, path: str) -> None:
+    """Leave a database as a killed process would: nothing flushed or closed by bottomless (an
+    async spool stays on disk); the next ``connect`` in this process opens it afresh."""
     from bottomless import vfs
 
     rep = replicator(path)
     if rep._uploader is not None:
         stop_uploader(path)
     rep.close = lambda: None
+    rep.session.end()  # its descriptor (and flock) would go with the process
     db.close()
     assert vfs._registered is not None
     vfs._registered._entries.pop(os.path.abspath(path), None)

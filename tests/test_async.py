@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import abandon_async, integrity, remove_db, replicator, rows, stop_uploader
+from helpers import abandon, integrity, remove_db, replicator, rows, stop_uploader
 
 import bottomless
 from bottomless.restore import commit_numbers, resolve_target
@@ -126,7 +126,7 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
     for i in range(25):
         db.execute("INSERT INTO t VALUES(?)", (i,))
     assert bottomless.status(db)["pending_commits"] == 25
-    abandon_async(db, path)  # as if the process died here: the spool stays on disk
+    abandon(db, path)  # as if the process died here: the spool stays on disk
     assert os.path.exists(path + "-bottomless-queue")
     db = bottomless.connect(path, settings)  # reopening ships the spool first
     generation = bottomless.status(db)["generation"]

@@ -1,17 +1,19 @@
-"""A machine restart during an async session: the spool and state file are not fsynced, the
-local WAL is. The next open must not continue a lineage that lost writes would break."""
+"""A machine restart during a session: the spool and state file are not fsynced, the local WAL
+is. The next open must not continue a lineage that lost writes would break (async), nor fail
+over a state file that fell behind the bucket (sync)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import abandon_async, integrity, rows, stop_uploader
+from helpers import abandon, integrity, rows, stop_uploader
 
 import bottomless
 from bottomless import session
@@ -27,7 +29,7 @@ def reboot(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 
 
 def marker(path: str) -> dict[str, Any]:
-    with open(path + "-bottomless-queue.session", "rb") as stream:
+    with open(path + "-bottomless-session", "rb") as stream:
         record: dict[str, Any] = json.loads(stream.read())
     return record
 
@@ -50,11 +52,11 @@ def spool_a_commit_the_bucket_never_gets(path: str, settings: bottomless.Setting
         db.execute("INSERT INTO b VALUES(?)", (x,))
     generation = str(bottomless.status(db)["generation"])
     assert marker(path)["open"] is True
-    abandon_async(db, path)
+    abandon(db, path)
     return generation
 
 
-@pytest.mark.parametrize("spool", ["lost", "torn"])
+@pytest.mark.parametrize("spool", ["lost", "torn", "kept"])
 def test_restart_with_a_lost_spool_starts_a_new_generation(
     tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], spool: str
 ) -> None:
@@ -64,13 +66,15 @@ def test_restart_with_a_lost_spool_starts_a_new_generation(
     queue = path + "-bottomless-queue"
     if spool == "lost":  # the power cut kept none of the unsynced appends
         os.unlink(queue)
-    else:  # or kept the header but not the records it counts
+    elif spool == "torn":  # or kept the header but not the records it counts
         with open(queue, "r+b") as stream:
             stream.seek(64)
             stream.write(b"\0" * 256)
     reboot()
     db = bottomless.connect(path, settings)
-    assert bottomless.status(db)["generation"] != old, "the lineage must not continue"
+    status = bottomless.status(db)
+    assert status["generation"] != old, "the lineage must not continue"
+    assert status["pending_commits"] == 0, "the spool is dropped, whatever survived of it"
     db.execute("INSERT INTO a VALUES(3)")
     db.close()
     local = both_tables(path)
@@ -95,6 +99,28 @@ def test_without_a_restart_the_spool_is_shipped_and_the_lineage_continues(
     assert both_tables(copy) == both_tables(path)
 
 
+def test_a_clean_end_makes_state_and_spool_durable_first(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "d.db")
+    db = bottomless.connect(path, make_settings("file", durability="async", max_lag=60))
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    db.close()
+    assert marker(path)["open"] is False
+    name = os.path.basename(path)
+    recorded = synced.index(f"{name}-bottomless-session")
+    assert {f"{name}-bottomless", f"{name}-bottomless-queue"} <= set(synced[:recorded])
+
+
 def test_a_clean_close_survives_a_restart(
     tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
 ) -> None:
@@ -114,12 +140,127 @@ def test_a_clean_close_survives_a_restart(
     db.close()
 
 
-def test_sync_mode_keeps_no_session(tmp_path: Any, make_settings: MakeSettings) -> None:
+def test_a_sync_session_is_recorded_too(tmp_path: Any, make_settings: MakeSettings) -> None:
     path = str(tmp_path / "s.db")
     db = bottomless.connect(path, make_settings("file"))
     db.execute("CREATE TABLE t(x)")
+    assert marker(path)["open"] is True and marker(path)["async"] is False
     db.close()
-    assert not os.path.exists(path + "-bottomless-queue.session")
+    assert marker(path)["open"] is False
+
+
+def copy_local(path: str, to: str) -> None:
+    """Copy the database and its WAL as they are on disk now."""
+    for suffix in ("", "-wal", "-bottomless"):
+        shutil.copyfile(path + suffix, to + suffix)
+
+
+def put_back(copy: str, path: str) -> None:
+    """Make the local files what ``copy`` holds, as a power cut that lost later writes would."""
+    from bottomless import localdb
+
+    for suffix in ("", "-wal", "-bottomless"):
+        shutil.copyfile(copy + suffix, path + suffix)
+    if os.path.exists(path + "-shm"):
+        os.unlink(path + "-shm")
+    localdb._state_cache.clear()
+
+
+def sync_writes(path: str, settings: bottomless.Settings, copies: dict[int, str]) -> str:
+    """Five one-row commits in sync mode, copying the local files after the ones in
+    ``copies``; the process then dies. Returns the generation."""
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    for x in range(1, 6):
+        db.execute("INSERT INTO t VALUES(?)", (x,))
+        if x in copies:
+            copy_local(path, copies[x])
+    generation = str(bottomless.status(db)["generation"])
+    abandon(db, path)
+    return generation
+
+
+@pytest.mark.parametrize("restarted", [True, False])
+def test_sync_state_file_left_behind_by_a_restart(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], restarted: bool
+) -> None:
+    settings = make_settings("file")
+    path, early = str(tmp_path / "f.db"), str(tmp_path / "early.db")
+    generation = sync_writes(path, settings, {1: early})
+    shutil.copyfile(early + "-bottomless", path + "-bottomless")  # only the state file is old
+    from bottomless import localdb
+
+    localdb._state_cache.clear()
+    if not restarted:  # without a restart nothing explains it: refuse, as before
+        with pytest.raises(bottomless.ReplicaConflictError, match="more than one commit past"):
+            bottomless.connect(path, settings)
+        return
+    reboot()
+    db = bottomless.connect(path, settings)
+    assert bottomless.status(db)["generation"] == generation, "the lineage continues"
+    db.execute("INSERT INTO t VALUES(6)")
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="f.db")
+    assert rows(copy) == rows(path) == [(x,) for x in range(1, 7)]
+
+
+def test_sync_restart_that_lost_the_last_local_commit_branches(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    settings = make_settings("file")
+    path, early, fourth = (str(tmp_path / n) for n in ("g.db", "early.db", "fourth.db"))
+    generation = sync_writes(path, settings, {1: early, 4: fourth})
+    put_back(fourth, path)  # commit 5 reached the bucket, not the local disk
+    shutil.copyfile(early + "-bottomless", path + "-bottomless")
+    reboot()
+    db = bottomless.connect(path, settings)
+    assert bottomless.status(db)["generation"] != generation, "commit 5 is left as an orphan"
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="g.db")
+    assert integrity(copy) == "ok" and rows(copy) == rows(path) == [(x,) for x in range(1, 5)]
+
+
+def test_sync_restart_with_an_older_local_copy_is_a_conflict(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    settings = make_settings("file")
+    path, early = str(tmp_path / "h.db"), str(tmp_path / "early.db")
+    sync_writes(path, settings, {1: early})
+    put_back(early, path)  # three commits older than the bucket's second newest
+    reboot()
+    with pytest.raises(bottomless.ReplicaConflictError, match="neither of the bucket's two"):
+        bottomless.connect(path, settings)
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_a_restart_never_hides_another_writers_commits(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], durability: str
+) -> None:
+    settings = make_settings("file", durability=durability, lease_ttl=0, db_name="shared.db")
+    path, early = str(tmp_path / "x.db"), str(tmp_path / "early.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    copy_local(path, early)
+    db.execute("INSERT INTO t VALUES(1)")
+    bottomless.wait_durable(db, 30)
+    abandon(db, path)
+    # a failover machine restores the database and writes on
+    other = bottomless.connect(str(tmp_path / "y.db"), settings.model_copy(
+        update={"durability": "sync"}))
+    other.execute("INSERT INTO t VALUES(2)")
+    other.close()
+    shutil.copyfile(early + "-bottomless", path + "-bottomless")  # the power cut's stale state
+    from bottomless import localdb
+
+    localdb._state_cache.clear()
+    reboot()
+    with pytest.raises(bottomless.ReplicaConflictError, match="not all this writer's"):
+        bottomless.connect(path, settings)
 
 
 _HOLDER = """
@@ -179,38 +320,62 @@ def test_the_last_process_out_ends_the_session(
 @pytest.mark.parametrize(
     ("content", "boot", "expected"),
     [
-        (None, "b1", False),
-        ({"open": False, "boot": "b0"}, "b1", False),
-        ({"open": True, "boot": "b1"}, "b1", False),
-        ({"open": True, "boot": "b0"}, "b1", True),
-        ({"open": True, "boot": ""}, "", True),  # a system that names no boot
-        (b"{torn", "b1", True),
+        (None, "b1", None),
+        ({"open": False, "async": False, "boot": "b0"}, "b1", None),
+        ({"open": True, "async": True, "boot": "b1"}, "b1", None),  # a crash, no restart
+        ({"open": True, "async": True, "boot": "b0"}, "b1", "async"),
+        ({"open": True, "async": False, "boot": "b0"}, "b1", "sync"),
+        ({"open": True, "async": False, "boot": ""}, "", "sync"),  # a system with no boot id
+        (b"{torn", "b1", "async"),
+        ({"open": True}, "b1", "async"),
     ],
 )
 def test_marker_verdicts(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, content: Any,
-                         boot: str, expected: bool) -> None:
+                         boot: str, expected: str | None) -> None:
     monkeypatch.setattr(session, "boot_id", lambda: boot)
-    db_path = str(tmp_path / "v.db")
-    found = SessionMarker(db_path)
+    found = SessionMarker(str(tmp_path / "v.db"))
     if content is not None:
         raw = content if isinstance(content, bytes) else json.dumps(content).encode()
         with open(found.path, "wb") as stream:
             stream.write(raw)
-    assert found.left_open_by_restart() is expected
+    assert found.interrupted() == expected
 
 
 def test_marker_begin_and_end(tmp_path: Any) -> None:
     db_path = str(tmp_path / "e.db")
     first, second = SessionMarker(db_path), SessionMarker(db_path)
-    first.begin()
-    second.begin()
+    for one, asynchronous in ((first, True), (second, False)):
+        one.join()
+        one.begin(asynchronous)
+    assert marker(db_path)["async"] is True, "one async process makes the session async"
+    assert first.interrupted() is None, "a live session is never an interrupted one"
     synced: list[str] = []
     first.end(clean=True, make_durable=lambda: synced.append("first"))
     assert synced == [] and marker(db_path)["open"] is True  # second still holds it
     second.end(clean=False, make_durable=lambda: synced.append("second"))
     assert synced == [] and marker(db_path)["open"] is True  # commits left: not clean
     third = SessionMarker(db_path)
-    third.begin()
+    third.join()
+    third.begin(asynchronous=False)
     third.end(clean=True, make_durable=lambda: synced.append("third"))
     assert synced == ["third"] and marker(db_path)["open"] is False
     assert marker(db_path)["boot"] == session.boot_id()
+
+
+def test_a_live_session_is_not_interrupted_even_without_boot_ids(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "boot_id", lambda: "")
+    db_path = str(tmp_path / "n.db")
+    live = SessionMarker(db_path)
+    live.join()
+    live.begin(asynchronous=True)
+    assert SessionMarker(db_path).interrupted() is None
+    live.end()  # dies without a clean end
+    assert SessionMarker(db_path).interrupted() == "async"
+
+
+def test_an_empty_marker_left_by_a_failed_open_is_no_session(tmp_path: Any) -> None:
+    found = SessionMarker(str(tmp_path / "x.db"))
+    open(found.path, "wb").close()
+    assert found.interrupted() is None
