@@ -6,9 +6,11 @@ spool itself and why it exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -111,37 +113,61 @@ class AsyncReplication:
         Raises StoreError or ReplicaConflictError if the upload fails (entries stay spooled).
         """
         with self.spool.upload_lock() as mine:
-            if not mine:
+            return mine and self._drain_locked(state_required)
+
+    def _drain_locked(self, state_required: bool) -> bool:
+        """:meth:`drain_once`, with the spool's upload lock held."""
+        state = read_state(self.db_path)
+        if state is None:
+            if state_required:
                 return False
-            state = read_state(self.db_path)
-            if state is None:
-                if state_required:
-                    return False
-                raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
-            intent = self.spool.read_intent()
-            if intent is not None:
-                self._ship(intent, state)
-                return True
-            group = self.spool.read_group(GROUP_BYTES)
-            if not group:
-                return False
-            pages: dict[int, bytes] = {}
-            through, last = group[0]
-            for number, entry in group:
-                if entry.page_size != last.page_size:
-                    break  # a page-size change starts its own object
-                pages.update(entry.pages)
-                through, last = number, entry
-            seq = state.seq + 1
-            batch = fmt.PageBatch(
-                fmt.KIND_COMMIT, state.generation, seq, last.page_size, last.db_size, pages,
-                prev=state.digest_bytes, writer=state.writer_bytes, created_ms=last.created_ms,
-            )
-            data = fmt.encode_batch(batch, self.settings.compression)
-            intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
-            self.spool.write_intent(intent)
+            raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
+        intent = self.spool.read_intent()
+        if intent is not None:
             self._ship(intent, state)
             return True
+        group = self.spool.read_group(GROUP_BYTES)
+        if not group:
+            return False
+        pages: dict[int, bytes] = {}
+        through, last = group[0]
+        for number, entry in group:
+            if entry.page_size != last.page_size:
+                break  # a page-size change starts its own object
+            pages.update(entry.pages)
+            through, last = number, entry
+        seq = state.seq + 1
+        batch = fmt.PageBatch(
+            fmt.KIND_COMMIT, state.generation, seq, last.page_size, last.db_size, pages,
+            prev=state.digest_bytes, writer=state.writer_bytes, created_ms=last.created_ms,
+        )
+        data = fmt.encode_batch(batch, self.settings.compression)
+        intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
+        self.spool.write_intent(intent)
+        self._ship(intent, state)
+        return True
+
+    @contextlib.contextmanager
+    def spool_shipped_first(self) -> Iterator[None]:
+        """For a sync commit while another process replicates the database asynchronously:
+        hold the upload lock, after uploading what that process spooled (committed earlier).
+
+        Call it under SQLite's write lock, so nothing is spooled meanwhile. Raises StoreError
+        if the other process's uploader keeps the lock longer than an upload may take.
+        """
+        if not self.spool.exists():
+            yield  # the common case: no async replication of this database anywhere
+            return
+        budget = self.settings.timeout * (self.settings.max_retries + 1)
+        with self.spool.upload_lock(wait=budget) as mine:
+            if not mine:
+                raise StoreError(
+                    f"{self.db_name}: another process's async upload held the spool for"
+                    f" {budget:.0f}s; commit refused"
+                )
+            while self._drain_locked(state_required=True):
+                pass
+            yield
 
     def _ship(self, intent: Intent, state: LocalState) -> None:
         """Upload an intent (again, after a crash) and record it."""

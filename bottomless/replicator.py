@@ -493,7 +493,8 @@ class Replicator(AsyncReplication):
                 self._waiting = txn
                 return
             try:
-                self._replicate(txn, image)
+                with self.spool_shipped_first():
+                    self._replicate(txn, image)
             except BottomlessError as e:
                 self.stats.last_error = str(e)
                 self.stats.last_error_time = time.time()

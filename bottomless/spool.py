@@ -259,15 +259,21 @@ class Spool:
     # ---------------------------------------------------------------- upload coordination
 
     @contextlib.contextmanager
-    def upload_lock(self) -> Iterator[bool]:
-        """Try to become the (only) uploader; yields whether it succeeded."""
+    def upload_lock(self, wait: float = 0.0) -> Iterator[bool]:
+        """Try to become the (only) uploader, for up to ``wait`` seconds; yields whether it
+        succeeded."""
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.005)
             try:
                 yield True
             finally:

@@ -159,3 +159,52 @@ def test_back_pressure_bounds_the_lag(tmp_path: Any, make_settings: MakeSettings
     bottomless.wait_durable(db, 30)
     db.close()
     remove_db(path)
+
+
+_SYNC_WRITER = """
+import sys, bottomless
+db = bottomless.connect(sys.argv[1], bottomless.Settings(backend="file", bucket=sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+db.execute("UPDATE t SET x = x + 100 WHERE x = 1")
+db.execute("INSERT INTO t VALUES(50)")
+db.close()
+print("committed", flush=True)
+"""
+
+
+def test_a_sync_process_ships_what_an_async_one_spooled_first(tmp_path: Any) -> None:
+    """Processes may disagree on durability (an app in async mode, a script in sync mode):
+    a sync commit must not overtake commits another process spooled before it."""
+    bucket = str(tmp_path / "replicas")
+    settings = bottomless.Settings(backend="file", bucket=bucket, durability="async",
+                                   max_lag=60)
+    path = str(tmp_path / "mixed.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    script = tmp_path / "sync_writer.py"
+    script.write_text(_SYNC_WRITER)
+    child = subprocess.Popen([sys.executable, str(script), path, bucket], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "open"
+        stop_uploader(path)  # these three stay spooled here...
+        for i in range(3):
+            db.execute("INSERT INTO t VALUES(?)", (i,))
+        child.stdin.write("go\n")  # ...when the sync process commits on top of them
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "committed"
+    finally:
+        child.kill()
+        child.wait(30)
+    assert bottomless.status(db)["pending_commits"] == 0, "the sync commit shipped them"
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    db.close()
+    assert local == [(0,), (2,), (50,), (101,)]
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, bottomless.Settings(backend="file", bucket=bucket),
+                       db_name="mixed.db")
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
