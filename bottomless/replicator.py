@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sys
@@ -133,8 +134,8 @@ class Replicator(AsyncReplication):
                     self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
                 )
                 self.lease.acquire()
-            interrupted = self.session.interrupted()
             try:
+                interrupted = self.session.interrupted()
                 self.session.join()
                 if empty:
                     self._open_empty(state)
@@ -146,7 +147,10 @@ class Replicator(AsyncReplication):
                             self._drain_leftovers()
                         self._open_existing(interrupted)
                 # only now: a failed open leaves an interrupted session's record for the next
-                self.session.begin(self.settings.durability == "async" and not self.paused)
+                if self.paused:
+                    self.session.end()  # not replicating: no part in the session
+                else:
+                    self.session.begin(self.settings.durability == "async")
             except BaseException:
                 self.session.end()
                 if self.lease is not None:
@@ -293,16 +297,14 @@ class Replicator(AsyncReplication):
                     f"another writer added commit {state.seq + 1} after the local file's"
                     f" commit {state.seq}"
                 )
-            forwarded = False
             if interrupted is not None:
-                recorded = state.seq
-                newest = self._follow(state, ours)
-                if newest is None:
-                    return "conflict", (
-                        f"the bucket holds commits after {state.seq} that are not all this"
-                        " writer's"
-                    )
-                batch, forwarded = newest, newest.seq > recorded + 1
+                followed, why = self._follow(state, ours)
+                if followed is None:
+                    return "conflict", why
+                if followed.newest.head.seq > state.seq + 1:
+                    if interrupted == "async":
+                        return "restart", _INTERRUPTED  # the local file may be ahead of all
+                    return self._after_sync_restart(state, image, followed)
             elif self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
                 return "conflict", f"the bucket runs more than one commit past {state.seq}"
             if self._matches(image, batch):
@@ -311,12 +313,6 @@ class Replicator(AsyncReplication):
                 state.page_size = batch.page_size
                 return "continue", ""
             verdict = self._orphan_verdict(state, image)
-            if forwarded and interrupted == "sync" and verdict[0] != "branch":
-                return "conflict", (
-                    f"after a machine restart the local file holds neither of the bucket's two"
-                    f" newest commits ({batch.seq - 1} and {batch.seq}): it lost commits it"
-                    " had acknowledged (synchronous below FULL?) or is an older copy"
-                )
             return verdict
         if state.seq == 0:
             if manifest.digest != state.digest_bytes:
@@ -347,38 +343,57 @@ class Replicator(AsyncReplication):
             return "conflict", f"the local file does not match commit {state.seq}"
         return "continue", ""
 
-    def _follow(self, state: LocalState, ours: bytes) -> fmt.PageBatch | None:
-        """Check that every commit after ``state`` is this writer's and chained, move
-        ``state`` (which a machine restart may have left behind) to the second newest, and
-        return the newest. ``None`` (and ``state`` untouched) when they are not all ours.
-
-        With ``synchronous=FULL`` the local file holds every commit it acknowledged, so after
-        a sync session it is at one of the last two (the newest may have been uploaded but not
-        committed locally).
-        """
+    def _follow(self, state: LocalState, ours: bytes) -> tuple[_Followed | None, str]:
+        """Read every commit after ``state``, which a machine restart may have left behind;
+        ``(None, why)`` unless they are all this writer's, chained, with no gap."""
         newest = max(commit_numbers(self.store, self.db_name, state.generation))
-        before: fmt.RawBatch | None = None
-        last: fmt.RawBatch | None = None
+        followed = _Followed()
         try:
             for raw in iter_commits(
                 self.store, self.db_name, state.generation, state.seq + 1, newest,
                 state.digest_bytes, self.settings.parallelism,
             ):
                 if raw.head.writer != ours:
-                    return None
-                before, last = last, raw
-        except (CorruptObjectError, RestoreError) as e:  # a gap, or a chain not ours
-            logger.warning("%s: cannot follow the commits after %d: %s", self.db_name,
-                           state.seq, e)
-            return None
-        assert last is not None  # the caller saw commit state.seq + 1
-        if before is not None:
-            logger.info("%s: the state file was left at commit %d by a machine restart; the"
-                        " bucket's commits up to %d are this writer's", self.db_name,
-                        state.seq, newest)
-            state.seq, state.digest = before.head.seq, before.digest.hex()
-            state.page_size = before.head.page_size
-        return last.to_batch()
+                    return None, (
+                        f"another writer added commit {raw.head.seq} after the local file's"
+                        f" commit {state.seq}"
+                    )
+                followed.add(raw)
+        except (CorruptObjectError, RestoreError) as e:  # a gap, or a broken chain
+            return None, f"the commits after {state.seq} cannot be followed: {e}"
+        return followed, ""
+
+    def _after_sync_restart(
+        self, state: LocalState, image: LocalImage, followed: _Followed
+    ) -> tuple[str, str]:
+        """Where the local file is after a machine restart left the state file commits behind.
+
+        With ``synchronous=FULL`` it holds every commit it acknowledged: it is at the newest
+        commit, or at the one before (the newest was uploaded but not committed locally).
+        Every page those commits touched must match, not only the newest commit's pages.
+        """
+        before, newest = followed.last
+        logger.info("%s: the state file was left at commit %d by a machine restart; the"
+                    " bucket's commits up to %d are this writer's", self.db_name, state.seq,
+                    newest.head.seq)
+        for raw, pages, verdict in (
+            (newest, followed.at_newest, "continue"), (before, followed.at_before, "branch")
+        ):
+            if image.db_size == raw.head.db_size and all(
+                n > raw.head.db_size or _page_digest(image.page(n)) == digest
+                for n, digest in pages.items()
+            ):
+                state.seq, state.digest = raw.head.seq, raw.digest.hex()
+                state.page_size = raw.head.page_size
+                return verdict, (
+                    f"commit {newest.head.seq} reached the bucket but not the local file (a"
+                    " machine restart between upload and local commit)"
+                )
+        return "conflict", (
+            f"after a machine restart the local file holds neither of the bucket's two newest"
+            f" commits ({before.head.seq} and {newest.head.seq}): it lost commits it had"
+            " acknowledged (synchronous below FULL?) or is an older copy"
+        )
 
     def _orphan_verdict(self, state: LocalState, image: LocalImage) -> tuple[str, str]:
         why = (
@@ -656,6 +671,44 @@ class Replicator(AsyncReplication):
             self.lease.release()
         self.spool.close()
         self.store.close()
+
+
+def _page_digest(page: bytes) -> bytes:
+    return hashlib.blake2b(page, digest_size=16).digest()
+
+
+class _Followed:
+    """The commits after a stale state: the two newest, and every page they touched, as of
+    each of those two (digests)."""
+
+    def __init__(self) -> None:
+        self.last: list[fmt.RawBatch] = []  # the newest, last
+        self.at_newest: dict[int, bytes] = {}
+        self._undo: dict[int, bytes | None] = {}  # what the newest commit replaced
+
+    def add(self, raw: fmt.RawBatch) -> None:
+        """The next commit, in order."""
+        self.last = [*self.last[-1:], raw]
+        self._undo = {}
+        for pgno, page in raw.to_batch().pages.items():
+            self._undo[pgno] = self.at_newest.get(pgno)
+            self.at_newest[pgno] = _page_digest(page)
+
+    @property
+    def newest(self) -> fmt.RawBatch:
+        """The newest commit."""
+        return self.last[-1]
+
+    @property
+    def at_before(self) -> dict[int, bytes]:
+        """Page digests as of the commit before the newest (pages it had touched)."""
+        pages = dict(self.at_newest)
+        for pgno, old in self._undo.items():
+            if old is None:
+                del pages[pgno]
+            else:
+                pages[pgno] = old
+        return pages
 
 
 _INTERRUPTED = (

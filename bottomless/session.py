@@ -53,6 +53,7 @@ class SessionMarker:
     def __init__(self, db_path: str) -> None:
         self.path = db_path + "-bottomless-session"
         self._fd: int | None = None
+        self._pid = 0
         self._created = False
 
     def _read(self) -> dict[str, object] | None:
@@ -119,7 +120,7 @@ class SessionMarker:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
 
     def begin(self, asynchronous: bool) -> None:
         """Record, durably, that this process replicates the database on this boot (after
@@ -145,6 +146,8 @@ class SessionMarker:
         if fd is None:
             return
         try:
+            if os.getpid() != self._pid:
+                return  # a forked child: the lock it inherited is its parent's, hands off
             if clean:
                 try:
                     # another process still in the session holds its shared lock

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import abandon, integrity, rows, stop_uploader
+from helpers import abandon, integrity, replicator, rows, stop_uploader
 
 import bottomless
 from bottomless import session
@@ -259,8 +259,91 @@ def test_a_restart_never_hides_another_writers_commits(
 
     localdb._state_cache.clear()
     reboot()
-    with pytest.raises(bottomless.ReplicaConflictError, match="not all this writer's"):
+    with pytest.raises(bottomless.ReplicaConflictError, match="another writer added commit"):
         bottomless.connect(path, settings)
+    # the failed open kept the evidence for the next one
+    assert SessionMarker(path).interrupted() == durability
+
+
+def test_a_gap_in_the_commits_is_reported_as_such(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    settings = make_settings("file")
+    path, early = str(tmp_path / "gap.db"), str(tmp_path / "early.db")
+    sync_writes(path, settings, {1: early})
+    shutil.copyfile(early + "-bottomless", path + "-bottomless")
+    from bottomless import localdb
+    from bottomless.pagestore import open_store
+    from bottomless.restore import resolve_target
+
+    localdb._state_cache.clear()
+    store = open_store(settings)
+    try:
+        target = resolve_target(store, "gap.db")
+        store.delete(f"gap.db/generations/{target.generation}/commits/{target.seq - 1:016d}")
+    finally:
+        store.close()
+    reboot()
+    with pytest.raises(bottomless.ReplicaConflictError, match="cannot be followed"):
+        bottomless.connect(path, settings)
+
+
+def test_an_older_copy_is_refused_even_when_the_newest_commit_looks_like_it(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    """The newest commit puts a page back as the copy has it: only checking every page the
+    commits after the copy touched tells the copy apart."""
+    settings = make_settings("file")
+    path, early = str(tmp_path / "o.db"), str(tmp_path / "early.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x); CREATE TABLE u(y); INSERT INTO t VALUES(5)")
+    copy_local(path, early)
+    db.execute("UPDATE t SET x = 6")
+    db.execute("INSERT INTO u VALUES(9)")
+    db.execute("UPDATE t SET x = 5")  # t's page is again what the copy holds
+    abandon(db, path)
+    put_back(early, path)
+    reboot()
+    with pytest.raises(bottomless.ReplicaConflictError, match="neither of the bucket's two"):
+        bottomless.connect(path, settings)
+
+
+def test_a_close_with_commits_left_keeps_the_session_open(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file", durability="async", max_lag=0.3, timeout=1,
+                             max_retries=0)
+    path = str(tmp_path / "left.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    stop_uploader(path)
+    rep = replicator(path)
+    with rep.spool.upload_lock() as mine:  # nobody can upload
+        assert mine
+        db.execute("INSERT INTO t VALUES(1)")
+        db.close()
+    assert marker(path)["open"] is True, "a spooled commit is at risk until uploaded"
+
+
+def test_a_forked_child_leaves_its_parents_session_alone(tmp_path: Any) -> None:
+    db_path = str(tmp_path / "fork.db")
+    parent = SessionMarker(db_path)
+    parent.join()
+    parent.begin(asynchronous=False)
+    child = os.fork()
+    if child == 0:  # what the child's exit-time close does
+        parent.end(clean=True, make_durable=lambda: None)
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert marker(db_path)["open"] is True
+    other = SessionMarker(db_path)
+    assert other.interrupted() is None  # the parent still holds the session...
+    other.join()  # ...with a shared lock, which another process can still share
+    other.end()
+    parent.end(clean=True, make_durable=lambda: None)
+    assert marker(db_path)["open"] is False
 
 
 _HOLDER = """
