@@ -153,21 +153,32 @@ class AsyncReplication:
         hold the upload lock, after uploading what that process spooled (committed earlier).
 
         Call it under SQLite's write lock, so nothing is spooled meanwhile. Raises StoreError
-        if the other process's uploader keeps the lock longer than an upload may take.
+        if the other process's uploader holds the lock for longer than an upload may take
+        without shipping anything, ReplicaConflictError if the spool cannot be shipped.
         """
         if not self.spool.exists():
             yield  # the common case: no async replication of this database anywhere
             return
         budget = self.settings.timeout * (self.settings.max_retries + 1)
-        with self.spool.upload_lock(wait=budget) as mine:
-            if not mine:
+        head = self.spool.head_number()
+        while True:
+            with self.spool.upload_lock(wait=budget) as mine:
+                if mine:
+                    while self._drain_locked(state_required=True):
+                        pass
+                    if not self._nothing_spooled():  # the state file is missing
+                        raise ReplicaConflictError(
+                            f"{self.db_path}: commits spooled by an async process cannot be"
+                            " uploaded (the bottomless state file is missing); commit refused"
+                        )
+                    yield
+                    return
+            progress, head = head, self.spool.head_number()
+            if progress == head:  # the other uploader holds the lock but ships nothing
                 raise StoreError(
-                    f"{self.db_name}: another process's async upload held the spool for"
-                    f" {budget:.0f}s; commit refused"
+                    f"{self.db_name}: another process's async uploader held the spool for"
+                    f" {budget:.0f}s without uploading anything; commit refused"
                 )
-            while self._drain_locked(state_required=True):
-                pass
-            yield
 
     def _ship(self, intent: Intent, state: LocalState) -> None:
         """Upload an intent (again, after a crash) and record it."""

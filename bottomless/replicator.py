@@ -103,6 +103,7 @@ class Replicator(AsyncReplication):
         self._last_object_size = 0
         self.spool = Spool(db_path)
         self.session = SessionMarker(db_path)
+        self._pid = os.getpid()
         #: the writer id: shared by every process writing through this local file
         self.writer = fmt.new_writer_id()
         self.lease: WriterLease | None = None
@@ -650,8 +651,10 @@ class Replicator(AsyncReplication):
 
     def close(self) -> None:
         """Flush async commits, finish a snapshot in progress, then release the store."""
-        if self._closing or sys.is_finalizing():
-            return  # closed already (e.g. flushed at exit), or too late to do anything
+        if self._closing or sys.is_finalizing() or os.getpid() != self._pid:
+            # closed already (e.g. flushed at exit), too late to do anything, or a forked
+            # child's copy: the lease, the session and the uploads are the parent's
+            return
         self._closing = True
         if self._uploader is not None:
             budget = self.settings.max_lag + self.settings.timeout * (

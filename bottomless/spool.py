@@ -181,6 +181,12 @@ class Spool:
         header = self._peek()
         return [] if header is None else list(range(header.head_number, header.next_number))
 
+    def head_number(self) -> int:
+        """Number of the oldest entry still spooled (or of the next one when empty); 0 if there
+        is no spool. It grows as entries are uploaded."""
+        header = self._peek()
+        return 0 if header is None else header.head_number
+
     def last_number(self) -> int:
         """Number of the newest entry ever spooled (0 if none)."""
         header = self._peek()

@@ -263,6 +263,10 @@ def test_a_restart_never_hides_another_writers_commits(
         bottomless.connect(path, settings)
     # the failed open kept the evidence for the next one
     assert SessionMarker(path).interrupted() == durability
+    # so does an open that does not replicate (initial_replication=skip)
+    paused = bottomless.connect(path, settings.model_copy(update={"initial_replication": "skip"}))
+    paused.close()
+    assert SessionMarker(path).interrupted() == durability
 
 
 def test_a_gap_in_the_commits_is_reported_as_such(
@@ -462,3 +466,28 @@ def test_an_empty_marker_left_by_a_failed_open_is_no_session(tmp_path: Any) -> N
     found = SessionMarker(str(tmp_path / "x.db"))
     open(found.path, "wb").close()
     assert found.interrupted() is None
+
+
+def test_a_forked_childs_exit_leaves_the_parents_replication_alone(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    from bottomless.lease import LeaseRecord, lease_key
+
+    path = str(tmp_path / "forked.db")
+    db = bottomless.connect(path, make_settings("file"))
+    db.execute("CREATE TABLE t(x)")
+    rep = replicator(path)
+    child = os.fork()
+    if child == 0:  # what the child's exit-time flush does
+        try:
+            rep.close()
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    lease = LeaseRecord.decode(rep.store.get(lease_key("forked.db")))
+    assert lease.expires_ms > 0, "the child must not release the parent's lease"
+    assert marker(path)["open"] is True
+    db.execute("INSERT INTO t VALUES(1)")  # the parent replicates on
+    db.close()
+    assert LeaseRecord.decode(rep.store.get(lease_key("forked.db"))).expires_ms == 0
+    assert marker(path)["open"] is False
