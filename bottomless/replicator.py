@@ -47,8 +47,10 @@ from bottomless.session import Interrupted, SessionMarker
 from bottomless.settings import Settings
 from bottomless.snapshots import (
     PageSource,
+    check_part,
     compact,
     iter_commits,
+    read_manifest,
     snapshot_seqs,
     upload_snapshot,
 )
@@ -345,19 +347,28 @@ class Replicator(AsyncReplication):
         return "continue", ""
 
     def _follow(self, state: LocalState, ours: bytes) -> tuple[_Followed | None, str]:
-        """Read every commit after ``state``, which a machine restart may have left behind;
-        ``(None, why)`` unless they are all this writer's, chained, with no gap."""
+        """Read the commits from the newest snapshot at or before ``state`` (which a machine
+        restart may have left behind) to the bucket's newest; ``(None, why)`` unless the
+        chain holds, ``state``'s commit is the recorded one and every later commit is ours."""
+        base = max((s for s in snapshot_seqs(self.store, self.db_name, state.generation)
+                    if s <= state.seq), default=None)
+        if base is None:
+            return None, f"the commits after {state.seq} were compacted away (gc)"
+        snapshot = read_manifest(self.store, self.db_name, state.generation, base)
         newest = max(commit_numbers(self.store, self.db_name, state.generation))
-        followed = _Followed()
+        followed = _Followed(snapshot)
         try:
             for raw in iter_commits(
-                self.store, self.db_name, state.generation, state.seq + 1, newest,
-                state.digest_bytes, self.settings.parallelism,
+                self.store, self.db_name, state.generation, base + 1, newest,
+                snapshot.chain_digest, self.settings.parallelism,
             ):
-                if raw.head.writer != ours:
+                seq = raw.head.seq
+                if seq == state.seq and raw.digest != state.digest_bytes:
+                    return None, f"commit {seq} is not the object the local file recorded"
+                if seq > state.seq and raw.head.writer != ours:
                     return None, (
-                        f"another writer added commit {raw.head.seq} after the local file's"
-                        f" commit {state.seq}"
+                        f"another writer added commit {seq} after the local file's commit"
+                        f" {state.seq}"
                     )
                 followed.add(raw)
         except (CorruptObjectError, RestoreError) as e:  # a gap, or a broken chain
@@ -371,19 +382,21 @@ class Replicator(AsyncReplication):
 
         With ``synchronous=FULL`` it holds every commit it acknowledged: it is at the newest
         commit, or at the one before (the newest was uploaded but not committed locally).
-        Every page those commits touched must match, not only the newest commit's pages.
+        Which one is checked page by page, every page of the database: the pages commits
+        touched since the snapshot by digest, the others against the snapshot (downloaded: a
+        rare path, and cheaper than the full upload of a new generation).
         """
         before, newest = followed.last
         logger.info("%s: the state file was left at commit %d by a machine restart; the"
-                    " bucket's commits up to %d are this writer's", self.db_name, state.seq,
-                    newest.head.seq)
+                    " bucket's commits up to %d are this writer's; checking the local file",
+                    self.db_name, state.seq, newest.head.seq)
         for raw, pages, verdict in (
             (newest, followed.at_newest, "continue"), (before, followed.at_before, "branch")
         ):
-            if image.db_size == raw.head.db_size and all(
-                n > raw.head.db_size or _page_digest(image.page(n)) == digest
-                for n, digest in pages.items()
-            ):
+            size = raw.head.db_size
+            if (image.db_size == size and all(
+                n > size or _page_digest(image.page(n)) == digest for n, digest in pages.items()
+            ) and self._matches_snapshot(image, followed.snapshot, pages, size)):
                 state.seq, state.digest = raw.head.seq, raw.digest.hex()
                 state.page_size = raw.head.page_size
                 return verdict, (
@@ -395,6 +408,25 @@ class Replicator(AsyncReplication):
             f" commits ({before.head.seq} and {newest.head.seq}): it lost commits it had"
             " acknowledged (synchronous below FULL?) or is an older copy"
         )
+
+    def _matches_snapshot(
+        self, image: LocalImage, snapshot: fmt.Manifest, touched: dict[int, bytes], size: int
+    ) -> bool:
+        """Whether every page up to ``size`` that is not in ``touched`` is the snapshot's."""
+        if any(n not in touched for n in range(snapshot.db_size + 1, size + 1)):
+            return False  # a page neither the snapshot nor a later commit holds
+        for part in snapshot.parts:
+            first, count = int(part["first"]), int(part["pages"])
+            wanted = [n for n in range(first, min(first + count, size + 1)) if n not in touched]
+            if not wanted:
+                continue
+            key = str(part["key"])
+            raw = fmt.decode_raw(self.store.get(key), key)
+            check_part(raw, key, part, snapshot.page_size)
+            pages = raw.to_batch().pages
+            if any(image.page(n) != pages[n] for n in wanted):
+                return False
+        return True
 
     def _orphan_verdict(self, state: LocalState, image: LocalImage) -> tuple[str, str]:
         why = (
@@ -681,10 +713,11 @@ def _page_digest(page: bytes) -> bytes:
 
 
 class _Followed:
-    """The commits after a stale state: the two newest, and every page they touched, as of
-    each of those two (digests)."""
+    """The commits since a snapshot: the two newest, and every page they touched, as of each
+    of those two (digests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot: fmt.Manifest) -> None:
+        self.snapshot = snapshot
         self.last: list[fmt.RawBatch] = []  # the newest, last
         self.at_newest: dict[int, bytes] = {}
         self._undo: dict[int, bytes | None] = {}  # what the newest commit replaced

@@ -174,6 +174,7 @@ def sync_writes(path: str, settings: bottomless.Settings, copies: dict[int, str]
     db.execute("CREATE TABLE t(x)")
     for x in range(1, 6):
         db.execute("INSERT INTO t VALUES(?)", (x,))
+        replicator(path).wait_snapshot()  # (with snapshot_interval_commits set)
         if x in copies:
             copy_local(path, copies[x])
     generation = str(bottomless.status(db)["generation"])
@@ -181,11 +182,14 @@ def sync_writes(path: str, settings: bottomless.Settings, copies: dict[int, str]
     return generation
 
 
-@pytest.mark.parametrize("restarted", [True, False])
+@pytest.mark.parametrize(("restarted", "snapshots"), [(True, 0), (True, 2), (False, 0)])
 def test_sync_state_file_left_behind_by_a_restart(
-    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], restarted: bool
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], restarted: bool,
+    snapshots: int,
 ) -> None:
-    settings = make_settings("file")
+    # with snapshots every 2 commits the pages the later commits left alone are checked
+    # against a snapshot's parts
+    settings = make_settings("file", snapshot_interval_commits=snapshots)
     path, early = str(tmp_path / "f.db"), str(tmp_path / "early.db")
     generation = sync_writes(path, settings, {1: early})
     shutil.copyfile(early + "-bottomless", path + "-bottomless")  # only the state file is old
@@ -308,6 +312,30 @@ def test_an_older_copy_is_refused_even_when_the_newest_commit_looks_like_it(
     db.execute("UPDATE t SET x = 5")  # t's page is again what the copy holds
     abandon(db, path)
     put_back(early, path)
+    reboot()
+    with pytest.raises(bottomless.ReplicaConflictError, match="neither of the bucket's two"):
+        bottomless.connect(path, settings)
+
+
+def test_a_local_file_behind_a_kept_state_file_is_refused(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    """``synchronous`` below FULL: the WAL tail is lost, a later state file write survives.
+    Pages changed before the state file's commit must be checked too."""
+    settings = make_settings("file")
+    path, early, state = (str(tmp_path / n) for n in ("k.db", "early.db", "state"))
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x); CREATE TABLE u(y); INSERT INTO t VALUES(5)")
+    db.execute("INSERT INTO u VALUES(1)")
+    copy_local(path, early)
+    db.execute("UPDATE u SET y = 2")
+    shutil.copyfile(path + "-bottomless", state)
+    db.execute("UPDATE t SET x = 6")
+    db.execute("UPDATE t SET x = 5")  # the newest commits leave t as the local file has it
+    abandon(db, path)
+    put_back(early, path)
+    shutil.copyfile(state, path + "-bottomless")
     reboot()
     with pytest.raises(bottomless.ReplicaConflictError, match="neither of the bucket's two"):
         bottomless.connect(path, settings)
