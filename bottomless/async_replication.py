@@ -166,10 +166,12 @@ class AsyncReplication:
                 if mine:
                     while self._drain_locked(state_required=True):
                         pass
-                    if not self._nothing_spooled():  # the state file is missing
+                    if not self._nothing_spooled():
+                        why = ("the bottomless state file is missing"
+                               if read_state(self.db_path) is None else "the spool is damaged")
                         raise ReplicaConflictError(
                             f"{self.db_path}: commits spooled by an async process cannot be"
-                            " uploaded (the bottomless state file is missing); commit refused"
+                            f" uploaded ({why}); commit refused"
                         )
                     yield
                     return

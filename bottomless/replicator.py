@@ -292,6 +292,13 @@ class Replicator(AsyncReplication):
                 return "restart", f"generation {manifest.generation} was started but not recorded"
             return "conflict", f"the local file belongs to generation {state.generation}"
         ours = bytes.fromhex(state.writer)
+        if interrupted == "sync":
+            # the state file may be behind the bucket, or (synchronous below FULL) ahead of
+            # the local file: only a check of every page tells where the local file is
+            followed, why = self._follow(state, ours)
+            if followed is None:
+                return "conflict", why
+            return self._after_sync_restart(state, image, followed)
         next_key = fmt.commit_key(self.db_name, state.generation, state.seq + 1)
         if self.store.exists(next_key):
             batch = fmt.decode_batch(self.store.get(next_key), next_key)
@@ -300,15 +307,11 @@ class Replicator(AsyncReplication):
                     f"another writer added commit {state.seq + 1} after the local file's"
                     f" commit {state.seq}"
                 )
-            if interrupted is not None:
+            if interrupted == "async":
                 followed, why = self._follow(state, ours)
-                if followed is None:
-                    return "conflict", why
-                if followed.newest.head.seq > state.seq + 1:
-                    if interrupted == "async":
-                        return "restart", _INTERRUPTED  # the local file may be ahead of all
-                    return self._after_sync_restart(state, image, followed)
-            elif self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
+                # the local file may be ahead of all: restart, unless someone else went on
+                return ("conflict", why) if followed is None else ("restart", _INTERRUPTED)
+            if self.store.exists(fmt.commit_key(self.db_name, state.generation, state.seq + 2)):
                 return "conflict", f"the bucket runs more than one commit past {state.seq}"
             if self._matches(image, batch):
                 # committed locally, but the process died before recording it
@@ -355,7 +358,11 @@ class Replicator(AsyncReplication):
         if base is None:
             return None, f"the commits after {state.seq} were compacted away (gc)"
         snapshot = read_manifest(self.store, self.db_name, state.generation, base)
-        newest = max(commit_numbers(self.store, self.db_name, state.generation))
+        if base == state.seq and snapshot.chain_digest != state.digest_bytes:
+            return None, f"snapshot {base} is not the state the local file recorded"
+        newest = max(commit_numbers(self.store, self.db_name, state.generation), default=base)
+        if newest < state.seq:
+            return None, f"the bucket lacks commit {state.seq} that the local file recorded"
         followed = _Followed(snapshot)
         try:
             for raw in iter_commits(
@@ -378,35 +385,42 @@ class Replicator(AsyncReplication):
     def _after_sync_restart(
         self, state: LocalState, image: LocalImage, followed: _Followed
     ) -> tuple[str, str]:
-        """Where the local file is after a machine restart left the state file commits behind.
+        """Where the local file is after a machine restart interrupted a sync session.
 
-        With ``synchronous=FULL`` it holds every commit it acknowledged: it is at the newest
-        commit, or at the one before (the newest was uploaded but not committed locally).
-        Which one is checked page by page, every page of the database: the pages commits
-        touched since the snapshot by digest, the others against the snapshot (downloaded: a
-        rare path, and cheaper than the full upload of a new generation).
+        With ``synchronous=FULL`` it holds every commit it acknowledged: it is at the bucket's
+        newest commit, or at the one before (the newest was uploaded but not committed
+        locally). Which one is checked page by page, every page of the database: the pages
+        commits touched since the snapshot by digest, the others against the snapshot
+        (downloaded: a rare path, and cheaper than the full upload of a new generation).
         """
-        before, newest = followed.last
-        logger.info("%s: the state file was left at commit %d by a machine restart; the"
-                    " bucket's commits up to %d are this writer's; checking the local file",
-                    self.db_name, state.seq, newest.head.seq)
-        for raw, pages, verdict in (
-            (newest, followed.at_newest, "continue"), (before, followed.at_before, "branch")
-        ):
-            size = raw.head.db_size
-            if (image.db_size == size and all(
-                n > size or _page_digest(image.page(n)) == digest for n, digest in pages.items()
-            ) and self._matches_snapshot(image, followed.snapshot, pages, size)):
-                state.seq, state.digest = raw.head.seq, raw.digest.hex()
-                state.page_size = raw.head.page_size
+        candidates = followed.candidates()
+        newest_seq = candidates[0].seq
+        for candidate in candidates:
+            try:
+                held = image.db_size == candidate.db_size and all(
+                    n > candidate.db_size or _page_digest(image.page(n)) == digest
+                    for n, digest in candidate.pages.items()
+                ) and self._matches_snapshot(
+                    image, followed.snapshot, candidate.pages, candidate.db_size
+                )
+            except (CorruptObjectError, ObjectNotFoundError) as e:
+                return "conflict", f"the snapshot to check the local file against is unusable: {e}"
+            if held:
+                verdict = "continue" if candidate.seq == newest_seq else "branch"
+                if candidate.seq != state.seq:
+                    logger.info("%s: after a machine restart the local file is at commit %d"
+                                " (the state file said %d)", self.db_name, candidate.seq,
+                                state.seq)
+                state.seq, state.digest = candidate.seq, candidate.digest
+                state.page_size = candidate.page_size
                 return verdict, (
-                    f"commit {newest.head.seq} reached the bucket but not the local file (a"
+                    f"commit {newest_seq} reached the bucket but not the local file (a"
                     " machine restart between upload and local commit)"
                 )
         return "conflict", (
-            f"after a machine restart the local file holds neither of the bucket's two newest"
-            f" commits ({before.head.seq} and {newest.head.seq}): it lost commits it had"
-            " acknowledged (synchronous below FULL?) or is an older copy"
+            f"after a machine restart the local file is at neither of the bucket's two newest"
+            f" commits ({' and '.join(str(c.seq) for c in reversed(candidates))}): it lost"
+            " commits it had acknowledged (synchronous below FULL?) or is an older copy"
         )
 
     def _matches_snapshot(
@@ -712,6 +726,18 @@ def _page_digest(page: bytes) -> bytes:
     return hashlib.blake2b(page, digest_size=16).digest()
 
 
+@dataclass
+class _Candidate:
+    """A commit the local file may be at: its position and the digests of the pages that
+    changed since the snapshot (the others are the snapshot's)."""
+
+    seq: int
+    digest: str
+    db_size: int
+    page_size: int
+    pages: dict[int, bytes]
+
+
 class _Followed:
     """The commits since a snapshot: the two newest, and every page they touched, as of each
     of those two (digests)."""
@@ -730,14 +756,7 @@ class _Followed:
             self._undo[pgno] = self.at_newest.get(pgno)
             self.at_newest[pgno] = _page_digest(page)
 
-    @property
-    def newest(self) -> fmt.RawBatch:
-        """The newest commit."""
-        return self.last[-1]
-
-    @property
-    def at_before(self) -> dict[int, bytes]:
-        """Page digests as of the commit before the newest (pages it had touched)."""
+    def _at_before(self) -> dict[int, bytes]:
         pages = dict(self.at_newest)
         for pgno, old in self._undo.items():
             if old is None:
@@ -745,6 +764,19 @@ class _Followed:
             else:
                 pages[pgno] = old
         return pages
+
+    def candidates(self) -> list[_Candidate]:
+        """The newest commit, then the one before (which may be the snapshot itself)."""
+        snapshot = self.snapshot
+        at_snapshot = _Candidate(snapshot.seq, snapshot.chain_digest.hex(), snapshot.db_size,
+                                 snapshot.page_size, {})
+        maps = [self._at_before(), self.at_newest][-len(self.last):] if self.last else []
+        found = [
+            _Candidate(raw.head.seq, raw.digest.hex(), raw.head.db_size, raw.head.page_size,
+                       pages)
+            for raw, pages in zip(self.last, maps, strict=True)
+        ]
+        return [*reversed(found), at_snapshot][:2]
 
 
 _INTERRUPTED = (

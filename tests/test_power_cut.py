@@ -210,14 +210,31 @@ def test_sync_state_file_left_behind_by_a_restart(
     assert rows(copy) == rows(path) == [(x,) for x in range(1, 7)]
 
 
-def test_sync_restart_that_lost_the_last_local_commit_branches(
+def test_sync_restart_with_a_current_state_file_continues(
     tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "cur.db")
+    generation = sync_writes(path, settings, {})
+    reboot()
+    db = bottomless.connect(path, settings)
+    assert bottomless.status(db)["generation"] == generation
+    db.close()
+
+
+@pytest.mark.parametrize("state", ["older", "same", "newest"])
+def test_sync_restart_that_lost_the_last_local_commit_branches(
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], state: str
 ) -> None:
     settings = make_settings("file")
     path, early, fourth = (str(tmp_path / n) for n in ("g.db", "early.db", "fourth.db"))
     generation = sync_writes(path, settings, {1: early, 4: fourth})
+    newest_state = str(tmp_path / "newest-state")
+    shutil.copyfile(path + "-bottomless", newest_state)
     put_back(fourth, path)  # commit 5 reached the bucket, not the local disk
-    shutil.copyfile(early + "-bottomless", path + "-bottomless")
+    if state != "same":  # the state file may have kept a write the WAL lost, or be older
+        shutil.copyfile(newest_state if state == "newest" else early + "-bottomless",
+                        path + "-bottomless")
     reboot()
     db = bottomless.connect(path, settings)
     assert bottomless.status(db)["generation"] != generation, "commit 5 is left as an orphan"
@@ -317,11 +334,13 @@ def test_an_older_copy_is_refused_even_when_the_newest_commit_looks_like_it(
         bottomless.connect(path, settings)
 
 
+@pytest.mark.parametrize("state_after", ["u", "t=6", "t=5"])
 def test_a_local_file_behind_a_kept_state_file_is_refused(
-    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None]
+    tmp_path: Any, make_settings: MakeSettings, reboot: Callable[[], None], state_after: str
 ) -> None:
-    """``synchronous`` below FULL: the WAL tail is lost, a later state file write survives.
-    Pages changed before the state file's commit must be checked too."""
+    """``synchronous`` below FULL: the WAL tail is lost, a later state file write survives
+    (two commits behind the newest, one behind, or at the newest). Pages changed before the
+    state file's commit must be checked too."""
     settings = make_settings("file")
     path, early, state = (str(tmp_path / n) for n in ("k.db", "early.db", "state"))
     db = bottomless.connect(path, settings)
@@ -329,10 +348,11 @@ def test_a_local_file_behind_a_kept_state_file_is_refused(
     db.execute("CREATE TABLE t(x); CREATE TABLE u(y); INSERT INTO t VALUES(5)")
     db.execute("INSERT INTO u VALUES(1)")
     copy_local(path, early)
-    db.execute("UPDATE u SET y = 2")
-    shutil.copyfile(path + "-bottomless", state)
-    db.execute("UPDATE t SET x = 6")
-    db.execute("UPDATE t SET x = 5")  # the newest commits leave t as the local file has it
+    for name, sql in (("u", "UPDATE u SET y = 2"), ("t=6", "UPDATE t SET x = 6"),
+                      ("t=5", "UPDATE t SET x = 5")):  # t ends as the local file has it
+        db.execute(sql)
+        if name == state_after:
+            shutil.copyfile(path + "-bottomless", state)
     abandon(db, path)
     put_back(early, path)
     shutil.copyfile(state, path + "-bottomless")
