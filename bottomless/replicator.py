@@ -357,7 +357,10 @@ class Replicator(AsyncReplication):
                     if s <= state.seq), default=None)
         if base is None:
             return None, f"the commits after {state.seq} were compacted away (gc)"
-        snapshot = read_manifest(self.store, self.db_name, state.generation, base)
+        try:
+            snapshot = read_manifest(self.store, self.db_name, state.generation, base)
+        except (CorruptObjectError, ObjectNotFoundError) as e:
+            return None, f"snapshot {base} is unusable: {e}"
         if base == state.seq and snapshot.chain_digest != state.digest_bytes:
             return None, f"snapshot {base} is not the state the local file recorded"
         newest = max(commit_numbers(self.store, self.db_name, state.generation), default=base)
