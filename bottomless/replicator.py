@@ -276,10 +276,11 @@ class Replicator(AsyncReplication):
 
         Returns ("continue" | "branch" | "restart" | "conflict", why). ``state`` is updated in
         place when the bucket is one commit ahead and the local file holds that commit too.
-        ``interrupted``: a machine restart interrupted the last session, so the state file may
-        be older than the bucket: it is moved forward over the bucket's commits if they are
-        all ours (see :meth:`_follow`). After an async session the local file may also be ahead
-        of the bucket (the caller restarts our lineage rather than continue or branch it).
+        ``interrupted``: a machine restart interrupted the last session, so the state file
+        cannot be trusted. After a sync session the local file is checked page by page against
+        the bucket's two newest commits (:meth:`_after_sync_restart`); after an async session
+        it may be ahead of the bucket (the caller restarts our lineage rather than continue or
+        branch it). Either way every commit after the state must be ours (:meth:`_follow`).
         """
         if state is None:
             if manifest.writer == self.writer.hex():
@@ -318,8 +319,7 @@ class Replicator(AsyncReplication):
                 state.seq, state.digest = batch.seq, batch.digest.hex()
                 state.page_size = batch.page_size
                 return "continue", ""
-            verdict = self._orphan_verdict(state, image)
-            return verdict
+            return self._orphan_verdict(state, image)
         if state.seq == 0:
             if manifest.digest != state.digest_bytes:
                 return "conflict", "the generation's base snapshot is not the one it recorded"
@@ -770,16 +770,18 @@ class _Followed:
 
     def candidates(self) -> list[_Candidate]:
         """The newest commit, then the one before (which may be the snapshot itself)."""
+        def at(raw: fmt.RawBatch, pages: dict[int, bytes]) -> _Candidate:
+            return _Candidate(raw.head.seq, raw.digest.hex(), raw.head.db_size,
+                              raw.head.page_size, pages)
+
         snapshot = self.snapshot
-        at_snapshot = _Candidate(snapshot.seq, snapshot.chain_digest.hex(), snapshot.db_size,
-                                 snapshot.page_size, {})
-        maps = [self._at_before(), self.at_newest][-len(self.last):] if self.last else []
-        found = [
-            _Candidate(raw.head.seq, raw.digest.hex(), raw.head.db_size, raw.head.page_size,
-                       pages)
-            for raw, pages in zip(self.last, maps, strict=True)
-        ]
-        return [*reversed(found), at_snapshot][:2]
+        found = [_Candidate(snapshot.seq, snapshot.chain_digest.hex(), snapshot.db_size,
+                            snapshot.page_size, {})]
+        if len(self.last) == 2:
+            found.insert(0, at(self.last[0], self._at_before()))
+        if self.last:
+            found.insert(0, at(self.last[-1], self.at_newest))
+        return found[:2]
 
 
 _INTERRUPTED = (
