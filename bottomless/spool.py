@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from bottomless import format as fmt
 from bottomless.capture import Transaction
 from bottomless.errors import CorruptObjectError
+from bottomless.localdb import FileIdentity, file_identity, still_named
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Spool:
         self.legacy_path = db_path + "-bottomless-spool"
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._identity: FileIdentity = 0
         self._size = 0  # size of the file when last looked at (it only shrinks under flock)
 
     def exists(self) -> bool:
@@ -110,13 +112,14 @@ class Spool:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _open(self, create: bool) -> int | None:
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+        if self._fd is not None and not still_named(self._fd, self._identity, self.path):
             os.close(self._fd)  # the file was removed (its database is gone): start afresh
             self._fd = None
         if self._fd is None:
             if not create and not os.path.exists(self.path):
                 return None
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._identity = file_identity(self._fd)
             self._size = 0
         return self._fd
 
