@@ -8,6 +8,7 @@ lock the process holds on it, SQLite's included.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -44,18 +45,31 @@ def still_named(fd: int, identity: FileIdentity, path: str) -> bool:
     """Whether ``path`` still names the file open as ``fd`` (neither removed nor replaced).
 
     ``identity`` comes from :func:`file_identity` when ``fd`` was opened from ``path``. On
-    Linux the check reads ``/proc/self/fd`` and never stats the file (see above); a directory
-    of ``path`` swapped for another through a symbolic link is not noticed there.
+    Linux the check reads ``/proc/self/fd`` and never stats the file (see above). Like
+    SQLite, which keeps its own descriptors, it keeps to the file first opened when a directory
+    of ``path`` is a symbolic link switched to another target.
     """
     if isinstance(identity, str):
         try:
-            return os.readlink(f"{_PROC_FD}/{fd}") == identity
+            name = os.readlink(f"{_PROC_FD}/{fd}")
         except OSError:
             return False
+        # removed, maybe even before file_identity() ran: never trust such a descriptor
+        return name == identity and not name.endswith(" (deleted)")
     try:
         return os.stat(path).st_ino == identity
     except FileNotFoundError:
         return False
+
+
+def _open_identified(path: str, flags: int) -> tuple[int, FileIdentity]:
+    """``os.open`` plus :func:`file_identity`, closing the descriptor if the latter fails."""
+    fd = os.open(path, flags)
+    try:
+        return fd, file_identity(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 _fd_lock = threading.Lock()
@@ -68,8 +82,7 @@ def read_db(path: str, offset: int, amount: int) -> bytes:
         entry = _fds.get(path)
         if entry is None or not still_named(entry[0], entry[1], path):
             # the previous descriptor (if any) is deliberately left open, see module docstring
-            fd = os.open(path, os.O_RDONLY)
-            entry = (fd, file_identity(fd))
+            entry = _open_identified(path, os.O_RDONLY)
             _fds[path] = entry
     return os.pread(entry[0], amount, offset)
 
@@ -297,11 +310,20 @@ def _state_fd(path: str) -> int | None:
         os.close(handle[0])  # replaced by another process's new file, or removed
         del _state_fds[path]
     try:
-        fd = os.open(path, os.O_RDWR)
+        handle = _open_identified(path, os.O_RDWR)
     except FileNotFoundError:
         return None
-    _state_fds[path] = (fd, file_identity(fd))
-    return fd
+    _state_fds[path] = handle
+    return handle[0]
+
+
+def _forget_state_fd(path: str) -> None:
+    """Close the kept descriptor of the state file at ``path``, if any."""
+    with _state_lock:
+        handle = _state_fds.pop(path, None)
+        _state_cache.pop(path, None)
+    if handle is not None:
+        os.close(handle[0])
 
 
 def read_state(db_path: str) -> LocalState | None:
@@ -314,13 +336,19 @@ def read_state(db_path: str) -> LocalState | None:
                 if fd is None:
                     return None
                 raw = os.pread(fd, _STATE_RECORD * 2, 0)
-            except PermissionError:  # someone else's database, read only
-                with open(path, "rb") as stream:
+                if b"\n" not in raw and len(raw) == _STATE_RECORD * 2:  # an oversized record
+                    raw = os.pread(fd, 1 << 20, 0)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                with open(path, "rb") as stream:  # someone else's database, or a read-only mount
                     raw = stream.read()
             cached = _state_cache.get(path)
+        # the record ends at its newline: an in-place update of a longer file leaves a tail
+        raw = raw.split(b"\n", 1)[0]
         if cached is not None and cached[0] == raw:
             return replace(cached[1])
-        doc = json.loads(raw.rstrip(b" \n\0"))
+        doc = json.loads(raw.rstrip(b" \0"))
         values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
         state = LocalState(**values)
     except FileNotFoundError:
@@ -342,7 +370,7 @@ def write_state(db_path: str, state: LocalState) -> None:
         fd = _state_fd(path)
         if fd is not None and len(record) < _STATE_RECORD:
             os.pwrite(fd, raw, 0)
-            _state_cache[path] = (raw, replace(state))
+            _state_cache[path] = (raw.split(b"\n", 1)[0], replace(state))
             return
         if fd is not None:
             os.close(fd)
@@ -351,9 +379,8 @@ def write_state(db_path: str, state: LocalState) -> None:
         with open(tmp, "wb") as out:
             out.write(raw)
         os.replace(tmp, path)
-        fd = os.open(path, os.O_RDWR)
-        _state_fds[path] = (fd, file_identity(fd))
-        _state_cache[path] = (raw, replace(state))
+        _state_fds[path] = _open_identified(path, os.O_RDWR)
+        _state_cache[path] = (raw.split(b"\n", 1)[0], replace(state))
 
 
 def sync_state(db_path: str) -> None:
@@ -386,4 +413,5 @@ def remove_local_files(db_path: str, *, include_db: bool) -> None:
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(db_path + suffix)
+    _forget_state_fd(state_path(db_path))
 

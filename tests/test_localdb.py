@@ -9,6 +9,7 @@ halves: the cheaper check still notices removal and replacement, and a commit st
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +39,14 @@ def _state(seq: int) -> LocalState:
     )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_state_descriptors() -> Any:
+    """Each test starts and ends with no state file descriptor kept (they are per process)."""
+    yield
+    for path in list(localdb._state_fds):
+        localdb._forget_state_fd(path)
+
+
 @pytest.fixture(params=["proc", "inode"])
 def identity_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each way of telling files apart: /proc/self/fd (Linux), inode numbers (elsewhere)."""
@@ -60,6 +69,24 @@ def test_a_kept_descriptor_is_still_named_until_removed(identity_kind: str, tmp_
         assert isinstance(identity, str if identity_kind == "proc" else int)
         assert still_named(fd, identity, path)
         os.unlink(path)
+        assert not still_named(fd, identity, path)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_removed_before_its_identity_was_taken_is_never_trusted(
+    identity_kind: str, tmp_path: Any
+) -> None:
+    path = str(tmp_path / "f")
+    with open(path, "wb") as out:
+        out.write(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.unlink(path)  # another process, between our open and file_identity()
+        identity = file_identity(fd)
+        assert not still_named(fd, identity, path)
+        with open(path, "wb") as out:  # and a new file appears under the name
+            out.write(b"y")
         assert not still_named(fd, identity, path)
     finally:
         os.close(fd)
@@ -112,21 +139,43 @@ def test_a_removed_state_file_reads_as_none_and_is_created_again(
     assert read_state(db) == _state(4)
 
 
-def test_a_state_file_this_user_may_only_read_is_still_read(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("refusal", [errno.EACCES, errno.EROFS])
+def test_a_state_file_this_process_may_only_read_is_still_read(
+    refusal: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = str(tmp_path / "a.db")
     write_state(db, _state(5))
-    localdb._state_fds.pop(state_path(db))  # as in a process that never wrote it
+    localdb._forget_state_fd(state_path(db))  # as in a process that never wrote it
     real_open = os.open
 
     def refuse_writing(path: Any, flags: int, *args: Any) -> int:
         if str(path) == state_path(db) and flags & os.O_RDWR:
-            raise PermissionError(13, "Permission denied", str(path))
+            raise OSError(refusal, os.strerror(refusal), str(path))  # someone else's; read-only
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", refuse_writing)
     assert read_state(db) == _state(5)
+
+
+def test_a_short_record_written_over_a_long_one_reads_back(tmp_path: Any) -> None:
+    db = str(tmp_path / "a.db")
+    long = _state(1)
+    long.db_name = "x" * 3000  # does not fit the fixed slot: the file is written anew
+    write_state(db, long)
+    assert read_state(db) == long
+    write_state(db, _state(2))  # fits: written in place, over the start of the long record
+    assert os.path.getsize(state_path(db)) > localdb._STATE_RECORD
+    assert read_state(db) == _state(2)
+    localdb._forget_state_fd(state_path(db))  # and in a process that did not write it
+    assert read_state(db) == _state(2)
+
+
+def test_removing_local_files_lets_go_of_the_state_file(tmp_path: Any) -> None:
+    db = str(tmp_path / "a.db")
+    write_state(db, _state(1))
+    assert state_path(db) in localdb._state_fds
+    localdb.remove_local_files(db, include_db=False)
+    assert state_path(db) not in localdb._state_fds and read_state(db) is None
 
 
 @linux_only
