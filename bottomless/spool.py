@@ -218,20 +218,31 @@ class Spool:
             if fd is None:
                 return group
             header = self._header(fd)
-            offset, total = header.head, 0
-            while offset < header.end:
-                raw = os.pread(fd, _RECORD.size, offset)
-                if len(raw) < _RECORD.size:
-                    raise CorruptObjectError(f"{self.path}: record at {offset} is truncated")
-                length, number, created, crc = _RECORD.unpack(raw)
+            # one read for the whole group (the uploader runs beside commits: keep it lean)
+            head = header.head
+            data = memoryview(os.pread(fd, min(header.end - head, max_bytes + _RECORD.size), head))
+            pos = total = 0
+            while head + pos < header.end:
+                if pos + _RECORD.size > len(data):
+                    if group:
+                        break  # the rest is for the next group
+                    raise CorruptObjectError(f"{self.path}: record at {head} is truncated")
+                length, number, created, crc = _RECORD.unpack_from(data, pos)
                 if group and total + length > max_bytes:
                     break
-                body = os.pread(fd, length, offset + _RECORD.size)
-                where = f"{self.path}#{number}"
+                start = pos + _RECORD.size
+                if start + length > len(data):
+                    if group:
+                        break
+                    # a first entry larger than the read: read it whole
+                    data = memoryview(os.pread(fd, _RECORD.size + length, head))
+                body = data[start : start + length]
                 if len(body) != length or zlib.crc32(body) != crc:
-                    raise CorruptObjectError(f"{where}: spooled commit is damaged (CRC mismatch)")
-                group.append((number, _decode_body(body, where, created)))
-                offset += _RECORD.size + length
+                    raise CorruptObjectError(
+                        f"{self.path}#{number}: spooled commit is damaged (CRC mismatch)"
+                    )
+                group.append((number, _decode_body(body, self.path, number, created)))
+                pos = start + length
                 total += length
         return group
 
@@ -379,14 +390,16 @@ class Spool:
                 os.unlink(path)
 
 
-def _decode_body(body: bytes, where: str, created: float) -> fmt.PageBatch:
+def _decode_body(
+    body: bytes | memoryview, path: str, number: int, created: float
+) -> fmt.PageBatch:
     page_size, db_size, count = _BODY.unpack_from(body)
     start = _BODY.size + 4 * count
     if len(body) != start + count * page_size:
-        raise CorruptObjectError(f"{where}: spooled commit has the wrong length")
+        raise CorruptObjectError(f"{path}#{number}: spooled commit has the wrong length")
     numbers = struct.unpack_from(f"<{count}I", body, _BODY.size)
     pages = {
-        n: body[start + i * page_size : start + (i + 1) * page_size]
+        n: bytes(body[start + i * page_size : start + (i + 1) * page_size])
         for i, n in enumerate(numbers)
     }
     return fmt.PageBatch(
