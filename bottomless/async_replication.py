@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from bottomless.errors import (
     StoreError,
 )
 from bottomless.lease import WriterLease
-from bottomless.localdb import LocalState, read_state, sync_state, write_state
+from bottomless.localdb import LocalImage, LocalState, read_state, sync_state, write_state
 from bottomless.spool import Intent, Spool, Uploader
 
 if TYPE_CHECKING:
@@ -35,6 +35,14 @@ logger = logging.getLogger(__name__)
 
 #: an uploaded async object merges at most this many bytes of spooled pages
 GROUP_BYTES = 16 * 1024 * 1024
+
+#: builds the local content a new generation starts from
+ImageSource = Callable[[], LocalImage]
+
+
+class _OrphanInTheWayError(ReplicaConflictError):
+    """An orphan of this writer holds the next position; settling it needs SQLite's write
+    lock, which the caller does not hold."""
 
 
 class AsyncReplication:
@@ -52,8 +60,16 @@ class AsyncReplication:
     _room_checked: float
     _since_snapshot: tuple[int, int]
     lease: WriterLease | None
+    _write_lock: Callable[[], contextlib.AbstractContextManager[None]]
+    #: set while this thread holds SQLite's write lock outside a commit (during open)
+    _holds_write_lock: bool
+    #: a new generation was started over an orphan (read by spool_shipped_first)
+    _forked: bool
 
     def _count(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
         raise NotImplementedError
 
     def _maybe_snapshot(self, state: LocalState) -> None:
@@ -113,10 +129,26 @@ class AsyncReplication:
         Raises StoreError or ReplicaConflictError if the upload fails (entries stay spooled).
         """
         with self.spool.upload_lock() as mine:
-            return mine and self._drain_locked(state_required)
+            if not mine:
+                return False
+            try:
+                fork_from = self._committed_image if self._holds_write_lock else None
+                return self._drain_locked(state_required, fork_from)
+            except _OrphanInTheWayError:
+                pass
+        # settled under SQLite's write lock, so that no commit lands meanwhile; it is taken
+        # before the upload lock, in the order a sync commit takes them
+        budget = self.settings.timeout * (self.settings.max_retries + 1)
+        with self._write_lock(), self.spool.upload_lock(wait=budget) as mine:
+            return mine and self._drain_locked(state_required, self._committed_image)
 
-    def _drain_locked(self, state_required: bool) -> bool:
-        """:meth:`drain_once`, with the spool's upload lock held."""
+    def _committed_image(self) -> LocalImage:
+        return LocalImage(self.db_path)
+
+    def _drain_locked(self, state_required: bool, fork_from: ImageSource | None) -> bool:
+        """:meth:`drain_once`, with the spool's upload lock held. ``fork_from``: SQLite's write
+        lock is held too, so an orphan in the way may be settled by a new generation started
+        from the local content it returns."""
         state = read_state(self.db_path)
         if state is None:
             if state_required:
@@ -124,7 +156,7 @@ class AsyncReplication:
             raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
         intent = self.spool.read_intent()
         if intent is not None:
-            self._ship(intent, state)
+            self._ship(intent, state, fork_from)
             return True
         group = self.spool.read_group(GROUP_BYTES)
         if not group:
@@ -144,27 +176,31 @@ class AsyncReplication:
         data = fmt.encode_batch(batch, self.settings.compression)
         intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
         self.spool.write_intent(intent)
-        self._ship(intent, state)
+        self._ship(intent, state, fork_from)
         return True
 
     @contextlib.contextmanager
-    def spool_shipped_first(self) -> Iterator[None]:
+    def spool_shipped_first(self, image: ImageSource | None) -> Iterator[bool]:
         """For a sync commit while another process replicates the database asynchronously:
         hold the upload lock, after uploading what that process spooled (committed earlier).
 
-        Call it under SQLite's write lock, so nothing is spooled meanwhile. Raises StoreError
+        Call it under SQLite's write lock, so nothing is spooled meanwhile. ``image`` builds
+        the local content after the commit: if an orphan of a killed process is in the way, a
+        new generation starts from it, and the context yields True (the commit is in that
+        generation's snapshot and must not be uploaded again); otherwise False. Raises StoreError
         if the other process's uploader holds the lock for longer than an upload may take
         without shipping anything, ReplicaConflictError if the spool cannot be shipped.
         """
         if not self.spool.exists():
-            yield  # the common case: no async replication of this database anywhere
+            yield False  # the common case: no async replication of this database anywhere
             return
+        self._forked = False
         budget = self.settings.timeout * (self.settings.max_retries + 1)
         head = self.spool.head_number()
         while True:
             with self.spool.upload_lock(wait=budget) as mine:
-                if mine:
-                    while self._drain_locked(state_required=True):
+                if mine:  # SQLite's write lock is held by the committing connection
+                    while self._drain_locked(True, image):
                         pass
                     if not self._nothing_spooled():
                         why = ("the bottomless state file is missing"
@@ -173,7 +209,7 @@ class AsyncReplication:
                             f"{self.db_path}: commits spooled by an async process cannot be"
                             f" uploaded ({why}); commit refused"
                         )
-                    yield
+                    yield self._forked
                     return
             progress, head = head, self.spool.head_number()
             if progress == head:  # the other uploader holds the lock but ships nothing
@@ -182,7 +218,7 @@ class AsyncReplication:
                     f" {budget:.0f}s without uploading anything; commit refused"
                 )
 
-    def _ship(self, intent: Intent, state: LocalState) -> None:
+    def _ship(self, intent: Intent, state: LocalState, fork_from: ImageSource | None) -> None:
         """Upload an intent (again, after a crash) and record it."""
         seq = fmt.seq_from_key(intent.key)
         if seq is None or seq != state.seq + 1 or state.generation not in intent.key:
@@ -199,10 +235,18 @@ class AsyncReplication:
         except ObjectExistsError:
             existing = self.store.get(intent.key)
             if existing[-fmt.DIGEST_SIZE :] != digest:
-                raise ReplicaConflictError(
-                    f"{intent.key} was written by another writer: two writers are replicating"
-                    f" {self.db_name!r} to {self.store.location}"
-                ) from None
+                if fmt.decode_header(existing, intent.key).writer != state.writer_bytes:
+                    raise ReplicaConflictError(
+                        f"{intent.key} was written by another writer: two writers are"
+                        f" replicating {self.db_name!r} to {self.store.location}"
+                    ) from None
+                if fork_from is None:
+                    raise _OrphanInTheWayError(
+                        f"{intent.key} is an orphan of this writer; settling it needs SQLite's"
+                        " write lock"
+                    ) from None
+                self._fork_over_orphan(intent.key, state, fork_from)
+                return
         recorded = replace(state, seq=seq, digest=digest.hex(), spooled_through=intent.through)
         write_state(self.db_path, recorded)
         self.spool.remove_through(intent.through)
@@ -215,6 +259,28 @@ class AsyncReplication:
         commits, size = self._since_snapshot
         self._since_snapshot = (commits + 1, size + len(intent.data))
         self._maybe_snapshot(recorded)
+        with self._uploaded:
+            self._uploaded.notify_all()
+
+    def _fork_over_orphan(self, key: str, state: LocalState, fork_from: ImageSource) -> None:
+        """``key`` holds a commit of this writer that no local commit matches: a process of
+        this database (in sync mode) was killed between its upload and its local commit.
+        Start a new generation from the local content, which, under SQLite's write lock,
+        holds every spooled commit; the spool is then empty."""
+        logger.warning(
+            "%s: %s is an orphan of a process killed between its upload and its local commit;"
+            " starting a new generation from the local file, which holds the %d spooled"
+            " commit(s)", self.db_name, key, len(self.spool.entries()),
+        )
+        image = fork_from()
+        try:
+            self._start_generation(image, "fork", writer=state.writer_bytes)
+        finally:
+            image.close()
+        self.spool.remove_through(self.spool.last_number())
+        self.spool.clear_intent()
+        self._forked = True
+        self.stats.last_error = None
         with self._uploaded:
             self._uploaded.notify_all()
 

@@ -92,6 +92,8 @@ class Replicator(AsyncReplication):
         self.store = store
         self.db_name = settings.db_name or fmt.validate_db_name(os.path.basename(db_path))
         self._write_lock = write_lock
+        self._holds_write_lock = False
+        self._forked = False
         self.lock = threading.RLock()
         self.paused = False
         self.stats = Stats()
@@ -144,11 +146,15 @@ class Replicator(AsyncReplication):
                     self._open_empty(state)
                 else:
                     with self._write_lock():
-                        if interrupted == "async":
-                            self._discard_spool()
-                        else:
-                            self._drain_leftovers()
-                        self._open_existing(interrupted)
+                        self._holds_write_lock = True
+                        try:
+                            if interrupted == "async":
+                                self._discard_spool()
+                            else:
+                                self._drain_leftovers()
+                            self._open_existing(interrupted)
+                        finally:
+                            self._holds_write_lock = False
                 # only now: a failed open leaves an interrupted session's record for the next
                 if self.paused:
                     self.session.end()  # not replicating: no part in the session
@@ -558,8 +564,11 @@ class Replicator(AsyncReplication):
                 self._waiting = txn
                 return
             try:
-                with self.spool_shipped_first():
-                    self._replicate(txn, image)
+                with self.spool_shipped_first(image) as forked:
+                    if forked:  # the new generation's snapshot holds this transaction
+                        self._pending = None
+                    else:
+                        self._replicate(txn, image)
             except BottomlessError as e:
                 self.stats.last_error = str(e)
                 self.stats.last_error_time = time.time()

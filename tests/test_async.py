@@ -208,3 +208,107 @@ def test_a_sync_process_ships_what_an_async_one_spooled_first(tmp_path: Any) -> 
     bottomless.restore(copy, bottomless.Settings(backend="file", bucket=bucket),
                        db_name="mixed.db")
     assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+
+
+_SYNC_WRITER_KILLED = """
+import os, signal, sys, bottomless
+from bottomless.replicator import Replicator
+upload = Replicator._replicate
+
+def upload_then_die(self, txn, image):  # killed between its upload and its local commit
+    upload(self, txn, image)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Replicator._replicate = upload_then_die
+db = bottomless.connect(sys.argv[1], bottomless.Settings(backend="file", bucket=sys.argv[2]))
+db.execute("INSERT INTO t VALUES(50)")
+"""
+
+_SYNC_WRITER_WAITING = """
+import sys, bottomless
+db = bottomless.connect(sys.argv[1], bottomless.Settings(backend="file", bucket=sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+db.execute("INSERT INTO t VALUES(60)")
+db.close()
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("settler", "mode"), [
+    ("uploader", "wal"), ("uploader", "delete"), ("reopen", "wal"), ("sync_open", "wal"),
+    ("sync_commit", "wal"), ("sync_commit", "delete"),
+])
+def test_an_orphan_of_a_killed_sync_process_is_settled_not_a_conflict(
+    tmp_path: Any, settler: str, mode: str
+) -> None:
+    """A sync process killed between its upload and its local commit leaves an orphan at the
+    next position, where the async process's next upload goes. Whoever uploads next (the
+    async uploader, the next open, a sync process opening, or the commit of one already open)
+    starts a new generation from the local file instead of failing with
+    ReplicaConflictError."""
+    bucket = str(tmp_path / "replicas")
+    settings = bottomless.Settings(backend="file", bucket=bucket, durability="async",
+                                   max_lag=60)
+    path = str(tmp_path / "mixed.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x)")
+    for i in range(3):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    generation = bottomless.status(db)["generation"]
+    waiting = tmp_path / "waiting.py"
+    waiting.write_text(_SYNC_WRITER_WAITING)
+    sync_writer = None
+    if settler == "sync_commit":  # open before the orphan appears
+        sync_writer = subprocess.Popen([sys.executable, str(waiting), path, bucket], text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert sync_writer.stdout is not None
+        assert sync_writer.stdout.readline().strip() == "open"
+    try:
+        killed_script = tmp_path / "killed.py"
+        killed_script.write_text(_SYNC_WRITER_KILLED)
+        killed = subprocess.run([sys.executable, str(killed_script), path, bucket],
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        if settler != "uploader":
+            stop_uploader(path)  # the next commits stay spooled
+        for i in range(3, 5):
+            db.execute("INSERT INTO t VALUES(?)", (i,))
+        expected = [(i,) for i in range(5)]
+        if settler == "uploader":
+            bottomless.wait_durable(db, 30)
+        elif settler == "reopen":
+            abandon(db, path)
+            db = bottomless.connect(path, settings)
+            bottomless.wait_durable(db, 30)
+        else:
+            if sync_writer is None:
+                sync_writer = subprocess.Popen(
+                    [sys.executable, str(waiting), path, bucket], text=True,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                )
+                assert sync_writer.stdout is not None
+                assert sync_writer.stdout.readline().strip() == "open"
+            assert sync_writer.stdin is not None and sync_writer.stdout is not None
+            sync_writer.stdin.write("go\n")
+            sync_writer.stdin.flush()
+            assert sync_writer.stdout.readline().strip() == "committed"
+            expected.append((60,))
+    finally:
+        if sync_writer is not None:
+            sync_writer.kill()
+            sync_writer.wait(30)
+    assert bottomless.status(db)["pending_commits"] == 0
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    db.close()
+    assert local == expected, "the killed process's row never committed locally"
+    copy = str(tmp_path / "copy.db")
+    restored = bottomless.restore(copy, bottomless.Settings(backend="file", bucket=bucket),
+                                  db_name="mixed.db")
+    assert restored.generation != generation, "the orphan's generation was left behind"
+    # the new generation's snapshot holds every commit, the sync commit's too when that
+    # commit met the orphan (it is not uploaded again); a sync process that settled it at
+    # open uploads its commit after the snapshot
+    assert restored.seq == (1 if settler == "sync_open" else 0)
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
