@@ -62,6 +62,15 @@ def still_named(fd: int, identity: FileIdentity, path: str) -> bool:
         return False
 
 
+def _is_removed(fd: int) -> bool:
+    """Whether the file open as ``fd`` has no name left."""
+    if _HAS_PROC_FD:
+        with contextlib.suppress(OSError):
+            return os.readlink(f"{_PROC_FD}/{fd}").endswith(" (deleted)")
+        return False
+    return os.fstat(fd).st_nlink == 0
+
+
 def _open_identified(path: str, flags: int) -> tuple[int, FileIdentity]:
     """``os.open`` plus :func:`file_identity`, closing the descriptor if the latter fails."""
     fd = os.open(path, flags)
@@ -133,17 +142,42 @@ class WalContent:
     last_commit_frame: int
 
 
+_shm_fds: dict[str, tuple[int, FileIdentity]] = {}
+
+
+def _read_shm_header(path: str) -> bytes | None:
+    """The first 96 bytes of a ``-shm`` file, ``None`` if there is none.
+
+    SQLite keeps its WAL locks as POSIX locks on this file, and closing any descriptor of a
+    file drops every such lock the process holds on it: the descriptor is kept open. It is
+    closed only once its file is removed (SQLite removes it when the last connection of the
+    last process closes, so no lock of this process can be on it any more); a descriptor of a
+    file that is merely no longer at ``path`` is left open, like those of :func:`read_db`.
+    """
+    with _fd_lock:
+        entry = _shm_fds.get(path)
+        if entry is not None and not still_named(entry[0], entry[1], path):
+            if _is_removed(entry[0]):
+                os.close(entry[0])
+            del _shm_fds[path]
+            entry = None
+        if entry is None:
+            try:
+                entry = _open_identified(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            _shm_fds[path] = entry
+        return os.pread(entry[0], 96, 0)
+
+
 def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
     """``(mxFrame, salts)`` from the wal-index (``-shm``) header, if it is valid.
 
     That is what SQLite itself considers committed. A valid commit frame past it (written by a
     process that died before publishing it) is not part of the database.
     """
-    shm = wal_path[: -len("-wal")] + "-shm"
-    try:
-        with open(shm, "rb") as handle:
-            header = handle.read(96)
-    except FileNotFoundError:
+    header = _read_shm_header(wal_path[: -len("-wal")] + "-shm")
+    if header is None:
         return None
     if len(header) < 96 or header[:48] != header[48:96]:
         return None

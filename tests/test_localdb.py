@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import apsw
 import pytest
 
 import bottomless
 from bottomless import localdb
 from bottomless.localdb import (
+    LocalImage,
     LocalState,
     file_identity,
     read_state,
@@ -214,3 +217,57 @@ def test_commits_stat_no_file(
             assert len(replicator(path).spool.entries()) >= 20
     finally:
         db.close()
+
+
+_TRY_WRITE_LOCK = """
+import sys, apsw
+connection = apsw.Connection(sys.argv[1])
+try:
+    connection.execute("BEGIN IMMEDIATE")
+except apsw.BusyError:
+    print("busy")
+else:
+    print("got the lock")
+"""
+
+
+def test_reading_the_local_image_keeps_this_process_s_sqlite_locks(tmp_path: Any) -> None:
+    """SQLite keeps its WAL locks as POSIX locks on ``-shm``, and closing any descriptor of a
+    file drops all of a process's locks on it: bottomless must read ``-shm`` (and the database)
+    without ever closing a descriptor SQLite's locks may hang on."""
+    path = str(tmp_path / "a.db")
+    connection = apsw.Connection(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("CREATE TABLE t(x)")
+    connection.execute("INSERT INTO t VALUES(1)")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for _ in range(2):  # also when the descriptors are already kept
+            image = LocalImage(path)
+            assert image.page(1)[:16] == b"SQLite format 3\0"
+            image.close()
+            assert localdb.wal_index_limit(path + "-wal") is not None
+            other = subprocess.run([sys.executable, "-c", _TRY_WRITE_LOCK, path],
+                                   capture_output=True, text=True, check=True, timeout=60)
+            assert other.stdout.strip() == "busy", "another process took the write lock"
+    finally:
+        connection.execute("ROLLBACK")
+        connection.close()
+
+
+def test_the_kept_shm_descriptor_follows_a_new_shm_file(tmp_path: Any) -> None:
+    path = str(tmp_path / "a.db")
+    for round_ in range(3):  # each last close removes -shm; the next open makes a new one
+        connection = apsw.Connection(path)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE IF NOT EXISTS t(x)")
+        connection.execute("INSERT INTO t VALUES(?)", (round_,))
+        limit = localdb.wal_index_limit(path + "-wal")
+        assert limit is not None and limit[0] > 0
+        kept = localdb._shm_fds[path + "-shm"][0]
+        connection.close()
+        assert not os.path.exists(path + "-shm")
+        assert localdb.wal_index_limit(path + "-wal") is None
+        assert path + "-shm" not in localdb._shm_fds
+        with pytest.raises(OSError):
+            os.fstat(kept)  # closed once its file was gone: no descriptor piles up
