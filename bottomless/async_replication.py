@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bottomless import format as fmt
@@ -40,6 +40,16 @@ GROUP_BYTES = 16 * 1024 * 1024
 ImageSource = Callable[[], LocalImage]
 
 
+@dataclass(frozen=True)
+class _ForkFrom:
+    """How an orphan in the way may be settled (SQLite's write lock is held): a new generation
+    from the local content ``image`` builds. ``in_commit``: that content includes a commit not
+    yet at its commit point, so the new state is recorded only when it gets there."""
+
+    image: ImageSource
+    in_commit: bool
+
+
 class _OrphanInTheWayError(ReplicaConflictError):
     """An orphan of this writer holds the next position; settling it needs SQLite's write
     lock, which the caller does not hold."""
@@ -63,13 +73,15 @@ class AsyncReplication:
     _write_lock: Callable[[], contextlib.AbstractContextManager[None]]
     #: set while this thread holds SQLite's write lock outside a commit (during open)
     _holds_write_lock: bool
-    #: a new generation was started over an orphan (read by spool_shipped_first)
-    _forked: bool
+    #: the generation started over an orphan (read by spool_shipped_first)
+    _forked: LocalState | None
 
     def _count(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
+    def _start_generation(
+        self, image: LocalImage | None, reason: str, *, writer: bytes, record: bool = True
+    ) -> LocalState:
         raise NotImplementedError
 
     def _maybe_snapshot(self, state: LocalState) -> None:
@@ -132,23 +144,24 @@ class AsyncReplication:
             if not mine:
                 return False
             try:
-                fork_from = self._committed_image if self._holds_write_lock else None
-                return self._drain_locked(state_required, fork_from)
+                fork = _ForkFrom(self._committed_image, False) if self._holds_write_lock else None
+                return self._drain_locked(state_required, fork)
             except _OrphanInTheWayError:
                 pass
         # settled under SQLite's write lock, so that no commit lands meanwhile; it is taken
         # before the upload lock, in the order a sync commit takes them
         budget = self.settings.timeout * (self.settings.max_retries + 1)
         with self._write_lock(), self.spool.upload_lock(wait=budget) as mine:
-            return mine and self._drain_locked(state_required, self._committed_image)
+            return mine and self._drain_locked(
+                state_required, _ForkFrom(self._committed_image, False)
+            )
 
     def _committed_image(self) -> LocalImage:
         return LocalImage(self.db_path)
 
-    def _drain_locked(self, state_required: bool, fork_from: ImageSource | None) -> bool:
-        """:meth:`drain_once`, with the spool's upload lock held. ``fork_from``: SQLite's write
-        lock is held too, so an orphan in the way may be settled by a new generation started
-        from the local content it returns."""
+    def _drain_locked(self, state_required: bool, fork: _ForkFrom | None) -> bool:
+        """:meth:`drain_once`, with the spool's upload lock held. ``fork``: SQLite's write
+        lock is held too, so an orphan in the way may be settled by a new generation."""
         state = read_state(self.db_path)
         if state is None:
             if state_required:
@@ -156,7 +169,7 @@ class AsyncReplication:
             raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
         intent = self.spool.read_intent()
         if intent is not None:
-            self._ship(intent, state, fork_from)
+            self._ship(intent, state, fork)
             return True
         group = self.spool.read_group(GROUP_BYTES)
         if not group:
@@ -176,31 +189,33 @@ class AsyncReplication:
         data = fmt.encode_batch(batch, self.settings.compression)
         intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
         self.spool.write_intent(intent)
-        self._ship(intent, state, fork_from)
+        self._ship(intent, state, fork)
         return True
 
     @contextlib.contextmanager
-    def spool_shipped_first(self, image: ImageSource | None) -> Iterator[bool]:
+    def spool_shipped_first(self, image: ImageSource | None) -> Iterator[LocalState | None]:
         """For a sync commit while another process replicates the database asynchronously:
         hold the upload lock, after uploading what that process spooled (committed earlier).
 
         Call it under SQLite's write lock, so nothing is spooled meanwhile. ``image`` builds
         the local content after the commit: if an orphan of a killed process is in the way, a
-        new generation starts from it, and the context yields True (the commit is in that
-        generation's snapshot and must not be uploaded again); otherwise False. Raises StoreError
+        new generation starts from it, and the context yields its state, to be recorded at the
+        commit point (the commit is in that generation's snapshot and must not be uploaded
+        again); otherwise ``None``. Raises StoreError
         if the other process's uploader holds the lock for longer than an upload may take
         without shipping anything, ReplicaConflictError if the spool cannot be shipped.
         """
         if not self.spool.exists():
-            yield False  # the common case: no async replication of this database anywhere
+            yield None  # the common case: no async replication of this database anywhere
             return
-        self._forked = False
+        self._forked = None
+        fork = _ForkFrom(image, True) if image is not None else None
         budget = self.settings.timeout * (self.settings.max_retries + 1)
         head = self.spool.head_number()
         while True:
             with self.spool.upload_lock(wait=budget) as mine:
                 if mine:  # SQLite's write lock is held by the committing connection
-                    while self._drain_locked(True, image):
+                    while self._drain_locked(True, fork):
                         pass
                     if not self._nothing_spooled():
                         why = ("the bottomless state file is missing"
@@ -218,7 +233,7 @@ class AsyncReplication:
                     f" {budget:.0f}s without uploading anything; commit refused"
                 )
 
-    def _ship(self, intent: Intent, state: LocalState, fork_from: ImageSource | None) -> None:
+    def _ship(self, intent: Intent, state: LocalState, fork: _ForkFrom | None) -> None:
         """Upload an intent (again, after a crash) and record it."""
         seq = fmt.seq_from_key(intent.key)
         if seq is None or seq != state.seq + 1 or state.generation not in intent.key:
@@ -235,17 +250,18 @@ class AsyncReplication:
         except ObjectExistsError:
             existing = self.store.get(intent.key)
             if existing[-fmt.DIGEST_SIZE :] != digest:
-                if fmt.decode_header(existing, intent.key).writer != state.writer_bytes:
+                if not self._own_orphan(intent.key, fmt.decode_header(existing, intent.key),
+                                        state):
                     raise ReplicaConflictError(
                         f"{intent.key} was written by another writer: two writers are"
                         f" replicating {self.db_name!r} to {self.store.location}"
                     ) from None
-                if fork_from is None:
+                if fork is None:
                     raise _OrphanInTheWayError(
                         f"{intent.key} is an orphan of this writer; settling it needs SQLite's"
                         " write lock"
                     ) from None
-                self._fork_over_orphan(intent.key, state, fork_from)
+                self._fork_over_orphan(intent.key, state, fork)
                 return
         recorded = replace(state, seq=seq, digest=digest.hex(), spooled_through=intent.through)
         write_state(self.db_path, recorded)
@@ -262,7 +278,17 @@ class AsyncReplication:
         with self._uploaded:
             self._uploaded.notify_all()
 
-    def _fork_over_orphan(self, key: str, state: LocalState, fork_from: ImageSource) -> None:
+    def _own_orphan(self, key: str, header: fmt.BatchHeader, state: LocalState) -> bool:
+        """Whether ``key``, the position after ``state``, holds an orphan of this writer: a
+        commit of this writer, chained to ``state``, that nothing was stored after (anything
+        else is another writer's work, maybe a copy of this database with its side files)."""
+        return (
+            header.writer == state.writer_bytes and header.prev == state.digest_bytes
+            and not self.store.exists(fmt.commit_key(self.db_name, state.generation,
+                                                     state.seq + 2))
+        )
+
+    def _fork_over_orphan(self, key: str, state: LocalState, fork: _ForkFrom) -> None:
         """``key`` holds a commit of this writer that no local commit matches: a process of
         this database (in sync mode) was killed between its upload and its local commit.
         Start a new generation from the local content, which, under SQLite's write lock,
@@ -272,14 +298,16 @@ class AsyncReplication:
             " starting a new generation from the local file, which holds the %d spooled"
             " commit(s)", self.db_name, key, len(self.spool.entries()),
         )
-        image = fork_from()
+        through = self.spool.last_number()  # all in the local content: appends need the lock
+        image = fork.image()
         try:
-            self._start_generation(image, "fork", writer=state.writer_bytes)
+            self._forked = self._start_generation(
+                image, "fork", writer=state.writer_bytes, record=not fork.in_commit
+            )
         finally:
             image.close()
-        self.spool.remove_through(self.spool.last_number())
+        self.spool.remove_through(through)
         self.spool.clear_intent()
-        self._forked = True
         self.stats.last_error = None
         with self._uploaded:
             self._uploaded.notify_all()

@@ -93,7 +93,7 @@ class Replicator(AsyncReplication):
         self.db_name = settings.db_name or fmt.validate_db_name(os.path.basename(db_path))
         self._write_lock = write_lock
         self._holds_write_lock = False
-        self._forked = False
+        self._forked: LocalState | None = None
         self.lock = threading.RLock()
         self.paused = False
         self.stats = Stats()
@@ -518,8 +518,12 @@ class Replicator(AsyncReplication):
             generation = fmt.new_generation_id()
         return generation
 
-    def _start_generation(self, image: LocalImage | None, reason: str, *, writer: bytes) -> None:
-        """Upload ``image`` (or an empty database) as a new generation; make it current."""
+    def _start_generation(
+        self, image: LocalImage | None, reason: str, *, writer: bytes, record: bool = True
+    ) -> LocalState:
+        """Upload ``image`` (or an empty database) as a new generation and return its state;
+        make it current, unless not ``record`` (then the caller records it at its commit
+        point: ``image`` holds a commit that has not reached it yet)."""
         generation = self._new_generation_id()
         started = time.monotonic()
         source: PageSource = image if image is not None else _Empty()
@@ -532,11 +536,13 @@ class Replicator(AsyncReplication):
                 f"uploading {self.db_name}", source.db_size * source.page_size
             ) if self.progress and source.db_size else None,
         )
-        self.state = LocalState(
+        state = LocalState(
             self.db_name, generation, 0, manifest.digest.hex(), source.page_size, writer.hex(),
             self.store.location,
         )
-        write_state(self.db_path, self.state)
+        if record:
+            self.state = state
+            write_state(self.db_path, state)
         self.stats.generations_started.append(generation)
         self._since_snapshot = (0, 0)
         logger.info(
@@ -544,6 +550,7 @@ class Replicator(AsyncReplication):
             self.db_name, generation, reason, source.db_size, len(manifest.parts),
             time.monotonic() - started,
         )
+        return state
 
     # ------------------------------------------------------------ commits
 
@@ -565,8 +572,8 @@ class Replicator(AsyncReplication):
                 return
             try:
                 with self.spool_shipped_first(image) as forked:
-                    if forked:  # the new generation's snapshot holds this transaction
-                        self._pending = None
+                    if forked is not None:  # the new generation's snapshot holds this commit
+                        self._pending = forked
                     else:
                         self._replicate(txn, image)
             except BottomlessError as e:
@@ -607,8 +614,8 @@ class Replicator(AsyncReplication):
     def _position_taken(
         self, key: str, state: LocalState, image: Callable[[], LocalImage] | None
     ) -> None:
-        existing = fmt.decode_batch(self.store.get(key), key)
-        if existing.writer.hex() != state.writer or image is None:
+        existing = fmt.decode_header(self.store.get_range(key, 0, fmt.HEADER_SIZE), key)
+        if image is None or not self._own_orphan(key, existing, state):
             raise ReplicaConflictError(
                 f"{key} was written by another writer: two writers are replicating"
                 f" {self.db_name!r} to {self.store.location}; this commit is refused"
@@ -616,12 +623,13 @@ class Replicator(AsyncReplication):
         logger.warning(
             "%s: %s is an orphan of an earlier crash; starting a new generation", self.db_name, key
         )
-        local = image()
+        local = image()  # the content after this commit: recorded at its commit point
         try:
-            self._start_generation(local, "fork", writer=state.writer_bytes)
+            self._pending = self._start_generation(
+                local, "fork", writer=state.writer_bytes, record=False
+            )
         finally:
             local.close()
-        self._pending = None
 
     def commit_done(self) -> None:
         """SQLite committed locally: record the replicated position in the state file."""

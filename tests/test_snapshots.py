@@ -211,3 +211,82 @@ def test_compression_can_change_and_old_objects_stay_readable(
     copy = str(tmp_path / "z-copy.db")
     bottomless.restore(copy, packed, db_name="z.db")
     assert integrity(copy) == "ok" and len(rows(copy)) == 2
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_fork_over_an_orphan_is_recorded_only_at_its_commit_point(
+    tmp_path: Any, make_settings: MakeSettings, mode: str
+) -> None:
+    """A commit that meets an orphan of this writer starts a new generation whose snapshot
+    holds the commit. If the local commit then fails, the new generation must not become the
+    one replication continues: its snapshot holds a transaction that never committed."""
+    from bottomless.localdb import read_state
+
+    settings = make_settings("file")
+    path = str(tmp_path / "fork.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    rep = replicator(path)
+    state = read_state(path)
+    assert state is not None
+    orphan = fmt.PageBatch(  # what a process killed after its upload leaves behind
+        fmt.KIND_COMMIT, state.generation, state.seq + 1, state.page_size, 2,
+        {2: bytes(state.page_size)}, prev=state.digest_bytes, writer=state.writer_bytes,
+    )
+    rep.store.put_once(fmt.commit_key("fork.db", state.generation, state.seq + 1),
+                       fmt.encode_batch(orphan))
+    upload = rep.replicate
+
+    def upload_then_fail(txn: Any, image: Any = None) -> None:
+        upload(txn, image)  # the fork is uploaded here...
+        raise StoreError("the local commit failed")  # ...and the commit goes no further
+
+    rep.replicate = upload_then_fail
+    with pytest.raises(apsw.IOError):
+        db.execute("INSERT INTO t VALUES(2)")
+    del rep.replicate
+    after = read_state(path)
+    assert after is not None and after.generation == state.generation, "fork recorded early"
+    assert bottomless.status(db)["generation"] == state.generation
+    db.execute("INSERT INTO t VALUES(3)")  # meets the orphan again: a fork from what is local
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    db.close()
+    assert local == [(1,), (3,)]
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="fork.db")
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+
+
+@pytest.mark.parametrize("unlike_an_orphan", ["not_chained", "followed"])
+def test_a_commit_of_this_writer_unlike_an_orphan_is_a_conflict(
+    tmp_path: Any, make_settings: MakeSettings, unlike_an_orphan: str
+) -> None:
+    """Only a commit chained to this writer's position, with nothing after it, is taken for
+    the orphan of a killed process; anything else carrying this writer id (a copy of the
+    database and its side files writing elsewhere) is refused, not forked over."""
+    from bottomless.localdb import read_state
+
+    settings = make_settings("file")
+    path = str(tmp_path / "copy.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    rep = replicator(path)
+    state = read_state(path)
+    assert state is not None
+    prev = bytes(32) if unlike_an_orphan == "not_chained" else state.digest_bytes
+    for seq in (state.seq + 1, state.seq + 2)[: 1 if unlike_an_orphan == "not_chained" else 2]:
+        batch = fmt.PageBatch(
+            fmt.KIND_COMMIT, state.generation, seq, state.page_size, 2,
+            {2: bytes(state.page_size)}, prev=prev, writer=state.writer_bytes,
+        )
+        rep.store.put_once(fmt.commit_key("copy.db", state.generation, seq),
+                           fmt.encode_batch(batch))
+        prev = batch.digest
+    with pytest.raises(apsw.IOError) as failure:
+        db.execute("INSERT INTO t VALUES(2)")
+    assert "another writer" in str(failure.value.__cause__)
+    assert bottomless.status(db)["generation"] == state.generation
+    db.close()
