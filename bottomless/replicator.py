@@ -576,11 +576,23 @@ class Replicator(AsyncReplication):
                         self._pending = forked
                     else:
                         self._replicate(txn, image)
-            except BottomlessError as e:
-                self.stats.last_error = str(e)
-                self.stats.last_error_time = time.time()
-                logger.error("%s: commit not replicated, rolling back: %s", self.db_name, e)
+            except BaseException as e:
+                self._pending = None  # this transaction will not commit: nothing to record
+                if isinstance(e, BottomlessError):
+                    self.stats.last_error = str(e)
+                    self.stats.last_error_time = time.time()
+                    logger.error(
+                        "%s: commit not replicated, rolling back: %s", self.db_name, e
+                    )
                 raise
+
+    def commit_failed(self) -> None:
+        """SQLite's commit point failed after :meth:`replicate` (a full disk, say): forget what
+        it prepared, so that no later commit point records it. If the transaction's object was
+        stored, it is an orphan, which the next commit settles."""
+        with self.lock:
+            self._pending = None
+            self._waiting = None
 
     def _replicate(self, txn: Transaction, image: Callable[[], LocalImage] | None) -> None:
         state = read_state(self.db_path) or self.state
@@ -643,6 +655,8 @@ class Replicator(AsyncReplication):
                 return
             write_state(self.db_path, pending)
             self.state = pending
+            if pending.seq == 0:
+                return  # a new generation over an orphan: its snapshot holds the commit
             self.stats.commits += 1
             self.stats.last_commit_seq = pending.seq
             self.stats.last_commit_time = time.time()

@@ -186,11 +186,13 @@ class BottomlessVFS(apsw.VFS):
         entry = None
         if filename.endswith(_JOURNAL_SUFFIX):
             entry = self._entries.get(filename[: -len(_JOURNAL_SUFFIX)])
-        if entry is not None:
-            finalize_journal(entry, apsw.SQLITE_IOERR_DELETE)
-        super().xDelete(filename, syncdir)
-        if entry is not None:
-            entry.replicator.commit_done()  # still under SQLite's lock
+        if entry is None:
+            super().xDelete(filename, syncdir)
+            return
+        finalize_journal(entry, apsw.SQLITE_IOERR_DELETE)
+        with _failing_commit(entry.replicator):
+            super().xDelete(filename, syncdir)
+        entry.replicator.commit_done()  # still under SQLite's lock
 
 
 def _raise_io(code: int, error: BottomlessError) -> None:
@@ -214,6 +216,7 @@ def finalize_journal(entry: _Entry, code: int) -> None:
             try:
                 replicator.replicate(txn, lambda: LocalImage(path))
             except BottomlessError as e:
+                replicator.commit_failed()
                 _raise_io(code, e)
         entry.capture.discard()
 
@@ -287,20 +290,23 @@ class JournalFile(apsw.VFSFile):
 
     def xTruncate(self, newsize: int) -> None:  # noqa: N802
         """Truncating the journal to zero finalizes it."""
-        if newsize == 0:
-            finalize_journal(self._entry, apsw.SQLITE_IOERR_TRUNCATE)
-        super().xTruncate(newsize)
-        if newsize == 0:
-            self._entry.replicator.commit_done()
+        if newsize != 0:
+            super().xTruncate(newsize)
+            return
+        finalize_journal(self._entry, apsw.SQLITE_IOERR_TRUNCATE)
+        with _failing_commit(self._entry.replicator):
+            super().xTruncate(newsize)
+        self._entry.replicator.commit_done()
 
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
         """Zeroing the journal header finalizes it."""
-        finalizing = offset == 0 and len(data) >= 28 and not any(data)
-        if finalizing:
-            finalize_journal(self._entry, apsw.SQLITE_IOERR_WRITE)
-        super().xWrite(data, offset)
-        if finalizing:
-            self._entry.replicator.commit_done()
+        if not (offset == 0 and len(data) >= 28 and not any(data)):
+            super().xWrite(data, offset)
+            return
+        finalize_journal(self._entry, apsw.SQLITE_IOERR_WRITE)
+        with _failing_commit(self._entry.replicator):
+            super().xWrite(data, offset)
+        self._entry.replicator.commit_done()
 
 
 class WalFile(apsw.VFSFile):
@@ -324,26 +330,54 @@ class WalFile(apsw.VFSFile):
         """
         replicator = self._entry.replicator
         if self._deferred and self._capture.is_commit_header(data, offset):
-            super().xWrite(data, offset)
+            with self._failing_deferred_commit(replicator):
+                super().xWrite(data, offset)
             self._deferred = False
             replicator.commit_done()
             return
         txn = self._capture.on_write(data, offset, self._read_now)
         if txn is None:
-            super().xWrite(data, offset)
+            if self._deferred:  # a commit waits while SQLite fixes its frames' checksums
+                with self._failing_deferred_commit(replicator):
+                    super().xWrite(data, offset)
+            else:
+                super().xWrite(data, offset)
             return
         path = replicator.db_path
         image: Callable[[], LocalImage] = lambda: _image_with(path, txn)  # noqa: E731
         try:
             replicator.replicate(txn, image)
         except BottomlessError as e:
+            replicator.commit_failed()
             _raise_io(apsw.SQLITE_IOERR_WRITE, e)
-        super().xWrite(data, offset)
+        with _failing_commit(replicator):
+            super().xWrite(data, offset)
         if self._capture.rewrote_in_place:
             self._deferred = True
         else:
             replicator.commit_done()
         self._capture.rewrote_in_place = False
+
+
+    @contextlib.contextmanager
+    def _failing_deferred_commit(self, replicator: Replicator) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self._deferred = False
+            replicator.commit_failed()
+            raise
+
+
+@contextlib.contextmanager
+def _failing_commit(replicator: Replicator) -> Iterator[None]:
+    """Around the write that is a transaction's commit point: if it fails, the transaction
+    did not commit, and what :meth:`Replicator.replicate` prepared for it is dropped."""
+    try:
+        yield
+    except BaseException:
+        replicator.commit_failed()
+        raise
 
 
 def _image_with(path: str, txn: Any) -> LocalImage:

@@ -312,3 +312,37 @@ def test_an_orphan_of_a_killed_sync_process_is_settled_not_a_conflict(
     # open uploads its commit after the snapshot
     assert restored.seq == (1 if settler == "sync_open" else 0)
     assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+
+
+def test_an_object_of_this_writer_not_chained_to_its_position_stops_the_uploader(
+    tmp_path: Any,
+) -> None:
+    """The async uploader settles only a true orphan (this writer's, chained to the recorded
+    position, nothing after it); an object that merely carries this writer id is refused."""
+    from bottomless import format as fmt
+    from bottomless.errors import ReplicaConflictError
+    from bottomless.localdb import read_state
+
+    settings = bottomless.Settings(backend="file", bucket=str(tmp_path / "replicas"),
+                                   durability="async", max_lag=60)
+    path = str(tmp_path / "a.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    stop_uploader(path)
+    db.execute("INSERT INTO t VALUES(1)")
+    rep = replicator(path)
+    state = read_state(path)
+    assert state is not None
+    page_size = db.execute("PRAGMA page_size").fetchall()[0][0]
+    stranger = fmt.PageBatch(
+        fmt.KIND_COMMIT, state.generation, state.seq + 1, page_size, 2,
+        {2: bytes(page_size)}, prev=bytes(32), writer=state.writer_bytes,
+    )
+    rep.store.put_once(fmt.commit_key("a.db", state.generation, state.seq + 1),
+                       fmt.encode_batch(stranger))
+    with pytest.raises(ReplicaConflictError, match="another writer"):
+        rep.drain_once()
+    assert bottomless.status(db)["generation"] == state.generation
+    assert bottomless.status(db)["pending_commits"] == 1, "the commit stays spooled"
+    abandon(db, path)  # its spooled commit cannot be shipped: leave without flushing

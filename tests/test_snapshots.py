@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -290,3 +291,63 @@ def test_a_commit_of_this_writer_unlike_an_orphan_is_a_conflict(
     assert "another writer" in str(failure.value.__cause__)
     assert bottomless.status(db)["generation"] == state.generation
     db.close()
+
+
+def _fail_wal_commit_frame(db: apsw.Connection, path: str, sql: str) -> None:
+    """Run ``sql`` so that its upload succeeds but writing its commit frame into the WAL does
+    not (the file may not grow: a full disk, as far as SQLite can tell)."""
+    import resource
+    import signal
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # room for the commit frame's 24-byte header, not for its page
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path + "-wal") + 100, hard))
+    try:
+        with pytest.raises(apsw.Error):
+            db.execute(sql)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_commit_that_fails_after_its_upload_is_never_recorded(
+    tmp_path: Any, make_settings: MakeSettings, mode: str
+) -> None:
+    """The upload happens before SQLite's commit point; if that point then fails, a later
+    commit point (even of a write transaction that changes nothing) must not record the failed
+    transaction as replicated, or later commits would chain onto a state the file never had."""
+    settings = make_settings("memory")  # the store writes no file: only SQLite's write fails
+    path = str(tmp_path / "failed.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(x); CREATE TABLE u(y)")
+    db.execute("INSERT INTO t VALUES(1)")
+    generation = bottomless.status(db)["generation"]
+    rep = replicator(path)
+    if mode == "wal":
+        _fail_wal_commit_frame(db, path, "INSERT INTO u VALUES('never committed')")
+    else:
+        upload = rep.replicate
+
+        def upload_then_fail(txn: Any, image: Any = None) -> None:
+            upload(txn, image)
+            raise StoreError("the journal could not be deleted")
+
+        rep.replicate = upload_then_fail
+        with pytest.raises(apsw.IOError):
+            db.execute("INSERT INTO u VALUES('never committed')")
+        del rep.replicate
+    assert db.execute("SELECT count(*) FROM u").fetchall() == [(0,)]
+    db.execute("BEGIN IMMEDIATE; COMMIT")  # a commit point with nothing to replicate
+    db.execute("UPDATE t SET x = x WHERE 0")
+    db.execute("INSERT INTO t VALUES(2)")
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    assert local == [(1,), (2,)]
+    assert bottomless.status(db)["generation"] != generation, "the orphan was forked over"
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="failed.db")
+    db.close()
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+    assert rows(copy, "SELECT * FROM u") == [], "a transaction that never committed"
