@@ -31,6 +31,7 @@ from bottomless.errors import (
     ObjectNotFoundError,
     ReplicaConflictError,
     RestoreError,
+    StoreError,
 )
 from bottomless.lease import WriterLease
 from bottomless.localdb import (
@@ -93,6 +94,10 @@ class Replicator(AsyncReplication):
         self.db_name = settings.db_name or fmt.validate_db_name(os.path.basename(db_path))
         self._write_lock = write_lock
         self._holds_write_lock = False
+        #: the state before the last recorded commit, until SQLite finishes that transaction
+        self._unsynced: LocalState | None = None
+        self._unsynced_spool = False  # the same, for a commit appended to the spool
+        self._resync = False  # async: the next commit starts a new generation from the file
         self._forked: LocalState | None = None
         self.lock = threading.RLock()
         self.paused = False
@@ -567,6 +572,8 @@ class Replicator(AsyncReplication):
             if self.paused:
                 return
             if self.settings.durability == "async":
+                if self._resync:
+                    self._resync_from_local()
                 self._wait_for_room()
                 self._waiting = txn
                 return
@@ -585,6 +592,55 @@ class Replicator(AsyncReplication):
                         "%s: commit not replicated, rolling back: %s", self.db_name, e
                     )
                 raise
+
+    def transaction_over(self) -> None:
+        """SQLite finished a write transaction (``COMMIT_PHASETWO``): its commit point, if it
+        had one, is long recorded, and anything still prepared is from one that failed."""
+        with self.lock:
+            self._pending = None
+            self._waiting = None
+            self._unsynced = None
+            self._unsynced_spool = False
+
+    def sync_failed(self) -> None:
+        """A WAL sync failed. Right after a recorded commit, SQLite then reports that commit as
+        failed and overwrites its frames (unless a crash lets recovery keep them), so the record
+        is taken back: in sync mode the state file goes back one commit (its object becomes an
+        orphan: the next commit forks over it, or the next open continues at it if recovery
+        kept the frames); in async mode, where the commit may already be on its way, the next
+        commit starts a new generation from the local file."""
+        with self.lock:
+            if self._unsynced is not None:
+                write_state(self.db_path, self._unsynced)
+                self.state, self._unsynced = self._unsynced, None
+                logger.error("%s: the WAL sync after a commit failed; its record is taken back",
+                             self.db_name)
+            if self._unsynced_spool:
+                self._unsynced_spool = False
+                self._resync = True
+                logger.error("%s: the WAL sync after a commit failed; the next commit starts a"
+                             " new generation from the local file", self.db_name)
+
+    def _resync_from_local(self) -> None:
+        """Async, after a failed WAL sync: replace what is spooled by a new generation from the
+        committed local content (call under SQLite's write lock, in a WAL-mode commit)."""
+        budget = self.settings.timeout * (self.settings.max_retries + 1)
+        with self.spool.upload_lock(wait=budget) as mine:
+            if not mine:
+                raise StoreError(
+                    f"{self.db_name}: the uploader held the spool for {budget:.0f}s; cannot"
+                    " start the new generation a failed WAL sync calls for; commit refused"
+                )
+            through = self.spool.last_number()
+            image = LocalImage(self.db_path)
+            try:
+                writer = self.state.writer_bytes if self.state else self.writer
+                self._start_generation(image, "restart", writer=writer)
+            finally:
+                image.close()
+            self.spool.remove_through(through)
+            self.spool.clear_intent()
+            self._resync = False
 
     def commit_failed(self) -> None:
         """SQLite's commit point failed after :meth:`replicate` (a full disk, say): forget what
@@ -649,12 +705,13 @@ class Replicator(AsyncReplication):
             waiting, self._waiting = self._waiting, None
             if waiting is not None:
                 self.spool.append(waiting)  # the uploader polls: no wake-up per commit
+                self._unsynced_spool = True
                 return
             pending, self._pending = self._pending, None
             if pending is None:
                 return
             write_state(self.db_path, pending)
-            self.state = pending
+            self._unsynced, self.state = self.state, pending
             if pending.seq == 0:
                 return  # a new generation over an orphan: its snapshot holds the commit
             self.stats.commits += 1

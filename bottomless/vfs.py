@@ -22,7 +22,7 @@ import apsw
 
 from bottomless.capture import RollbackCapture, WalCapture
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.localdb import LocalImage, read_db
+from bottomless.localdb import WAL_FRAME_HEADER_SIZE, LocalImage, read_db
 from bottomless.pagestore import open_store
 from bottomless.replicator import ProgressFactory, Replicator
 from bottomless.settings import (
@@ -222,6 +222,7 @@ def finalize_journal(entry: _Entry, code: int) -> None:
 
 
 _base_file_control = apsw.VFSFile.xFileControl  # called once per statement: skip super()
+_wal_sync = apsw.VFSFile.xSync
 
 
 class MainDbFile(apsw.VFSFile):
@@ -257,7 +258,9 @@ class MainDbFile(apsw.VFSFile):
         elif op == apsw.SQLITE_FCNTL_CKPT_DONE:
             self._in_checkpoint = False
         elif op == apsw.SQLITE_FCNTL_COMMIT_PHASETWO:
-            self._entry.replicator.commit_done()
+            # a write transaction is over, its commit point (journal finalization, WAL commit
+            # frame) long recorded: anything still prepared is from one that failed
+            self._entry.replicator.transaction_over()
         elif op == apsw.SQLITE_FCNTL_PRAGMA:
             pragma = apsw.VFSFcntlPragma(ptr)
             name, value = pragma.name.lower(), (pragma.value or "").strip("'\"").lower()
@@ -329,12 +332,18 @@ class WalFile(apsw.VFSFile):
         commit frame, or after the commit frame's header once SQLite has fixed its checksum.
         """
         replicator = self._entry.replicator
-        if self._deferred and self._capture.is_commit_header(data, offset):
-            with self._failing_deferred_commit(replicator):
-                super().xWrite(data, offset)
-            self._deferred = False
-            replicator.commit_done()
-            return
+        if self._deferred:
+            if self._capture.is_commit_header(data, offset):
+                with self._failing_deferred_commit(replicator):
+                    super().xWrite(data, offset)
+                self._deferred = False
+                replicator.commit_done()
+                return
+            if len(data) != WAL_FRAME_HEADER_SIZE:
+                # SQLite fixes checksums with frame headers only: anything else starts another
+                # transaction, so the one waiting failed before its commit point
+                self._deferred = False
+                replicator.commit_failed()
         txn = self._capture.on_write(data, offset, self._read_now)
         if txn is None:
             if self._deferred:  # a commit waits while SQLite fixes its frames' checksums
@@ -350,14 +359,24 @@ class WalFile(apsw.VFSFile):
         except BottomlessError as e:
             replicator.commit_failed()
             _raise_io(apsw.SQLITE_IOERR_WRITE, e)
-        with _failing_commit(replicator):
+        try:  # the commit point: if it fails, the transaction did not commit
             super().xWrite(data, offset)
+        except BaseException:
+            replicator.commit_failed()
+            raise
         if self._capture.rewrote_in_place:
             self._deferred = True
         else:
             replicator.commit_done()
         self._capture.rewrote_in_place = False
 
+    def xSync(self, flags: int) -> None:  # noqa: N802
+        """Sync; a failure right after a commit makes SQLite report that commit as failed."""
+        try:
+            _wal_sync(self, flags)
+        except BaseException:
+            self._entry.replicator.sync_failed()
+            raise
 
     @contextlib.contextmanager
     def _failing_deferred_commit(self, replicator: Replicator) -> Iterator[None]:

@@ -351,3 +351,82 @@ def test_a_commit_that_fails_after_its_upload_is_never_recorded(
     db.close()
     assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
     assert rows(copy, "SELECT * FROM u") == [], "a transaction that never committed"
+
+
+def test_a_commit_that_fails_while_sqlite_fixes_its_checksums_is_never_recorded(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that rewrote a WAL frame in place is recorded only once SQLite has fixed
+    the checksums, which ends with its commit frame's header. If SQLite fails in between
+    without a failing write (here a read of the WAL fails), nothing may record it later."""
+    from bottomless import vfs
+
+    settings = make_settings("memory")
+    path = str(tmp_path / "deferred.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x); CREATE TABLE u(id INTEGER PRIMARY KEY, v BLOB)")
+    db.execute("INSERT INTO t VALUES(1)")
+    db.execute("PRAGMA cache_size=2")  # spills: pages written again are rewritten in place
+    failed = []
+
+    def read_failing_while_deferred(self: Any, amount: int, offset: int) -> bytes:
+        if self._deferred:
+            failed.append(offset)
+            raise apsw.IOError("the WAL cannot be read back")
+        return bytes(apsw.VFSFile.xRead(self, amount, offset))
+
+    monkeypatch.setattr(vfs.WalFile, "xRead", read_failing_while_deferred, raising=False)
+    with pytest.raises(apsw.Error), db:
+        for i in range(1000):
+            db.execute("INSERT INTO u VALUES(?, randomblob(300))", (i,))
+        for j in range(5):
+            db.execute("UPDATE u SET v = randomblob(300) WHERE id % 7 = ?", (j,))
+    monkeypatch.undo()
+    assert failed, "the commit never waited for its checksums"
+    assert db.execute("SELECT count(*) FROM u").fetchall() == [(0,)]
+    db.execute("BEGIN IMMEDIATE; COMMIT")  # a commit point with nothing to replicate
+    db.execute("INSERT INTO t VALUES(2)")
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="deferred.db")
+    db.close()
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+    assert rows(copy, "SELECT count(*) FROM u") == [(0,)], "a transaction that never committed"
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_a_commit_whose_wal_sync_fails_is_taken_back(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+    durability: str,
+) -> None:
+    """With synchronous=FULL, SQLite syncs the WAL after the commit frame, where bottomless
+    has already recorded (or spooled) the commit. If that sync fails, SQLite reports the
+    commit as failed and later overwrites its frames: the record must be taken back."""
+    from bottomless import vfs
+
+    settings = make_settings("memory", durability=durability)
+    path = str(tmp_path / "unsynced.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t(x); CREATE TABLE u(y)")
+    db.execute("INSERT INTO t VALUES(1)")
+
+    def failing_sync(file: Any, flags: int) -> None:
+        raise apsw.IOError("fsync: input/output error")
+
+    monkeypatch.setattr(vfs, "_wal_sync", failing_sync)
+    with pytest.raises(apsw.Error):
+        db.execute("INSERT INTO u VALUES('never committed')")
+    monkeypatch.undo()
+    assert db.execute("SELECT count(*) FROM u").fetchall() == [(0,)]
+    db.execute("BEGIN IMMEDIATE; COMMIT")
+    db.execute("INSERT INTO t VALUES(2)")
+    bottomless.wait_durable(db, 30)
+    local = db.execute("SELECT x FROM t ORDER BY x").fetchall()
+    assert local == [(1,), (2,)]
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="unsynced.db")
+    db.close()
+    assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
+    assert rows(copy, "SELECT * FROM u") == [], "a transaction SQLite reported as failed"
