@@ -110,3 +110,24 @@ def abandon(db: Any, path: str) -> None:
     db.close()
     assert vfs._registered is not None
     vfs._registered._entries.pop(os.path.abspath(path), None)
+
+
+def plant_commit(
+    path: str, seq: int, prev: bytes, page_size: int = 4096, db_name: str | None = None
+) -> bytes:
+    """Store commit ``seq`` of the current generation of the open database ``path`` with this
+    writer's id, chained to ``prev``, as a process killed after its upload (or a copy of the
+    database) would; return its digest."""
+    from bottomless import format as fmt
+    from bottomless.localdb import read_state
+
+    rep = replicator(path)
+    state = read_state(path)
+    assert state is not None
+    batch = fmt.PageBatch(
+        fmt.KIND_COMMIT, state.generation, seq, page_size, 2, {2: bytes(page_size)},
+        prev=prev, writer=state.writer_bytes,
+    )
+    rep.store.put_once(fmt.commit_key(db_name or rep.db_name, state.generation, seq),
+                       fmt.encode_batch(batch))
+    return batch.digest

@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import abandon, integrity, remove_db, replicator, rows, stop_uploader
+from helpers import abandon, integrity, plant_commit, remove_db, replicator, rows, stop_uploader
 
 import bottomless
 from bottomless.restore import commit_numbers, resolve_target
@@ -319,7 +319,6 @@ def test_an_object_of_this_writer_not_chained_to_its_position_stops_the_uploader
 ) -> None:
     """The async uploader settles only a true orphan (this writer's, chained to the recorded
     position, nothing after it); an object that merely carries this writer id is refused."""
-    from bottomless import format as fmt
     from bottomless.errors import ReplicaConflictError
     from bottomless.localdb import read_state
 
@@ -334,13 +333,7 @@ def test_an_object_of_this_writer_not_chained_to_its_position_stops_the_uploader
     rep = replicator(path)
     state = read_state(path)
     assert state is not None
-    page_size = db.execute("PRAGMA page_size").fetchall()[0][0]
-    stranger = fmt.PageBatch(
-        fmt.KIND_COMMIT, state.generation, state.seq + 1, page_size, 2,
-        {2: bytes(page_size)}, prev=bytes(32), writer=state.writer_bytes,
-    )
-    rep.store.put_once(fmt.commit_key("a.db", state.generation, state.seq + 1),
-                       fmt.encode_batch(stranger))
+    plant_commit(path, state.seq + 1, prev=bytes(32))  # this writer's id, not chained
     with pytest.raises(ReplicaConflictError, match="another writer"):
         rep.drain_once()
     assert bottomless.status(db)["generation"] == state.generation

@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import ForwardingStore, integrity, remove_db, replicator, rows
+from helpers import ForwardingStore, integrity, plant_commit, remove_db, replicator, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -232,12 +232,7 @@ def test_a_fork_over_an_orphan_is_recorded_only_at_its_commit_point(
     rep = replicator(path)
     state = read_state(path)
     assert state is not None
-    orphan = fmt.PageBatch(  # what a process killed after its upload leaves behind
-        fmt.KIND_COMMIT, state.generation, state.seq + 1, state.page_size, 2,
-        {2: bytes(state.page_size)}, prev=state.digest_bytes, writer=state.writer_bytes,
-    )
-    rep.store.put_once(fmt.commit_key("fork.db", state.generation, state.seq + 1),
-                       fmt.encode_batch(orphan))
+    plant_commit(path, state.seq + 1, state.digest_bytes)  # what a killed process leaves
     upload = rep.replicate
 
     def upload_then_fail(txn: Any, image: Any = None) -> None:
@@ -274,18 +269,11 @@ def test_a_commit_of_this_writer_unlike_an_orphan_is_a_conflict(
     db = bottomless.connect(path, settings)
     db.execute("CREATE TABLE t(x)")
     db.execute("INSERT INTO t VALUES(1)")
-    rep = replicator(path)
     state = read_state(path)
     assert state is not None
     prev = bytes(32) if unlike_an_orphan == "not_chained" else state.digest_bytes
     for seq in (state.seq + 1, state.seq + 2)[: 1 if unlike_an_orphan == "not_chained" else 2]:
-        batch = fmt.PageBatch(
-            fmt.KIND_COMMIT, state.generation, seq, state.page_size, 2,
-            {2: bytes(state.page_size)}, prev=prev, writer=state.writer_bytes,
-        )
-        rep.store.put_once(fmt.commit_key("copy.db", state.generation, seq),
-                           fmt.encode_batch(batch))
-        prev = batch.digest
+        prev = plant_commit(path, seq, prev)
     with pytest.raises(apsw.IOError) as failure:
         db.execute("INSERT INTO t VALUES(2)")
     assert "another writer" in str(failure.value.__cause__)
