@@ -110,15 +110,6 @@ def file_settings(directory: str, **overrides: Any) -> bottomless.Settings:
     return bottomless.Settings(backend="file", bucket=directory, **overrides)
 
 
-def store_fs(db_path: str) -> Any:
-    """The s3fs filesystem of the replicator of an open bottomless database."""
-    registered = bottomless.vfs._registered
-    assert registered is not None, "no bottomless connection is open"
-    replicator = registered.replicator_for(os.path.abspath(db_path))
-    assert replicator is not None, f"{db_path} is not open through bottomless"
-    return replicator.store.fs  # type: ignore[attr-defined]
-
-
 def replicator_of(db_path: str) -> Any:
     """The Replicator of an open bottomless database."""
     registered = bottomless.vfs._registered

@@ -29,7 +29,6 @@ from common import (
     prepare,
     replicator_of,
     s3_settings,
-    store_fs,
     timed_commits,
 )
 
@@ -273,34 +272,44 @@ class LagProbe(threading.Thread):
 
 
 def put_floor(server: SeaweedServer, size: int, repeats: int) -> dict[str, Any]:
-    """Median time of a raw s3fs PUT of ``size`` bytes (the floor of a synchronous commit).
+    """Median time of a raw PUT of ``size`` bytes (the floor of a synchronous commit).
 
-    Also times the same PUT with ``If-None-Match: *``, the create-only write bottomless uses,
-    to show what the condition itself costs on this server.
+    Timed with s3fs (``call_s3``, the floor as the project's targets define it) and with a plain
+    botocore client in the calling thread (what bottomless now sends commits with, so the
+    stricter floor), each also with ``If-None-Match: *``, the create-only write bottomless uses,
+    to show what the condition itself costs on this server. The kinds take turns.
     """
     bucket = server.new_bucket()
     fs = s3fs.S3FileSystem(
         endpoint_url=server.endpoint, key=ACCESS_KEY, secret=SECRET_KEY,
         client_kwargs={"region_name": "us-east-1"}, skip_instance_cache=True,
     )
+    client: Any = server.client()
     rng = random.Random(4)
-    times: dict[str, list[float]] = {"plain": [], "conditional": []}
+    kinds = ("plain", "conditional", "botocore", "botocore_conditional")
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
     try:
         for i in range(repeats + 10):
-            for kind in ("plain", "conditional"):
+            for kind in kinds:
                 body = rng.randbytes(size)
-                extra = {"IfNoneMatch": "*"} if kind == "conditional" else {}
+                extra = {"IfNoneMatch": "*"} if kind.endswith("conditional") else {}
+                key = f"{kind}/{i:08d}"
                 t0 = time.perf_counter()
-                fs.call_s3("put_object", Bucket=bucket, Key=f"{kind}/{i:08d}", Body=body, **extra)
+                if kind.startswith("botocore"):
+                    client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+                else:
+                    fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **extra)
                 if i >= 10:  # the first few open connections
                     times[kind].append(time.perf_counter() - t0)
     finally:
         s3fs.S3FileSystem.close_session(fs.loop, fs.s3)
         server.drop_bucket(bucket)
-    return {"bytes": size, "repeats": repeats, "put_median_ms": median(times["plain"]) * 1000,
-            "put_p99_ms": percentile(times["plain"], 0.99) * 1000,
-            "conditional_put_median_ms": median(times["conditional"]) * 1000,
-            "conditional_put_p99_ms": percentile(times["conditional"], 0.99) * 1000}
+    result: dict[str, Any] = {"bytes": size, "repeats": repeats}
+    for kind in kinds:
+        name = "put" if kind == "plain" else f"{kind}_put"
+        result[f"{name}_median_ms"] = median(times[kind]) * 1000
+        result[f"{name}_p99_ms"] = percentile(times[kind], 0.99) * 1000
+    return result
 
 
 # ------------------------------------------------------------------ 3: requests per commit
@@ -315,7 +324,9 @@ def requests_per_commit(
     counter = RequestCounter()
     conn = bottomless.connect(path, settings)
     try:
-        counter.attach(store_fs(path).s3)
+        store = replicator_of(path).store
+        counter.attach(store.fs.s3)  # reads, listings, lease renewals (s3fs)
+        counter.attach(store.client)  # create-only writes: commits, snapshots (botocore)
         opened = counter.snapshot()
         prepare(conn)  # two commits: journal mode and the table
         values = payloads(snapshot_every, 5)

@@ -55,7 +55,8 @@ class FaultProxy:
     most ``budget`` faults are injected (``None``: no limit). Every attribute (``faults_enabled``,
     ``rate``, ``kinds``, ``stall_seconds``, ``match``, ``budget``) may be changed while it runs.
     ``counts`` holds one counter per fault kind plus ``requests`` (all requests seen) and
-    ``forwarded`` (requests the server received).
+    ``forwarded`` (requests the server received); ``seen`` lists every request as
+    ``"METHOD /path?query"``, in arrival order.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class FaultProxy:
         self.budget = budget
         self.faults_enabled = True
         self.counts: Counter[str] = Counter()
+        self.seen: list[str] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -126,6 +128,7 @@ class FaultProxy:
     def _choose(self, request: str) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
+            self.seen.append(request)
             if not self.faults_enabled or not self.kinds or self.match not in request:
                 return None
             if self.budget is not None and sum(self.faults().values()) >= self.budget:

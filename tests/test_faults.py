@@ -102,6 +102,29 @@ def test_proxy_is_transparent(tmp_path: Any, seaweed: Any,
     assert rows(copy) == rows(path) == [(i,) for i in range(5)]
 
 
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_sync_commit_is_one_put_and_nothing_else(tmp_path: Any, seaweed: Any,
+                                                   s3_settings: dict[str, Any],
+                                                   mode: str) -> None:
+    """The commit path of sync mode is one create-only PUT: no LIST, HEAD, GET or second PUT."""
+    with _proxy(seaweed.endpoint) as proxy:
+        settings = _direct(s3_settings, endpoint=proxy.endpoint)
+        path = str(tmp_path / "app.db")
+        db = bottomless.connect(path, settings)
+        try:
+            db.execute(f"PRAGMA journal_mode={mode}")
+            db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            before = len(proxy.seen)
+            for i in range(20):
+                db.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+            during = proxy.seen[before:]
+        finally:
+            db.close()
+    assert len(during) == 20, during
+    assert all(r.startswith("PUT /") and "/commits/" in r for r in during), during
+    assert len(set(during)) == 20  # twenty different objects, none sent twice
+
+
 # ---------------------------------------------------------------- commits under faults
 
 @pytest.mark.parametrize(("mode", "rate", "retries", "timeout", "commits", "seed"), [

@@ -3,14 +3,24 @@
 Create-only writes use ``If-None-Match: *``. Retries are left to botocore's "standard" mode
 (``max_retries`` attempts after the first); s3fs's own retry loop is set to a single attempt so
 the two layers never multiply.
+
+Create-only writes (every commit object, snapshot part and manifest) go through a plain
+botocore client in the calling thread rather than through s3fs: s3fs runs each request on its
+event-loop thread, and handing a commit's one PUT over to that thread and back cost about a
+quarter of a millisecond on loopback, a tenth of the request. Both clients share the endpoint,
+credentials, timeouts and retry policy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+import botocore.config
+import botocore.session
 import fsspec.asyn
 import s3fs
 from botocore.exceptions import BotoCoreError, ClientError
@@ -49,6 +59,7 @@ class S3PageStore(FsspecPageStore):
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint
+        self._settings = settings
         client_kwargs: dict[str, Any] = {"verify": settings.verify_tls}
         if settings.region:
             client_kwargs["region_name"] = settings.region
@@ -58,19 +69,28 @@ class S3PageStore(FsspecPageStore):
             secret=_secret(settings.secret_access_key),
             token=_secret(settings.session_token),
             client_kwargs=client_kwargs,
-            config_kwargs={
-                "connect_timeout": settings.timeout,
-                "read_timeout": settings.timeout,
-                # total_max_attempts counts the first try; botocore's max_attempts would not
-                "retries": {"total_max_attempts": settings.max_retries + 1, "mode": "standard"},
-            },
+            config_kwargs=_config_kwargs(settings),
             use_listings_cache=False,
             skip_instance_cache=True,
             max_concurrency=1,  # a GET is one request (no HEAD first to plan ranged reads)
         )
         fs.retries = 1
         super().__init__(fs, self.bucket)
+        self._client_lock = threading.Lock()
+        self._client: Any = None
+        self._client_pid = 0
         self._ensure_bucket(settings.create_bucket, settings.region)
+
+    @property
+    def client(self) -> Any:
+        """The botocore client of create-only writes (made again in a forked child, whose
+        parent's pooled connections it must not share)."""
+        if self._client is None or self._client_pid != os.getpid():
+            with self._client_lock:
+                if self._client is None or self._client_pid != os.getpid():
+                    self._client = _botocore_client(self._settings)
+                    self._client_pid = os.getpid()
+        return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3PageStore:
@@ -123,9 +143,7 @@ class S3PageStore(FsspecPageStore):
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create ``key`` with ``If-None-Match: *``; ObjectExistsError if it exists."""
         try:
-            self.fs.call_s3(
-                "put_object", Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*"
-            )
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*")
         except Exception as e:
             code = _error_code(e)
             if isinstance(e, FileExistsError) or code in ("PreconditionFailed", "412"):
@@ -173,9 +191,43 @@ class S3PageStore(FsspecPageStore):
         return str(response["ETag"])
 
     def close(self) -> None:
-        """Drop the client's connections."""
+        """Drop the clients' connections."""
         with contextlib.suppress(Exception):  # best effort at shutdown
             s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
+        client, self._client = self._client, None
+        if client is not None and self._client_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _config_kwargs(settings: Settings) -> dict[str, Any]:
+    """botocore client options shared by the s3fs client and the plain one."""
+    return {
+        "connect_timeout": settings.timeout,
+        "read_timeout": settings.timeout,
+        # total_max_attempts counts the first try; botocore's max_attempts would not
+        "retries": {"total_max_attempts": settings.max_retries + 1, "mode": "standard"},
+    }
+
+
+def _botocore_client(settings: Settings) -> Any:
+    """A botocore S3 client configured as the s3fs one: same endpoint, credentials (explicit,
+    else the standard AWS chain), region, TLS verification, timeouts and retries."""
+    session = botocore.session.get_session()
+    return session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint or None,
+        region_name=settings.region or None,
+        verify=settings.verify_tls,
+        aws_access_key_id=_secret(settings.access_key_id),
+        aws_secret_access_key=_secret(settings.secret_access_key),
+        aws_session_token=_secret(settings.session_token),
+        config=botocore.config.Config(
+            # snapshot parts are uploaded by several threads at once
+            max_pool_connections=max(10, settings.parallelism + 2),
+            **_config_kwargs(settings),
+        ),
+    )
 
 
 def _read(fs: s3fs.S3FileSystem, body: Any) -> bytes:
