@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import apsw
+import botocore.config
+import botocore.session
 import s3fs
 from common import (
     MB,
@@ -85,26 +87,38 @@ def _child(mode: str, settings: bottomless.Settings, **extra: Any) -> dict[str, 
 def raw_download(
     server: SeaweedServer, bucket: str, keys: list[str], parallelism: int, scratch: str
 ) -> dict[str, Any]:
-    """Download ``keys`` with s3fs only, three ways; the fastest is the baseline.
+    """Download ``keys`` four ways, nothing checked or written; the fastest is the baseline.
 
-    ``cat_file`` in a thread pool (what bottomless does; s3fs then sends a HEAD before each
-    whole-object GET), one ``get_object`` per key in a thread pool (no HEAD), and ``fs.cat`` on
-    the whole list (s3fs's own async batching). Nothing is written to disk.
+    With s3fs: ``cat_file`` in a thread pool (s3fs then sends a HEAD before each whole-object
+    GET), one ``get_object`` per key in a thread pool (no HEAD), and ``fs.cat`` on the whole
+    list (s3fs's own async batching). With a plain botocore client: one ``get_object`` per key
+    in a thread pool, each thread reading its own body (what bottomless's S3 backend does).
     """
     fs = s3fs.S3FileSystem(
         endpoint_url=server.endpoint, key=ACCESS_KEY, secret=SECRET_KEY,
         client_kwargs={"region_name": "us-east-1"}, skip_instance_cache=True,
         use_listings_cache=False,
     )
+    client: Any = botocore.session.get_session().create_client(
+        "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+        config=botocore.config.Config(max_pool_connections=max(10, parallelism + 2)),
+    )
     paths = [f"{bucket}/{k}" for k in keys]
 
     def get_object(path: str) -> bytes:
         return fs.cat_file(path, max_concurrency=1)  # type: ignore[no-any-return]
 
+    def botocore_get(path: str) -> bytes:
+        key = path.split("/", 1)[1]
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
     timings: dict[str, float] = {}
     try:
         fs.cat_file(paths[0])  # open the session and a connection
-        for name, fetch in (("thread_pool_s", fs.cat_file), ("get_object_pool_s", get_object)):
+        botocore_get(paths[0])
+        for name, fetch in (("thread_pool_s", fs.cat_file), ("get_object_pool_s", get_object),
+                            ("botocore_pool_s", botocore_get)):
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=parallelism) as pool:
                 total = sum(len(b) for b in pool.map(fetch, paths))
@@ -114,9 +128,12 @@ def raw_download(
         timings["fs_cat_s"] = time.perf_counter() - t0
         assert sum(len(b) for b in batch.values()) == total
         del batch
-        written = download_and_write(get_object, paths, scratch, parallelism)
+        fastest = botocore_get if timings["botocore_pool_s"] < timings["get_object_pool_s"] \
+            else get_object
+        written = download_and_write(fastest, paths, scratch, parallelism)
     finally:
         s3fs.S3FileSystem.close_session(fs.loop, fs.s3)
+        client.close()
     return {"bytes": total, "objects": len(paths), **timings, "best_s": min(timings.values()),
             "download_and_write_s": written}
 
@@ -181,6 +198,7 @@ def restore_benchmark(
         "raw_thread_pool_s": min(r["thread_pool_s"] for r in raws),
         "raw_get_object_pool_s": min(r["get_object_pool_s"] for r in raws),
         "raw_fs_cat_s": min(r["fs_cat_s"] for r in raws),
+        "raw_botocore_pool_s": min(r["botocore_pool_s"] for r in raws),
         "raw_download_and_write_s": min(r["download_and_write_s"] for r in raws),
         "raw_s": best_raw["best_s"],
         "restore_mb_s": best_raw["bytes"] / MB / best_restore["restore_s"],

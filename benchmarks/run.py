@@ -270,9 +270,11 @@ def _restore_section(results: dict[str, Any]) -> str:
             ["raw s3fs download, get_object pool (no HEAD)",
              f"{r['raw_get_object_pool_s']:.2f} s"],
             ["raw s3fs download, fs.cat", f"{r['raw_fs_cat_s']:.2f} s"],
+            *([["raw botocore download, get_object pool", f"{r['raw_botocore_pool_s']:.2f} s"]]
+              if "raw_botocore_pool_s" in r else []),
             ["raw (best)", f"{r['raw_s']:.2f} s = {r['raw_mb_s']:.0f} MiB/s"],
             ["ratio restore / raw throughput", f"{r['restore_mb_s'] / r['raw_mb_s']:.2f}x"],
-            ["(for scale: get_object pool + write + fsync)",
+            ["(for scale: fastest get_object pool + write + fsync)",
              f"{r['raw_download_and_write_s']:.2f} s"],
             ["restore peak RSS (child)", f"{r['restore_peak_rss_mb']:.0f} MiB"],
             ["idle child RSS (imports + store)", f"{r['idle_child_rss_mb']:.0f} MiB"],

@@ -60,3 +60,35 @@ def test_a_forked_child_writes_through_a_client_of_its_own(
         assert store.get("parent/after") == b"3"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("retries", "survives"), [(2, True), (0, False)])
+def test_a_body_cut_short_is_fetched_again(
+    seaweed: Any, s3_settings: dict[str, Any], retries: int, survives: bool,
+) -> None:
+    from faultproxy import FaultProxy
+
+    from bottomless.errors import StoreError
+
+    body = os.urandom(200_000)
+    direct = open_store(bottomless.Settings(**s3_settings))
+    try:
+        direct.put_if_absent("cut/object", body)
+    finally:
+        direct.close()
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
+                    budget=1) as proxy:
+        store = open_store(bottomless.Settings(
+            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": retries}
+        ))
+        try:
+            if survives:
+                assert store.get("cut/object") == body
+            else:
+                with pytest.raises(StoreError) as raised:
+                    store.get("cut/object")
+                assert "GET cut/object" in str(raised.value)
+                assert proxy.endpoint in str(raised.value)
+        finally:
+            store.close()
+        assert proxy.faults() == {"truncate": 1}

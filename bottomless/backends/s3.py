@@ -4,16 +4,20 @@ Create-only writes use ``If-None-Match: *``. Retries are left to botocore's "sta
 (``max_retries`` attempts after the first); s3fs's own retry loop is set to a single attempt so
 the two layers never multiply.
 
-Create-only writes (every commit object, snapshot part and manifest) go through a plain
-botocore client in the calling thread rather than through s3fs: s3fs runs each request on its
-event-loop thread, and handing a commit's one PUT over to that thread and back cost about a
-quarter of a millisecond on loopback, a tenth of the request. Both clients share the endpoint,
-credentials, timeouts and retry policy.
+Object bodies, written (create-only: every commit object, snapshot part and manifest) and read
+(whole or ranged), go through a plain botocore client in the calling thread; s3fs keeps the
+rest (bucket checks, listings, deletes, the lease's conditional replace). s3fs runs every
+request on its one event-loop thread: handing a commit's PUT over to it and back cost about a
+quarter of a millisecond on loopback, a tenth of the request, and a restore's parallel
+downloads all funnelled their bodies through that one thread. Both clients share the endpoint,
+credentials, timeouts and retry policy; a body cut short while being read is fetched again,
+as botocore's retries end when the headers arrive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import urllib.parse
@@ -23,7 +27,14 @@ import botocore.config
 import botocore.session
 import fsspec.asyn
 import s3fs
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from bottomless.backends._fsspec import FsspecPageStore
 from bottomless.errors import (
@@ -35,6 +46,8 @@ from bottomless.errors import (
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def _error_code(error: BaseException | None) -> str:
@@ -150,6 +163,10 @@ class S3PageStore(FsspecPageStore):
                 raise ObjectExistsError(f"{self.location}: {key} already exists") from e
             raise self._translate(e, "PUT", key) from e
 
+    def get(self, key: str) -> bytes:
+        """Return the whole object; raise ObjectNotFoundError if it does not exist."""
+        return self._fetch(key, {})
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)``; empty where S3 would answer 416."""
         if end <= start:
@@ -157,14 +174,32 @@ class S3PageStore(FsspecPageStore):
                 raise ObjectNotFoundError(f"{self.location}: {key} does not exist")
             return b""
         try:
-            data: bytes = self.fs.cat_file(self._path(key), start=start, end=end)
-        except Exception as e:
+            return self._fetch(key, {"Range": f"bytes={start}-{end - 1}"})
+        except StoreError as e:
             if _error_code(e) == "InvalidRange":
                 if not self.exists(key):
                     raise ObjectNotFoundError(f"{self.location}: {key} does not exist") from e
                 return b""
-            raise self._translate(e, "GET", key) from e
-        return data
+            raise
+
+    def _fetch(self, key: str, extra: dict[str, str]) -> bytes:
+        """GET ``key`` (with ``extra`` request options) and read its body whole."""
+        attempts = self._settings.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:  # botocore retries this part itself
+                response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+            except Exception as e:
+                raise self._translate(e, "GET", key) from e
+            try:
+                data: bytes = response["Body"].read()
+            except _BODY_ERRORS as e:
+                if attempt < attempts:
+                    logger.warning("GET %s: the body was cut short (%s); fetching it again",
+                                   key, type(e).__name__)
+                    continue
+                raise self._translate(e, "GET", key) from e
+            return data
+        raise AssertionError("unreachable")
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """Return the object and its ETag."""
@@ -198,6 +233,11 @@ class S3PageStore(FsspecPageStore):
         if client is not None and self._client_pid == os.getpid():
             with contextlib.suppress(Exception):
                 client.close()
+
+
+#: a response body cut short or stalled while being read (after botocore's retries ended)
+_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError,
+                ConnectionClosedError)
 
 
 def _config_kwargs(settings: Settings) -> dict[str, Any]:
