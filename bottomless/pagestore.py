@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from bottomless.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StoreError
@@ -87,6 +88,17 @@ class PageStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
+
+    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the whole object in pieces of at most ``chunk_size`` bytes, as they arrive.
+
+        Raises ObjectNotFoundError if it does not exist, StoreError if the transfer fails
+        (maybe after some pieces were yielded). This version fetches the object whole; backends
+        that can stream override it.
+        """
+        data = self.get(key)
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
 
     def put_once(self, key: str, data: bytes) -> None:
         """Create ``key`` like :meth:`put_if_absent`, but idempotently.

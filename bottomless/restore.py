@@ -2,8 +2,9 @@
 
 A restore picks the newest snapshot at or before the target commit, writes its parts, and
 applies the commits after it in order. Every object is verified (checksum, generation,
-sequence, chain) before a byte of it is written, and the result replaces the target path, by a
-rename, only once it is complete.
+sequence, chain). Snapshot parts are written as they download, several at once in a few MiB
+each, and commits once verified, into a temporary file that replaces the target path, by a
+rename, only once all of it is complete and verified.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,17 @@ from bottomless.errors import (
     ReplicaNotFoundError,
     RestoreError,
 )
+from bottomless.format_stream import decode_stream
 from bottomless.localdb import fsync_dir
 from bottomless.pagestore import PageStore
-from bottomless.snapshots import check_part, iter_commits, read_manifest, snapshot_seqs
-from bottomless.transfer import in_order, window_for
+from bottomless.snapshots import (
+    check_part_digest,
+    check_part_layout,
+    iter_commits,
+    read_manifest,
+    snapshot_seqs,
+)
+from bottomless.transfer import STREAMED_PART_BYTES, in_order, window_for
 
 logger = logging.getLogger(__name__)
 
@@ -205,15 +213,28 @@ def restore_file(
             progress(size)
 
     def fetch_part(part: dict[str, Any], fd: int) -> int:
-        # in a download thread: hashing, decompressing and pwrite release the GIL
+        # in a download thread, page by page as the object arrives: hashing, decompressing and
+        # pwrite release the GIL. Its pages are consecutive (checked before the first is
+        # written); nothing is trusted before the digest is, as the file is thrown away on error
         key = str(part["key"])
-        data = store.get(key)
-        raw = fmt.decode_raw(data, key)
-        check_part(raw, key, part, snapshot.page_size)
-        for first, run in raw.runs():
-            _write_all(fd, run, (first - 1) * snapshot.page_size)
-            _start_writeback(fd, (first - 1) * snapshot.page_size, len(run))
-        return len(data)
+        base = (int(part["first"]) - 1) * snapshot.page_size
+        received = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal received
+            for chunk in store.get_chunks(key):
+                received += len(chunk)
+                yield chunk
+
+        def begin(head: fmt.BatchHeader, numbers: list[int]) -> None:
+            check_part_layout(head, numbers, key, part, snapshot.page_size)
+
+        def write(offset: int, data: memoryview) -> None:
+            _write_all(fd, data, base + offset)
+            _start_writeback(fd, base + offset, len(data))
+
+        check_part_digest(decode_stream(chunks(), key, begin, write), key, part)
+        return received
 
     page_size, db_size = snapshot.page_size, snapshot.db_size
     digest, created_ms = snapshot.chain_digest, snapshot.created_ms
@@ -221,9 +242,7 @@ def restore_file(
     try:
         with ThreadPoolExecutor(max_workers=parallelism) as pool:
             jobs = [functools.partial(fetch_part, p, fd) for p in snapshot.parts]
-            for size in in_order(
-                pool, jobs, window_for(parallelism, snapshot.part_pages * page_size)
-            ):
+            for size in in_order(pool, jobs, window_for(parallelism, STREAMED_PART_BYTES)):
                 count(size)
         for raw in iter_commits(
             store, db_name, target.generation, snapshot.seq + 1, target.seq, digest, parallelism,

@@ -118,16 +118,28 @@ def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> 
 
 def check_part(raw: fmt.RawBatch, key: str, part: dict[str, Any], page_size: int) -> None:
     """Raise CorruptObjectError unless ``raw`` is exactly the part the manifest lists."""
-    if raw.digest.hex() != part["digest"]:
+    check_part_digest(raw.digest, key, part)
+    check_part_layout(raw.head, raw.numbers, key, part, page_size)
+
+
+def check_part_digest(digest: bytes, key: str, part: dict[str, Any]) -> None:
+    """Raise CorruptObjectError unless ``digest`` is the one the manifest lists for the part."""
+    if digest.hex() != part["digest"]:
         raise CorruptObjectError(
-            f"{key}: digest {raw.digest.hex()[:16]}… does not match the manifest's"
+            f"{key}: digest {digest.hex()[:16]}… does not match the manifest's"
             f" {str(part['digest'])[:16]}…"
         )
-    head = raw.head
+
+
+def check_part_layout(
+    head: fmt.BatchHeader, numbers: list[int], key: str, part: dict[str, Any], page_size: int
+) -> None:
+    """Raise CorruptObjectError unless a part's header and ascending page numbers are what the
+    manifest lists: a snapshot part of this generation holding pages ``first`` to
+    ``first + pages - 1``, every one of them."""
     if head.kind != fmt.KIND_SNAPSHOT or head.generation != fmt.generation_of_key(key):
         raise CorruptObjectError(f"{key}: not a snapshot part of {fmt.generation_of_key(key)}")
     first, count = int(part["first"]), int(part["pages"])
-    numbers = raw.numbers
     if (head.page_size != page_size or len(numbers) != count
             or (numbers and (numbers[0] != first or numbers[-1] != first + count - 1))):
         raise CorruptObjectError(f"{key}: holds other pages than the manifest says")

@@ -36,6 +36,8 @@ def in_order(
 MEMORY_BUDGET = 96 * 1024 * 1024
 #: a part in flight is held about this many times over (pages, encoded object, copies)
 _COPIES = 3
+#: what a part decoded as it downloads holds at once (pieces in and out, the zstd window)
+STREAMED_PART_BYTES = 2 * 1024 * 1024
 
 
 def window_for(parallelism: int, object_bytes: int) -> int:

@@ -92,3 +92,36 @@ def test_a_body_cut_short_is_fetched_again(
         finally:
             store.close()
         assert proxy.faults() == {"truncate": 1}
+
+
+@pytest.mark.parametrize(("retries", "survives"), [(2, True), (0, False)])
+def test_a_streamed_body_cut_short_resumes_where_it_stopped(
+    seaweed: Any, s3_settings: dict[str, Any], retries: int, survives: bool,
+) -> None:
+    from faultproxy import FaultProxy
+
+    from bottomless.errors import StoreError
+
+    body = os.urandom(600_000)
+    direct = open_store(bottomless.Settings(**s3_settings))
+    try:
+        direct.put_if_absent("cut/streamed", body)
+    finally:
+        direct.close()
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
+                    budget=1) as proxy:
+        store = open_store(bottomless.Settings(
+            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": retries}
+        ))
+        try:
+            if survives:
+                assert b"".join(store.get_chunks("cut/streamed", 64 * 1024)) == body
+                assert [r for r in proxy.seen if r.startswith("GET ")] == [
+                    f"GET /{s3_settings['bucket']}/cut/streamed"] * 2  # the second one ranged
+            else:
+                with pytest.raises(StoreError) as raised:
+                    b"".join(store.get_chunks("cut/streamed"))
+                assert "GET cut/streamed" in str(raised.value)
+        finally:
+            store.close()
+        assert proxy.faults() == {"truncate": 1}

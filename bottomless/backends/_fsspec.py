@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from bottomless.errors import ObjectChangedError, ObjectNotFoundError, StoreError
@@ -40,6 +41,22 @@ class FsspecPageStore(PageStore):
         except Exception as e:
             raise self._translate(e, "GET", key) from e
         return data
+
+    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the object in pieces of at most ``chunk_size`` bytes, read from an open file."""
+        try:
+            handle = self.fs.open(self._path(key), "rb")
+        except Exception as e:
+            raise self._translate(e, "GET", key) from e
+        with handle:
+            while True:
+                try:
+                    chunk: bytes = handle.read(chunk_size)
+                except Exception as e:
+                    raise self._translate(e, "GET", key) from e
+                if not chunk:
+                    return
+                yield chunk
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """Return the object and its version (the SHA-256 of its content)."""

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.config
@@ -181,6 +182,29 @@ class S3PageStore(FsspecPageStore):
                     raise ObjectNotFoundError(f"{self.location}: {key} does not exist") from e
                 return b""
             raise
+
+    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the object in pieces of at most ``chunk_size`` bytes as they arrive; a body cut
+        short is resumed where it stopped (a ranged GET; objects never change)."""
+        received = 0
+        for attempt in range(1, self._settings.max_retries + 2):
+            extra = {"Range": f"bytes={received}-"} if received else {}
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+            except Exception as e:
+                raise self._translate(e, "GET", key) from e
+            try:
+                for chunk in body.iter_chunks(chunk_size):
+                    received += len(chunk)
+                    yield chunk
+                return
+            except _BODY_ERRORS as e:
+                if attempt > self._settings.max_retries:
+                    raise self._translate(e, "GET", key) from e
+                logger.warning("GET %s: the body was cut short after %d bytes (%s); resuming",
+                               key, received, type(e).__name__)
+            finally:
+                body.close()
 
     def _fetch(self, key: str, extra: dict[str, str]) -> bytes:
         """GET ``key`` (with ``extra`` request options) and read its body whole."""

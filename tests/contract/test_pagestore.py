@@ -345,3 +345,21 @@ def test_repr_and_location_never_contain_the_secret(
             assert SECRET_KEY not in str(raised.value)
     finally:
         with_secret.close()
+
+
+# ---------------------------------------------------------------- streamed reads
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 300_000])
+def test_get_chunks_yields_the_object_in_bounded_pieces(
+    store: PageStore, prefix: str, size: int
+) -> None:
+    data = pattern(size, salt=5)
+    store.put_if_absent(f"{prefix}streamed", data)
+    chunks = list(store.get_chunks(f"{prefix}streamed", chunk_size=64 * 1024))
+    assert b"".join(chunks) == data
+    assert all(len(c) <= 64 * 1024 for c in chunks)
+
+
+def test_get_chunks_of_a_missing_key_raises_not_found(store: PageStore, prefix: str) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        list(store.get_chunks(f"{prefix}missing"))
