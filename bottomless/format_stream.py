@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, cast
 
@@ -34,35 +35,58 @@ Write = Callable[[int, memoryview], None]
 
 class _Source:
     """The object's bytes as they arrive, minus its last ``DIGEST_SIZE`` (the trailer), hashed
-    as they are consumed; a ``read`` method for zstandard."""
+    as they are consumed; a ``read`` method for zstandard. Each byte is copied once, into the
+    piece a read returns (zstandard must be given ``bytes``: a view crashed it)."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = bytearray()
+        self._queue: deque[memoryview] = deque()
+        self._buffered = 0
         self._ended = False
         self.hasher = hashlib.sha256()
 
     def _fill(self, wanted: int) -> None:
-        while not self._ended and len(self._buffer) < wanted + fmt.DIGEST_SIZE:
+        while not self._ended and self._buffered < wanted + fmt.DIGEST_SIZE:
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._ended = True
+            elif chunk:
+                self._queue.append(memoryview(chunk))
+                self._buffered += len(chunk)
+
+    def _take(self, size: int) -> list[memoryview]:
+        taken: list[memoryview] = []
+        while size:
+            first = self._queue[0]
+            if len(first) <= size:
+                taken.append(self._queue.popleft())
+                size -= len(first)
             else:
-                self._buffer += chunk
+                taken.append(first[:size])
+                self._queue[0] = first[size:]
+                size = 0
+        return taken
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes of the body (all that is left for -1); b"" at its end."""
         self._fill(size if size >= 0 else 1 << 62)
-        available = max(0, len(self._buffer) - fmt.DIGEST_SIZE)
-        taken = bytes(self._buffer[: available if size < 0 else min(size, available)])
-        del self._buffer[: len(taken)]
-        self.hasher.update(taken)
-        return taken
+        available = max(0, self._buffered - fmt.DIGEST_SIZE)
+        count = available if size < 0 else min(size, available)
+        data = b"".join(self._take(count))
+        self._buffered -= count
+        self.hasher.update(data)
+        return data
 
     def peek(self, size: int) -> bytes:
         """Up to ``size`` bytes of the body, left to be read."""
         self._fill(size)
-        return bytes(self._buffer[: min(size, max(0, len(self._buffer) - fmt.DIGEST_SIZE))])
+        count = min(size, max(0, self._buffered - fmt.DIGEST_SIZE))
+        out = bytearray()
+        for piece in self._queue:
+            if len(out) >= count:
+                break
+            out += piece[: count - len(out)]
+        return bytes(out)
 
     def exactly(self, size: int, key: str, what: str) -> bytes:
         """``size`` bytes, or CorruptObjectError naming ``what`` was cut short."""
@@ -74,9 +98,9 @@ class _Source:
     def trailer(self, key: str) -> bytes:
         """The trailer, once the body has been read whole."""
         self._fill(1 << 62)
-        if len(self._buffer) != fmt.DIGEST_SIZE:
+        if self._buffered != fmt.DIGEST_SIZE:
             raise CorruptObjectError(f"{key}: object is truncated (no room for its checksum)")
-        return bytes(self._buffer)
+        return b"".join(self._queue)
 
 
 def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write) -> bytes:
@@ -105,7 +129,7 @@ def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write)
     if head.compression == fmt.COMPRESSION_ZSTD:
         pieces: Iterator[bytes] = _decompressed(source, key, expected)
     else:
-        pieces = iter(lambda: source.read(OUTPUT_CHUNK), b"")
+        pieces = _stored(source)
     written = 0
     for piece in pieces:
         if written + len(piece) > expected:
@@ -119,6 +143,11 @@ def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write)
             f" {head.page_size} bytes"
         )
     return _check_trailer(source, key)
+
+
+def _stored(source: _Source) -> Iterator[bytes]:
+    while piece := source.read(OUTPUT_CHUNK):
+        yield piece
 
 
 def _decompressed(source: _Source, key: str, expected: int) -> Iterator[bytes]:
