@@ -78,6 +78,8 @@ class FaultProxy:
         self.faults_enabled = True
         self.counts: Counter[str] = Counter()
         self.seen: list[str] = []
+        #: request headers (lower case) never passed on, to play a server that ignores them
+        self.drop_request_headers: set[str] = set()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -247,8 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._upstream.putrequest(
                     self.command, self.path, skip_host=True, skip_accept_encoding=True
                 )
+                dropped = _HOP_BY_HOP | self.server.proxy.drop_request_headers
                 for name, value in self.headers.items():
-                    if name.lower() not in _HOP_BY_HOP:
+                    if name.lower() not in dropped:
                         self._upstream.putheader(name, value)
                 self._upstream.endheaders(body or None)
                 response = self._upstream.getresponse()

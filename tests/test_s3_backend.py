@@ -99,3 +99,25 @@ def test_a_body_cut_short_is_fetched_again(
         finally:
             store.close()
         assert proxy.faults() == {"truncate": 1}
+
+
+def test_a_resumed_stream_skips_what_it_has_when_the_server_ignores_range(
+    seaweed: Any, s3_settings: dict[str, Any],
+) -> None:
+    """A server that answers a ranged GET with the whole object (200, no Content-Range) must
+    not make the stream repeat the bytes it already yielded."""
+    body = os.urandom(600_000)
+    direct = open_store(bottomless.Settings(**s3_settings))
+    try:
+        direct.put_if_absent("cut/object", body)
+    finally:
+        direct.close()
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
+                    budget=1) as proxy:
+        proxy.drop_request_headers = {"range"}
+        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
+        try:
+            assert b"".join(store.get_chunks("cut/object", 64 * 1024)) == body
+        finally:
+            store.close()
+        assert proxy.faults() == {"truncate": 1}

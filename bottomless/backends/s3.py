@@ -190,11 +190,19 @@ class S3PageStore(FsspecPageStore):
         for attempt in range(1, self._settings.max_retries + 2):
             extra = {"Range": f"bytes={received}-"} if received else {}
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+                response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
             except Exception as e:
                 raise self._translate(e, "GET", key) from e
+            body = response["Body"]
+            # a server that ignores Range answers with the whole object: skip what we have
+            skip = received if extra and not response.get("ContentRange") else 0
             try:
                 for chunk in body.iter_chunks(chunk_size):
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
                     received += len(chunk)
                     yield chunk
                 return
