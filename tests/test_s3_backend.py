@@ -62,6 +62,14 @@ def test_a_forked_child_writes_through_a_client_of_its_own(
         store.close()
 
 
+def _store_directly(s3_settings: dict[str, Any], key: str, body: bytes) -> None:
+    direct = open_store(bottomless.Settings(**s3_settings))
+    try:
+        direct.put_if_absent(key, body)
+    finally:
+        direct.close()
+
+
 READERS: dict[str, Callable[[PageStore, str], bytes]] = {
     "get": lambda store, key: store.get(key),
     "get_chunks": lambda store, key: b"".join(store.get_chunks(key, 64 * 1024)),
@@ -76,11 +84,7 @@ def test_a_body_cut_short_is_fetched_again(
     """botocore's retries end when the headers arrive: a body cut short while it is read is
     fetched again (a whole GET), or resumed where it stopped (a ranged GET, when streamed)."""
     body = os.urandom(600_000)
-    direct = open_store(bottomless.Settings(**s3_settings))
-    try:
-        direct.put_if_absent("cut/object", body)
-    finally:
-        direct.close()
+    _store_directly(s3_settings, "cut/object", body)
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
                     budget=1) as proxy:
         store = open_store(bottomless.Settings(
@@ -107,11 +111,7 @@ def test_a_resumed_stream_skips_what_it_has_when_the_server_ignores_range(
     """A server that answers a ranged GET with the whole object (200, no Content-Range) must
     not make the stream repeat the bytes it already yielded."""
     body = os.urandom(600_000)
-    direct = open_store(bottomless.Settings(**s3_settings))
-    try:
-        direct.put_if_absent("cut/object", body)
-    finally:
-        direct.close()
+    _store_directly(s3_settings, "cut/object", body)
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
                     budget=1) as proxy:
         proxy.drop_request_headers = {"range"}
