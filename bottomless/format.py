@@ -51,6 +51,9 @@ _GENERATION_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
 
 # zstandard (de)compressor objects must not be shared between threads
 _local = threading.local()
+#: the largest zstd window a page batch is decoded with as it streams in: bottomless writes
+#: level 3 (a 2 MiB window at most); a frame asking for more is decoded whole instead
+MAX_WINDOW = 32 * 1024 * 1024
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -326,13 +329,14 @@ def decode_raw(data: bytes, key: str) -> RawBatch:
         numbers, payload = _pages_v1(body, head, key)
     else:
         numbers = list(struct.unpack_from(f"<{head.page_count}I", body, HEADER_SIZE))
-        payload = _payload_v2(body[start:], head, key)
+        payload = payload_v2(body[start:], head, key)
     if any(b <= a for a, b in itertools.pairwise(numbers)) or (numbers and numbers[0] == 0):
         raise CorruptObjectError(f"{key}: page index is not ascending page numbers")
     return RawBatch(head, numbers, payload, object_digest)
 
 
-def _payload_v2(stored: memoryview, head: BatchHeader, key: str) -> bytes:
+def payload_v2(stored: bytes | memoryview, head: BatchHeader, key: str) -> bytes:
+    """The pages of a version 2 batch from its stored (maybe compressed) bytes, checked."""
     expected = head.page_count * head.page_size
     if head.compression != COMPRESSION_ZSTD:
         if len(stored) != expected:
@@ -348,7 +352,9 @@ def _payload_v2(stored: memoryview, head: BatchHeader, key: str) -> bytes:
                 f"{key}: compressed pages declare {declared} bytes, expected {head.page_count}"
                 f" pages of {head.page_size} bytes"
             )
-        payload: bytes = _decompressor().decompress(stored, max_output_size=expected)
+        payload: bytes = _decompressor().decompress(
+            stored, max_output_size=expected, allow_extra_data=False
+        )
     except zstandard.ZstdError as e:
         raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
     if len(payload) != expected:
@@ -369,7 +375,9 @@ def _pages_v1(body: memoryview, head: BatchHeader, key: str) -> tuple[list[int],
             raise CorruptObjectError(f"{key}: page index entry {i} (page {pgno}) is invalid")
         if head.compression == COMPRESSION_ZSTD:
             try:
-                raw = _decompressor().decompress(raw, max_output_size=head.page_size)
+                raw = _decompressor().decompress(
+                    raw, max_output_size=head.page_size, allow_extra_data=False
+                )
             except zstandard.ZstdError as e:
                 raise CorruptObjectError(f"{key}: page {pgno} does not decompress: {e}") from e
         if len(raw) != head.page_size:

@@ -9,6 +9,7 @@ file that is thrown away unless :func:`decode_stream` returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import struct
@@ -23,20 +24,19 @@ from bottomless.errors import CorruptObjectError
 
 #: largest piece of decompressed pages handed to ``write`` at a time
 OUTPUT_CHUNK = 1024 * 1024
-#: the longest zstd frame header (magic number included)
-_FRAME_HEADER_MAX = 18
-#: the largest zstd window a part may ask for: bottomless writes level 3 (a 2 MiB window at
-#: most); the bound keeps a damaged or hostile frame from reserving more memory
-_MAX_WINDOW = 32 * 1024 * 1024
 
 Begin = Callable[[fmt.BatchHeader, list[int]], None]
 Write = Callable[[int, memoryview], None]
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BLOCK_HEADER = 3
+_BLOCK_RLE, _BLOCK_RESERVED = 1, 3
+_CHECKSUM_SIZE = 4
+
 
 class _Source:
     """The object's bytes as they arrive, minus its last ``DIGEST_SIZE`` (the trailer), hashed
-    as they are consumed; a ``read`` method for zstandard. Each byte is copied once, into the
-    piece a read returns (zstandard must be given ``bytes``: a view crashed it)."""
+    as they are consumed. Each byte is copied once, into the piece a read returns."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
@@ -77,17 +77,6 @@ class _Source:
         self.hasher.update(data)
         return data
 
-    def peek(self, size: int) -> bytes:
-        """Up to ``size`` bytes of the body, left to be read."""
-        self._fill(size)
-        count = min(size, max(0, self._buffered - fmt.DIGEST_SIZE))
-        out = bytearray()
-        for piece in self._queue:
-            if len(out) >= count:
-                break
-            out += piece[: count - len(out)]
-        return bytes(out)
-
     def exactly(self, size: int, key: str, what: str) -> bytes:
         """``size`` bytes, or CorruptObjectError naming ``what`` was cut short."""
         data = self.read(size)
@@ -103,22 +92,91 @@ class _Source:
         return b"".join(self._queue)
 
 
-def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write) -> bytes:
+class _Frame:
+    """The bytes of exactly one zstd frame from ``source``: a ``read`` method for zstandard
+    that follows the frame's block headers (RFC 8878) and ends where the frame does, so that
+    anything after it stays in ``source`` to be found. The frame header is checked on the way:
+    the content size it declares must be ``expected`` bytes."""
+
+    def __init__(self, source: _Source, key: str, expected: int) -> None:
+        self._source = source
+        self._key = key
+        magic_and_descriptor = source.exactly(5, key, "compressed pages")
+        if magic_and_descriptor[:4] != _ZSTD_MAGIC:
+            raise CorruptObjectError(f"{key}: pages do not decompress: not a zstd frame")
+        size = zstandard.frame_header_size(magic_and_descriptor)
+        header = magic_and_descriptor + source.exactly(size - 5, key, "compressed pages")
+        try:
+            declared = zstandard.frame_content_size(header)
+        except zstandard.ZstdError as e:
+            raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
+        if declared != expected:
+            raise CorruptObjectError(f"{key}: compressed pages declare {declared} bytes,"
+                                     f" expected {expected}")
+        self.window_size = zstandard.get_frame_parameters(header).window_size
+        self._pending = header  # read but not yet handed to zstandard
+        self._left = 0  # bytes of the current block still to hand on
+        self._last = False  # the current block is the frame's last
+        self._checksum = bool(magic_and_descriptor[4] & 0x04)
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the frame (b"" once it is over)."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        if self._done:
+            return b""
+        if not self._left:
+            if self._last:  # after the last block: its checksum, if it has one
+                self._done = True
+                if self._checksum:
+                    return self._source.exactly(_CHECKSUM_SIZE, self._key, "compressed pages")
+                return b""
+            header = self._source.exactly(_BLOCK_HEADER, self._key, "compressed pages")
+            value = int.from_bytes(header, "little")
+            kind, length = (value >> 1) & 3, value >> 3
+            if kind == _BLOCK_RESERVED:
+                raise CorruptObjectError(f"{self._key}: pages do not decompress: reserved"
+                                         " block type")
+            self._last = bool(value & 1)
+            self._left = 1 if kind == _BLOCK_RLE else length
+            return header
+        data = self._source.read(min(self._left, size if size >= 0 else self._left))
+        if not data:
+            raise CorruptObjectError(f"{self._key}: object is truncated (in its compressed"
+                                     " pages)")
+        self._left -= len(data)
+        return data
+
+
+def decode_stream(
+    chunks: Iterable[bytes], key: str, begin: Begin, write: Write, *,
+    max_pages: int | None = None,
+    buffering: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> bytes:
     """Decode the page batch arriving as ``chunks``; return its digest.
 
     ``begin(header, page_numbers)`` is called once the index is read, before any page;
     ``write(offset, data)`` then receives the pages, back to back in index order, ``offset``
     counting from the first page's first byte. Raises CorruptObjectError on any defect, maybe
-    after some pages were written. Version 1 objects are decoded whole, then written.
+    after some pages were written. A header declaring more than ``max_pages`` pages is refused
+    before its index is read. Version 1 objects, and frames asking for a zstd window over
+    ``MAX_WINDOW``, are decoded whole inside ``buffering()`` (a caller bounds how many are held
+    at once with it), then written.
     """
     source = _Source(chunks)
     header = source.exactly(fmt.HEADER_SIZE, key, "header")
     head = fmt.decode_header(header, key)
+    if max_pages is not None and head.page_count > max_pages:
+        raise CorruptObjectError(f"{key}: declares {head.page_count} pages, more than the"
+                                 f" {max_pages} expected")
     if head.version == 1:
-        rest = source.read()
-        raw = fmt.decode_raw(b"".join([header, rest, _check_trailer(source, key)]), key)
-        begin(raw.head, raw.numbers)
-        write(0, memoryview(raw.payload))
+        with buffering():
+            rest = source.read()
+            raw = fmt.decode_raw(b"".join([header, rest, _check_trailer(source, key)]), key)
+            begin(raw.head, raw.numbers)
+            write(0, memoryview(raw.payload))
         return raw.digest
     index = source.exactly(4 * head.page_count, key, "page index")
     numbers = list(struct.unpack(f"<{head.page_count}I", index))
@@ -127,9 +185,14 @@ def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write)
     begin(head, numbers)
     expected = head.page_count * head.page_size
     if head.compression == fmt.COMPRESSION_ZSTD:
-        pieces: Iterator[bytes] = _decompressed(source, key, expected)
+        frame = _Frame(source, key, expected)
+        if frame.window_size > fmt.MAX_WINDOW:  # not bottomless's own: decode it whole
+            with buffering():
+                write(0, memoryview(fmt.payload_v2(frame.read() + source.read(), head, key)))
+            return _check_trailer(source, key)
+        pieces = _decompressed(frame, key)
     else:
-        pieces = _stored(source)
+        pieces = _stored(source, expected)
     written = 0
     for piece in pieces:
         if written + len(piece) > expected:
@@ -137,30 +200,25 @@ def decode_stream(chunks: Iterable[bytes], key: str, begin: Begin, write: Write)
                                      " bytes its header declares")
         write(written, memoryview(piece))
         written += len(piece)
-    if written != expected:
+    if written != expected or source.read(1):
         raise CorruptObjectError(
-            f"{key}: holds {written} bytes of pages, expected {head.page_count} pages of"
-            f" {head.page_size} bytes"
+            f"{key}: holds {written} bytes of pages (or bytes after them), expected"
+            f" {head.page_count} pages of {head.page_size} bytes"
         )
     return _check_trailer(source, key)
 
 
-def _stored(source: _Source) -> Iterator[bytes]:
-    while piece := source.read(OUTPUT_CHUNK):
+def _stored(source: _Source, expected: int) -> Iterator[bytes]:
+    left = expected
+    while left and (piece := source.read(min(OUTPUT_CHUNK, left))):
+        left -= len(piece)
         yield piece
 
 
-def _decompressed(source: _Source, key: str, expected: int) -> Iterator[bytes]:
+def _decompressed(frame: _Frame, key: str) -> Iterator[bytes]:
     try:
-        declared = zstandard.frame_content_size(source.peek(_FRAME_HEADER_MAX))
-    except zstandard.ZstdError as e:
-        raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
-    if declared != expected:
-        raise CorruptObjectError(f"{key}: compressed pages declare {declared} bytes, expected"
-                                 f" {expected}")
-    try:
-        yield from zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW).read_to_iter(
-            cast(IO[bytes], source),  # only its read() is used
+        yield from zstandard.ZstdDecompressor(max_window_size=fmt.MAX_WINDOW).read_to_iter(
+            cast(IO[bytes], frame),  # only its read() is used
             read_size=256 * 1024, write_size=OUTPUT_CHUNK,
         )
     except zstandard.ZstdError as e:

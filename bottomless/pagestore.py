@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from bottomless.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StoreError
@@ -89,7 +89,9 @@ class PageStore(ABC):
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
 
-    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def get_chunks(
+        self, key: str, chunk_size: int = 1024 * 1024
+    ) -> Generator[bytes, None, None]:
         """Yield the whole object in pieces of at most ``chunk_size`` bytes, as they arrive.
 
         Raises ObjectNotFoundError if it does not exist, StoreError if the transfer fails

@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -220,9 +221,9 @@ def restore_file(
         base = (int(part["first"]) - 1) * snapshot.page_size
         received = 0
 
-        def chunks() -> Iterator[bytes]:
+        def chunks(stream: Iterator[bytes]) -> Iterator[bytes]:
             nonlocal received
-            for chunk in store.get_chunks(key):
+            for chunk in stream:
                 received += len(chunk)
                 yield chunk
 
@@ -233,9 +234,18 @@ def restore_file(
             _write_all(fd, data, base + offset)
             _start_writeback(fd, base + offset, len(data))
 
-        check_part_digest(decode_stream(chunks(), key, begin, write), key, part)
+        # closing: a part that fails half-way lets go of its connection at once
+        with contextlib.closing(store.get_chunks(key)) as stream:
+            digest = decode_stream(chunks(stream), key, begin, write,
+                                   max_pages=int(part["pages"]), buffering=lambda: whole_parts)
+        check_part_digest(digest, key, part)
         return received
 
+    # parts written by bottomless 0.1 (format version 1) are decoded whole: as many at once as
+    # the memory budget allows for whole parts
+    whole_parts = threading.BoundedSemaphore(
+        window_for(parallelism, snapshot.part_pages * snapshot.page_size)
+    )
     page_size, db_size = snapshot.page_size, snapshot.db_size
     digest, created_ms = snapshot.chain_digest, snapshot.created_ms
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -13,7 +13,10 @@ seeded random fraction of them meets a fault instead:
   timeout), then the connection is reset;
 - ``truncate``: the request is forwarded, the response headers go out with the real
   ``Content-Length`` but only part of the body follows before the connection closes (an empty
-  body is cut inside the header block instead).
+  body is cut inside the header block instead);
+- ``flip`` (only when named in ``kinds``): the request is forwarded and answered in full, with
+  one byte of the response body changed (damage in transit, which the response's checksum
+  header then does not match).
 
 The client signs ``Host`` as the proxy's address; it is forwarded as sent. SeaweedFS without
 configured identities accepts any signature, so this works against the test server.
@@ -37,6 +40,9 @@ from typing import Any
 FAULT_KINDS: tuple[str, ...] = (
     "reset_before", "reset_after", "http500", "http503", "slowdown", "stall", "truncate",
 )
+#: faults only injected when asked for by name (``kinds=``): a damaged listing would test s3fs's
+#: XML parser, not bottomless
+OPT_IN_KINDS: tuple[str, ...] = ("flip",)
 _ERRORS = {
     "http500": (500, "Internal Server Error", "InternalError",
                 "We encountered an internal error. Please try again."),
@@ -69,9 +75,10 @@ class FaultProxy:
         self.upstream = (parsed.hostname, parsed.port)
         self.rate = rate
         self.kinds = tuple(kinds)
-        unknown = set(self.kinds) - set(FAULT_KINDS)
+        unknown = set(self.kinds) - set(FAULT_KINDS + OPT_IN_KINDS)
         if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; allowed: {FAULT_KINDS}")
+            raise ValueError(f"unknown fault kinds {sorted(unknown)};"
+                             f" allowed: {FAULT_KINDS + OPT_IN_KINDS}")
         self.stall_seconds = stall_seconds
         self.match = match
         self.budget = budget
@@ -125,7 +132,7 @@ class FaultProxy:
 
     def faults(self) -> dict[str, int]:
         """Faults injected so far, by kind (kinds never injected are left out)."""
-        return {k: v for k, v in self.counts.copy().items() if k in FAULT_KINDS}
+        return {k: v for k, v in self.counts.copy().items() if k in FAULT_KINDS + OPT_IN_KINDS}
 
     def _choose(self, request: str) -> str | None:
         with self._lock:
@@ -213,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
         head = self._head(
             status, reason, headers, None if self.command == "HEAD" else len(payload)
         )
+        if fault == "flip" and payload and self.command != "HEAD":
+            middle = len(payload) // 2
+            payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1:]
         if fault == "truncate":
             if payload and self.command != "HEAD":
                 self.wfile.write(head + payload[: len(payload) // 2])

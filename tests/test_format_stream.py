@@ -4,6 +4,8 @@ CorruptObjectError for every object the buffered decoder rejects."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -119,3 +121,60 @@ def test_a_frame_declaring_another_size_is_rejected_before_a_page(pages: int) ->
         decode_stream([fmt.seal(body + frame)], BATCH_KEY, lambda h, n: None,
                       lambda o, d: written.append(len(d)))
     assert written == []
+
+
+def test_bytes_after_the_frame_are_rejected_by_both() -> None:
+    data = fmt.encode_batch(sample_batch(), "zstd")
+    for extra in (b"x", bytes(300_000)):
+        damaged = fmt.seal(body_of(data) + extra)
+        assert outcome(lambda d: fmt.decode_raw(d, BATCH_KEY), damaged) is None
+        assert outcome(lambda d: streamed(d, BATCH_KEY, 4096), damaged) is None
+
+
+def test_a_frame_asking_for_a_huge_window_is_decoded_whole() -> None:
+    pages = {n: bytes([n % 7]) * 4096 for n in range(1, 10_241)}  # 40 MiB of pages
+    batch = sample_batch(pages=pages, db_size=10_240)
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=26)
+    frame = zstandard.ZstdCompressor(compression_params=params).compress(
+        b"".join(pages[n] for n in sorted(pages))
+    )
+    assert zstandard.get_frame_parameters(frame).window_size > fmt.MAX_WINDOW
+    index = b"".join(n.to_bytes(4, "little") for n in sorted(pages))
+    header = body_of(fmt.encode_batch(batch, "zstd"))[: fmt.HEADER_SIZE]
+    data = fmt.seal(header + index + frame)
+    held: list[bool] = []
+
+    @contextlib.contextmanager
+    def buffering() -> Iterator[None]:
+        held.append(True)
+        yield
+
+    out = bytearray()
+    decode_stream(pieces(data, 1 << 16), BATCH_KEY, lambda h, n: None,
+                  lambda o, d: out.extend(d), buffering=buffering)
+    assert bytes(out) == fmt.decode_raw(data, BATCH_KEY).payload
+    assert held == [True]
+
+
+def test_more_pages_than_expected_are_refused_before_the_index() -> None:
+    data = fmt.encode_batch(sample_batch(), "zstd")
+    begun: list[int] = []
+    with pytest.raises(CorruptObjectError, match="more than the 2 expected"):
+        decode_stream([data], BATCH_KEY, lambda h, n: begun.extend(n), lambda o, d: None,
+                      max_pages=2)
+    assert begun == []
+
+
+@pytest.mark.parametrize("version", fmt.BATCH_VERSIONS)
+def test_only_version_1_objects_are_buffered_whole(version: int) -> None:
+    data = fmt.encode_batch(sample_batch(), "zstd", version)
+    held: list[bool] = []
+
+    @contextlib.contextmanager
+    def buffering() -> Iterator[None]:
+        held.append(True)
+        yield
+
+    decode_stream(pieces(data, 100), BATCH_KEY, lambda h, n: None, lambda o, d: None,
+                  buffering=buffering)
+    assert held == ([True] if version == 1 else [])

@@ -121,3 +121,45 @@ def test_a_resumed_stream_skips_what_it_has_when_the_server_ignores_range(
         finally:
             store.close()
         assert proxy.faults() == {"truncate": 1}
+
+
+def test_a_body_damaged_in_transit_is_fetched_again_or_reported(
+    seaweed: Any, s3_settings: dict[str, Any],
+) -> None:
+    """SeaweedFS sends a CRC-32 of each body and botocore checks it at the end of the read: a
+    whole read starts again, a stream (whose bytes are already out) fails with a StoreError."""
+    body = os.urandom(300_000)
+    _store_directly(s3_settings, "cut/object", body)
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("flip",), match="GET /",
+                    budget=1) as proxy:
+        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
+        try:
+            assert store.get("cut/object") == body
+            assert proxy.faults() == {"flip": 1}
+            proxy.budget = 2
+            with pytest.raises(StoreError, match="damaged") as raised:
+                b"".join(store.get_chunks("cut/object"))
+            assert "GET cut/object" in str(raised.value)
+            assert proxy.faults() == {"flip": 2}
+        finally:
+            store.close()
+
+
+def test_retries_of_a_cut_body_share_the_requests_budget(
+    seaweed: Any, s3_settings: dict[str, Any],
+) -> None:
+    """Every response cut short: with max_retries=2 that is three GETs in all, not three per
+    botocore attempt."""
+    _store_directly(s3_settings, "cut/object", os.urandom(300_000))
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /") as proxy:
+        store = open_store(bottomless.Settings(
+            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": 2}
+        ))
+        try:
+            for read in READERS.values():
+                before = len(proxy.seen)
+                with pytest.raises(StoreError):
+                    read(store, "cut/object")
+                assert len(proxy.seen) - before == 3
+        finally:
+            store.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from bottomless.errors import ObjectChangedError, ObjectNotFoundError, StoreError
@@ -42,7 +42,9 @@ class FsspecPageStore(PageStore):
             raise self._translate(e, "GET", key) from e
         return data
 
-    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def get_chunks(
+        self, key: str, chunk_size: int = 1024 * 1024
+    ) -> Generator[bytes, None, None]:
         """Yield the object in pieces of at most ``chunk_size`` bytes, read from an open file."""
         try:
             handle = self.fs.open(self._path(key), "rb")

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import botocore.config
@@ -32,6 +32,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
+    FlexibleChecksumError,
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -92,13 +93,16 @@ class S3PageStore(FsspecPageStore):
         super().__init__(fs, self.bucket)
         self._client_lock = threading.Lock()
         self._client: Any = None
-        self._client_pid = 0
+        self._client_pid = os.getpid()
         self._ensure_bucket(settings.create_bucket, settings.region)
 
     @property
     def client(self) -> Any:
         """The botocore client of create-only writes (made again in a forked child, whose
         parent's pooled connections it must not share)."""
+        if self._client_pid != os.getpid():
+            # a lock some other thread held at fork() stays held in the child: use a new one
+            self._client_lock = threading.Lock()
         if self._client is None or self._client_pid != os.getpid():
             with self._client_lock:
                 if self._client is None or self._client_pid != os.getpid():
@@ -166,7 +170,21 @@ class S3PageStore(FsspecPageStore):
 
     def get(self, key: str) -> bytes:
         """Return the whole object; raise ObjectNotFoundError if it does not exist."""
-        return self._fetch(key, {})
+        return self._whole(key)
+
+    def _whole(self, key: str, start: int = 0, last: int | None = None) -> bytes:
+        """Bytes ``start..last`` of ``key``, read again from the start when they arrived
+        damaged (the response's checksum did not match, which botocore tells only at the end)."""
+        for attempt in range(self._settings.max_retries + 1):
+            try:
+                return b"".join(self._stream(key, _WHOLE, start, last))
+            except StoreError as e:
+                if not isinstance(e.__cause__, FlexibleChecksumError) or (
+                    attempt == self._settings.max_retries
+                ):
+                    raise
+                logger.warning("GET %s: the body arrived damaged; fetching it again", key)
+        raise AssertionError("unreachable")
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)``; empty where S3 would answer 416."""
@@ -175,7 +193,7 @@ class S3PageStore(FsspecPageStore):
                 raise ObjectNotFoundError(f"{self.location}: {key} does not exist")
             return b""
         try:
-            return self._fetch(key, {"Range": f"bytes={start}-{end - 1}"})
+            return self._whole(key, start, end - 1)
         except StoreError as e:
             if _error_code(e) == "InvalidRange":
                 if not self.exists(key):
@@ -183,20 +201,43 @@ class S3PageStore(FsspecPageStore):
                 return b""
             raise
 
-    def get_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def get_chunks(
+        self, key: str, chunk_size: int = 1024 * 1024
+    ) -> Generator[bytes, None, None]:
         """Yield the object in pieces of at most ``chunk_size`` bytes as they arrive; a body cut
-        short is resumed where it stopped (a ranged GET; objects never change)."""
+        short is resumed where it stopped."""
+        return self._stream(key, chunk_size)
+
+    def _stream(
+        self, key: str, chunk_size: int, start: int = 0, last: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """Bytes ``start..last`` (inclusive; to the end for None) of ``key``, as they arrive.
+
+        botocore retries a request until its headers arrive; a body cut short while it is read
+        is resumed here with a ranged GET from the first byte missing, on the same version of
+        the object (``If-Match``). Both draw on one budget of ``max_retries + 1`` requests. A
+        body whose checksum does not match (known only once it has all been yielded) is a
+        StoreError: the caller has the damaged bytes and must start again.
+        """
         received = 0
-        for attempt in range(1, self._settings.max_retries + 2):
-            extra = {"Range": f"bytes={received}-"} if received else {}
+        budget = self._settings.max_retries + 1
+        etag = ""
+        while True:
+            first = start + received
+            extra: dict[str, str] = {}
+            if first or last is not None:
+                extra["Range"] = f"bytes={first}-{'' if last is None else last}"
+            if etag:
+                extra["IfMatch"] = etag
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
             except Exception as e:
                 raise self._translate(e, "GET", key) from e
+            budget -= 1 + int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            etag = etag or str(response.get("ETag") or "")
             body = response["Body"]
-            # a server that ignores Range answers with the whole object: skip what we have
-            skip = received if extra and not response.get("ContentRange") else 0
             try:
+                skip = self._resumed_at(response, key, first) if received else 0
                 for chunk in body.iter_chunks(chunk_size):
                     if skip:
                         dropped = min(skip, len(chunk))
@@ -207,31 +248,30 @@ class S3PageStore(FsspecPageStore):
                     yield chunk
                 return
             except _BODY_ERRORS as e:
-                if attempt > self._settings.max_retries:
+                if budget <= 0:
                     raise self._translate(e, "GET", key) from e
                 logger.warning("GET %s: the body was cut short after %d bytes (%s); resuming",
                                key, received, type(e).__name__)
+            except StoreError:
+                raise
+            except FlexibleChecksumError as e:
+                raise StoreError(f"{self.location}: GET {key} failed: the body arrived damaged"
+                                 f" ({e})") from e
+            except Exception as e:  # anything else while reading: a store error
+                raise self._translate(e, "GET", key) from e
             finally:
                 body.close()
 
-    def _fetch(self, key: str, extra: dict[str, str]) -> bytes:
-        """GET ``key`` (with ``extra`` request options) and read its body whole."""
-        attempts = self._settings.max_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:  # botocore retries this part itself
-                response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-            except Exception as e:
-                raise self._translate(e, "GET", key) from e
-            try:
-                data: bytes = response["Body"].read()
-            except _BODY_ERRORS as e:
-                if attempt < attempts:
-                    logger.warning("GET %s: the body was cut short (%s); fetching it again",
-                                   key, type(e).__name__)
-                    continue
-                raise self._translate(e, "GET", key) from e
-            return data
-        raise AssertionError("unreachable")
+    def _resumed_at(self, response: dict[str, Any], key: str, first: int) -> int:
+        """How many bytes of a resumed GET's body to skip: none when the server sent the range
+        asked for, ``first`` when it ignored Range and sent the whole object."""
+        answered = str(response.get("ContentRange") or "")
+        if not answered:
+            return first
+        if not answered.startswith(f"bytes {first}-"):
+            raise StoreError(f"{self.location}: GET {key} failed: asked to resume at byte"
+                             f" {first}, the server answered {answered!r}")
+        return 0
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """Return the object and its ETag."""
@@ -270,6 +310,8 @@ class S3PageStore(FsspecPageStore):
 #: a response body cut short or stalled while being read (after botocore's retries ended)
 _BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError,
                 ConnectionClosedError)
+#: ``chunk_size`` for reads that keep the whole object anyway
+_WHOLE = 1024 * 1024
 
 
 def _config_kwargs(settings: Settings) -> dict[str, Any]:
