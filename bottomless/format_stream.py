@@ -5,6 +5,10 @@ object (and its decompressed pages) in memory, so many parts can be in flight at
 small, fixed amount of memory. Every check :func:`bottomless.format.decode_raw` makes is made
 here too, but the verdict on the checksum comes only at the end: the caller must write into a
 file that is thrown away unless :func:`decode_stream` returns.
+
+Two kinds of malformed zstd frames, which no encoder writes, are refused here although zstd's
+one-shot decoding (and so ``decode_raw``) lets them pass: a raw or RLE block larger than the
+frame's window allows, and anything after the header of a frame that declares no content.
 """
 
 from __future__ import annotations

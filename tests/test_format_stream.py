@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from helpers import restored, rows
 from hypothesis import given
 from hypothesis import strategies as st
 from test_format import (
@@ -23,9 +24,11 @@ from test_format import (
     sample_batch,
 )
 
+import bottomless
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
 from bottomless.format_stream import OUTPUT_CHUNK, decode_stream
+from bottomless.pagestore import open_store
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
@@ -178,3 +181,35 @@ def test_only_version_1_objects_are_buffered_whole(version: int) -> None:
     decode_stream(pieces(data, 100), BATCH_KEY, lambda h, n: None, lambda o, d: None,
                   buffering=buffering)
     assert held == ([True] if version == 1 else [])
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_bucket_written_in_version_1_restores(
+    tmp_path: Any, backend: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bucket of bottomless 0.1 (version 1 snapshot parts and commits, each page compressed
+    on its own) restores through the streaming restore, which decodes such parts whole."""
+    current = fmt.encode_batch
+    monkeypatch.setattr(fmt, "encode_batch",
+                        lambda batch, compression="zstd", version=1: current(batch, compression, 1))
+    settings = make_settings(backend, snapshot_part_mb=1)
+    path = str(tmp_path / "old.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+    with db:
+        db.executemany("INSERT INTO t(v) VALUES (randomblob(3000))", [()] * 1000)  # 3 MiB
+    db.close()
+    db = bottomless.connect(path, settings)  # reopened: one more commit after the snapshot
+    db.execute("INSERT INTO t(v) VALUES (x'00')")
+    db.close()
+    monkeypatch.undo()
+    store = open_store(settings)
+    try:
+        keys = [k for k in store.list_keys("old.db/") if "/snapshots/" in k or "/commits/" in k]
+        objects = [o for o in map(store.get, keys) if o.startswith(b"BTLS")]
+    finally:
+        store.close()
+    assert objects and all(fmt.decode_header(o, "k").version == 1 for o in objects)
+    copy = restored(tmp_path, settings, "old.db")
+    assert rows(copy) == rows(path)
+    assert len(rows(copy)) == 1001

@@ -163,3 +163,34 @@ def test_retries_of_a_cut_body_share_the_requests_budget(
                 assert len(proxy.seen) - before == 3
         finally:
             store.close()
+
+
+def test_a_range_read_from_a_server_that_ignores_range_is_still_the_range(
+    seaweed: Any, s3_settings: dict[str, Any],
+) -> None:
+    body = os.urandom(50_000)
+    _store_directly(s3_settings, "cut/object", body)
+    with FaultProxy(seaweed.endpoint) as proxy:
+        proxy.drop_request_headers = {"range"}
+        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
+        try:
+            assert store.get_range("cut/object", 1000, 3000) == body[1000:3000]
+            assert store.get_range("cut/object", 0, 100) == body[:100]
+        finally:
+            store.close()
+
+
+def test_reads_damaged_every_time_stop_after_the_budget(
+    seaweed: Any, s3_settings: dict[str, Any],
+) -> None:
+    _store_directly(s3_settings, "cut/object", os.urandom(100_000))
+    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("flip",), match="GET /") as proxy:
+        store = open_store(bottomless.Settings(
+            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": 2}
+        ))
+        try:
+            with pytest.raises(StoreError, match="damaged"):
+                store.get("cut/object")
+        finally:
+            store.close()
+        assert proxy.faults() == {"flip": 3}

@@ -174,17 +174,16 @@ class S3PageStore(FsspecPageStore):
 
     def _whole(self, key: str, start: int = 0, last: int | None = None) -> bytes:
         """Bytes ``start..last`` of ``key``, read again from the start when they arrived
-        damaged (the response's checksum did not match, which botocore tells only at the end)."""
-        for attempt in range(self._settings.max_retries + 1):
+        damaged (the response's checksum did not match, which botocore tells only at the end);
+        every attempt draws on the one request budget."""
+        budget = _Budget(self._settings.max_retries + 1)
+        while True:
             try:
-                return b"".join(self._stream(key, _WHOLE, start, last))
+                return b"".join(self._stream(key, _WHOLE, start, last, budget))
             except StoreError as e:
-                if not isinstance(e.__cause__, FlexibleChecksumError) or (
-                    attempt == self._settings.max_retries
-                ):
+                if not isinstance(e.__cause__, FlexibleChecksumError) or budget.left <= 0:
                     raise
                 logger.warning("GET %s: the body arrived damaged; fetching it again", key)
-        raise AssertionError("unreachable")
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)``; empty where S3 would answer 416."""
@@ -209,18 +208,22 @@ class S3PageStore(FsspecPageStore):
         return self._stream(key, chunk_size)
 
     def _stream(
-        self, key: str, chunk_size: int, start: int = 0, last: int | None = None
+        self, key: str, chunk_size: int, start: int = 0, last: int | None = None,
+        budget: _Budget | None = None,
     ) -> Generator[bytes, None, None]:
         """Bytes ``start..last`` (inclusive; to the end for None) of ``key``, as they arrive.
 
         botocore retries a request until its headers arrive; a body cut short while it is read
         is resumed here with a ranged GET from the first byte missing, on the same version of
-        the object (``If-Match``). Both draw on one budget of ``max_retries + 1`` requests. A
-        body whose checksum does not match (known only once it has all been yielded) is a
-        StoreError: the caller has the damaged bytes and must start again.
+        the object (``If-Match``). Both draw on one budget of ``max_retries + 1`` requests (a
+        resume is sent only while some is left, but botocore may retry it up to its own limit,
+        so a read sends at most about twice ``max_retries + 1``). A body whose checksum does not
+        match (known only once it has all been yielded) is a StoreError: the caller has the
+        damaged bytes and must start again.
         """
+        budget = budget or _Budget(self._settings.max_retries + 1)
+        wanted = None if last is None else last - start + 1
         received = 0
-        budget = self._settings.max_retries + 1
         etag = ""
         while True:
             first = start + received
@@ -233,22 +236,28 @@ class S3PageStore(FsspecPageStore):
                 response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
             except Exception as e:
                 raise self._translate(e, "GET", key) from e
-            budget -= 1 + int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
-            etag = etag or str(response.get("ETag") or "")
+            budget.left -= 1 + int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
             body = response["Body"]
             try:
-                skip = self._resumed_at(response, key, first) if received else 0
+                etag = self._same_version(response, key, etag)
+                skip = self._skip(response, key, first, "Range" in extra)
                 for chunk in body.iter_chunks(chunk_size):
                     if skip:
                         dropped = min(skip, len(chunk))
                         chunk, skip = chunk[dropped:], skip - dropped
-                        if not chunk:
-                            continue
+                    if wanted is not None:  # a server that ignored Range sends more
+                        chunk = chunk[: wanted - received]
+                    if not chunk:
+                        continue
                     received += len(chunk)
                     yield chunk
+                    if received == wanted:
+                        return
                 return
             except _BODY_ERRORS as e:
-                if budget <= 0:
+                if received == wanted:
+                    return  # all there: what failed came after the bytes asked for
+                if budget.left <= 0:
                     raise self._translate(e, "GET", key) from e
                 logger.warning("GET %s: the body was cut short after %d bytes (%s); resuming",
                                key, received, type(e).__name__)
@@ -262,16 +271,26 @@ class S3PageStore(FsspecPageStore):
             finally:
                 body.close()
 
-    def _resumed_at(self, response: dict[str, Any], key: str, first: int) -> int:
-        """How many bytes of a resumed GET's body to skip: none when the server sent the range
+    def _skip(self, response: dict[str, Any], key: str, first: int, ranged: bool) -> int:
+        """How many bytes of a ranged GET's body to skip: none when the server sent the range
         asked for, ``first`` when it ignored Range and sent the whole object."""
+        if not ranged:
+            return 0
         answered = str(response.get("ContentRange") or "")
         if not answered:
             return first
         if not answered.startswith(f"bytes {first}-"):
-            raise StoreError(f"{self.location}: GET {key} failed: asked to resume at byte"
-                             f" {first}, the server answered {answered!r}")
+            raise StoreError(f"{self.location}: GET {key} failed: asked for the bytes from"
+                             f" {first} on, the server answered {answered!r}")
         return 0
+
+    def _same_version(self, response: dict[str, Any], key: str, etag: str) -> str:
+        """The ETag of the first response; a resumed one must carry the same."""
+        answered = str(response.get("ETag") or "")
+        if etag and answered != etag:
+            raise StoreError(f"{self.location}: GET {key} failed: the object changed while it"
+                             " was read")
+        return etag or answered
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """Return the object and its ETag."""
@@ -312,6 +331,13 @@ _BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError,
                 ConnectionClosedError)
 #: ``chunk_size`` for reads that keep the whole object anyway
 _WHOLE = 1024 * 1024
+
+
+class _Budget:
+    """Requests one read may still send (botocore's retries counted)."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
 
 
 def _config_kwargs(settings: Settings) -> dict[str, Any]:
