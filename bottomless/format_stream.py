@@ -71,15 +71,21 @@ class _Source:
                 size = 0
         return taken
 
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes of the body (all that is left for -1); b"" at its end."""
+    def views(self, size: int) -> list[memoryview]:
+        """Up to ``size`` bytes of the body (all that is left for -1) as views of the chunks
+        they arrived in, hashed; an empty list at its end."""
         self._fill(size if size >= 0 else 1 << 62)
         available = max(0, self._buffered - fmt.DIGEST_SIZE)
         count = available if size < 0 else min(size, available)
-        data = b"".join(self._take(count))
+        taken = self._take(count)
         self._buffered -= count
-        self.hasher.update(data)
-        return data
+        for view in taken:
+            self.hasher.update(view)
+        return taken
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the body (all that is left for -1); b"" at its end."""
+        return b"".join(self.views(size))
 
     def exactly(self, size: int, key: str, what: str) -> bytes:
         """``size`` bytes, or CorruptObjectError naming ``what`` was cut short."""
@@ -125,33 +131,40 @@ class _Frame:
         self._done = False
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes of the frame (b"" once it is over)."""
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
-        if self._done:
-            return b""
-        if not self._left:
-            if self._last:  # after the last block: its checksum, if it has one
-                self._done = True
-                if self._checksum:
-                    return self._source.exactly(_CHECKSUM_SIZE, self._key, "compressed pages")
-                return b""
-            header = self._source.exactly(_BLOCK_HEADER, self._key, "compressed pages")
-            value = int.from_bytes(header, "little")
-            kind, length = (value >> 1) & 3, value >> 3
-            if kind == _BLOCK_RESERVED:
-                raise CorruptObjectError(f"{self._key}: pages do not decompress: reserved"
-                                         " block type")
-            self._last = bool(value & 1)
-            self._left = 1 if kind == _BLOCK_RLE else length
-            return header
-        data = self._source.read(min(self._left, size if size >= 0 else self._left))
-        if not data:
-            raise CorruptObjectError(f"{self._key}: object is truncated (in its compressed"
-                                     " pages)")
-        self._left -= len(data)
-        return data
+        """Up to ``size`` bytes of the frame (b"" once it is over), across block boundaries:
+        few large reads keep the download threads from trading the GIL at every block."""
+        want = size if size > 0 else OUTPUT_CHUNK
+        out: list[bytes | memoryview] = [self._pending] if self._pending else []
+        got = len(self._pending)
+        self._pending = b""
+        while got < want and not self._done:
+            if not self._left:
+                if self._last:  # after the last block: its checksum, if it has one
+                    self._done = True
+                    if self._checksum:
+                        out.append(self._source.exactly(_CHECKSUM_SIZE, self._key,
+                                                        "compressed pages"))
+                    break
+                header = self._source.exactly(_BLOCK_HEADER, self._key, "compressed pages")
+                value = int.from_bytes(header, "little")
+                kind, length = (value >> 1) & 3, value >> 3
+                if kind == _BLOCK_RESERVED:
+                    raise CorruptObjectError(f"{self._key}: pages do not decompress: reserved"
+                                             " block type")
+                self._last = bool(value & 1)
+                self._left = 1 if kind == _BLOCK_RLE else length
+                out.append(header)
+                got += _BLOCK_HEADER
+                continue
+            views = self._source.views(min(self._left, want - got))
+            length = sum(len(v) for v in views)
+            if not length:
+                raise CorruptObjectError(f"{self._key}: object is truncated (in its compressed"
+                                         " pages)")
+            self._left -= length
+            out.extend(views)
+            got += length
+        return b"".join(out)  # one copy; zstandard must be given bytes (a view crashed it)
 
 
 def decode_stream(
