@@ -114,16 +114,16 @@ class _Frame:
         magic_and_descriptor = source.exactly(5, key, "compressed pages")
         if magic_and_descriptor[:4] != _ZSTD_MAGIC:
             raise CorruptObjectError(f"{key}: pages do not decompress: not a zstd frame")
-        size = zstandard.frame_header_size(magic_and_descriptor)
-        header = magic_and_descriptor + source.exactly(size - 5, key, "compressed pages")
         try:
+            size = zstandard.frame_header_size(magic_and_descriptor)
+            header = magic_and_descriptor + source.exactly(size - 5, key, "compressed pages")
             declared = zstandard.frame_content_size(header)
+            self.window_size = zstandard.get_frame_parameters(header).window_size
         except zstandard.ZstdError as e:
             raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
         if declared != expected:
             raise CorruptObjectError(f"{key}: compressed pages declare {declared} bytes,"
                                      f" expected {expected}")
-        self.window_size = zstandard.get_frame_parameters(header).window_size
         self._pending = header  # read but not yet handed to zstandard
         self._left = 0  # bytes of the current block still to hand on
         self._last = False  # the current block is the frame's last

@@ -213,3 +213,12 @@ def test_a_bucket_written_in_version_1_restores(
     copy = restored(tmp_path, settings, "old.db")
     assert rows(copy) == rows(path)
     assert len(rows(copy)) == 1001
+
+
+@pytest.mark.parametrize("descriptor", [0x08, 0x10, 0x28, 0xFF])
+def test_a_frame_header_with_reserved_bits_is_corrupt_not_a_zstd_error(descriptor: int) -> None:
+    frame = b"\x28\xb5\x2f\xfd" + bytes([descriptor]) + bytes(40)
+    body = body_of(fmt.encode_batch(sample_batch(), "zstd"))[: fmt.HEADER_SIZE + PGNO_SIZE * 3]
+    data = fmt.seal(body + frame)
+    assert outcome(lambda d: fmt.decode_raw(d, BATCH_KEY), data) is None
+    assert outcome(lambda d: streamed(d, BATCH_KEY, 7), data) is None
