@@ -171,13 +171,17 @@ def unseal(data: bytes, key: str) -> tuple[memoryview, bytes]:
         raise CorruptObjectError(f"{key}: object is truncated ({len(data)} bytes)")
     view = memoryview(data)
     body, trailer = view[:-DIGEST_SIZE], bytes(view[-DIGEST_SIZE:])
-    actual = digest(body)
+    check_trailer(digest(body), trailer, key)
+    return body, trailer
+
+
+def check_trailer(actual: bytes, trailer: bytes, key: str) -> None:
+    """Raise CorruptObjectError unless the body's digest ``actual`` is the ``trailer``."""
     if actual != trailer:
         raise CorruptObjectError(
             f"{key}: checksum mismatch (trailer says {trailer.hex()[:16]}…, content hashes to"
             f" {actual.hex()[:16]}…): the object is truncated or corrupted"
         )
-    return body, trailer
 
 
 # ---------------------------------------------------------------- page batches

@@ -244,10 +244,5 @@ def _decompressed(frame: _Frame, key: str) -> Iterator[bytes]:
 
 def _check_trailer(source: _Source, key: str) -> bytes:
     trailer = source.trailer(key)
-    actual = source.hasher.digest()
-    if actual != trailer:
-        raise CorruptObjectError(
-            f"{key}: checksum mismatch (trailer says {trailer.hex()[:16]}…, content hashes to"
-            f" {actual.hex()[:16]}…): the object is truncated or corrupted"
-        )
+    fmt.check_trailer(source.hasher.digest(), trailer, key)
     return trailer

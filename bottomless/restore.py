@@ -213,6 +213,12 @@ def restore_file(
         if progress:
             progress(size)
 
+    # parts that cannot stream (format version 1, huge zstd windows) are decoded whole: as many
+    # at once as the memory budget allows for whole parts
+    whole_parts = threading.BoundedSemaphore(
+        window_for(parallelism, snapshot.part_pages * snapshot.page_size)
+    )
+
     def fetch_part(part: dict[str, Any], fd: int) -> int:
         # in a download thread, page by page as the object arrives: hashing, decompressing and
         # pwrite release the GIL. Its pages are consecutive (checked before the first is
@@ -241,11 +247,6 @@ def restore_file(
         check_part_digest(digest, key, part)
         return received
 
-    # parts written by bottomless 0.1 (format version 1) are decoded whole: as many at once as
-    # the memory budget allows for whole parts
-    whole_parts = threading.BoundedSemaphore(
-        window_for(parallelism, snapshot.part_pages * snapshot.page_size)
-    )
     page_size, db_size = snapshot.page_size, snapshot.db_size
     digest, created_ms = snapshot.chain_digest, snapshot.created_ms
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)

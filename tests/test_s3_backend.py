@@ -6,8 +6,9 @@ calling thread (no hand-off to s3fs's event loop on the commit path).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,6 +71,19 @@ def _store_directly(s3_settings: dict[str, Any], key: str, body: bytes) -> None:
         direct.close()
 
 
+@contextlib.contextmanager
+def _store_behind(proxy: FaultProxy, s3_settings: dict[str, Any],
+                  **overrides: Any) -> Iterator[PageStore]:
+    """A store of the test bucket reached through ``proxy``."""
+    store = open_store(bottomless.Settings(
+        **{**s3_settings, "endpoint": proxy.endpoint, **overrides}
+    ))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 READERS: dict[str, Callable[[PageStore, str], bytes]] = {
     "get": lambda store, key: store.get(key),
     "get_chunks": lambda store, key: b"".join(store.get_chunks(key, 64 * 1024)),
@@ -87,10 +101,7 @@ def test_a_body_cut_short_is_fetched_again(
     _store_directly(s3_settings, "cut/object", body)
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
                     budget=1) as proxy:
-        store = open_store(bottomless.Settings(
-            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": retries}
-        ))
-        try:
+        with _store_behind(proxy, s3_settings, max_retries=retries) as store:
             if survives:
                 assert READERS[reader](store, "cut/object") == body
                 gets = [r for r in proxy.seen if r.startswith("GET ")]
@@ -100,8 +111,6 @@ def test_a_body_cut_short_is_fetched_again(
                     READERS[reader](store, "cut/object")
                 assert "GET cut/object" in str(raised.value)
                 assert proxy.endpoint in str(raised.value)
-        finally:
-            store.close()
         assert proxy.faults() == {"truncate": 1}
 
 
@@ -115,11 +124,8 @@ def test_a_resumed_stream_skips_what_it_has_when_the_server_ignores_range(
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /",
                     budget=1) as proxy:
         proxy.drop_request_headers = {"range"}
-        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
-        try:
+        with _store_behind(proxy, s3_settings) as store:
             assert b"".join(store.get_chunks("cut/object", 64 * 1024)) == body
-        finally:
-            store.close()
         assert proxy.faults() == {"truncate": 1}
 
 
@@ -131,18 +137,14 @@ def test_a_body_damaged_in_transit_is_fetched_again_or_reported(
     body = os.urandom(300_000)
     _store_directly(s3_settings, "cut/object", body)
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("flip",), match="GET /",
-                    budget=1) as proxy:
-        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
-        try:
-            assert store.get("cut/object") == body
-            assert proxy.faults() == {"flip": 1}
-            proxy.budget = 2
-            with pytest.raises(StoreError, match="damaged") as raised:
-                b"".join(store.get_chunks("cut/object"))
-            assert "GET cut/object" in str(raised.value)
-            assert proxy.faults() == {"flip": 2}
-        finally:
-            store.close()
+                    budget=1) as proxy, _store_behind(proxy, s3_settings) as store:
+        assert store.get("cut/object") == body
+        assert proxy.faults() == {"flip": 1}
+        proxy.budget = 2
+        with pytest.raises(StoreError, match="damaged") as raised:
+            b"".join(store.get_chunks("cut/object"))
+        assert "GET cut/object" in str(raised.value)
+        assert proxy.faults() == {"flip": 2}
 
 
 def test_retries_of_a_cut_body_share_the_requests_budget(
@@ -151,18 +153,13 @@ def test_retries_of_a_cut_body_share_the_requests_budget(
     """Every response cut short: with max_retries=2 that is three GETs in all, not three per
     botocore attempt."""
     _store_directly(s3_settings, "cut/object", os.urandom(300_000))
-    with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /") as proxy:
-        store = open_store(bottomless.Settings(
-            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": 2}
-        ))
-        try:
-            for read in READERS.values():
-                before = len(proxy.seen)
-                with pytest.raises(StoreError):
-                    read(store, "cut/object")
-                assert len(proxy.seen) - before == 3
-        finally:
-            store.close()
+    proxy = FaultProxy(seaweed.endpoint, rate=1.0, kinds=("truncate",), match="GET /")
+    with proxy, _store_behind(proxy, s3_settings, max_retries=2) as store:
+        for read in READERS.values():
+            before = len(proxy.seen)
+            with pytest.raises(StoreError):
+                read(store, "cut/object")
+            assert len(proxy.seen) - before == 3
 
 
 def test_a_range_read_from_a_server_that_ignores_range_is_still_the_range(
@@ -172,12 +169,9 @@ def test_a_range_read_from_a_server_that_ignores_range_is_still_the_range(
     _store_directly(s3_settings, "cut/object", body)
     with FaultProxy(seaweed.endpoint) as proxy:
         proxy.drop_request_headers = {"range"}
-        store = open_store(bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}))
-        try:
+        with _store_behind(proxy, s3_settings) as store:
             assert store.get_range("cut/object", 1000, 3000) == body[1000:3000]
             assert store.get_range("cut/object", 0, 100) == body[:100]
-        finally:
-            store.close()
 
 
 def test_reads_damaged_every_time_stop_after_the_budget(
@@ -185,12 +179,7 @@ def test_reads_damaged_every_time_stop_after_the_budget(
 ) -> None:
     _store_directly(s3_settings, "cut/object", os.urandom(100_000))
     with FaultProxy(seaweed.endpoint, rate=1.0, kinds=("flip",), match="GET /") as proxy:
-        store = open_store(bottomless.Settings(
-            **{**s3_settings, "endpoint": proxy.endpoint, "max_retries": 2}
-        ))
-        try:
-            with pytest.raises(StoreError, match="damaged"):
-                store.get("cut/object")
-        finally:
-            store.close()
+        with (_store_behind(proxy, s3_settings, max_retries=2) as store,
+              pytest.raises(StoreError, match="damaged")):
+            store.get("cut/object")
         assert proxy.faults() == {"flip": 3}

@@ -10,8 +10,8 @@ rest (bucket checks, listings, deletes, the lease's conditional replace). s3fs r
 request on its one event-loop thread: handing a commit's PUT over to it and back cost about a
 quarter of a millisecond on loopback, a tenth of the request, and a restore's parallel
 downloads all funnelled their bodies through that one thread. Both clients share the endpoint,
-credentials, timeouts and retry policy; a body cut short while being read is fetched again,
-as botocore's retries end when the headers arrive.
+credentials, timeouts and retry policy. botocore's retries end when a response's headers
+arrive; a body cut short after that is resumed with a ranged GET (see ``_stream``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -93,22 +94,26 @@ class S3PageStore(FsspecPageStore):
         super().__init__(fs, self.bucket)
         self._client_lock = threading.Lock()
         self._client: Any = None
-        self._client_pid = os.getpid()
+        _open_stores.add(self)
         self._ensure_bucket(settings.create_bucket, settings.region)
 
     @property
     def client(self) -> Any:
-        """The botocore client of create-only writes (made again in a forked child, whose
-        parent's pooled connections it must not share)."""
-        if self._client_pid != os.getpid():
-            # a lock some other thread held at fork() stays held in the child: use a new one
-            self._client_lock = threading.Lock()
-        if self._client is None or self._client_pid != os.getpid():
+        """The botocore client of object bodies, made on first use (and again in a forked
+        child, which must not share its parent's pooled connections)."""
+        client = self._client
+        if client is None:
             with self._client_lock:
-                if self._client is None or self._client_pid != os.getpid():
+                if self._client is None:
                     self._client = _botocore_client(self._settings)
-                    self._client_pid = os.getpid()
-        return self._client
+                client = self._client
+        return client
+
+    def _forget_client(self) -> None:
+        """In a forked child: drop the parent's client, and the lock some other thread of the
+        parent may have held at fork() (it would stay held here)."""
+        self._client = None
+        self._client_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3PageStore:
@@ -321,7 +326,7 @@ class S3PageStore(FsspecPageStore):
         with contextlib.suppress(Exception):  # best effort at shutdown
             s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
         client, self._client = self._client, None
-        if client is not None and self._client_pid == os.getpid():
+        if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
 
@@ -348,6 +353,18 @@ def _config_kwargs(settings: Settings) -> dict[str, Any]:
         # total_max_attempts counts the first try; botocore's max_attempts would not
         "retries": {"total_max_attempts": settings.max_retries + 1, "mode": "standard"},
     }
+
+
+#: every S3 store of this process, to forget their clients in a forked child
+_open_stores: weakref.WeakSet[S3PageStore] = weakref.WeakSet()
+
+
+def _forget_clients_in_child() -> None:
+    for store in list(_open_stores):
+        store._forget_client()
+
+
+os.register_at_fork(after_in_child=_forget_clients_in_child)
 
 
 def _botocore_client(settings: Settings) -> Any:
