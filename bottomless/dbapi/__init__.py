@@ -1,0 +1,136 @@
+"""A DB-API 2.0 (PEP 249) driver for bottomless that behaves like the standard ``sqlite3``.
+
+Change one import and code written for ``sqlite3`` replicates::
+
+    import bottomless.dbapi as sqlite3
+
+    conn = sqlite3.connect("app.db", settings=bottomless.Settings(backend="s3", bucket="b"))
+    with conn:
+        conn.execute("INSERT INTO notes VALUES (?)", ("in the bucket before COMMIT returns",))
+
+Without ``settings`` the ``LIBSQL_BOTTOMLESS_*`` environment applies; with ``uri=True`` the
+URI's parameters override both. ``":memory:"`` and ``""`` are ordinary, unreplicated databases.
+Transactions, parameters, ``rowcount``, ``lastrowid``, ``description``, adapters and
+converters, and the exception classes follow ``sqlite3``'s rules (see
+``docs/guides/sqlite3.md`` for the few differences). It is a thin layer over apsw.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import apsw
+
+from bottomless.dbapi.blob import Blob
+from bottomless.dbapi.connection import LEGACY_TRANSACTION_CONTROL, Connection, callbacks
+from bottomless.dbapi.cursor import Cursor
+from bottomless.dbapi.exceptions import (
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    Warning,
+)
+from bottomless.dbapi.types import (
+    PARSE_COLNAMES,
+    PARSE_DECLTYPES,
+    Binary,
+    Date,
+    DateFromTicks,
+    PrepareProtocol,
+    Row,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    adapt,
+    adapters,
+    converters,
+    register_adapter,
+    register_converter,
+    register_defaults,
+)
+from bottomless.settings import Settings
+
+apilevel = "2.0"
+#: threads may share the module, not connections (use check_same_thread=False and a pool)
+threadsafety = 1
+paramstyle = "qmark"
+sqlite_version: str = apsw.sqlite_lib_version()
+sqlite_version_info: tuple[int, ...] = tuple(int(p) for p in sqlite_version.split("."))
+version = "0.1.0"
+version_info = (0, 1, 0)
+
+# the SQLITE_* constants: result codes, authorizer actions and answers, limits
+for _mapping in (apsw.mapping_result_codes, apsw.mapping_extended_result_codes,
+                 apsw.mapping_authorizer_function, apsw.mapping_authorizer_return_codes,
+                 apsw.mapping_limits):
+    for _name, _value in _mapping.items():
+        if isinstance(_name, str) and _name.startswith("SQLITE_"):
+            globals()[_name] = _value
+SQLITE_DONE: int = apsw.SQLITE_DONE
+SQLITE_ROW: int = apsw.SQLITE_ROW
+
+register_defaults()
+
+
+def connect(
+    database: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    timeout: float = 5.0,
+    detect_types: int = 0,
+    isolation_level: str | None = "",
+    check_same_thread: bool = True,
+    factory: type[Connection] | None = None,
+    cached_statements: int = 128,
+    uri: bool = False,
+    *,
+    autocommit: bool | int = LEGACY_TRANSACTION_CONTROL,
+    settings: Settings | None = None,
+) -> Connection:
+    """Open a database, replicated by bottomless unless it is in memory.
+
+    The arguments are those of ``sqlite3.connect`` plus ``settings`` (a
+    :class:`bottomless.Settings`; default: the ``LIBSQL_BOTTOMLESS_*`` environment). A
+    missing local file is restored from the bucket first. Bottomless errors at open
+    (:class:`~bottomless.ReplicaConflictError`, :class:`~bottomless.ConfigError`,
+    :class:`~bottomless.StoreError`) are raised as classes that are also
+    :class:`OperationalError`.
+    """
+    extra: dict[str, Any] = {}
+    if autocommit != LEGACY_TRANSACTION_CONTROL or type(autocommit) is bool:
+        extra["autocommit"] = autocommit
+    if settings is not None:
+        extra["settings"] = settings
+    return (factory or Connection)(
+        database, timeout=timeout, detect_types=detect_types, isolation_level=isolation_level,
+        check_same_thread=check_same_thread, factory=factory,
+        cached_statements=cached_statements, uri=uri, **extra,
+    )
+
+
+def complete_statement(statement: str) -> bool:
+    """True if ``statement`` holds one or more complete SQL statements."""
+    return bool(apsw.complete(statement))
+
+
+def enable_callback_tracebacks(flag: bool, /) -> None:
+    """Report exceptions raised in user functions and callbacks through sys.unraisablehook."""
+    callbacks.tracebacks = bool(flag)
+
+
+__all__ = [
+    "LEGACY_TRANSACTION_CONTROL", "PARSE_COLNAMES", "PARSE_DECLTYPES", "Binary", "Blob",
+    "Connection", "Cursor", "DataError", "DatabaseError", "Date", "DateFromTicks", "Error",
+    "IntegrityError", "InterfaceError", "InternalError", "NotSupportedError",
+    "OperationalError", "PrepareProtocol", "ProgrammingError", "Row", "Time", "TimeFromTicks",
+    "Timestamp", "TimestampFromTicks", "Warning", "adapt", "adapters", "apilevel",
+    "complete_statement", "connect", "converters", "enable_callback_tracebacks", "paramstyle",
+    "register_adapter", "register_converter", "sqlite_version", "sqlite_version_info",
+    "threadsafety", "version", "version_info",
+]

@@ -1,0 +1,656 @@
+"""The DB-API connection: opening through the bottomless VFS, transactions, callbacks."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import types
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import apsw
+
+from bottomless import vfs as _vfs
+from bottomless.dbapi import exceptions as _exc
+from bottomless.dbapi.blob import Blob
+from bottomless.dbapi.cursor import Cursor, _convert_binding
+from bottomless.dbapi.exceptions import (
+    ProgrammingError,
+    UserFunctionError,
+    raise_translated,
+)
+from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings
+
+#: Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``: implicit BEGIN before DML
+LEGACY_TRANSACTION_CONTROL = -1
+_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+_DML = ("insert", "update", "delete", "replace")
+_NATIVE_RESULTS = (int, float, str, bytes, bytearray, memoryview)
+_MAX_CACHED_KINDS = 1024
+_get_ident = threading.get_ident
+
+
+class _Callbacks:
+    """Whether exceptions raised in user callbacks are reported (``enable_callback_tracebacks``)."""
+
+    tracebacks = False
+
+
+callbacks = _Callbacks()
+
+
+def _report(error: BaseException, origin: object) -> None:
+    if callbacks.tracebacks:
+        sys.unraisablehook(types.SimpleNamespace(
+            exc_type=type(error), exc_value=error, exc_traceback=error.__traceback__,
+            err_msg="Exception ignored in user callback", object=origin,
+        ))
+
+
+def _skip_blank(sql: str, index: int = 0) -> int:
+    """The index of the first character after white space and comments from ``index``."""
+    end = len(sql)
+    while index < end:
+        char = sql[index]
+        if char.isspace():
+            index += 1
+        elif sql.startswith("--", index):
+            newline = sql.find("\n", index)
+            index = end if newline < 0 else newline + 1
+        elif sql.startswith("/*", index):
+            close = sql.find("*/", index + 2)
+            index = end if close < 0 else close + 2
+        else:
+            break
+    return index
+
+
+def _is_single_statement(sql: str) -> bool:
+    """True when nothing but white space and comments follows the first statement."""
+    start = 0
+    while True:
+        semicolon = sql.find(";", start)
+        if semicolon < 0:
+            return True
+        if apsw.complete(sql[: semicolon + 1]):
+            return _skip_blank(sql, semicolon + 1) == len(sql)
+        start = semicolon + 1
+
+
+def _uri_with(database: str, extra: dict[str, str]) -> str:
+    base, hash_mark, fragment = database.partition("#")
+    separator = "&" if "?" in base else "?"
+    return base + separator + urllib.parse.urlencode(extra) + hash_mark + fragment
+
+
+def _open(database: str, uri: bool, settings: Settings | None, cache: int) -> apsw.Connection:
+    """Open ``database``: files through the bottomless VFS, in-memory databases plainly."""
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    if not uri and database in (":memory:", ""):
+        return apsw.Connection(database, flags=flags, statementcachesize=cache)
+    extra = {"vfs": _vfs.VFS_NAME}
+    if uri:
+        parsed = urllib.parse.urlsplit(database)
+        params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+        path = parsed.path if parsed.scheme == "file" else database
+        if "vfs" in params or params.get("mode") == "memory" or path in ("", ":memory:"):
+            return apsw.Connection(database, flags=flags | apsw.SQLITE_OPEN_URI,
+                                   statementcachesize=cache)
+        if parsed.scheme != "file":
+            database = "file:" + urllib.parse.quote(database)
+        target = database
+    else:
+        target = "file:" + urllib.parse.quote(os.path.abspath(database))
+    if _vfs._registered is None:
+        _vfs.register(None)
+    token = _vfs.settings_token(settings) if settings is not None else None
+    if token:
+        extra[SETTINGS_TOKEN_PARAMETER] = token
+    try:
+        return apsw.Connection(_uri_with(target, extra), flags=flags | apsw.SQLITE_OPEN_URI,
+                               statementcachesize=cache)
+    finally:
+        if token:
+            _vfs._settings_by_token.pop(token, None)
+
+
+def _checked(func: Callable[..., Any], message: str, origin: object) -> Callable[..., Any]:
+    """``func`` made to fail its SQL statement with ``message`` when it raises."""
+    def call(*args: Any) -> Any:
+        try:
+            result = func(*args)
+        except BaseException as e:
+            _report(e, origin)
+            raise UserFunctionError(message) from e
+        if result is not None and not isinstance(result, _NATIVE_RESULTS):
+            raise UserFunctionError(message)
+        return result
+
+    return call
+
+
+def _method(instance: Any, name: str, args: tuple[Any, ...]) -> Any:
+    method = getattr(instance, name, None)
+    if method is None:
+        raise UserFunctionError(f"user-defined aggregate's '{name}' method not defined")
+    try:
+        return method(*args)
+    except BaseException as e:
+        _report(e, method)
+        raise UserFunctionError(
+            f"user-defined aggregate's '{name}' method raised error"
+        ) from e
+
+
+def _new_instance(kind: type) -> Any:
+    try:
+        return kind()
+    except BaseException as e:
+        _report(e, kind)
+        raise UserFunctionError("user-defined aggregate's '__init__' method raised error") from e
+
+
+class Connection:
+    """A database connection that behaves like ``sqlite3.Connection``.
+
+    A file database is opened through the bottomless VFS: it is restored from the bucket if
+    missing, and in sync mode every COMMIT is in the bucket before ``commit()`` returns. A
+    failed upload makes ``commit()`` raise :class:`OperationalError` (also a
+    :class:`bottomless.StoreError`); the transaction is not applied. ``":memory:"`` and ``""``
+    are plain, unreplicated SQLite databases.
+    """
+
+    Warning = _exc.Warning
+    Error = _exc.Error
+    InterfaceError = _exc.InterfaceError
+    DatabaseError = _exc.DatabaseError
+    DataError = _exc.DataError
+    OperationalError = _exc.OperationalError
+    IntegrityError = _exc.IntegrityError
+    InternalError = _exc.InternalError
+    ProgrammingError = _exc.ProgrammingError
+    NotSupportedError = _exc.NotSupportedError
+
+    _db: apsw.Connection | None = None
+    _thread: int | None = None
+
+    def __init__(
+        self,
+        database: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        timeout: float = 5.0,
+        detect_types: int = 0,
+        isolation_level: str | None = "",
+        check_same_thread: bool = True,
+        factory: Any = None,
+        cached_statements: int = 128,
+        uri: bool = False,
+        *,
+        autocommit: bool | int = LEGACY_TRANSACTION_CONTROL,
+        settings: Settings | None = None,
+    ) -> None:
+        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL) or (
+            type(autocommit) is not bool and autocommit != LEGACY_TRANSACTION_CONTROL
+        ):
+            raise ValueError(
+                "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
+            )
+        _check_level(isolation_level)
+        name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
+        if isinstance(name, bytes):
+            name = os.fsdecode(name)
+        try:
+            db = _open(name, uri, settings, max(int(cached_statements), 0))
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            raise_translated(e)
+        db.set_busy_timeout(int(timeout * 1000))
+        self._db = db
+        self._txn = db.cursor()
+        self._thread = _get_ident() if check_same_thread else None
+        self._lock = threading.RLock()
+        self._detect_types = int(detect_types)
+        self._text_factory: Any = str
+        self._transform_rows = bool(self._detect_types)
+        self._kinds: dict[str, int] = {}
+        self._no_columns: set[str] = set()
+        self._isolation_level = isolation_level
+        self._autocommit: bool | int = autocommit
+        self._begin: str | None = None
+        self._update_begin()
+        self.row_factory: Any = None
+        if autocommit is False:
+            self._run("BEGIN")
+
+    # ------------------------------------------------------------ checks and internals
+
+    def _check(self) -> None:
+        if self._db is None:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        if self._thread is not None and _get_ident() != self._thread:
+            raise ProgrammingError(
+                "SQLite objects created in a thread can only be used in that same thread."
+                f" The object was created in thread id {self._thread} and this is thread id"
+                f" {_get_ident()}."
+            )
+
+    @property
+    def _live(self) -> apsw.Connection:
+        db = self._db
+        if db is None:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        return db
+
+    def _run(self, sql: str) -> None:
+        try:
+            self._txn.execute(sql)
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            raise_translated(e)
+
+    def _begin_transaction(self) -> None:
+        assert self._begin is not None
+        self._run(self._begin)
+
+    def _update_begin(self) -> None:
+        level = self._isolation_level
+        legacy = self._autocommit == LEGACY_TRANSACTION_CONTROL and type(self._autocommit) is int
+        self._begin = f"BEGIN {level}".strip() if legacy and level is not None else None
+
+    def _legacy(self) -> bool:
+        return type(self._autocommit) is int
+
+    def _commit_for_script(self) -> None:
+        if self._legacy() and self._live.in_transaction:
+            self._run("COMMIT")
+
+    def _classify(self, sql: str) -> int:
+        """0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows."""
+        head = _skip_blank(sql)
+        kind = 1 if sql[head : head + 7].lower().startswith(_DML) else 0
+        if kind and "returning" in sql.lower():
+            kind = 2
+        if ";" in sql and not _is_single_statement(sql):
+            raise ProgrammingError("You can only execute one statement at a time.")
+        if len(self._kinds) >= _MAX_CACHED_KINDS:
+            self._kinds.clear()
+        self._kinds[sql] = kind
+        return kind
+
+    def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
+        """The columns ``sql`` would return, learned by preparing it without running it."""
+        if sql in self._no_columns or self._db is None:
+            return ()
+        captured: list[Any] = []
+
+        def describe(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            captured.append(cursor.description)
+            return False
+
+        with self._lock:
+            probe = self._db.cursor()
+            probe.convert_binding = _convert_binding
+            probe.exec_trace = describe
+            try:
+                probe.execute(sql, parameters)
+            except apsw.ExecTraceAbort:
+                pass
+            except Exception:  # noqa: BLE001 - it no longer prepares: nothing to describe
+                return ()
+            finally:
+                probe.close()
+        columns: tuple[Any, ...] = tuple(captured[0]) if captured else ()
+        if not columns:
+            if len(self._no_columns) >= _MAX_CACHED_KINDS:
+                self._no_columns.clear()
+            self._no_columns.add(sql)
+        return columns
+
+    # ------------------------------------------------------------ attributes
+
+    @property
+    def apsw_connection(self) -> apsw.Connection:
+        """The underlying ``apsw.Connection`` (for bottomless.status and apsw-only features)."""
+        return self._live
+
+    @property
+    def isolation_level(self) -> str | None:
+        """``""``, ``"DEFERRED"``, ``"IMMEDIATE"``, ``"EXCLUSIVE"``: BEGIN before DML; None: off."""
+        return self._isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        self._check()
+        _check_level(value)
+        if value is None and self._legacy() and self._live.in_transaction:
+            self._run("COMMIT")
+        self._isolation_level = value
+        self._update_begin()
+
+    @property
+    def autocommit(self) -> bool | int:
+        """Python 3.12's transaction control: True, False or LEGACY_TRANSACTION_CONTROL."""
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool | int) -> None:
+        self._check()
+        if type(value) is not bool and value != LEGACY_TRANSACTION_CONTROL:
+            raise ValueError(
+                "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
+            )
+        with self._lock:
+            if value is True and self._live.in_transaction:
+                self._run("COMMIT")
+            self._autocommit = value
+            self._update_begin()
+            if value is False and not self._live.in_transaction:
+                self._run("BEGIN")
+
+    @property
+    def text_factory(self) -> Any:
+        """The type text columns are returned as: ``str`` (default), ``bytes``, or a callable."""
+        return self._text_factory
+
+    @text_factory.setter
+    def text_factory(self, value: Any) -> None:
+        self._text_factory = value
+        self._transform_rows = bool(self._detect_types) or value is not str
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open."""
+        self._check()
+        return bool(self._live.in_transaction)
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed since the connection was opened."""
+        self._check()
+        return int(self._live.total_changes())
+
+    # ------------------------------------------------------------ statements
+
+    def cursor(self, factory: Any = None) -> Cursor:
+        """A new cursor (``factory(connection)`` must return a Cursor)."""
+        self._check()
+        made = (factory or Cursor)(self)
+        if not isinstance(made, Cursor):
+            raise TypeError(f"factory must return a cursor, not {type(made).__name__}")
+        return made
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        """A new cursor's ``execute``."""
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor:
+        """A new cursor's ``executemany``."""
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, sql_script: str, /) -> Cursor:
+        """A new cursor's ``executescript``."""
+        return self.cursor().executescript(sql_script)
+
+    def commit(self) -> None:
+        """Commit the open transaction; in sync mode it is in the bucket when this returns.
+
+        Raises OperationalError (also a bottomless.StoreError) when the upload fails; the
+        transaction is then not committed, locally or in the bucket.
+        """
+        self._check()
+        if self._autocommit is True:
+            return
+        with self._lock:
+            if self._live.in_transaction:
+                self._run("COMMIT")
+            if self._autocommit is False:
+                self._run("BEGIN")
+
+    def rollback(self) -> None:
+        """Roll the open transaction back."""
+        self._check()
+        if self._autocommit is True:
+            return
+        with self._lock:
+            if self._live.in_transaction:
+                self._run("ROLLBACK")
+            if self._autocommit is False:
+                self._run("BEGIN")
+
+    def close(self) -> None:
+        """Close the connection; an uncommitted transaction is rolled back, not committed."""
+        if self._db is None:
+            return
+        self._check()
+        with self._lock:
+            db = self._db
+            if self._autocommit is False and db.in_transaction:
+                self._run("ROLLBACK")
+            self._db = None
+            try:
+                db.close()
+            except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+                raise_translated(e)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
+        else:
+            self.rollback()
+        return False
+
+    # ------------------------------------------------------------ functions and hooks
+
+    def create_function(self, name: str, narg: int, func: Callable[..., Any] | None, *,
+                        deterministic: bool = False) -> None:
+        """Register a scalar SQL function (None removes it)."""
+        self._check()
+        wrapped = None if func is None else _checked(
+            func, "user-defined function raised exception", func
+        )
+        try:
+            self._live.create_scalar_function(name, wrapped, narg, deterministic=deterministic)
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
+        """Register an aggregate: a class with ``step(*args)`` and ``finalize()``."""
+        self._check()
+        factory = None
+        if aggregate_class is not None:
+            def factory() -> tuple[Any, ...]:
+                return (
+                    _new_instance(aggregate_class),
+                    lambda instance, *args: _method(instance, "step", args),
+                    lambda instance: _result(_method(instance, "finalize", ())),
+                )
+        try:
+            self._live.create_aggregate_function(name, factory, n_arg)
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def create_window_function(self, name: str, num_params: int, aggregate_class: Any, /
+                               ) -> None:
+        """Register an aggregate window function: ``step``, ``value``, ``inverse``, ``finalize``."""
+        self._check()
+        factory = None
+        if aggregate_class is not None:
+            def factory() -> tuple[Any, ...]:
+                return (
+                    _new_instance(aggregate_class),
+                    lambda instance, *args: _method(instance, "step", args),
+                    lambda instance: _result(_method(instance, "finalize", ())),
+                    lambda instance: _result(_method(instance, "value", ())),
+                    lambda instance, *args: _method(instance, "inverse", args),
+                )
+        try:
+            self._live.create_window_function(name, factory, num_params)
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def create_collation(self, name: str, callable: Callable[[str, str], int] | None, /
+                         ) -> None:
+        """Register a collation ``callable(a, b) -> int`` (None removes it)."""
+        self._check()
+        if callable is not None and not _is_callable(callable):
+            raise TypeError("parameter must be callable")
+        self._live.create_collation(name, callable)
+
+    def set_authorizer(self, authorizer_callback: Callable[..., int] | None) -> None:
+        """Authorize each action while statements are prepared (SQLITE_OK/DENY/IGNORE)."""
+        self._check()
+        if authorizer_callback is None:
+            self._live.authorizer = None
+            return
+        callback = authorizer_callback
+
+        def authorize(*args: Any) -> int:
+            try:
+                answer = callback(*args)
+            except BaseException as e:  # noqa: BLE001 - a failing authorizer denies
+                _report(e, callback)
+                return int(apsw.SQLITE_DENY)
+            return answer if type(answer) is int else int(apsw.SQLITE_DENY)
+
+        self._live.authorizer = authorize
+
+    def set_progress_handler(self, progress_handler: Callable[[], Any] | None, n: int) -> None:
+        """Call ``progress_handler`` every ``n`` VM steps; a true result interrupts."""
+        self._check()
+        if progress_handler is None:
+            self._live.set_progress_handler(None)
+            return
+        handler = progress_handler
+
+        def progress() -> bool:
+            try:
+                return bool(handler())
+            except BaseException as e:  # noqa: BLE001 - a failing handler interrupts
+                _report(e, handler)
+                return True
+
+        self._live.set_progress_handler(progress, n)
+
+    def set_trace_callback(self, trace_callback: Callable[[str], Any] | None) -> None:
+        """Call ``trace_callback(sql)`` for each statement SQLite runs."""
+        self._check()
+        if trace_callback is None:
+            self._live.trace_v2(0, None)
+            return
+        callback = trace_callback
+
+        def trace(event: dict[str, Any]) -> None:
+            try:
+                callback(event["sql"])
+            except BaseException as e:  # noqa: BLE001 - like sqlite3: reported, not raised
+                _report(e, callback)
+
+        self._live.trace_v2(apsw.SQLITE_TRACE_STMT, trace)
+
+    def interrupt(self) -> None:
+        """Abort the statement running on this connection (callable from any thread)."""
+        self._live.interrupt()
+
+    # ------------------------------------------------------------ whole-database tools
+
+    def iterdump(self, *, filter: str | None = None) -> Iterator[str]:
+        """The database as SQL text, statement by statement (the standard library's dump)."""
+        self._check()
+        try:
+            dump: Any = importlib.import_module("sqlite3.dump")
+        except ImportError as e:  # a Python built without its sqlite3 module
+            raise _exc.NotSupportedError("iterdump needs the standard sqlite3 module") from e
+        lines: Iterator[str] = (
+            dump._iterdump(self) if filter is None else dump._iterdump(self, filter=filter)
+        )
+        return lines
+
+    def backup(self, target: Connection, *, pages: int = -1,
+               progress: Callable[[int, int, int], Any] | None = None, name: str = "main",
+               sleep: float = 0.250) -> None:
+        """Copy this database into ``target`` (another Connection), ``pages`` at a time."""
+        self._check()
+        if not isinstance(target, Connection):
+            raise TypeError("target is not a Connection")
+        target._check()
+        if target is self:
+            raise ValueError("target cannot be the same connection instance")
+        step = pages if pages > 0 else -1
+        try:
+            with target._live.backup("main", self._live, name) as job:
+                while True:
+                    try:
+                        job.step(step)
+                    except (apsw.BusyError, apsw.LockedError):
+                        time.sleep(sleep)
+                        continue
+                    if progress is not None:
+                        done = apsw.SQLITE_DONE if job.done else apsw.SQLITE_OK
+                        progress(done, job.remaining, job.page_count)
+                    if job.done:
+                        break
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def blobopen(self, table: str, column: str, row: int, /, *, readonly: bool = False,
+                 name: str = "main") -> Blob:
+        """Open the BLOB in ``table.column`` of rowid ``row`` for incremental I/O."""
+        self._check()
+        try:
+            return Blob(self, self._live.blob_open(name, table, column, row, not readonly))
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def getlimit(self, category: int, /) -> int:
+        """The current value of a run-time limit (``SQLITE_LIMIT_*``)."""
+        return self.setlimit(category, -1)
+
+    def setlimit(self, category: int, limit: int, /) -> int:
+        """Set a run-time limit; return its previous value (a negative limit only reads)."""
+        self._check()
+        if not 0 <= category <= apsw.SQLITE_LIMIT_WORKER_THREADS:
+            raise ProgrammingError("'category' is out of bounds")
+        return int(self._live.limit(category, limit))
+
+    def serialize(self, *, name: str = "main") -> bytes:
+        """The database ``name`` as bytes, as it would be written to a file."""
+        self._check()
+        data = self._live.serialize(name)
+        return b"" if data is None else bytes(data)
+
+    def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
+        """Replace database ``name`` with an in-memory copy of ``data`` (not replicated)."""
+        self._check()
+        try:
+            self._live.deserialize(name, bytes(data))
+        except apsw.Error as e:
+            raise_translated(e)
+
+
+def _result(value: Any) -> Any:
+    if value is not None and not isinstance(value, _NATIVE_RESULTS):
+        raise UserFunctionError("user-defined aggregate's 'finalize' method raised error")
+    return value
+
+
+def _is_callable(value: object) -> bool:
+    return callable(value)
+
+
+def _check_level(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError("isolation_level must be str or None")
+    if value.upper() not in _LEVELS:
+        raise ValueError(
+            "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
+        )

@@ -1,0 +1,224 @@
+"""Adapters, converters, :class:`Row` and the PEP 249 type constructors.
+
+The registries are this module's own (``adapters``, ``converters``), filled and read exactly as
+the standard library's ``sqlite3`` fills and reads its own: ``register_adapter(type, callable)``
+turns a Python value into one SQLite stores, ``register_converter(name, callable)`` turns the
+bytes of a column declared (``PARSE_DECLTYPES``) or named (``PARSE_COLNAMES``) ``name`` back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bottomless.dbapi.exceptions import ProgrammingError
+
+PARSE_DECLTYPES = 1
+PARSE_COLNAMES = 2
+
+
+class PrepareProtocol:
+    """The protocol object adapters are registered for (PEP 246), as in ``sqlite3``."""
+
+
+#: ``(type, PrepareProtocol)`` -> adapter; shared by every connection of this module
+adapters: dict[tuple[type, type], Callable[[Any], Any]] = {}
+#: upper-case type name -> converter of the column's bytes
+converters: dict[str, Callable[[bytes], Any]] = {}
+
+# types SQLite binds natively; an adapter registered for one of them (or a subclass) makes
+# every binding go through the adapters, as it does in sqlite3
+_NATIVE = (int, float, str, bytes, bytearray, memoryview)
+
+
+class _Registry:
+    """Whether an adapter shadows a type apsw would bind by itself."""
+
+    shadows_native = False
+
+
+registry = _Registry()
+
+
+def register_adapter(kind: type, adapter: Callable[[Any], Any], /) -> None:
+    """Adapt values of exactly ``kind`` with ``adapter`` when they are bound."""
+    adapters[(kind, PrepareProtocol)] = adapter
+    if issubclass(kind, _NATIVE) or kind is type(None):
+        registry.shadows_native = True
+
+
+def register_converter(name: str, converter: Callable[[bytes], Any], /) -> None:
+    """Convert columns of type ``name`` (case-insensitive) with ``converter``."""
+    converters[name.upper()] = converter
+
+
+_MISSING: Any = object()
+
+
+def adapt(obj: Any, proto: Any = PrepareProtocol, alt: Any = _MISSING, /) -> Any:
+    """Adapt ``obj``: a registered adapter, ``__adapt__``, ``__conform__``, else ``alt``."""
+    adapter = adapters.get((type(obj), proto))
+    if adapter is not None:
+        return adapter(obj)
+    hook = getattr(proto, "__adapt__", None)
+    if hook is not None:
+        adapted = hook(obj)
+        if adapted is not None:
+            return adapted
+    conform = getattr(obj, "__conform__", None)
+    if conform is not None:
+        adapted = conform(proto)
+        if adapted is not None:
+            return adapted
+    if alt is not _MISSING:
+        return alt
+    raise ProgrammingError("can't adapt")
+
+
+def bind_value(number: int, value: Any) -> Any:
+    """Adapt one parameter apsw cannot bind as it is (``Cursor.convert_binding``)."""
+    adapted = adapt(value, PrepareProtocol, None)
+    if adapted is None or not isinstance(adapted, (*_NATIVE, type(None))):
+        raise ProgrammingError(
+            f"Error binding parameter {number}: type '{type(value).__name__}' is not supported"
+        )
+    return adapted
+
+
+def adapt_all(parameters: Any) -> Any:
+    """Every parameter through the adapters (used when an adapter shadows a native type)."""
+    def one(value: Any) -> Any:
+        if (type(value), PrepareProtocol) in adapters:
+            return adapters[(type(value), PrepareProtocol)](value)
+        return value
+
+    if isinstance(parameters, dict):
+        return {key: one(value) for key, value in parameters.items()}
+    if parameters is None:
+        return None
+    return tuple(one(value) for value in parameters)
+
+
+def column_bytes(value: Any) -> bytes:
+    """The bytes a converter receives for a column value, as ``sqlite3`` hands them over."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return str(value).encode()
+
+
+class Row:
+    """A result row addressable by index and, case-insensitively, by column name.
+
+    Use it as ``connection.row_factory = Row``; it compares equal to a row of the same
+    columns and values, and has ``keys()``, ``len()``, iteration and slicing.
+    """
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, cursor: Any, data: tuple[Any, ...], /) -> None:
+        names = getattr(cursor, "_column_names", None)
+        if names is None:
+            raise TypeError("Row() argument 1 must be a bottomless.dbapi.Cursor")
+        if not isinstance(data, tuple):
+            raise TypeError(f"Row() argument 2 must be tuple, not {type(data).__name__}")
+        self._keys: tuple[str, ...] = names()
+        self._values = data
+
+    def keys(self) -> list[str]:
+        """The column names."""
+        return list(self._keys)
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            folded = key.casefold()
+            for index, name in enumerate(self._keys):
+                if name.casefold() == folded:
+                    return self._values[index]
+            raise IndexError("No item with that key")
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return self._keys == other._keys and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._keys) ^ hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"<bottomless.dbapi.Row object at {id(self):#x}>"
+
+
+Date = datetime.date
+Time = datetime.time
+Timestamp = datetime.datetime
+Binary = memoryview
+
+
+def DateFromTicks(ticks: float) -> datetime.date:  # noqa: N802 - PEP 249 name
+    """The local date of a POSIX timestamp (PEP 249)."""
+    return Date(*time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> datetime.time:  # noqa: N802 - PEP 249 name
+    """The local time of a POSIX timestamp (PEP 249)."""
+    return Time(*time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802 - PEP 249 name
+    """The local date and time of a POSIX timestamp (PEP 249)."""
+    return Timestamp(*time.localtime(ticks)[:6])
+
+
+def _deprecated(name: str) -> None:
+    if sys.version_info >= (3, 12):
+        warnings.warn(
+            f"The default {name} is deprecated as of Python 3.12; see the sqlite3"
+            " documentation for suggested replacement recipes",
+            DeprecationWarning, stacklevel=4,
+        )
+
+
+def _adapt_date(value: datetime.date) -> str:
+    _deprecated("date adapter")
+    return value.isoformat()
+
+
+def _adapt_datetime(value: datetime.datetime) -> str:
+    _deprecated("datetime adapter")
+    return value.isoformat(" ")
+
+
+def _convert_date(value: bytes) -> datetime.date:
+    _deprecated("date converter")
+    return datetime.date(*map(int, value.split(b"-")))
+
+
+def _convert_timestamp(value: bytes) -> datetime.datetime:
+    _deprecated("timestamp converter")
+    day, clock = value.split(b" ")
+    year, month, date = map(int, day.split(b"-"))
+    parts = clock.split(b".")
+    hours, minutes, seconds = map(int, parts[0].split(b":"))
+    micro = int(f"{parts[1].decode():0<6.6}") if len(parts) == 2 else 0
+    return datetime.datetime(year, month, date, hours, minutes, seconds, micro)
+
+
+def register_defaults() -> None:
+    """The default adapters and converters ``sqlite3`` registers (date, datetime, timestamp)."""
+    register_adapter(datetime.date, _adapt_date)
+    register_adapter(datetime.datetime, _adapt_datetime)
+    register_converter("date", _convert_date)
+    register_converter("timestamp", _convert_timestamp)
