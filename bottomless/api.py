@@ -64,12 +64,21 @@ def log_sqlite(level: int = logging.WARNING) -> None:
     apsw.ext.log_sqlite(level=level, logger=logging.getLogger("bottomless.sqlite"))
 
 
-def wait_durable(connection: apsw.Connection, timeout: float | None = None) -> None:
+def _apsw_of(connection: Any) -> apsw.Connection:
+    """The apsw connection under a :mod:`bottomless.dbapi` connection, or ``connection``."""
+    inner: apsw.Connection = getattr(connection, "apsw_connection", connection)
+    return inner
+
+
+def wait_durable(connection: Any, timeout: float | None = None) -> None:
     """Block until every transaction committed so far on this database is in the store.
+
+    ``connection`` is an apsw connection or a :mod:`bottomless.dbapi` one.
 
     Immediate in sync mode. In async mode it waits for the uploader (of this or another
     process). Raises DurabilityTimeoutError (a TimeoutError) after ``timeout`` seconds.
     """
+    connection = _apsw_of(connection)
     registered = _vfs._registered
     replicator = registered.replicator_for(connection.filename) if registered else None
     if replicator is None:
@@ -77,9 +86,12 @@ def wait_durable(connection: apsw.Connection, timeout: float | None = None) -> N
     replicator.wait_durable(timeout)
 
 
-def status(connection: apsw.Connection) -> dict[str, Any]:
-    """Replication status of a bottomless connection (same as ``PRAGMA bottomless_status``)."""
-    text = connection.pragma(_vfs.STATUS_PRAGMA)
+def status(connection: Any) -> dict[str, Any]:
+    """Replication status of a bottomless connection (same as ``PRAGMA bottomless_status``).
+
+    ``connection`` is an apsw connection or a :mod:`bottomless.dbapi` one.
+    """
+    text = _apsw_of(connection).pragma(_vfs.STATUS_PRAGMA)
     if not text:
         raise BottomlessError("this connection was not opened through the bottomless VFS")
     result: dict[str, Any] = json.loads(text)

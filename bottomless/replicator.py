@@ -118,6 +118,10 @@ class Replicator(AsyncReplication):
         self.lease: WriterLease | None = None
         self._uploader: Uploader | None = None
         self._waiting: Transaction | None = None  # async: committed at PHASETWO
+        #: the thread whose write transaction prepared the state above: in WAL mode SQLite
+        #: lets go of the write lock before COMMIT_PHASETWO, so another connection of this
+        #: process may already be preparing its own commit when that one arrives
+        self._preparer: int | None = None
         self._uploaded = threading.Condition()
         self._room_checked = 0.0
         self._closing = False
@@ -569,6 +573,7 @@ class Replicator(AsyncReplication):
         with self.lock:
             self._pending = None
             self._waiting = None
+            self._preparer = threading.get_ident()
             if self.paused:
                 return
             if self.settings.durability == "async":
@@ -595,8 +600,14 @@ class Replicator(AsyncReplication):
 
     def transaction_over(self) -> None:
         """SQLite finished a write transaction (``COMMIT_PHASETWO``): its commit point, if it
-        had one, is long recorded, and anything still prepared is from one that failed."""
+        had one, is long recorded, and anything still prepared is from one that failed.
+
+        What another connection (another thread) has prepared since is left alone.
+        """
         with self.lock:
+            if self._preparer not in (None, threading.get_ident()):
+                return
+            self._preparer = None
             self._pending = None
             self._waiting = None
             self._unsynced = None

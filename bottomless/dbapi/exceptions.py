@@ -137,7 +137,7 @@ def _bindings_message(message: str) -> str:
 
 def _store_failure(cause: BottomlessError, error: apsw.Error) -> Error:
     cls = combined_class(type(cause))
-    translated = cls(f"the transaction was not committed: {cause}")
+    translated = cls(f"the transaction was not committed and was rolled back: {cause}")
     translated.__dict__.update({k: v for k, v in vars(cause).items() if not k.startswith("_")})
     return _with_code(translated, getattr(error, "extendedresult", None))
 
@@ -154,7 +154,7 @@ def translate(error: BaseException) -> BaseException:
         )
         return translated
     if isinstance(error, UserFunctionError):
-        return OperationalError(str(error))
+        return _callback_failure(error)
     if isinstance(error, apsw.Error):
         cause = error.__cause__
         if isinstance(cause, BottomlessError):
@@ -162,7 +162,7 @@ def translate(error: BaseException) -> BaseException:
         if isinstance(cause, Error):  # one of ours, raised inside a callback
             return cause
         if isinstance(cause, UserFunctionError):
-            return OperationalError(str(cause))
+            return _callback_failure(cause)
         message = str(error)
         if isinstance(error, _PROGRAMMING):
             if isinstance(error, apsw.CursorClosedError):
@@ -171,6 +171,10 @@ def translate(error: BaseException) -> BaseException:
                 message = "Cannot operate on a closed database."
             elif isinstance(error, apsw.BindingsError):
                 message = _bindings_message(message)
+            elif isinstance(error, apsw.ThreadingViolationError) and (
+                "inside a query" in message or "while inside an executing" in message
+            ):
+                message = "Recursive use of cursors not allowed."
             return ProgrammingError(message)
         code = getattr(error, "result", -1)
         cls_for = _BY_CODE.get(code, DatabaseError) if code >= 0 else DatabaseError
@@ -183,7 +187,21 @@ def translate(error: BaseException) -> BaseException:
         "binding" in str(error).lower() or "dict or a sequence" in str(error)
     ):
         return ProgrammingError("parameters are of unsupported type")
+    if type(error) is ValueError and "null character" in str(error):
+        return ProgrammingError("the query contains a null character")
+    if type(error) is OverflowError and "too big to convert" in str(error):
+        return OverflowError("Python int too large to convert to SQLite INTEGER")
     return error
+
+
+def _callback_failure(error: UserFunctionError) -> BaseException:
+    """What a failed user function or aggregate raises, as ``sqlite3`` maps it."""
+    cause = error.__cause__
+    if isinstance(cause, MemoryError):
+        return MemoryError()
+    if isinstance(cause, OverflowError):
+        return DataError("string or blob too big")
+    return OperationalError(str(error))
 
 
 def raise_translated(error: BaseException) -> NoReturn:

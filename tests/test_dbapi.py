@@ -1,0 +1,388 @@
+"""bottomless.dbapi: sqlite3's behaviour, over the bottomless VFS, with every guarantee kept.
+
+CPython's own sqlite3 suite runs against the module in test_cpython_sqlite3.py; these tests
+cover what is bottomless's own: replication through the DB-API, commit failures, errors that
+are both DB-API and bottomless classes, threads, and a side-by-side check with sqlite3.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import ForwardingStore, remove_db, replicator, restored, rows
+
+import bottomless
+import bottomless.dbapi as dbapi
+from bottomless.errors import StoreError
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+class FailingStore(ForwardingStore):
+    """Fails every create-only write (each commit's one PUT) while ``down`` is set."""
+
+    down = False
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        if self.down:
+            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
+        self.inner.put_if_absent(key, data)
+
+
+def _break_store(path: str) -> FailingStore:
+    rep = replicator(path)
+    failing = FailingStore(rep.store)
+    rep.store = failing
+    return failing
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_file_database_is_replicated_and_comes_back(tmp_path: Any, backend: str,
+                                                      make_settings: MakeSettings,
+                                                      mode: str) -> None:
+    settings = make_settings(backend)
+    path = str(tmp_path / "app.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute(f"PRAGMA journal_mode={mode}")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [(f"row {i}",) for i in range(50)])
+    conn.commit()
+    assert bottomless.status(conn)["last_replicated_commit"] >= 1
+    conn.close()
+    expected = rows(path)
+    assert len(expected) == 50
+    assert rows(restored(tmp_path, settings, "app.db")) == expected
+    if backend == "memory":
+        return  # the memory backend lives only as long as the process
+    remove_db(path)
+    back = dbapi.connect(path, settings=settings)
+    assert back.execute("SELECT * FROM t ORDER BY id").fetchall() == expected
+    back.close()
+
+
+def test_memory_databases_are_not_replicated(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    for name in (":memory:", ""):
+        conn = dbapi.connect(name, settings=settings)
+        conn.execute("CREATE TABLE t(x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        with pytest.raises(bottomless.BottomlessError):
+            bottomless.status(conn)
+        conn.close()
+    assert not os.path.exists(settings.bucket)
+
+
+def test_uri_parameters_override_settings_and_the_environment(
+        tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    ignored = make_settings("file")
+    chosen = str(tmp_path / "chosen")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", str(tmp_path / "from-env"))
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BACKEND", "file")
+    path = tmp_path / "u.db"
+    conn = dbapi.connect(f"file:{path}?bucket={chosen}&db_name=named", uri=True,
+                         settings=ignored)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    conn.close()
+    assert os.path.isdir(os.path.join(chosen, "named"))
+    assert not os.path.exists(ignored.bucket)
+    # without settings, the environment applies
+    env_conn = dbapi.connect(str(tmp_path / "e.db"))
+    env_conn.execute("CREATE TABLE t(x)")
+    env_conn.commit()
+    env_conn.close()
+    assert os.path.isdir(os.path.join(tmp_path / "from-env", "e.db"))
+
+
+def test_an_explicit_vfs_in_a_uri_opens_without_replication(tmp_path: Any) -> None:
+    path = tmp_path / "plain.db"
+    conn = dbapi.connect(f"file:{path}?vfs=unix", uri=True)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    with pytest.raises(bottomless.BottomlessError):
+        bottomless.status(conn)
+    conn.close()
+    assert not os.path.exists(str(path) + "-bottomless")
+
+
+def test_a_bad_setting_is_both_a_config_error_and_an_operational_error(tmp_path: Any) -> None:
+    with pytest.raises(bottomless.ConfigError) as info:
+        dbapi.connect(f"file:{tmp_path / 'x.db'}?durability=sometimes&backend=file", uri=True)
+    assert isinstance(info.value, dbapi.OperationalError)
+    assert "durability" in str(info.value) and "sync" in str(info.value)
+    with pytest.raises(dbapi.Error):
+        dbapi.connect(f"file:{tmp_path / 'y.db'}?no_such_setting=1", uri=True)
+
+
+def test_a_conflicting_replica_is_both_error_kinds(tmp_path: Any,
+                                                  make_settings: MakeSettings) -> None:
+    settings = make_settings("file", db_name="shared")
+    first = dbapi.connect(str(tmp_path / "a.db"), settings=settings)
+    first.execute("CREATE TABLE t(x)")
+    first.commit()
+    first.close()
+    other = sqlite3.connect(str(tmp_path / "b.db"))
+    other.execute("CREATE TABLE u(y)")
+    other.commit()
+    other.close()
+    with pytest.raises(dbapi.OperationalError) as info:
+        dbapi.connect(str(tmp_path / "b.db"), settings=settings)
+    assert isinstance(info.value, bottomless.ReplicaConflictError)
+    assert isinstance(info.value.__cause__, bottomless.ReplicaConflictError)
+    assert "initial_replication" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_failed_upload_fails_commit_rolls_back_and_a_retry_works(
+        tmp_path: Any, make_settings: MakeSettings, mode: str) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "f.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute(f"PRAGMA journal_mode={mode}")
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    failing = _break_store(path)
+    failing.down = True
+    conn.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(dbapi.OperationalError) as info:
+        conn.commit()
+    error = info.value
+    assert isinstance(error, StoreError) and isinstance(error, bottomless.BottomlessError)
+    assert "not committed" in str(error) and "injected outage" in str(error)
+    assert error.sqlite_errorname is not None and error.sqlite_errorname.startswith("SQLITE_IOERR")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert rows(restored(tmp_path, settings, "f.db")) == [(1,)]
+    # the store is back: the application retries its transaction
+    failing.down = False
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()
+    conn.close()
+    assert rows(path) == rows(restored(tmp_path, settings, "f.db")) == [(1,), (2,)]
+
+
+def test_a_failed_upload_in_a_with_block_raises_and_keeps_nothing(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "w.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    _break_store(path).down = True
+    with pytest.raises(dbapi.OperationalError), conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.close()
+    assert rows(path) == rows(restored(tmp_path, settings, "w.db")) == []
+
+
+def test_an_autocommit_statement_that_cannot_upload_fails_itself(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("memory")
+    path = str(tmp_path / "a.db")
+    conn = dbapi.connect(path, settings=settings, isolation_level=None)
+    conn.execute("CREATE TABLE t(x)")
+    _break_store(path).down = True
+    with pytest.raises(StoreError):
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.close()
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_a_sync_commit_through_the_dbapi_is_one_put(tmp_path: Any, seaweed: Any,
+                                                    s3_settings: dict[str, Any],
+                                                    mode: str) -> None:
+    proxy = FaultProxy(seaweed.endpoint)
+    proxy.faults_enabled = False
+    with proxy:
+        settings = bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint})
+        path = str(tmp_path / "one.db")
+        conn = dbapi.connect(path, settings=settings)
+        try:
+            conn.execute(f"PRAGMA journal_mode={mode}")
+            conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            conn.commit()
+            before = len(proxy.seen)
+            for i in range(10):
+                conn.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+                conn.execute("UPDATE t SET v = v || '!' WHERE id = ?", (i + 1,))
+                conn.commit()
+            during = proxy.seen[before:]
+        finally:
+            conn.close()
+    assert len(during) == 10, during
+    assert all(r.startswith("PUT /") and "/commits/" in r for r in during), during
+
+
+def test_threads_share_a_connection_with_check_same_thread_off(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "threads.db")
+    conn = dbapi.connect(path, settings=settings, check_same_thread=False,
+                         isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t(worker INTEGER, i INTEGER)")
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(25):
+                conn.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
+                conn.execute("SELECT count(*) FROM t").fetchone()
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    conn.close()
+    assert len(rows(restored(tmp_path, settings, "threads.db"))) == 100
+
+
+def test_a_connection_per_thread_on_one_file(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "per-thread.db")
+    setup = dbapi.connect(path, settings=settings)
+    setup.execute("PRAGMA journal_mode=wal")
+    setup.execute("CREATE TABLE t(worker INTEGER, i INTEGER)")
+    setup.commit()
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            own = dbapi.connect(path, settings=settings, timeout=30)
+            for i in range(20):
+                with own:
+                    own.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
+            own.close()
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    setup.close()
+    assert errors == []
+    assert sorted(rows(restored(tmp_path, settings, "per-thread.db"))) == sorted(
+        (w, i) for w in range(3) for i in range(20))
+    # no commit was mistaken for a crash's orphan (each of those forks a new generation)
+    generations = os.listdir(os.path.join(settings.bucket, "per-thread.db", "generations"))
+    assert len(generations) == 1, generations
+
+
+def test_the_wrong_thread_is_refused(tmp_path: Any, make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "t.db"), settings=make_settings("memory"))
+    seen: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            conn.execute("SELECT 1")
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            seen.append(e)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert len(seen) == 1 and isinstance(seen[0], dbapi.ProgrammingError)
+    conn.close()
+
+
+def test_backup_into_a_replicated_database(tmp_path: Any, make_settings: MakeSettings) -> None:
+    source = dbapi.connect(":memory:")
+    source.execute("CREATE TABLE t(x)")
+    source.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(300)])
+    source.commit()
+    settings = make_settings("file")
+    target = dbapi.connect(str(tmp_path / "copy.db"), settings=settings)
+    steps: list[int] = []
+    source.backup(target, pages=1, progress=lambda status, left, total: steps.append(left))
+    assert steps and steps[-1] == 0
+    target.close()
+    source.close()
+    assert rows(restored(tmp_path, settings, "copy.db")) == [(i,) for i in range(300)]
+
+
+# ---------------------------------------------------------------- side by side with sqlite3
+
+def _script(module: Any, path: str) -> list[Any]:
+    """One workload, recording what a program could observe."""
+    seen: list[Any] = []
+    conn = module.connect(path, detect_types=module.PARSE_DECLTYPES)
+    cur = conn.cursor()
+    seen.append((cur.rowcount, cur.lastrowid, cur.description))
+    cur.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, born date, score REAL)")
+    seen.append((cur.rowcount, cur.description, conn.in_transaction))
+    cur.execute("INSERT INTO t(name, born, score) VALUES (?, ?, ?)",
+                ("ada", datetime.date(1815, 12, 10), 1.5))
+    seen.append((cur.rowcount, cur.lastrowid, conn.in_transaction))
+    cur.executemany("INSERT INTO t(name, score) VALUES (:name, :score)",
+                    [{"name": f"n{i}", "score": i} for i in range(5)])
+    seen.append((cur.rowcount, cur.lastrowid))
+    cur.execute("UPDATE t SET score = score + 1 WHERE score > ?", (1,))
+    seen.append(cur.rowcount)
+    cur.execute("SELECT * FROM t WHERE id < 0")
+    seen.append((cur.description, cur.fetchall(), cur.rowcount))
+    cur.execute("SELECT id, name, born FROM t ORDER BY id")
+    seen.append((cur.fetchone(), cur.fetchmany(2), cur.fetchall(), cur.fetchone()))
+    conn.row_factory = module.Row
+    row = conn.execute("SELECT name AS Name, score FROM t WHERE id = 1").fetchone()
+    seen.append((row["name"], row["SCORE"], row[0], list(row.keys()), len(row), tuple(row)))
+    conn.row_factory = None
+    cur.execute("INSERT INTO t(name) VALUES ('r') RETURNING id, name")
+    seen.append((cur.rowcount, cur.fetchall(), cur.rowcount))
+    for bad in [("SELECT 1; SELECT 2", ()), ("SELECT ?", (1, 2)), ("SELECT ?", (object(),)),
+                ("INSERT INTO t(id) VALUES (1)", ()), ("SELEC 1", ()), ("SELECT :a", {"b": 1})]:
+        try:
+            cur.execute(*bad)
+            seen.append("no error")
+        except module.Error as e:
+            seen.append((type(e).__name__, getattr(e, "sqlite_errorname", None)))
+    conn.commit()
+    seen.append(conn.in_transaction)
+    conn.isolation_level = None
+    conn.execute("INSERT INTO t(name) VALUES ('auto')")
+    seen.append((conn.in_transaction, conn.total_changes))
+    conn.create_function("twice", 1, lambda v: v * 2, deterministic=True)
+    seen.append(conn.execute("SELECT twice(21)").fetchone())
+    conn.create_function("boom", 0, lambda: 1 / 0)
+    try:
+        conn.execute("SELECT boom()").fetchone()
+    except module.OperationalError as e:
+        seen.append(str(e))
+    seen.append(list(conn.iterdump())[:3])
+    conn.close()
+    try:
+        conn.execute("SELECT 1")
+    except module.ProgrammingError as e:
+        seen.append(str(e))
+    return seen
+
+
+def test_the_same_program_sees_the_same_as_with_sqlite3(tmp_path: Any,
+                                                        make_settings: MakeSettings,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BACKEND", "file")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", str(tmp_path / "bucket"))
+    expected = _script(sqlite3, str(tmp_path / "stdlib.db"))
+    got = _script(dbapi, str(tmp_path / "bottomless.db"))
+    assert got == expected
+    assert rows(restored(tmp_path, make_settings("file", bucket=str(tmp_path / "bucket")),
+                         "bottomless.db"), "SELECT * FROM t ORDER BY id") == rows(
+        str(tmp_path / "stdlib.db"), "SELECT * FROM t ORDER BY id")
