@@ -65,3 +65,16 @@ def test_quickstart_code_runs(page: str, tmp_path: Any) -> None:
     assert result.returncode == 0, result.stderr
     copies = list(tmp_path.glob("*.db"))
     assert len(copies) >= 2, "the quickstart should leave the database and its restored copy"
+
+
+def test_the_sqlite3_guide_example_runs_and_replicates(tmp_path: Any) -> None:
+    block = _python_blocks(ROOT / "docs" / "guides" / "sqlite3.md")[0]
+    assert "import bottomless.dbapi as sqlite3" in block
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1,)"
+    assert (tmp_path / "replicas" / "app.db" / "generations").is_dir()
