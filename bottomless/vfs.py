@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -147,6 +148,16 @@ class BottomlessVFS(apsw.VFS):
         return entry.replicator if entry else None
 
     # -------------------------------------------------------- VFS methods
+
+    def xSleep(self, microseconds: int) -> int:  # noqa: N802
+        """Sleep without the GIL (SQLite's busy handler calls this while it waits for a lock).
+
+        apsw's inherited ``xSleep`` keeps the GIL while it sleeps, which stops every other
+        Python thread, including the lock holder's commit running in this VFS: connections in
+        threads then time out with "database is locked" instead of waiting their turn.
+        """
+        time.sleep(microseconds / 1_000_000)
+        return microseconds
 
     def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:  # noqa: N802
         """Open a file; main databases, their journals and WALs are watched."""
