@@ -18,12 +18,15 @@ converters, and the exception classes follow ``sqlite3``'s rules (see
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Any
 
 import apsw
 
 from bottomless.dbapi.blob import Blob
-from bottomless.dbapi.connection import LEGACY_TRANSACTION_CONTROL, Connection, callbacks
+from bottomless.dbapi.callbacks import reporting
+from bottomless.dbapi.connection import LEGACY_TRANSACTION_CONTROL, Connection
 from bottomless.dbapi.cursor import Cursor
 from bottomless.dbapi.exceptions import (
     DatabaseError,
@@ -121,7 +124,34 @@ def complete_statement(statement: str) -> bool:
 
 def enable_callback_tracebacks(flag: bool, /) -> None:
     """Report exceptions raised in user functions and callbacks through sys.unraisablehook."""
-    callbacks.tracebacks = bool(flag)
+    reporting.tracebacks = bool(flag)
+
+
+def enable_shared_cache(enable: bool) -> None:
+    """Deprecated, as in ``sqlite3``: turn SQLite's shared-cache mode on or off."""
+    warnings.warn(
+        "enable_shared_cache is deprecated and will be removed in Python 3.12. Shared cache is"
+        " strongly discouraged by the SQLite 3 documentation. If shared cache must be used,"
+        " open the database in URI mode using the cache=shared query parameter.",
+        DeprecationWarning, stacklevel=2,
+    )
+    try:
+        apsw.enable_shared_cache(bool(enable))
+    except Exception as e:  # apsw's SQLite may be built without shared cache
+        if enable:
+            raise OperationalError("Changing the shared_cache flag failed") from e
+
+
+def __getattr__(name: str) -> Any:
+    # sqlite3.OptimizedUnicode: an alias of str, deprecated in 3.10 and gone in 3.12
+    if name == "OptimizedUnicode" and sys.version_info < (3, 12):
+        warnings.warn(
+            "OptimizedUnicode is deprecated and will be removed in Python 3.12. Since"
+            " Python 3.3 it has simply been an alias for 'str'.",
+            DeprecationWarning, stacklevel=2,
+        )
+        return str
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -130,7 +160,8 @@ __all__ = [
     "IntegrityError", "InterfaceError", "InternalError", "NotSupportedError",
     "OperationalError", "PrepareProtocol", "ProgrammingError", "Row", "Time", "TimeFromTicks",
     "Timestamp", "TimestampFromTicks", "Warning", "adapt", "adapters", "apilevel",
-    "complete_statement", "connect", "converters", "enable_callback_tracebacks", "paramstyle",
+    "complete_statement", "connect", "converters", "enable_callback_tracebacks",
+    "enable_shared_cache", "paramstyle",
     "register_adapter", "register_converter", "sqlite_version", "sqlite_version_info",
     "threadsafety", "version", "version_info",
 ]

@@ -1,13 +1,14 @@
-"""The DB-API connection: opening through the bottomless VFS, transactions, callbacks."""
+"""The DB-API connection: opening through the bottomless VFS, transactions, hooks."""
 
 from __future__ import annotations
 
-import importlib
+import functools
+import importlib.util
 import os
 import sys
+import sysconfig
 import threading
 import time
-import types
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -15,12 +16,14 @@ from typing import Any, Literal
 import apsw
 
 from bottomless import vfs as _vfs
+from bottomless.dbapi import callbacks as _callbacks
 from bottomless.dbapi import exceptions as _exc
 from bottomless.dbapi.blob import Blob
 from bottomless.dbapi.cursor import Cursor, _convert_binding
 from bottomless.dbapi.exceptions import (
+    DataError,
+    OperationalError,
     ProgrammingError,
-    UserFunctionError,
     raise_translated,
 )
 from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings
@@ -29,26 +32,8 @@ from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings
 LEGACY_TRANSACTION_CONTROL = -1
 _LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 _DML = ("insert", "update", "delete", "replace")
-_NATIVE_RESULTS = (int, float, str, bytes, bytearray, memoryview)
 _MAX_CACHED_KINDS = 1024
 _get_ident = threading.get_ident
-
-
-class _Callbacks:
-    """Whether exceptions raised in user callbacks are reported (``enable_callback_tracebacks``)."""
-
-    tracebacks = False
-
-
-callbacks = _Callbacks()
-
-
-def _report(error: BaseException, origin: object) -> None:
-    if callbacks.tracebacks:
-        sys.unraisablehook(types.SimpleNamespace(
-            exc_type=type(error), exc_value=error, exc_traceback=error.__traceback__,
-            err_msg="Exception ignored in user callback", object=origin,
-        ))
 
 
 def _skip_blank(sql: str, index: int = 0) -> int:
@@ -69,16 +54,21 @@ def _skip_blank(sql: str, index: int = 0) -> int:
     return index
 
 
-def _is_single_statement(sql: str) -> bool:
-    """True when nothing but white space and comments follows the first statement."""
+def _first_statement_end(sql: str) -> int:
+    """The index just after the ``;`` that ends the first statement (``len(sql)`` if none)."""
     start = 0
     while True:
         semicolon = sql.find(";", start)
         if semicolon < 0:
-            return True
+            return len(sql)
         if apsw.complete(sql[: semicolon + 1]):
-            return _skip_blank(sql, semicolon + 1) == len(sql)
+            return semicolon + 1
         start = semicolon + 1
+
+
+def _is_single_statement(sql: str) -> bool:
+    """True when nothing but white space and comments follows the first statement."""
+    return _skip_blank(sql, _first_statement_end(sql)) == len(sql)
 
 
 def _uri_with(database: str, extra: dict[str, str]) -> str:
@@ -118,40 +108,35 @@ def _open(database: str, uri: bool, settings: Settings | None, cache: int) -> ap
             _vfs._settings_by_token.pop(token, None)
 
 
-def _checked(func: Callable[..., Any], message: str, origin: object) -> Callable[..., Any]:
-    """``func`` made to fail its SQL statement with ``message`` when it raises."""
-    def call(*args: Any) -> Any:
-        try:
-            result = func(*args)
-        except BaseException as e:
-            _report(e, origin)
-            raise UserFunctionError(message) from e
-        if result is not None and not isinstance(result, _NATIVE_RESULTS):
-            raise UserFunctionError(message)
-        return result
-
-    return call
-
-
-def _method(instance: Any, name: str, args: tuple[Any, ...]) -> Any:
-    method = getattr(instance, name, None)
-    if method is None:
-        raise UserFunctionError(f"user-defined aggregate's '{name}' method not defined")
-    try:
-        return method(*args)
-    except BaseException as e:
-        _report(e, method)
-        raise UserFunctionError(
-            f"user-defined aggregate's '{name}' method raised error"
-        ) from e
+@functools.cache
+def _stdlib_dump() -> Any:
+    """The standard library's ``sqlite3.dump`` module, even when ``sqlite3`` is this module."""
+    module = sys.modules.get("sqlite3.dump")
+    if module is not None and hasattr(module, "_iterdump"):
+        return module
+    path = os.path.join(sysconfig.get_path("stdlib"), "sqlite3", "dump.py")
+    spec = importlib.util.spec_from_file_location("bottomless.dbapi._stdlib_dump", path)
+    if spec is None or spec.loader is None or not os.path.exists(path):
+        raise _exc.NotSupportedError("iterdump needs the standard library's sqlite3/dump.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _new_instance(kind: type) -> Any:
-    try:
-        return kind()
-    except BaseException as e:
-        _report(e, kind)
-        raise UserFunctionError("user-defined aggregate's '__init__' method raised error") from e
+class Statement:
+    """A compiled statement, what calling a connection returns (as in ``sqlite3``)."""
+
+    __slots__ = ("sql",)
+    sql: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"cannot create '{type(self).__module__}.{type(self).__name__}' instances")
+
+    @classmethod
+    def _make(cls, sql: str) -> Statement:
+        made = cls.__new__(cls)
+        made.sql = sql
+        return made
 
 
 class Connection:
@@ -177,6 +162,7 @@ class Connection:
 
     _db: apsw.Connection | None = None
     _thread: int | None = None
+    _initialized = False
 
     def __init__(
         self,
@@ -198,12 +184,17 @@ class Connection:
             raise ValueError(
                 "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
             )
-        _check_level(isolation_level)
+        level = _check_level(isolation_level)
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
         if isinstance(name, bytes):
             name = os.fsdecode(name)
+        # a second __init__ replaces the database; until it succeeds the object is unusable
+        self._initialized = False
+        self._db = None
         try:
             db = _open(name, uri, settings, max(int(cached_statements), 0))
+        except (OSError, UnicodeError) as e:  # the VFS could not open or name the file
+            raise OperationalError("unable to open database file") from e
         except BaseException as e:  # noqa: BLE001 - translated, never swallowed
             raise_translated(e)
         db.set_busy_timeout(int(timeout * 1000))
@@ -215,20 +206,28 @@ class Connection:
         self._text_factory: Any = str
         self._transform_rows = bool(self._detect_types)
         self._kinds: dict[str, int] = {}
+        self._trimmed: dict[str, tuple[int, str]] = {}
         self._no_columns: set[str] = set()
-        self._isolation_level = isolation_level
+        self._isolation_level = level
         self._autocommit: bool | int = autocommit
         self._begin: str | None = None
         self._update_begin()
         self.row_factory: Any = None
+        self._initialized = True
         if autocommit is False:
             self._run("BEGIN")
 
     # ------------------------------------------------------------ checks and internals
 
+    def _gone(self) -> _exc.ProgrammingError:
+        """The error for a connection that is closed, or whose __init__ did not succeed."""
+        if not self._initialized:
+            return ProgrammingError("Base Connection.__init__ not called.")
+        return ProgrammingError("Cannot operate on a closed database.")
+
     def _check(self) -> None:
         if self._db is None:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            raise self._gone()
         if self._thread is not None and _get_ident() != self._thread:
             raise ProgrammingError(
                 "SQLite objects created in a thread can only be used in that same thread."
@@ -240,7 +239,7 @@ class Connection:
     def _live(self) -> apsw.Connection:
         db = self._db
         if db is None:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            raise self._gone()
         return db
 
     def _run(self, sql: str) -> None:
@@ -256,7 +255,7 @@ class Connection:
     def _update_begin(self) -> None:
         level = self._isolation_level
         legacy = self._autocommit == LEGACY_TRANSACTION_CONTROL and type(self._autocommit) is int
-        self._begin = f"BEGIN {level}".strip() if legacy and level is not None else None
+        self._begin = f"BEGIN {level}" if legacy and level is not None else None
 
     def _legacy(self) -> bool:
         return type(self._autocommit) is int
@@ -265,18 +264,34 @@ class Connection:
         if self._legacy() and self._live.in_transaction:
             self._run("COMMIT")
 
-    def _classify(self, sql: str) -> int:
-        """0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows."""
+    def _classify(self, sql: str) -> tuple[int, str]:
+        """The kind of ``sql`` and the SQL to run; the kind is cached in ``_kinds``.
+
+        Kinds: 0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows.
+        When only comments follow the statement, only the statement itself is run (like
+        sqlite3, the rest is never compiled); such SQL is cached in ``_trimmed`` instead, so
+        the common case costs one dictionary lookup.
+        """
+        trimmed = self._trimmed.get(sql)
+        if trimmed is not None:
+            return trimmed
         head = _skip_blank(sql)
         kind = 1 if sql[head : head + 7].lower().startswith(_DML) else 0
         if kind and "returning" in sql.lower():
             kind = 2
-        if ";" in sql and not _is_single_statement(sql):
-            raise ProgrammingError("You can only execute one statement at a time.")
+        if ";" in sql:
+            end = _first_statement_end(sql)
+            if _skip_blank(sql, end) != len(sql):
+                raise ProgrammingError("You can only execute one statement at a time.")
+            if end < len(sql):
+                if len(self._trimmed) >= _MAX_CACHED_KINDS:
+                    self._trimmed.clear()
+                self._trimmed[sql] = (kind, sql[:end])
+                return kind, sql[:end]
         if len(self._kinds) >= _MAX_CACHED_KINDS:
             self._kinds.clear()
         self._kinds[sql] = kind
-        return kind
+        return kind, sql
 
     def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
         """The columns ``sql`` would return, learned by preparing it without running it."""
@@ -317,15 +332,16 @@ class Connection:
     @property
     def isolation_level(self) -> str | None:
         """``""``, ``"DEFERRED"``, ``"IMMEDIATE"``, ``"EXCLUSIVE"``: BEGIN before DML; None: off."""
+        self._check()
         return self._isolation_level
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
         self._check()
-        _check_level(value)
-        if value is None and self._legacy() and self._live.in_transaction:
+        level = _check_level(value)
+        if level is None and self._legacy() and self._live.in_transaction:
             self._run("COMMIT")
-        self._isolation_level = value
+        self._isolation_level = level
         self._update_begin()
 
     @property
@@ -372,13 +388,41 @@ class Connection:
 
     # ------------------------------------------------------------ statements
 
-    def cursor(self, factory: Any = None) -> Cursor:
+    def cursor(self, factory: Any = Cursor) -> Cursor:
         """A new cursor (``factory(connection)`` must return a Cursor)."""
         self._check()
-        made = (factory or Cursor)(self)
-        if not isinstance(made, Cursor):
+        made = factory(self)
+        if not issubclass(type(made), Cursor):
             raise TypeError(f"factory must return a cursor, not {type(made).__name__}")
+        assert isinstance(made, Cursor)
         return made
+
+    def __call__(self, sql: Any = None, /) -> Statement:
+        """Compile ``sql`` without running it (``sqlite3`` does the same when called)."""
+        self._check()
+        if not isinstance(sql, str):
+            raise TypeError(f"argument 1 must be str, not {type(sql).__name__}")
+        self._check_sql(sql)
+        if ";" in sql and not _is_single_statement(sql):
+            raise ProgrammingError("You can only execute one statement at a time.")
+        probe = self._live.cursor()
+        probe.exec_trace = _never
+        try:
+            probe.execute(sql)
+        except (apsw.ExecTraceAbort, apsw.BindingsError):
+            pass  # compiled; bindings are only missing because nothing runs
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            raise_translated(e)
+        finally:
+            probe.close()
+        return Statement._make(sql)
+
+    def _check_sql(self, sql: str) -> None:
+        """Refuse ``sql`` as ``sqlite3`` does before compiling it (size, NUL characters)."""
+        if len(sql.encode()) > self._live.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, -1):
+            raise DataError("query string is too large")
+        if "\0" in sql:
+            raise ProgrammingError("the query contains a null character")
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """A new cursor's ``execute``."""
@@ -421,6 +465,8 @@ class Connection:
     def close(self) -> None:
         """Close the connection; an uncommitted transaction is rolled back, not committed."""
         if self._db is None:
+            if not self._initialized:
+                raise self._gone()
             return
         self._check()
         with self._lock:
@@ -453,48 +499,31 @@ class Connection:
                         deterministic: bool = False) -> None:
         """Register a scalar SQL function (None removes it)."""
         self._check()
-        wrapped = None if func is None else _checked(
-            func, "user-defined function raised exception", func
-        )
+        wrapped = None if func is None else _callbacks.scalar_function(func)
         try:
             self._live.create_scalar_function(name, wrapped, narg, deterministic=deterministic)
         except apsw.Error as e:
-            raise_translated(e)
+            raise OperationalError("Error creating function") from e
 
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
         """Register an aggregate: a class with ``step(*args)`` and ``finalize()``."""
         self._check()
-        factory = None
-        if aggregate_class is not None:
-            def factory() -> tuple[Any, ...]:
-                return (
-                    _new_instance(aggregate_class),
-                    lambda instance, *args: _method(instance, "step", args),
-                    lambda instance: _result(_method(instance, "finalize", ())),
-                )
+        factory = _callbacks.Aggregate.factory(aggregate_class, window=False)
         try:
             self._live.create_aggregate_function(name, factory, n_arg)
         except apsw.Error as e:
-            raise_translated(e)
+            raise OperationalError("Error creating aggregate") from e
 
     def create_window_function(self, name: str, num_params: int, aggregate_class: Any, /
                                ) -> None:
         """Register an aggregate window function: ``step``, ``value``, ``inverse``, ``finalize``."""
         self._check()
-        factory = None
-        if aggregate_class is not None:
-            def factory() -> tuple[Any, ...]:
-                return (
-                    _new_instance(aggregate_class),
-                    lambda instance, *args: _method(instance, "step", args),
-                    lambda instance: _result(_method(instance, "finalize", ())),
-                    lambda instance: _result(_method(instance, "value", ())),
-                    lambda instance, *args: _method(instance, "inverse", args),
-                )
+        factory = _callbacks.Aggregate.factory(aggregate_class, window=True)
         try:
             self._live.create_window_function(name, factory, num_params)
         except apsw.Error as e:
-            raise_translated(e)
+            code = getattr(e, "result", -1)
+            raise ProgrammingError(apsw.mapping_result_codes.get(code, str(e))) from e
 
     def create_collation(self, name: str, callable: Callable[[str, str], int] | None, /
                          ) -> None:
@@ -502,25 +531,16 @@ class Connection:
         self._check()
         if callable is not None and not _is_callable(callable):
             raise TypeError("parameter must be callable")
-        self._live.create_collation(name, callable)
+        self._live.create_collation(
+            name, None if callable is None else _callbacks.collation(callable)
+        )
 
     def set_authorizer(self, authorizer_callback: Callable[..., int] | None) -> None:
         """Authorize each action while statements are prepared (SQLITE_OK/DENY/IGNORE)."""
         self._check()
-        if authorizer_callback is None:
-            self._live.authorizer = None
-            return
-        callback = authorizer_callback
-
-        def authorize(*args: Any) -> int:
-            try:
-                answer = callback(*args)
-            except BaseException as e:  # noqa: BLE001 - a failing authorizer denies
-                _report(e, callback)
-                return int(apsw.SQLITE_DENY)
-            return answer if type(answer) is int else int(apsw.SQLITE_DENY)
-
-        self._live.authorizer = authorize
+        self._live.authorizer = (
+            None if authorizer_callback is None else _callbacks.authorizer(authorizer_callback)
+        )
 
     def set_progress_handler(self, progress_handler: Callable[[], Any] | None, n: int) -> None:
         """Call ``progress_handler`` every ``n`` VM steps; a true result interrupts."""
@@ -528,32 +548,19 @@ class Connection:
         if progress_handler is None:
             self._live.set_progress_handler(None)
             return
-        handler = progress_handler
-
-        def progress() -> bool:
-            try:
-                return bool(handler())
-            except BaseException as e:  # noqa: BLE001 - a failing handler interrupts
-                _report(e, handler)
-                return True
-
-        self._live.set_progress_handler(progress, n)
+        self._live.set_progress_handler(_callbacks.progress_handler(progress_handler), n)
 
     def set_trace_callback(self, trace_callback: Callable[[str], Any] | None) -> None:
         """Call ``trace_callback(sql)`` for each statement SQLite runs."""
         self._check()
+        db = self._live
         if trace_callback is None:
-            self._live.trace_v2(0, None)
+            db.trace_v2(0, None)
+            db.exec_trace = None
             return
-        callback = trace_callback
-
-        def trace(event: dict[str, Any]) -> None:
-            try:
-                callback(event["sql"])
-            except BaseException as e:  # noqa: BLE001 - like sqlite3: reported, not raised
-                _report(e, callback)
-
-        self._live.trace_v2(apsw.SQLITE_TRACE_STMT, trace)
+        tracer = _callbacks.StatementTracer(trace_callback)
+        db.exec_trace = tracer.remember
+        db.trace_v2(apsw.SQLITE_TRACE_STMT, tracer)
 
     def interrupt(self) -> None:
         """Abort the statement running on this connection (callable from any thread)."""
@@ -564,10 +571,7 @@ class Connection:
     def iterdump(self, *, filter: str | None = None) -> Iterator[str]:
         """The database as SQL text, statement by statement (the standard library's dump)."""
         self._check()
-        try:
-            dump: Any = importlib.import_module("sqlite3.dump")
-        except ImportError as e:  # a Python built without its sqlite3 module
-            raise _exc.NotSupportedError("iterdump needs the standard sqlite3 module") from e
+        dump = _stdlib_dump()
         lines: Iterator[str] = (
             dump._iterdump(self) if filter is None else dump._iterdump(self, filter=filter)
         )
@@ -583,6 +587,8 @@ class Connection:
         target._check()
         if target is self:
             raise ValueError("target cannot be the same connection instance")
+        if progress is not None and not _is_callable(progress):
+            raise TypeError("progress argument must be a callable")
         step = pages if pages > 0 else -1
         try:
             with target._live.backup("main", self._live, name) as job:
@@ -605,7 +611,7 @@ class Connection:
         """Open the BLOB in ``table.column`` of rowid ``row`` for incremental I/O."""
         self._check()
         try:
-            return Blob(self, self._live.blob_open(name, table, column, row, not readonly))
+            return Blob._wrap(self, self._live.blob_open(name, table, column, row, not readonly))
         except apsw.Error as e:
             raise_translated(e)
 
@@ -629,28 +635,32 @@ class Connection:
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
         """Replace database ``name`` with an in-memory copy of ``data`` (not replicated)."""
         self._check()
+        view = memoryview(data)  # TypeError for anything but a buffer, as in sqlite3
+        if not view.c_contiguous:
+            raise BufferError("underlying buffer is not C-contiguous")
         try:
-            self._live.deserialize(name, bytes(data))
+            self._live.deserialize(name, view.tobytes())
         except apsw.Error as e:
             raise_translated(e)
 
 
-def _result(value: Any) -> Any:
-    if value is not None and not isinstance(value, _NATIVE_RESULTS):
-        raise UserFunctionError("user-defined aggregate's 'finalize' method raised error")
-    return value
+def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+    return False
 
 
 def _is_callable(value: object) -> bool:
     return callable(value)
 
 
-def _check_level(value: object) -> None:
+def _check_level(value: object) -> str | None:
+    """The canonical (upper-case) isolation level for ``value``; raises as sqlite3 does."""
     if value is None:
-        return
+        return None
     if not isinstance(value, str):
         raise TypeError("isolation_level must be str or None")
-    if value.upper() not in _LEVELS:
+    level = str.upper(value)  # never a subclass's upper()
+    if level not in _LEVELS:
         raise ValueError(
             "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
         )
+    return level

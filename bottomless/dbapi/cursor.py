@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
-from bottomless.dbapi.exceptions import ProgrammingError, raise_translated
+from bottomless.dbapi.exceptions import (
+    DataError,
+    OperationalError,
+    ProgrammingError,
+    raise_translated,
+)
 from bottomless.dbapi.types import (
     PARSE_COLNAMES,
     PARSE_DECLTYPES,
@@ -29,6 +35,45 @@ def _convert_binding(_cursor: apsw.Cursor, number: int, value: Any) -> Any:
     return bind_value(number, value)
 
 
+def _sequence(parameters: Any) -> Any:
+    """Parameters apsw can bind, taken as sqlite3 takes them: a dict, or a sequence.
+
+    A list becomes a tuple: apsw reads a list in place while it binds, and an adapter that
+    empties it would crash the interpreter. Other sequences are read by index, as sqlite3
+    reads them; anything else (a set, a generator, None) is refused.
+    """
+    if isinstance(parameters, dict):
+        return parameters
+    if type(parameters) is list:
+        return tuple(parameters)
+    if not hasattr(type(parameters), "__getitem__"):
+        raise ProgrammingError("parameters are of unsupported type")
+    return tuple(parameters[index] for index in range(len(parameters)))
+
+
+class _RowTracer:
+    """apsw's row tracer for a cursor with a row factory, converters or a text factory.
+
+    It holds the cursor weakly: apsw's cursor keeps its tracer, and a cycle back to the
+    Cursor would keep a dropped cursor's statement open (and its table locked) until the
+    garbage collector ran, where sqlite3 releases it at once.
+    """
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = weakref.ref(cursor)
+
+    def __call__(self, _cursor: apsw.Cursor, row: tuple[Any, ...]) -> Any:
+        cursor = self.cursor()
+        if cursor is None:
+            return row
+        if cursor.connection._transform_rows:
+            row = cursor._transform(row)
+        factory = cursor.row_factory
+        return row if factory is None else factory(cursor, row)
+
+
 def _column_name(name: str) -> str:
     """A ``PARSE_COLNAMES`` column name without its ``[type]`` (and the space before it)."""
     cut = name.find("[")
@@ -45,6 +90,9 @@ class Cursor:
     ``execute``; ``description`` names the result columns, even of an empty result.
     """
 
+    # until __init__ has run the cursor refuses everything ("Base Cursor.__init__ not called.")
+    _closed = True
+
     def __init__(self, connection: Connection, /) -> None:
         from bottomless.dbapi.connection import Connection
 
@@ -53,6 +101,13 @@ class Cursor:
                 f"argument 1 must be bottomless.dbapi.Connection, not {type(connection).__name__}"
             )
         connection._check()
+        # (never self.__dict__: reading it makes every attribute access of the cursor slower)
+        previous: apsw.Cursor | None = getattr(self, "_cur", None)
+        if previous is not None:
+            try:  # apsw refuses while the cursor is fetching: recursive use
+                previous.close()
+            except apsw.Error as e:
+                raise_translated(e)
         self.connection = connection
         self._cur: apsw.Cursor = connection._live.cursor()
         self._cur.convert_binding = _convert_binding
@@ -66,7 +121,9 @@ class Cursor:
         self._params: Any = None
         self._names: tuple[str, ...] | None = None
         self._converters: list[Any] | None = None
-        self._returning = False  # a DML ... RETURNING whose rowcount comes once it is done
+        # the rows of a DML ... RETURNING not fetched yet (see _run_returning)
+        self._returning: list[Any] | None = None
+        self._changes = 0
         self._traced = False
         self._closed = False
 
@@ -74,58 +131,84 @@ class Cursor:
 
     def _check(self) -> None:
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed cursor.")
+            raise self._unusable()
         self.connection._check()
+
+    def _unusable(self) -> ProgrammingError:
+        if not hasattr(self, "_cur"):
+            return ProgrammingError("Base Cursor.__init__ not called.")
+        return ProgrammingError("Cannot operate on a closed cursor.")
+
+    def _fail(self, error: BaseException) -> NoReturn:
+        """Raise the DB-API form of ``error``, knowing the statement it came from."""
+        if isinstance(error, UnicodeDecodeError):
+            raise self._decode_error(error) from error
+        if isinstance(error, apsw.TooBigError) and self._sql and len(
+            self._sql.encode(errors="replace")
+        ) > self.connection._live.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, -1):
+            raise DataError("query string is too large") from error
+        raise_translated(error)
+
+    def _decode_error(self, error: UnicodeDecodeError) -> OperationalError:
+        try:
+            names = [column[0] for column in self._cur.description]
+        except apsw.Error:
+            names = []
+        column = names[0] if len(names) == 1 else "?"
+        text = bytes(error.object).decode("utf-8", "replace")
+        return OperationalError(f"Could not decode to UTF-8 column '{column}' with text '{text}'")
 
     # ------------------------------------------------------------ executing
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Execute one SQL statement with qmark (``?``) or named (``:name``) parameters."""
-        self._check()
+        if self._closed:  # _check(), inlined: this is the hot path
+            raise self._unusable()
+        conn = self.connection
+        conn._check()
         if not isinstance(sql, str):
             raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
-        with self.connection._lock:
-            return self._execute(sql, parameters)
-
-    def _execute(self, sql: str, parameters: Any) -> Cursor:
-        conn = self.connection
-        kind = conn._kinds.get(sql)
-        if kind is None:
-            kind = conn._classify(sql)
-        db = conn._live
-        if kind and conn._begin is not None and not db.in_transaction:
-            conn._begin_transaction()
-        if self.row_factory is not None or conn._transform_rows:
-            self._cur.row_trace = self._trace_row
-            self._traced = True
-        elif self._traced:
-            self._cur.row_trace = None
-            self._traced = False
-        if registry.shadows_native:
-            parameters = adapt_all(parameters)
-        self._pending = True
-        self._names = None
-        self._converters = None
-        self._returning = False
-        self._sql = sql
-        self._params = parameters
-        try:
-            self._cur.execute(sql, parameters)
-        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-            self.rowcount = -1
-            self._pending = False
-            self._description = None
-            raise_translated(e)
-        if kind:
-            if kind == 2 and self._active():
-                self.rowcount = 0
-                self._returning = True
+        with conn._lock:
+            kind = conn._kinds.get(sql)
+            if kind is None:  # new, or followed by comments that are cut off
+                kind, sql = conn._classify(sql)
+            db = conn._db
+            assert db is not None  # conn._check() said so
+            if kind and conn._begin is not None and not db.in_transaction:
+                conn._begin_transaction()
+            if self.row_factory is not None or conn._transform_rows:
+                if not self._traced:
+                    self._cur.row_trace = _RowTracer(self)
+                    self._traced = True
+            elif self._traced:
+                self._cur.row_trace = None
+                self._traced = False
+            if type(parameters) is not tuple:
+                parameters = _sequence(parameters)
+            if registry.shadows_native:
+                parameters = adapt_all(parameters)
+            self._pending = True
+            self._names = None
+            self._converters = None
+            self._returning = None
+            self._sql = sql
+            self._params = parameters
+            try:
+                self._cur.execute(sql, parameters)
+            except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+                self.rowcount = -1
+                self._pending = False
+                self._description = None
+                self._fail(e)
+            if kind:
+                if kind == 2 and self._active():
+                    self._run_returning(db)
+                else:
+                    self.rowcount = db.changes()
             else:
-                self.rowcount = db.changes()
-        else:
-            self.rowcount = -1
-        self.lastrowid = db.last_insert_rowid()
-        return self
+                self.rowcount = -1
+            self.lastrowid = db.last_insert_rowid()
+            return self
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
         """Execute one DML statement once per set of parameters; ``rowcount`` is the sum."""
@@ -136,7 +219,7 @@ class Cursor:
         with conn._lock:
             kind = conn._kinds.get(sql)
             if kind is None:
-                kind = conn._classify(sql)
+                kind, sql = conn._classify(sql)
             if not kind:
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
@@ -161,8 +244,14 @@ class Cursor:
         """Execute several statements; a pending transaction is committed first (legacy)."""
         self._check()
         if not isinstance(sql_script, str):
-            raise ValueError("script argument must be unicode.")
+            raise TypeError(
+                f"executescript() argument must be str, not {type(sql_script).__name__}"
+            )
         conn = self.connection
+        if "\0" in sql_script:
+            raise ValueError("embedded null character")
+        if len(sql_script.encode()) > conn._live.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, -1):
+            raise DataError("query string is too large")
         with conn._lock:
             conn._commit_for_script()
             self._reset()
@@ -178,7 +267,7 @@ class Cursor:
         self._pending = False
         self._description = None
         self._names = None
-        self._returning = False
+        self._returning = None
         if self._traced:
             self._cur.row_trace = None
             self._traced = False
@@ -192,14 +281,6 @@ class Cursor:
 
     # ------------------------------------------------------------ rows
 
-    def _trace_row(self, _cursor: apsw.Cursor, row: tuple[Any, ...]) -> Any:
-        if self.connection._transform_rows:
-            row = self._transform(row)
-        factory = self.row_factory
-        if factory is not None:
-            return factory(self, row)
-        return row
-
     def _transform(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         found = self._converters
         if found is None:
@@ -208,7 +289,8 @@ class Cursor:
         values = []
         for value, converter in zip(row, found, strict=False):
             if value is not None and converter is not None:
-                value = converter(column_bytes(value))
+                # sqlite3 reads an empty TEXT or BLOB as NULL: it reaches no converter
+                value = None if value in (b"", "") else converter(column_bytes(value))
             elif isinstance(value, str) and text_factory is not str:
                 value = value.encode() if text_factory is bytes else text_factory(value.encode())
             values.append(value)
@@ -230,22 +312,50 @@ class Cursor:
             found.append(converter)
         return found
 
-    def _done(self) -> None:
-        if self._returning:
-            self._returning = False
-            self.rowcount = self.connection._live.changes()
+    def _run_returning(self, db: apsw.Connection) -> None:
+        """Run a DML ... RETURNING to its end now and keep its rows for the fetch methods.
+
+        SQLite makes every change at the first step anyway, but reports how many only once
+        the statement is done; sqlite3's ``rowcount`` is 0 until the last row is fetched,
+        and then that number.
+        """
+        self._pending = False
+        self._description = self._describe()
+        try:
+            rows: list[Any] = self._cur.fetchall()
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            self.rowcount = -1
+            self._fail(e)
+        self.rowcount = 0
+        self._changes = db.changes()
+        self._returning = rows
+
+    def _take(self, count: int | None) -> list[Any]:
+        """Up to ``count`` (None: all) kept RETURNING rows; the last sets ``rowcount``."""
+        rows = self._returning
+        assert rows is not None
+        if count is None or count >= len(rows):
+            taken, self._returning = rows, None
+            self.rowcount = self._changes
+        else:
+            taken = rows[:max(count, 0)]
+            del rows[:max(count, 0)]
+        return taken
 
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
-        self._check()
+        if self._closed:  # _check(), inlined: this is the hot path
+            raise self._unusable()
+        self.connection._check()
         with self.connection._lock:
+            if self._returning is not None:
+                return self._take(1)[0]
             try:
                 return next(self._cur)
             except StopIteration:
-                self._done()
                 return None
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-                raise_translated(e)
+                self._fail(e)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` (default ``arraysize``) more rows."""
@@ -253,41 +363,45 @@ class Cursor:
         count = self.arraysize if size is None else size
         rows: list[Any] = []
         with self.connection._lock:
+            if self._returning is not None:
+                return self._take(count)
             try:
                 for row in self._cur:
                     rows.append(row)
                     if len(rows) >= count:
                         break
-                else:
-                    self._done()
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-                raise_translated(e)
+                self._fail(e)
         return rows
 
     def fetchall(self) -> list[Any]:
         """Every remaining row."""
         self._check()
         with self.connection._lock:
+            if self._returning is not None:
+                return self._take(None)
             try:
                 rows: list[Any] = self._cur.fetchall()
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-                raise_translated(e)
-            self._done()
+                self._fail(e)
         return rows
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
-        self._check()
+        if self._closed:  # _check(), inlined: this is the hot path
+            raise self._unusable()
+        self.connection._check()
         with self.connection._lock:
+            if self._returning is not None:
+                return self._take(1)[0]
             try:
                 return next(self._cur)
             except StopIteration:
-                self._done()
                 raise
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-                raise_translated(e)
+                self._fail(e)
 
     # ------------------------------------------------------------ description
 
@@ -330,7 +444,12 @@ class Cursor:
     def close(self) -> None:
         """Close the cursor; using it afterwards raises ProgrammingError."""
         if self._closed:
+            if not hasattr(self, "_cur"):
+                raise self._unusable()
             return
         self.connection._check()
+        try:
+            self._cur.close()
+        except apsw.Error as e:  # inside one of its own converters: recursive use
+            raise_translated(e)
         self._closed = True
-        self._cur.close()

@@ -12,7 +12,7 @@ import datetime
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bottomless.dbapi.exceptions import ProgrammingError
@@ -33,6 +33,7 @@ converters: dict[str, Callable[[bytes], Any]] = {}
 # types SQLite binds natively; an adapter registered for one of them (or a subclass) makes
 # every binding go through the adapters, as it does in sqlite3
 _NATIVE = (int, float, str, bytes, bytearray, memoryview)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class _Registry:
@@ -64,14 +65,21 @@ def adapt(obj: Any, proto: Any = PrepareProtocol, alt: Any = _MISSING, /) -> Any
     adapter = adapters.get((type(obj), proto))
     if adapter is not None:
         return adapter(obj)
+    # as in sqlite3, a TypeError from __adapt__ or __conform__ means "cannot adapt"
     hook = getattr(proto, "__adapt__", None)
     if hook is not None:
-        adapted = hook(obj)
+        try:
+            adapted = hook(obj)
+        except TypeError:
+            adapted = None
         if adapted is not None:
             return adapted
     conform = getattr(obj, "__conform__", None)
     if conform is not None:
-        adapted = conform(proto)
+        try:
+            adapted = conform(proto)
+        except TypeError:
+            adapted = None
         if adapted is not None:
             return adapted
     if alt is not _MISSING:
@@ -135,13 +143,16 @@ class Row:
         return list(self._keys)
 
     def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, (int, slice)):
+            return self._values[key]
         if isinstance(key, str):
-            folded = key.casefold()
+            # ASCII letters only, as SQLite and sqlite3 compare column names
+            folded = key.translate(_ASCII_LOWER)
             for index, name in enumerate(self._keys):
-                if name.casefold() == folded:
+                if name.translate(_ASCII_LOWER) == folded:
                     return self._values[index]
             raise IndexError("No item with that key")
-        return self._values[key]
+        raise IndexError("Index must be int or string")
 
     def __len__(self) -> int:
         return len(self._values)
@@ -159,6 +170,9 @@ class Row:
 
     def __repr__(self) -> str:
         return f"<bottomless.dbapi.Row object at {id(self):#x}>"
+
+
+Sequence.register(Row)
 
 
 Date = datetime.date
