@@ -15,7 +15,7 @@ import apsw.ext
 
 from bottomless import vfs as _vfs
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.format import validate_db_name
+from bottomless.format import default_db_name, validate_db_name
 from bottomless.localdb import file_size
 from bottomless.pagestore import open_store
 from bottomless.restore import RestoreResult, restore_file
@@ -120,7 +120,7 @@ def restore(
     the bucket holds fails with the nearest restorable points in the message.
     """
     settings = resolve(settings)
-    name = validate_db_name(db_name or settings.db_name or os.path.basename(path))
+    name = validate_db_name(db_name or settings.db_name or default_db_name(path))
     if file_size(path) > 0 and not overwrite:
         raise BottomlessError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
     if commit is not None and timestamp is not None:

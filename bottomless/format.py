@@ -10,6 +10,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import json
+import os
 import re
 import secrets
 import struct
@@ -78,6 +79,22 @@ def validate_db_name(name: str) -> str:
             " letter or digit, without '/' or '..'"
         )
     return name
+
+
+def default_db_name(path: str) -> str:
+    """The db_name a database file gets when none is configured: its base name if that is a
+    valid db_name, else one derived from it that always comes out the same.
+
+    A base name with other characters (``données.db``, ``my app.db``) keeps its valid ones,
+    with ``_`` for the rest, and gains 8 hex digits of its SHA-256, so two names that clean up
+    alike stay apart: ``donn_es.db-6b1f0c2e``.
+    """
+    base = os.path.basename(path)
+    if _DB_NAME_RE.fullmatch(base) and ".." not in base:
+        return base
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).replace("..", "__").lstrip("._-")
+    digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned[:180] or 'db'}-{digest}"
 
 
 def new_generation_id(now: float | None = None) -> str:

@@ -91,7 +91,7 @@ class Replicator(AsyncReplication):
         self.db_path = db_path
         self.settings = settings
         self.store = store
-        self.db_name = settings.db_name or fmt.validate_db_name(os.path.basename(db_path))
+        self.db_name = settings.db_name or fmt.default_db_name(db_path)
         self._write_lock = write_lock
         self._holds_write_lock = False
         #: the state before the last recorded commit, until SQLite finishes that transaction

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     db_name: str | None = Field(
         None,
         description="Name of the database in the bucket; its objects live under this prefix."
-        " Defaults to the database file's base name.",
+        " Defaults to the database file's base name (with other characters than"
+        " [A-Za-z0-9._-]: a name derived from it, e.g. `my db.sqlite` ->"
+        " `my_db.sqlite-<8 hex digits>`).",
     )
     initial_replication: Literal["error", "force", "skip"] = Field(
         "error",

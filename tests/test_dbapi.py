@@ -386,3 +386,21 @@ def test_the_same_program_sees_the_same_as_with_sqlite3(tmp_path: Any,
     assert rows(restored(tmp_path, make_settings("file", bucket=str(tmp_path / "bucket")),
                          "bottomless.db"), "SELECT * FROM t ORDER BY id") == rows(
         str(tmp_path / "stdlib.db"), "SELECT * FROM t ORDER BY id")
+
+
+def test_a_file_name_that_is_no_valid_db_name_replicates_under_a_derived_one(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "données app.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    name = bottomless.status(conn)["db_name"]
+    conn.close()
+    assert name.startswith("donn_es_app.db-") and len(name) == len("donn_es_app.db-") + 8
+    assert rows(restored(tmp_path, settings, name)) == [(1,)]
+    remove_db(path)
+    back = dbapi.connect(path, settings=settings)  # the same name again: restored
+    assert back.execute("SELECT x FROM t").fetchall() == [(1,)]
+    back.close()
