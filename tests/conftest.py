@@ -88,3 +88,7 @@ def store(backend: str, make_settings: Callable[..., bottomless.Settings]) -> It
     opened = open_store(make_settings(backend))
     yield opened
     opened.close()
+
+# SQLAlchemy's compliance suite has its own config and plugin; tests/test_sqlalchemy_suite.py
+# runs it in subprocesses.
+collect_ignore = ["sqla_suite"]
