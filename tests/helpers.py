@@ -8,6 +8,7 @@ from typing import Any
 import apsw
 
 import bottomless
+from bottomless.errors import StoreError
 from bottomless.pagestore import PageStore
 
 
@@ -85,6 +86,18 @@ class ForwardingStore(PageStore):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+
+class FailingStore(ForwardingStore):
+    """A real store whose create-only writes (each commit's one PUT) fail while ``down`` is set."""
+
+    def __init__(self, inner: PageStore) -> None:
+        super().__init__(inner)
+        self.down = False
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        if self.down:
+            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
+        self.inner.put_if_absent(key, data)
 
 
 def stop_uploader(path: str) -> None:

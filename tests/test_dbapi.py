@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import ForwardingStore, remove_db, replicator, restored, rows
+from helpers import FailingStore, remove_db, replicator, restored, rows
 
 import bottomless
 import bottomless.dbapi as dbapi
@@ -24,16 +24,6 @@ from bottomless.errors import StoreError
 
 MakeSettings = Callable[..., bottomless.Settings]
 
-
-class FailingStore(ForwardingStore):
-    """Fails every create-only write (each commit's one PUT) while ``down`` is set."""
-
-    down = False
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
-        self.inner.put_if_absent(key, data)
 
 
 def _break_store(path: str) -> FailingStore:

@@ -24,11 +24,10 @@ import django
 import pytest
 from django.conf import settings as django_settings
 from faultproxy import FaultProxy
-from helpers import ForwardingStore, integrity, remove_db, replicator, restored, rows
+from helpers import FailingStore, integrity, remove_db, replicator, restored, rows
 
 import bottomless
-from bottomless.errors import StoreError
-from bottomless.pagestore import PageStore, open_store
+from bottomless.pagestore import open_store
 
 MakeSettings = Callable[..., bottomless.Settings]
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,18 +274,6 @@ def test_several_worker_processes_write_one_file(tmp_path: Path) -> None:
     assert integrity(copy) == "ok"
     assert sorted(r[0] for r in rows(copy, f"SELECT name FROM {ITEMS}")) == expected
 
-
-class FailingStore(ForwardingStore):
-    """Fails every create-only write (every commit upload) while ``down`` is set."""
-
-    def __init__(self, inner: PageStore) -> None:
-        super().__init__(inner)
-        self.down = False
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
-        self.inner.put_if_absent(key, data)
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])

@@ -21,14 +21,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from faultproxy import FaultProxy
-from helpers import ForwardingStore, integrity, replicator, restored, rows
+from helpers import FailingStore, integrity, replicator, restored, rows
 from sqlalchemy import exc, orm, pool
 from sqlalchemy.orm import Mapped, mapped_column
 
 import bottomless
 import bottomless.dbapi
 from bottomless.errors import ConfigError, StoreError
-from bottomless.pagestore import PageStore
 from bottomless.sqlalchemy import BottomlessDialect
 
 MakeSettings = Callable[..., bottomless.Settings]
@@ -511,18 +510,6 @@ def test_a_sync_commit_through_sqlalchemy_is_one_put(
 
 # ------------------------------------------------------------------ failures
 
-
-class FailingStore(ForwardingStore):
-    """A real store whose writes fail while ``down`` is set."""
-
-    def __init__(self, inner: PageStore) -> None:
-        super().__init__(inner)
-        self.down = False
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
-        self.inner.put_if_absent(key, data)
 
 
 def _chain(error: BaseException | None) -> Iterator[BaseException]:

@@ -13,11 +13,10 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import ForwardingStore, integrity, remove_db, replicator, restored, rows
+from helpers import FailingStore, integrity, remove_db, replicator, restored, rows
 
 import bottomless
 from bottomless import format as fmt
-from bottomless.errors import StoreError
 from bottomless.pagestore import PageStore
 
 JOURNAL_MODES = ["delete", "truncate", "persist", "wal"]
@@ -252,18 +251,6 @@ def test_vacuum_checkpoint_and_page_size(tmp_path: Any, make_settings: MakeSetti
     assert rows(copy, "PRAGMA page_size") == [(8192,)]
 
 
-class FlakyStore(ForwardingStore):
-    """Wraps a real store; fails every write while ``down`` is set."""
-
-    def __init__(self, inner: PageStore) -> None:
-        super().__init__(inner)
-        self.down = False
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        if self.down:
-            raise StoreError(f"{self.location}: PUT {key} failed: injected outage")
-        self.inner.put_if_absent(key, data)
-
 
 @pytest.mark.parametrize("mode", JOURNAL_MODES)
 def test_failed_upload_fails_commit_and_recovers(tmp_path: Any, make_settings: MakeSettings,
@@ -275,7 +262,7 @@ def test_failed_upload_fails_commit_and_recovers(tmp_path: Any, make_settings: M
     db.execute("CREATE TABLE t(x)")
     db.execute("INSERT INTO t VALUES(1)")
     rep = replicator(path)
-    flaky = FlakyStore(rep.store)
+    flaky = FailingStore(rep.store)
     rep.store = flaky
     flaky.down = True
     with pytest.raises(apsw.IOError) as info:
