@@ -69,7 +69,8 @@ def main(argv: list[str]) -> int:
         [os.path.join(BIN, "mypy")],
     ]
     lint.append([python, os.path.join(ROOT, "docs", "gen_reference.py"), "--check"])
-    lint.append([os.path.join(BIN, "mkdocs"), "build", "--strict", "--quiet", "--site-dir",
+    # no --quiet: it hides the warnings that --strict turns into a failure
+    lint.append([os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir",
                  os.path.join(VENV, "site")])
     for command in lint:
         if run(command):

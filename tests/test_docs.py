@@ -78,3 +78,11 @@ def test_the_sqlite3_guide_example_runs_and_replicates(tmp_path: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1,)"
     assert (tmp_path / "replicas" / "app.db" / "generations").is_dir()
+
+
+def test_the_docs_build_check_can_fail() -> None:
+    """``--quiet`` hides the warnings ``--strict`` counts: the docs step must not pass it."""
+    dev = (ROOT / "dev.py").read_text()
+    command = dev[dev.index('"mkdocs"'):]
+    command = command[: command.index("]")]
+    assert '"--strict"' in command and '"--quiet"' not in command, command

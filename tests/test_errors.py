@@ -126,3 +126,13 @@ def test_secrets_absent_from_logs_and_errors(tmp_path: Any, s3_settings: dict[st
     text = caplog.text + str(info.value) + repr(settings) + repr(bottomless.open_store(settings))
     assert secret.get_secret_value() not in text
     assert "WRONG-secret-value" not in text
+
+
+def test_every_error_class_is_exported() -> None:
+    from bottomless import errors
+
+    defined = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, Exception)
+               and value.__module__ == errors.__name__}
+    assert defined <= set(bottomless.__all__), sorted(defined - set(bottomless.__all__))
+    assert all(getattr(bottomless, name) is getattr(errors, name) for name in defined)
