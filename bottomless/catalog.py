@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -154,16 +155,18 @@ def verify(
     """
     report = VerifyReport(db_name)
     gens = [generation] if generation else generations(store, db_name)
+    counted = threading.Lock()  # fetch runs in the pool's threads
 
     def fetch(key: str) -> tuple[str, bytes | None]:
         try:
             data = store.get(key)
         except ObjectNotFoundError:
             return key, None
-        report.objects += 1
-        report.bytes += len(data)
-        if progress:
-            progress(len(data))
+        with counted:
+            report.objects += 1
+            report.bytes += len(data)
+            if progress:
+                progress(len(data))
         return key, data
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
@@ -235,7 +238,12 @@ def _verify_generation(
     ]
     for key, data in in_order(pool, jobs, parallelism):
         number = fmt.seq_from_key(key)
-        assert number is not None and data is not None
+        if number is None or data is None:
+            # listed, then gone before it was read: a gc running at the same time
+            report.problems.append(f"{key}: missing (listed, then deleted before it was read)")
+            prev = None
+            expected = (number or expected) + 1
+            continue
         seq = number
         if seq != expected:
             report.problems.append(

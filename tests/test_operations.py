@@ -475,3 +475,34 @@ def test_shell_commits_are_replicated(
     again = run_cli(settings, "shell", path, stdin="select x from t order by x;\n.exit\n")
     assert ok(again).split() == ["1", "42"]
     assert rows(path) == [(1,), (42,)]
+
+
+def test_verify_reports_a_commit_deleted_while_it_runs(tmp_path: Any,
+                                                       make_settings: MakeSettings) -> None:
+    """A commit listed and then deleted (a gc at the same time) is reported, not a crash."""
+    from helpers import ForwardingStore
+
+    from bottomless.catalog import verify
+    from bottomless.errors import ObjectNotFoundError
+    from bottomless.pagestore import open_store
+
+    settings = make_settings("file", snapshot_interval_commits=0)
+    path, db = open_db(tmp_path, settings, "race.db")
+    commit_values(db, path, range(4), {1: []})
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    gone = key_of("race.db", generation, "commits", 3)
+
+    class Racing(ForwardingStore):
+        def get(self, key: str) -> bytes:
+            if key == gone:
+                raise ObjectNotFoundError(f"{key} not found")
+            return self.inner.get(key)
+
+    store = open_store(settings)
+    try:
+        report = verify(Racing(store), "race.db")
+    finally:
+        store.close()
+    assert any(gone in problem and "missing" in problem for problem in report.problems), (
+        report.problems)
