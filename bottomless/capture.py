@@ -62,7 +62,8 @@ class RollbackCapture:
         """Forget every recorded write."""
         self._before.clear()
 
-    def finalize(self, read: ReadFn, known_page_size: int) -> Transaction | None:
+    def finalize(self, read: ReadFn, known_page_size: int,
+                 file_size: Callable[[], int]) -> Transaction | None:
         """Return the committed transaction, or ``None`` if nothing changed.
 
         Called at journal finalization, while the file holds the committed content. When the
@@ -86,7 +87,9 @@ class RollbackCapture:
             return None
         db_size = header.db_size
         if db_size is None:
-            db_size = len(read(0, 1 << 62)) // size  # pre-3.7 header: fall back to file size
+            # a pre-3.7 header: the file's size tells (never a read of "everything", which
+            # would allocate that much)
+            db_size = file_size() // size
         if known_page_size and known_page_size != size:
             numbers = set(range(1, db_size + 1))
         else:
@@ -196,3 +199,4 @@ class WalCapture:
         return Transaction(
             {n: p for n, p in sorted(pages.items()) if n <= db_size}, db_size, self.page_size
         )
+

@@ -23,7 +23,7 @@ import apsw
 
 from bottomless.capture import RollbackCapture, WalCapture
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.localdb import WAL_FRAME_HEADER_SIZE, LocalImage, read_db
+from bottomless.localdb import WAL_FRAME_HEADER_SIZE, LocalImage, file_size, read_db
 from bottomless.pagestore import open_store
 from bottomless.replicator import ProgressFactory, Replicator
 from bottomless.settings import (
@@ -222,7 +222,7 @@ def finalize_journal(entry: _Entry, code: int) -> None:
         if not entry.capture.dirty:
             return
         known = replicator.state.page_size if replicator.state else 0
-        txn = entry.capture.finalize(read, known)
+        txn = entry.capture.finalize(read, known, lambda: file_size(path))
         if txn is not None:
             try:
                 replicator.replicate(txn, lambda: LocalImage(path))

@@ -271,3 +271,33 @@ def test_the_kept_shm_descriptor_follows_a_new_shm_file(tmp_path: Any) -> None:
         assert path + "-shm" not in localdb._shm_fds
         with pytest.raises(OSError):
             os.fstat(kept)  # closed once its file was gone: no descriptor piles up
+
+
+def test_a_pre_3_7_header_is_sized_by_the_file_not_by_a_huge_read(tmp_path: Any) -> None:
+    """A header whose in-header size is not trustworthy falls back to the file's size."""
+    import apsw
+
+    from bottomless.capture import RollbackCapture
+    from bottomless.localdb import file_size, read_db
+
+    path = str(tmp_path / "old.db")
+    db = apsw.Connection(path)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.close()
+    with open(path, "r+b") as handle:  # "version valid for" no longer matches the counter
+        handle.seek(92)
+        handle.write(b"\xff\xff\xff\xff")
+
+    def read(offset: int, amount: int) -> bytes:
+        return read_db(path, offset, amount)
+
+    capture = RollbackCapture()
+    capture.note_write(4096, 4096, read)  # page 2 "changes": any recorded write will do
+    with open(path, "r+b") as handle:
+        handle.seek(4096 + 200)
+        handle.write(b"changed")
+    txn = capture.finalize(read, 4096, lambda: file_size(path))
+    assert txn is not None
+    assert txn.db_size == file_size(path) // 4096 == 2
+    assert set(txn.pages) == {2}
