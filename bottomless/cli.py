@@ -125,19 +125,39 @@ def _terminal_progress(label: str, total: int) -> Callable[[int], None]:
     return advance
 
 
-def _table(title: str, rows: list[dict[str, Any]]) -> None:
+#: columns whose values are copied into other commands: never cut or wrapped
+_WHOLE_COLUMNS = ("generation", "db_name", "time", "timestamp", "started", "last_commit_time",
+                  "snapshot", "key")
+
+
+def _table(title: str, rows: list[dict[str, Any]], console: Any = None) -> None:
+    """Print ``rows``: a table on a terminal, tab-separated lines in a pipe or a file.
+
+    Ids and timestamps are never cut: on a narrow terminal the other columns wrap.
+    """
     if not rows:
         click.echo(f"{title}: none")
+        return
+    cells = [["" if v is None else str(v) for v in row.values()] for row in rows]
+    if console is None and not sys.stdout.isatty():
+        click.echo(f"# {title}")
+        click.echo("\t".join(rows[0]))
+        for line in cells:
+            click.echo("\t".join(line))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(column.replace("_", " "))
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    Console().print(table)
+    for index, column in enumerate(rows[0]):
+        if column in _WHOLE_COLUMNS or column.endswith(("_id", "_time")):
+            width = max(len(line[index]) for line in cells)
+            table.add_column(column.replace("_", " "), no_wrap=True, min_width=width)
+        else:
+            table.add_column(column.replace("_", " "), overflow="fold")
+    for line in cells:
+        table.add_row(*line)
+    (console or Console()).print(table)
 
 
 def _size(count: int) -> str:

@@ -506,3 +506,30 @@ def test_verify_reports_a_commit_deleted_while_it_runs(tmp_path: Any,
         store.close()
     assert any(gone in problem and "missing" in problem for problem in report.problems), (
         report.problems)
+
+
+def test_ls_never_cuts_ids(tmp_path: Any, make_settings: MakeSettings) -> None:
+    """In a pipe ``ls`` prints whole lines; on a narrow terminal ids still come out whole."""
+    import io
+
+    from rich.console import Console
+
+    from bottomless.cli import _table
+
+    settings = make_settings("file")
+    path, db = open_db(tmp_path, settings, "ids.db")
+    commit_values(db, path, range(2), {1: []})
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    piped = run_cli(settings, "ls", "ids.db")
+    assert piped.returncode == 0, piped.stderr
+    assert generation in piped.stdout.split()
+    listed = run_cli(settings, "ls", "ids.db", "--generation", generation)
+    assert "\t" in listed.stdout and "…" not in listed.stdout
+
+    screen = io.StringIO()
+    rows = [{"generation": generation, "started": "2026-12-06T20:00:00",
+             "note": "a long column that may wrap as much as it likes " * 2}]
+    _table("generations", rows, Console(file=screen, width=40, force_terminal=False))
+    text = screen.getvalue()
+    assert generation in text and "…" not in text, text
