@@ -573,6 +573,10 @@ class Replicator(AsyncReplication):
         with self.lock:
             self._pending = None
             self._waiting = None
+            # the previous commit's WAL sync is long done (SQLite held the write lock through
+            # it): nothing may take that record back any more, whoever's PHASETWO is pending
+            self._unsynced = None
+            self._unsynced_spool = False
             self._preparer = threading.get_ident()
             if self.paused:
                 return
