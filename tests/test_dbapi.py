@@ -215,6 +215,24 @@ def test_a_sync_commit_through_the_dbapi_is_one_put(tmp_path: Any, seaweed: Any,
     assert all(r.startswith("PUT /") and "/commits/" in r for r in during), during
 
 
+def _in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run ``work(n)`` in ``count`` threads at once; return what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(worker: int) -> None:
+        try:
+            work(worker)
+        except BaseException as e:  # noqa: BLE001 - returned to the test, which asserts
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def test_threads_share_a_connection_with_check_same_thread_off(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     settings = make_settings("file")
@@ -223,22 +241,13 @@ def test_threads_share_a_connection_with_check_same_thread_off(
                          isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("CREATE TABLE t(worker INTEGER, i INTEGER)")
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            for i in range(25):
-                conn.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
-                conn.execute("SELECT count(*) FROM t").fetchone()
-        except BaseException as e:  # noqa: BLE001 - collected and asserted below
-            errors.append(e)
+        for i in range(25):
+            conn.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
+            conn.execute("SELECT count(*) FROM t").fetchone()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert _in_threads(work, 4) == []
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
     conn.close()
     assert len(rows(restored(tmp_path, settings, "threads.db"))) == 100
@@ -251,23 +260,15 @@ def test_a_connection_per_thread_on_one_file(tmp_path: Any, make_settings: MakeS
     setup.execute("PRAGMA journal_mode=wal")
     setup.execute("CREATE TABLE t(worker INTEGER, i INTEGER)")
     setup.commit()
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            own = dbapi.connect(path, settings=settings, timeout=30)
-            for i in range(20):
-                with own:
-                    own.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
-            own.close()
-        except BaseException as e:  # noqa: BLE001 - collected and asserted below
-            errors.append(e)
+        own = dbapi.connect(path, settings=settings, timeout=30)
+        for i in range(20):
+            with own:
+                own.execute("INSERT INTO t VALUES (?, ?)", (worker, i))
+        own.close()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = _in_threads(work, 3)
     setup.close()
     assert errors == []
     assert sorted(rows(restored(tmp_path, settings, "per-thread.db"))) == sorted(

@@ -53,16 +53,22 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
+def _run_block(block: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    """Run a page's code block in a fresh interpreter, without LIBSQL_BOTTOMLESS_* set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=cwd, capture_output=True, text=True, env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
 def test_quickstart_code_runs(page: str, tmp_path: Any) -> None:
     block = _python_blocks(ROOT / page)[0]
     assert "bottomless.connect" in block
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
-    result = subprocess.run(
-        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    _run_block(block, tmp_path)
     copies = list(tmp_path.glob("*.db"))
     assert len(copies) >= 2, "the quickstart should leave the database and its restored copy"
 
@@ -70,12 +76,7 @@ def test_quickstart_code_runs(page: str, tmp_path: Any) -> None:
 def test_the_sqlite3_guide_example_runs_and_replicates(tmp_path: Any) -> None:
     block = _python_blocks(ROOT / "docs" / "guides" / "sqlite3.md")[0]
     assert "import bottomless.dbapi as sqlite3" in block
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
-    result = subprocess.run(
-        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_block(block, tmp_path)
     assert result.stdout.strip() == "(1,)"
     assert (tmp_path / "replicas" / "app.db" / "generations").is_dir()
 
