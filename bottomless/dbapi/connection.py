@@ -442,23 +442,20 @@ class Connection:
         Raises OperationalError (also a bottomless.StoreError) when the upload fails; the
         transaction is then not committed, locally or in the bucket.
         """
-        self._check()
-        if self._autocommit is True:
-            return
-        with self._lock:
-            if self._live.in_transaction:
-                self._run("COMMIT")
-            if self._autocommit is False:
-                self._run("BEGIN")
+        self._end_transaction("COMMIT")
 
     def rollback(self) -> None:
         """Roll the open transaction back."""
+        self._end_transaction("ROLLBACK")
+
+    def _end_transaction(self, verb: str) -> None:
+        """COMMIT or ROLLBACK the open transaction; with ``autocommit=False`` open the next."""
         self._check()
         if self._autocommit is True:
             return
         with self._lock:
             if self._live.in_transaction:
-                self._run("ROLLBACK")
+                self._run(verb)
             if self._autocommit is False:
                 self._run("BEGIN")
 
