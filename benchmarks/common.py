@@ -20,7 +20,7 @@ from typing import Any
 import apsw
 
 import bottomless
-from bottomless.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, weed_binary
+from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, weed_binary
 
 MB = 1024 * 1024
 WARMUP_COMMITS = 20
@@ -112,7 +112,7 @@ def file_settings(directory: str, **overrides: Any) -> bottomless.Settings:
 
 def replicator_of(db_path: str) -> Any:
     """The Replicator of an open bottomless database."""
-    registered = bottomless.vfs._registered
+    registered = bottomless.sqlite.vfs._registered
     assert registered is not None
     replicator = registered.replicator_for(os.path.abspath(db_path))
     assert replicator is not None

@@ -33,7 +33,7 @@ from common import (
 )
 
 import bottomless
-from bottomless.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 
 def _summary(name: str, mode: str, commits: int, rates: list[float],

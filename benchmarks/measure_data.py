@@ -34,10 +34,10 @@ from common import (
 )
 
 import bottomless
-from bottomless.pagestore import open_store
-from bottomless.restore import resolve_target
-from bottomless.retention import collect_garbage
-from bottomless.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from bottomless.backends.base import open_store
+from bottomless.ops.restore import resolve_target
+from bottomless.ops.retention import collect_garbage
+from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

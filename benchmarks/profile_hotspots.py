@@ -31,7 +31,7 @@ from common import file_settings, s3_settings  # noqa: E402
 from pyinstrument import Profiler  # noqa: E402
 
 import bottomless  # noqa: E402
-from bottomless.seaweed import SeaweedServer, start_seaweed  # noqa: E402
+from bottomless.testing.seaweed import SeaweedServer, start_seaweed  # noqa: E402
 
 
 def commits(connect: Callable[[], object], count: int, wait: bool = False) -> Callable[[], None]:

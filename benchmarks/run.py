@@ -29,7 +29,7 @@ import common  # noqa: E402
 import measure_commits  # noqa: E402
 import measure_data  # noqa: E402
 
-from bottomless.seaweed import start_seaweed  # noqa: E402
+from bottomless.testing.seaweed import start_seaweed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -8,6 +8,7 @@ rebuild it anywhere.
 from __future__ import annotations
 
 from bottomless.api import connect, log_sqlite, register, restore, status, wait_durable
+from bottomless.backends.base import PageStore, open_store
 from bottomless.errors import (
     BottomlessError,
     ConfigError,
@@ -21,8 +22,7 @@ from bottomless.errors import (
     RestoreError,
     StoreError,
 )
-from bottomless.pagestore import PageStore, open_store
-from bottomless.restore import RestoreResult
+from bottomless.ops.restore import RestoreResult
 from bottomless.settings import Settings
 
 __version__ = "0.1.0"

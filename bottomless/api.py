@@ -13,13 +13,13 @@ from typing import Any
 import apsw
 import apsw.ext
 
-from bottomless import vfs as _vfs
+from bottomless.backends.base import open_store
 from bottomless.errors import BottomlessError, ConfigError
 from bottomless.format import default_db_name, validate_db_name
-from bottomless.localdb import file_size
-from bottomless.pagestore import open_store
-from bottomless.restore import RestoreResult, restore_file
+from bottomless.local.files import file_size
+from bottomless.ops.restore import RestoreResult, restore_file
 from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, resolve
+from bottomless.sqlite import vfs as _vfs
 
 
 def register(settings: Settings | None = None) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 
 import click
 
-from bottomless import catalog
 from bottomless.api import parse_timestamp
 from bottomless.api import restore as restore_database
+from bottomless.backends.base import PageStore, open_store
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.pagestore import PageStore, open_store
-from bottomless.retention import collect_garbage, parse_duration
-from bottomless.settings import Settings, load_settings
+from bottomless.ops import catalog
+from bottomless.ops.retention import collect_garbage
+from bottomless.settings import Settings, load_settings, parse_duration
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
@@ -329,7 +329,7 @@ def shell(path: str, db_name: str | None, initial_replication: str | None,
 
     options.update(db_name=db_name, initial_replication=initial_replication)
     if sys.stderr.isatty():
-        from bottomless import vfs
+        from bottomless.sqlite import vfs
 
         vfs.register(None).progress = _terminal_progress
     connection = connect(path, _settings(options))

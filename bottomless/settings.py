@@ -7,7 +7,9 @@ Precedence, highest first: URI parameter (``file:app.db?vfs=bottomless&bucket=..
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -25,6 +27,20 @@ SQLITE_URI_PARAMETERS = {"vfs", "mode", "cache", "psow", "nolock", "immutable", 
 #: private URI parameter used by bottomless.connect to pass a Settings object
 SETTINGS_TOKEN_PARAMETER = "bottomless_settings"
 SECRET_FIELDS = {"access_key_id", "secret_access_key", "session_token"}
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; raise ConfigError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(
+            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 7d"
+        )
+    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
 class Settings(BaseSettings):
@@ -131,8 +147,6 @@ class Settings(BaseSettings):
     @field_validator("retention")
     @classmethod
     def _check_retention(cls, value: str) -> str:
-        from bottomless.retention import parse_duration
-
         try:
             parse_duration(value)
         except ConfigError as e:

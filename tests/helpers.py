@@ -8,8 +8,8 @@ from typing import Any
 import apsw
 
 import bottomless
+from bottomless.backends.base import PageStore
 from bottomless.errors import StoreError
-from bottomless.pagestore import PageStore
 
 
 def remove_db(path: str) -> None:
@@ -43,7 +43,7 @@ def restored(tmp_path: Any, settings: bottomless.Settings, db_name: str) -> str:
 
 def replicator(path: str) -> Any:
     """The live replicator of an open bottomless database."""
-    from bottomless import vfs
+    from bottomless.sqlite import vfs
 
     assert vfs._registered is not None
     found = vfs._registered.replicator_for(os.path.abspath(path))
@@ -113,7 +113,7 @@ def stop_uploader(path: str) -> None:
 def abandon(db: Any, path: str) -> None:
     """Leave a database as a killed process would: nothing flushed or closed by bottomless (an
     async spool stays on disk); the next ``connect`` in this process opens it afresh."""
-    from bottomless import vfs
+    from bottomless.sqlite import vfs
 
     rep = replicator(path)
     if rep._uploader is not None:
@@ -132,7 +132,7 @@ def plant_commit(
     writer's id, chained to ``prev``, as a process killed after its upload (or a copy of the
     database) would; return its digest."""
     from bottomless import format as fmt
-    from bottomless.localdb import read_state
+    from bottomless.local.files import read_state
 
     rep = replicator(path)
     state = read_state(path)

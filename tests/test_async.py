@@ -14,7 +14,7 @@ import pytest
 from helpers import abandon, integrity, plant_commit, remove_db, replicator, rows, stop_uploader
 
 import bottomless
-from bottomless.restore import commit_numbers, resolve_target
+from bottomless.ops.restore import commit_numbers, resolve_target
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -212,7 +212,7 @@ def test_a_sync_process_ships_what_an_async_one_spooled_first(tmp_path: Any) -> 
 
 _SYNC_WRITER_KILLED = """
 import os, signal, sys, bottomless
-from bottomless.replicator import Replicator
+from bottomless.engine.replicator import Replicator
 upload = Replicator._replicate
 
 def upload_then_die(self, txn, image):  # killed between its upload and its local commit
@@ -320,7 +320,7 @@ def test_an_object_of_this_writer_not_chained_to_its_position_stops_the_uploader
     """The async uploader settles only a true orphan (this writer's, chained to the recorded
     position, nothing after it); an object that merely carries this writer id is refused."""
     from bottomless.errors import ReplicaConflictError
-    from bottomless.localdb import read_state
+    from bottomless.local.files import read_state
 
     settings = bottomless.Settings(backend="file", bucket=str(tmp_path / "replicas"),
                                    durability="async", max_lag=60)

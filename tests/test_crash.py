@@ -26,9 +26,9 @@ from pydantic import SecretStr
 
 import bottomless
 from bottomless import format as fmt
-from bottomless.pagestore import PageStore
-from bottomless.restore import generations
-from bottomless.snapshots import snapshot_seqs
+from bottomless.backends.base import PageStore
+from bottomless.ops.restore import generations
+from bottomless.ops.snapshots import snapshot_seqs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MakeSettings = Callable[..., bottomless.Settings]

@@ -48,11 +48,11 @@ from test_crash import (  # noqa: F401 - crash_totals is an autouse fixture
 )
 
 import bottomless
-from bottomless import catalog, retention
 from bottomless import format as fmt
+from bottomless.backends.base import PageStore
 from bottomless.errors import ReplicaNotFoundError
-from bottomless.pagestore import PageStore
-from bottomless.restore import complete_generations, generations
+from bottomless.ops import catalog, retention
+from bottomless.ops.restore import complete_generations, generations
 
 MakeSettings = Callable[..., bottomless.Settings]
 WRITER = os.path.join(HERE, "crash_writer.py")

@@ -29,14 +29,14 @@ from faultproxy import FaultProxy
 from helpers import integrity, remove_db, replicator, restored, rows
 
 import bottomless
-from bottomless import vfs
+from bottomless.backends.base import PageStore, open_store
 from bottomless.errors import (
     BottomlessError,
     ReplicaConflictError,
     ReplicaNotFoundError,
     StoreError,
 )
-from bottomless.pagestore import PageStore, open_store
+from bottomless.sqlite import vfs
 
 pytestmark = pytest.mark.s3
 

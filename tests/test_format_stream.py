@@ -27,8 +27,8 @@ from test_format import (
 import bottomless
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
-from bottomless.format_stream import OUTPUT_CHUNK, decode_stream
-from bottomless.pagestore import open_store
+from bottomless.backends.base import open_store
+from bottomless.format.stream import OUTPUT_CHUNK, decode_stream
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:

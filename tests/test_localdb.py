@@ -20,8 +20,8 @@ import apsw
 import pytest
 
 import bottomless
-from bottomless import localdb
-from bottomless.localdb import (
+from bottomless.local import files as localdb
+from bottomless.local.files import (
     LocalImage,
     LocalState,
     file_identity,
@@ -277,8 +277,8 @@ def test_a_pre_3_7_header_is_sized_by_the_file_not_by_a_huge_read(tmp_path: Any)
     """A header whose in-header size is not trustworthy falls back to the file's size."""
     import apsw
 
-    from bottomless.capture import RollbackCapture
-    from bottomless.localdb import file_size, read_db
+    from bottomless.local.files import file_size, read_db
+    from bottomless.sqlite.capture import RollbackCapture
 
     path = str(tmp_path / "old.db")
     db = apsw.Connection(path)

@@ -482,9 +482,9 @@ def test_verify_reports_a_commit_deleted_while_it_runs(tmp_path: Any,
     """A commit listed and then deleted (a gc at the same time) is reported, not a crash."""
     from helpers import ForwardingStore
 
-    from bottomless.catalog import verify
+    from bottomless.backends.base import open_store
     from bottomless.errors import ObjectNotFoundError
-    from bottomless.pagestore import open_store
+    from bottomless.ops.catalog import verify
 
     settings = make_settings("file", snapshot_interval_commits=0)
     path, db = open_db(tmp_path, settings, "race.db")

@@ -16,8 +16,8 @@ import pytest
 from helpers import abandon, integrity, replicator, rows, stop_uploader
 
 import bottomless
-from bottomless import session
-from bottomless.session import SessionMarker
+from bottomless.local import session
+from bottomless.local.session import SessionMarker
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -157,7 +157,7 @@ def copy_local(path: str, to: str) -> None:
 
 def put_back(copy: str, path: str) -> None:
     """Make the local files what ``copy`` holds, as a power cut that lost later writes would."""
-    from bottomless import localdb
+    from bottomless.local import files as localdb
 
     for suffix in ("", "-wal", "-bottomless"):
         shutil.copyfile(copy + suffix, path + suffix)
@@ -193,7 +193,7 @@ def test_sync_state_file_left_behind_by_a_restart(
     path, early = str(tmp_path / "f.db"), str(tmp_path / "early.db")
     generation = sync_writes(path, settings, {1: early})
     shutil.copyfile(early + "-bottomless", path + "-bottomless")  # only the state file is old
-    from bottomless import localdb
+    from bottomless.local import files as localdb
 
     localdb._state_cache.clear()
     if not restarted:  # without a restart nothing explains it: refuse, as before
@@ -276,7 +276,7 @@ def test_a_restart_never_hides_another_writers_commits(
     other.execute("INSERT INTO t VALUES(2)")
     other.close()
     shutil.copyfile(early + "-bottomless", path + "-bottomless")  # the power cut's stale state
-    from bottomless import localdb
+    from bottomless.local import files as localdb
 
     localdb._state_cache.clear()
     reboot()
@@ -297,9 +297,9 @@ def test_a_gap_in_the_commits_is_reported_as_such(
     path, early = str(tmp_path / "gap.db"), str(tmp_path / "early.db")
     sync_writes(path, settings, {1: early})
     shutil.copyfile(early + "-bottomless", path + "-bottomless")
-    from bottomless import localdb
-    from bottomless.pagestore import open_store
-    from bottomless.restore import resolve_target
+    from bottomless.backends.base import open_store
+    from bottomless.local import files as localdb
+    from bottomless.ops.restore import resolve_target
 
     localdb._state_cache.clear()
     store = open_store(settings)
@@ -519,7 +519,7 @@ def test_an_empty_marker_left_by_a_failed_open_is_no_session(tmp_path: Any) -> N
 def test_a_forked_childs_exit_leaves_the_parents_replication_alone(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:
-    from bottomless.lease import LeaseRecord, lease_key
+    from bottomless.engine.lease import LeaseRecord, lease_key
 
     path = str(tmp_path / "forked.db")
     db = bottomless.connect(path, make_settings("file"))

@@ -16,8 +16,8 @@ import pytest
 from faultproxy import FaultProxy
 
 import bottomless
+from bottomless.backends.base import PageStore, open_store
 from bottomless.errors import ObjectExistsError, StoreError
-from bottomless.pagestore import PageStore, open_store
 
 pytestmark = pytest.mark.s3
 

@@ -15,10 +15,10 @@ from helpers import ForwardingStore, integrity, plant_commit, remove_db, replica
 
 import bottomless
 from bottomless import format as fmt
+from bottomless.backends.base import PageStore
 from bottomless.errors import StoreError
-from bottomless.pagestore import PageStore
-from bottomless.restore import commit_numbers, generations, resolve_target
-from bottomless.snapshots import read_manifest, snapshot_seqs
+from bottomless.ops.restore import commit_numbers, generations, resolve_target
+from bottomless.ops.snapshots import read_manifest, snapshot_seqs
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -221,7 +221,7 @@ def test_a_fork_over_an_orphan_is_recorded_only_at_its_commit_point(
     """A commit that meets an orphan of this writer starts a new generation whose snapshot
     holds the commit. If the local commit then fails, the new generation must not become the
     one replication continues: its snapshot holds a transaction that never committed."""
-    from bottomless.localdb import read_state
+    from bottomless.local.files import read_state
 
     settings = make_settings("file")
     path = str(tmp_path / "fork.db")
@@ -262,7 +262,7 @@ def test_a_commit_of_this_writer_unlike_an_orphan_is_a_conflict(
     """Only a commit chained to this writer's position, with nothing after it, is taken for
     the orphan of a killed process; anything else carrying this writer id (a copy of the
     database and its side files writing elsewhere) is refused, not forked over."""
-    from bottomless.localdb import read_state
+    from bottomless.local.files import read_state
 
     settings = make_settings("file")
     path = str(tmp_path / "copy.db")
@@ -347,7 +347,7 @@ def test_a_commit_that_fails_while_sqlite_fixes_its_checksums_is_never_recorded(
     """A transaction that rewrote a WAL frame in place is recorded only once SQLite has fixed
     the checksums, which ends with its commit frame's header. If SQLite fails in between
     without a failing write (here a read of the WAL fails), nothing may record it later."""
-    from bottomless import vfs
+    from bottomless.sqlite import vfs
 
     settings = make_settings("memory")
     path = str(tmp_path / "deferred.db")
@@ -391,7 +391,7 @@ def test_a_commit_whose_wal_sync_fails_is_taken_back(
     """With synchronous=FULL, SQLite syncs the WAL after the commit frame, where bottomless
     has already recorded (or spooled) the commit. If that sync fails, SQLite reports the
     commit as failed and later overwrites its frames: the record must be taken back."""
-    from bottomless import vfs
+    from bottomless.sqlite import vfs
 
     settings = make_settings("memory", durability=durability)
     path = str(tmp_path / "unsynced.db")

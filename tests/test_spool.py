@@ -18,9 +18,9 @@ import pytest
 
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
-from bottomless import spool as spool_module
-from bottomless.capture import Transaction
-from bottomless.spool import Intent, Spool
+from bottomless.engine import spool as spool_module
+from bottomless.engine.spool import Intent, Spool
+from bottomless.engine.transaction import Transaction
 
 PAGE = 4096
 

@@ -14,7 +14,7 @@ import apsw
 import pytest
 
 import bottomless
-from bottomless import vfs
+from bottomless.sqlite import vfs
 
 
 class _Teapot(http.server.BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from helpers import FailingStore, integrity, remove_db, replicator, restored, ro
 
 import bottomless
 from bottomless import format as fmt
-from bottomless.pagestore import PageStore
+from bottomless.backends.base import PageStore
 
 JOURNAL_MODES = ["delete", "truncate", "persist", "wal"]
 MakeSettings = Callable[..., bottomless.Settings]

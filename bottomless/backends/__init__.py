@@ -1,5 +1,7 @@
-"""Storage backends. Each module holds one :class:`~bottomless.pagestore.PageStore`.
+"""Storage backends: the :class:`~bottomless.backends.base.PageStore` contract, the registry
+that maps a backend name to its factory, and the built-in backends (``memory``, ``file``,
+``s3``), each in its own module and imported only when used."""
 
-They are imported lazily by :func:`bottomless.pagestore.open_store`; the core never imports
-them directly.
-"""
+from bottomless.backends.base import PageStore, open_store
+
+__all__ = ["PageStore", "open_store"]

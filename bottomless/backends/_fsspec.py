@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Generator
 from typing import Any
 
+from bottomless.backends.base import PageStore
 from bottomless.errors import ObjectChangedError, ObjectNotFoundError, StoreError
-from bottomless.pagestore import PageStore
 
 
 class FsspecPageStore(PageStore):

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import apsw
 
-from bottomless import vfs as _vfs
 from bottomless.dbapi import callbacks as _callbacks
 from bottomless.dbapi import exceptions as _exc
 from bottomless.dbapi.blob import Blob
@@ -27,6 +26,7 @@ from bottomless.dbapi.exceptions import (
     raise_translated,
 )
 from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings
+from bottomless.sqlite import vfs as _vfs
 
 #: Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``: implicit BEGIN before DML
 LEGACY_TRANSACTION_CONTROL = -1

@@ -17,7 +17,7 @@ import time
 
 import apsw
 
-from bottomless.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed
+from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,4 +1,4 @@
-"""The :class:`~bottomless.pagestore.PageStore` contract, run against every backend.
+"""The :class:`~bottomless.backends.base.PageStore` contract, run against every backend.
 
 The ``store`` fixture (``tests/conftest.py``) is parametrized over memory, file and s3 (a real
 SeaweedFS), each on a fresh location; every test also works under its own random key prefix and
@@ -17,7 +17,7 @@ import pytest
 from seaweed import SECRET_KEY
 
 from bottomless import ObjectExistsError, ObjectNotFoundError, PageStore, Settings
-from bottomless.pagestore import open_store
+from bottomless.backends.base import open_store
 
 #: size of the object the get_range tests slice; odd, so no range lines up with a power of two
 RANGE_SIZE = 4096 + 17

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from bottomless.backends.base import PageStore
 from bottomless.errors import ObjectChangedError, ObjectNotFoundError
-from bottomless.pagestore import PageStore
 
 
 def test_put_if_match_replaces_only_the_expected_version(store: PageStore) -> None:

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bottomless import format as fmt
-from bottomless.capture import Transaction
+from bottomless.engine.transaction import Transaction
 from bottomless.errors import CorruptObjectError
-from bottomless.localdb import FileIdentity, file_identity, still_named
+from bottomless.local.files import FileIdentity, file_identity, still_named
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bottomless.backends.base import PageStore
 from bottomless.errors import (
     ObjectChangedError,
     ObjectExistsError,
@@ -26,7 +27,6 @@ from bottomless.errors import (
     ReplicaConflictError,
     StoreError,
 )
-from bottomless.pagestore import PageStore
 
 logger = logging.getLogger(__name__)
 

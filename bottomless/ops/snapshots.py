@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from bottomless import format as fmt
+from bottomless.backends.base import PageStore
 from bottomless.errors import CorruptObjectError, ObjectNotFoundError, RestoreError
-from bottomless.pagestore import PageStore
-from bottomless.transfer import in_order, window_for
+from bottomless.ops.transfer import in_order, window_for
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Replication of one local database: lineage checks at open, commits, new generations.
 
-Importable and testable without apsw: the VFS hands it :class:`~bottomless.capture.Transaction`
-objects and calls :meth:`Replicator.commit_done` once SQLite has committed locally, and it takes
+Importable and testable without apsw: the VFS hands it
+:class:`~bottomless.engine.transaction.Transaction` objects and calls
+:meth:`Replicator.commit_done` once SQLite has committed locally, and it takes
 SQLite's write lock through the :class:`WriteLock` it is given.
 """
 
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bottomless import format as fmt
-from bottomless.async_replication import AsyncReplication
-from bottomless.capture import Transaction
+from bottomless.backends.base import PageStore
+from bottomless.engine.lease import WriterLease
+from bottomless.engine.shipper import AsyncReplication
+from bottomless.engine.spool import Spool, Uploader
+from bottomless.engine.transaction import Transaction
 from bottomless.errors import (
     BottomlessError,
     CorruptObjectError,
@@ -33,8 +37,7 @@ from bottomless.errors import (
     RestoreError,
     StoreError,
 )
-from bottomless.lease import WriterLease
-from bottomless.localdb import (
+from bottomless.local.files import (
     LocalImage,
     LocalState,
     file_size,
@@ -42,11 +45,9 @@ from bottomless.localdb import (
     remove_local_files,
     write_state,
 )
-from bottomless.pagestore import PageStore
-from bottomless.restore import commit_numbers, latest_generation, restore_file
-from bottomless.session import Interrupted, SessionMarker
-from bottomless.settings import Settings
-from bottomless.snapshots import (
+from bottomless.local.session import Interrupted, SessionMarker
+from bottomless.ops.restore import commit_numbers, latest_generation, restore_file
+from bottomless.ops.snapshots import (
     PageSource,
     check_part,
     compact,
@@ -55,7 +56,7 @@ from bottomless.snapshots import (
     snapshot_seqs,
     upload_snapshot,
 )
-from bottomless.spool import Spool, Uploader
+from bottomless.settings import Settings
 
 logger = logging.getLogger(__name__)
 

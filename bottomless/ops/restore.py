@@ -25,23 +25,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from bottomless import format as fmt
+from bottomless.backends.base import PageStore
 from bottomless.errors import (
     CorruptObjectError,
     ObjectNotFoundError,
     ReplicaNotFoundError,
     RestoreError,
 )
-from bottomless.format_stream import decode_stream
-from bottomless.localdb import fsync_dir
-from bottomless.pagestore import PageStore
-from bottomless.snapshots import (
+from bottomless.format.stream import decode_stream
+from bottomless.local.files import fsync_dir
+from bottomless.ops.snapshots import (
     check_part_digest,
     check_part_layout,
     iter_commits,
     read_manifest,
     snapshot_seqs,
 )
-from bottomless.transfer import STREAMED_PART_BYTES, in_order, window_for
+from bottomless.ops.transfer import STREAMED_PART_BYTES, in_order, window_for
 
 logger = logging.getLogger(__name__)
 

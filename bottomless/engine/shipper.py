@@ -1,7 +1,7 @@
 """The asynchronous half of the replicator: back-pressure, the uploader's work, wait_durable.
 
-Mixed into :class:`bottomless.replicator.Replicator`; see :mod:`bottomless.spool` for the
-spool itself and why it exists.
+Mixed into :class:`bottomless.engine.replicator.Replicator`; see
+:mod:`bottomless.engine.spool` for the spool itself and why it exists.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bottomless import format as fmt
+from bottomless.engine.lease import WriterLease
+from bottomless.engine.spool import Intent, Spool, Uploader
 from bottomless.errors import (
     CorruptObjectError,
     DurabilityTimeoutError,
@@ -22,13 +24,11 @@ from bottomless.errors import (
     ReplicaConflictError,
     StoreError,
 )
-from bottomless.lease import WriterLease
-from bottomless.localdb import LocalImage, LocalState, read_state, sync_state, write_state
-from bottomless.spool import Intent, Spool, Uploader
+from bottomless.local.files import LocalImage, LocalState, read_state, sync_state, write_state
 
 if TYPE_CHECKING:
-    from bottomless.pagestore import PageStore
-    from bottomless.replicator import Stats
+    from bottomless.backends.base import PageStore
+    from bottomless.engine.replicator import Stats
     from bottomless.settings import Settings
 
 logger = logging.getLogger(__name__)

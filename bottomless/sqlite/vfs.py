@@ -2,9 +2,9 @@
 
 It inherits the default VFS, so the local file stays SQLite's working copy, watches writes to
 the main database, its rollback journal and its WAL, and hands each committed transaction to
-the :class:`~bottomless.replicator.Replicator` of that database *before* SQLite's commit point.
-A failed upload becomes an SQLite I/O error at that point, so SQLite rolls back and the local
-file never gets ahead of the bucket. Temporary files pass straight through.
+the :class:`~bottomless.engine.replicator.Replicator` of that database *before* SQLite's
+commit point. A failed upload becomes an SQLite I/O error at that point, so SQLite rolls back
+and the local file never gets ahead of the bucket. Temporary files pass straight through.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from typing import Any
 
 import apsw
 
-from bottomless.capture import RollbackCapture, WalCapture
+from bottomless.backends.base import open_store
+from bottomless.engine.replicator import ProgressFactory, Replicator
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.localdb import WAL_FRAME_HEADER_SIZE, LocalImage, file_size, read_db
-from bottomless.pagestore import open_store
-from bottomless.replicator import ProgressFactory, Replicator
+from bottomless.local.files import WAL_FRAME_HEADER_SIZE, LocalImage, file_size, read_db
 from bottomless.settings import (
     SETTINGS_TOKEN_PARAMETER,
     SQLITE_URI_PARAMETERS,
     Settings,
     resolve,
 )
+from bottomless.sqlite.capture import RollbackCapture, WalCapture
 
 logger = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any
 import apsw
 
 from bottomless import format as fmt
+from bottomless.backends.base import PageStore
 from bottomless.errors import BottomlessError, ObjectNotFoundError
-from bottomless.pagestore import PageStore
-from bottomless.restore import (
+from bottomless.ops.restore import (
     commit_header,
     commit_numbers,
     generations,
     restore_file,
 )
-from bottomless.snapshots import check_part, read_manifest, snapshot_seqs
-from bottomless.transfer import in_order, window_for
+from bottomless.ops.snapshots import check_part, read_manifest, snapshot_seqs
+from bottomless.ops.transfer import in_order, window_for
 
 
 def iso(ms: int | None) -> str | None:

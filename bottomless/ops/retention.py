@@ -12,33 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
 from bottomless import format as fmt
-from bottomless.errors import ConfigError
-from bottomless.pagestore import PageStore
-from bottomless.restore import commit_header, commit_numbers, generations
-from bottomless.snapshots import read_manifest, snapshot_seqs
+from bottomless.backends.base import PageStore
+from bottomless.ops.restore import commit_header, commit_numbers, generations
+from bottomless.ops.snapshots import read_manifest, snapshot_seqs
 
 logger = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: an unreferenced part or an incomplete generation younger than this may be an upload in
 #: progress, so gc leaves it alone
 GRACE_SECONDS = 3600
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """Parse ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; raise ConfigError otherwise."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 7d"
-        )
-    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass

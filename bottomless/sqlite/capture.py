@@ -18,20 +18,11 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from bottomless.localdb import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, DbHeader
+from bottomless.engine.transaction import Transaction
+from bottomless.local.files import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, DbHeader
 
 ReadFn = Callable[[int, int], bytes]
-
-
-@dataclass
-class Transaction:
-    """A committed transaction: the pages it changed and the database size after it."""
-
-    pages: dict[int, bytes]
-    db_size: int
-    page_size: int
 
 
 def _hash(data: bytes) -> bytes:

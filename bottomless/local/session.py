@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Literal
 
-from bottomless.localdb import fsync_dir
+from bottomless.local.files import fsync_dir
 
 logger = logging.getLogger(__name__)
 
