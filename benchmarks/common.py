@@ -112,9 +112,7 @@ def file_settings(directory: str, **overrides: Any) -> bottomless.Settings:
 
 def replicator_of(db_path: str) -> Any:
     """The Replicator of an open bottomless database."""
-    registered = bottomless.sqlite.vfs._registered
-    assert registered is not None
-    replicator = registered.replicator_for(os.path.abspath(db_path))
+    replicator = bottomless.sqlite.vfs.registration.replicator_for(os.path.abspath(db_path))
     assert replicator is not None
     return replicator
 

@@ -34,7 +34,7 @@ from common import (
 )
 
 import bottomless
-from bottomless.backends.base import open_store
+from bottomless.backends.registry import open_store
 from bottomless.ops.restore import resolve_target
 from bottomless.ops.retention import collect_garbage
 from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer

@@ -19,7 +19,7 @@ import time
 def main() -> None:
     """Do the job read from stdin and print its result."""
     import bottomless
-    from bottomless.backends.base import open_store
+    from bottomless.backends.registry import open_store
 
     job = json.loads(sys.stdin.read())
     settings = bottomless.Settings(**job["settings"])

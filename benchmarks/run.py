@@ -1,7 +1,8 @@
 """Run every bottomless benchmark on this machine and print absolute figures and ratios.
 
-    python benchmarks/run.py              # full run (2-3 minutes on 2 cores)
-    python benchmarks/run.py --quick      # small sizes, a smoke run under a minute
+    python benchmarks/run.py              # full run (2-3 minutes on 2 cores, + Litestream)
+    python benchmarks/run.py --quick      # small sizes, a smoke run under a minute (+ Litestream)
+    python benchmarks/run.py --no-litestream   # without section 7, bottomless vs Litestream
 
 One process: it starts its own SeaweedFS on loopback (random ports, temporary directory),
 measures, prints a table with the targets, writes benchmarks/results.json, and stops the
@@ -26,6 +27,7 @@ for _name in [n for n in os.environ if n.startswith("LIBSQL_BOTTOMLESS_")]:
     del os.environ[_name]  # the benchmarks configure bottomless explicitly
 
 import common  # noqa: E402
+import litestream  # noqa: E402
 import measure_commits  # noqa: E402
 import measure_data  # noqa: E402
 
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None,
                         help="directory for the databases (default: a temporary directory on"
                         " the same disk as the system temp dir); it is emptied afterwards")
+    litestream.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -304,6 +307,11 @@ def _bucket_section(results: dict[str, Any]) -> str:
              str(b["objects_after_gc"]), f"{b['ratio_after_gc']:.2f}x"]]))
 
 
+def _litestream_section(results: dict[str, Any]) -> str:
+    found = results.get("litestream", {"skipped": "not measured in this results file"})
+    return litestream.render(found, _table)
+
+
 SECTIONS = [
     ("1. Commits/s", "commits", _commits_section),
     ("2. Sync commit latency", "latency", _latency_section),
@@ -311,6 +319,7 @@ SECTIONS = [
     ("4. Restore", "restore", _restore_section),
     ("5. Read-heavy query", "reads", _reads_section),
     ("6. Bucket bytes", "bucket", _bucket_section),
+    ("7. bottomless vs Litestream", "litestream", _litestream_section),
 ]
 
 
@@ -403,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir, sizes["read_rows"], sizes["lookups"], sizes["read_rounds"]))
         section("bucket", f"6. bucket bytes after {sizes['updates']} updates",
                 lambda: measure_data.bucket_bytes(workdir, sizes["updates"], sizes["update_rows"]))
+        if args.no_litestream:
+            results["litestream"] = {"skipped": "left out (--no-litestream)"}
+        else:
+            section("litestream", "7. bottomless vs Litestream", lambda: litestream.compare(
+                server, workdir, litestream.sizes_from(args), step))
     finally:
         step("stopping SeaweedFS")
         server.stop()

@@ -1,24 +1,34 @@
-"""The application-facing calls: connect, register, restore, status."""
+"""The application-facing calls: connect, register, restore, status, and ls, verify, gc."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, overload
 
 import apsw
 import apsw.ext
 
-from bottomless.backends.base import open_store
-from bottomless.errors import BottomlessError, ConfigError
+from bottomless.backends.base import PageStore
+from bottomless.backends.registry import open_store
+from bottomless.errors import (
+    ConfigError,
+    LocalFileExistsError,
+    NotReplicatedError,
+)
 from bottomless.format import default_db_name, validate_db_name
 from bottomless.local.files import file_size
+from bottomless.ops import catalog
+from bottomless.ops.catalog import CommitInfo, GenerationInfo, VerifyReport
 from bottomless.ops.restore import RestoreResult, restore_file
-from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, resolve
+from bottomless.ops.retention import GcReport, collect_garbage
+from bottomless.replica.bookmark import bookmark_from_status
+from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, parse_duration, resolve
 from bottomless.sqlite import vfs as _vfs
 
 
@@ -40,10 +50,9 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
     ``kwargs`` go to :class:`apsw.Connection`. Raises ReplicaConflictError, ConfigError or
     StoreError (all BottomlessError).
     """
-    if _vfs._registered is None:
-        _vfs.register(None)
+    _vfs.registration.ensure()
     query = {"vfs": _vfs.VFS_NAME}
-    token = _vfs.settings_token(settings) if settings is not None else None
+    token = _vfs.settings_tokens.issue(settings) if settings is not None else None
     if token:
         query[SETTINGS_TOKEN_PARAMETER] = token
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?" + urllib.parse.urlencode(query)
@@ -52,7 +61,7 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
         return apsw.Connection(uri, flags=flags | apsw.SQLITE_OPEN_URI, **kwargs)
     finally:
         if token:
-            _vfs._settings_by_token.pop(token, None)
+            _vfs.settings_tokens.discard(token)
 
 
 def log_sqlite(level: int = logging.WARNING) -> None:
@@ -79,10 +88,9 @@ def wait_durable(connection: Any, timeout: float | None = None) -> None:
     process). Raises DurabilityTimeoutError (a TimeoutError) after ``timeout`` seconds.
     """
     connection = _apsw_of(connection)
-    registered = _vfs._registered
-    replicator = registered.replicator_for(connection.filename) if registered else None
+    replicator = _vfs.registration.replicator_for(connection.filename)
     if replicator is None:
-        raise BottomlessError("this connection was not opened through the bottomless VFS")
+        raise NotReplicatedError("this connection was not opened through the bottomless VFS")
     replicator.wait_durable(timeout)
 
 
@@ -93,9 +101,16 @@ def status(connection: Any) -> dict[str, Any]:
     """
     text = _apsw_of(connection).pragma(_vfs.STATUS_PRAGMA)
     if not text:
-        raise BottomlessError("this connection was not opened through the bottomless VFS")
+        raise NotReplicatedError("this connection was not opened through the bottomless VFS")
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+def position(connection: Any) -> str:
+    """A bookmark of the last replicated commit of a bottomless connection's database, for
+    :meth:`bottomless.Replica.wait_for` (read-your-writes). In async mode call
+    :func:`wait_durable` first, so that it covers every commit made so far."""
+    return bookmark_from_status(status(connection))
 
 
 def restore(
@@ -115,19 +130,18 @@ def restore(
     (of ``generation``, default the newest), ``timestamp`` the last commit at or before that
     moment (a datetime, or ISO 8601 text such as ``2026-11-25T10:00:00Z``). ``db_name``
     defaults to ``settings.db_name``, then to the base name of ``path``. The store is only
-    read. An existing non-empty ``path`` is replaced only with ``overwrite=True``. Raises
-    ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target outside what
-    the bucket holds fails with the nearest restorable points in the message.
+    read. An existing non-empty ``path`` is replaced only with ``overwrite=True``, else
+    LocalFileExistsError. Raises ConfigError (bad db_name or timestamp, or both commit and
+    timestamp), ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target
+    outside what the bucket holds fails with the nearest restorable points in the message.
     """
     settings = resolve(settings)
     name = validate_db_name(db_name or settings.db_name or default_db_name(path))
     if file_size(path) > 0 and not overwrite:
-        raise BottomlessError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
-    if commit is not None and timestamp is not None:
-        raise ConfigError("pass either commit or timestamp, not both")
-    moment = parse_timestamp(timestamp) if isinstance(timestamp, str) else timestamp
-    if moment is not None and moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
+        raise LocalFileExistsError(
+            f"{path} exists; pass overwrite=True (CLI: --force) to replace it", path=path
+        )
+    moment = _moment(commit, timestamp)
     store = open_store(settings)
     try:
         return restore_file(
@@ -147,3 +161,131 @@ def parse_timestamp(text: str) -> dt.datetime:
             f"invalid timestamp {text!r}: use ISO 8601, for example 2026-11-25T10:00:00Z"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _moment(commit: int | None, timestamp: dt.datetime | str | None) -> dt.datetime | None:
+    """The aware datetime a point-in-time target names, if any; raises ConfigError."""
+    if commit is not None and timestamp is not None:
+        raise ConfigError("pass either commit or timestamp, not both", field="timestamp")
+    moment = parse_timestamp(timestamp) if isinstance(timestamp, str) else timestamp
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
+
+
+@contextlib.contextmanager
+def _opened_store(settings: Settings | None) -> Iterator[tuple[Settings, PageStore]]:
+    """The resolved settings and their store, closed afterwards."""
+    resolved = resolve(settings)
+    store = open_store(resolved)
+    try:
+        yield resolved, store
+    finally:
+        store.close()
+
+
+@overload
+def ls(db_name: None = None, settings: Settings | None = None) -> list[str]: ...
+
+
+@overload
+def ls(
+    db_name: str, settings: Settings | None = None, *, generation: None = None
+) -> list[GenerationInfo]: ...
+
+
+@overload
+def ls(db_name: str, settings: Settings | None = None, *, generation: str) -> list[CommitInfo]: ...
+
+
+def ls(
+    db_name: str | None = None,
+    settings: Settings | None = None,
+    *,
+    generation: str | None = None,
+) -> list[str] | list[GenerationInfo] | list[CommitInfo]:
+    """List what the store holds, as ``bottomless ls`` shows it.
+
+    Without ``db_name``: the names of the databases that have at least one generation. With
+    ``db_name``: its generations, oldest first (when each started and why, its snapshots, its
+    commits and their times); an unknown database has none. With ``generation`` too: that
+    generation's commits, in order (number, time, pages, bytes). ``settings`` default to the
+    ``LIBSQL_BOTTOMLESS_*`` environment. The store is only read.
+
+    Raises ConfigError (an invalid ``db_name``, or ``generation`` without ``db_name``),
+    CorruptObjectError (a manifest or commit header does not parse) or StoreError.
+    """
+    if db_name is None:
+        if generation is not None:
+            raise ConfigError("listing commits needs a db_name as well as a generation",
+                              field="db_name")
+        with _opened_store(settings) as (_, store):
+            return catalog.list_databases(store)
+    name = validate_db_name(db_name)
+    with _opened_store(settings) as (resolved, store):
+        if generation is None:
+            return catalog.describe_generations(store, name)
+        return catalog.describe_commits(store, name, generation, resolved.parallelism)
+
+
+def verify(
+    db_name: str,
+    settings: Settings | None = None,
+    *,
+    generation: str | None = None,
+    commit: int | None = None,
+    timestamp: dt.datetime | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check every object of ``db_name``, restore a point to a temporary file and check it.
+
+    Every snapshot, part and commit is read and checked (checksums, the chain of commits,
+    parts against their manifests); then the target (as for :func:`restore`: the newest
+    commit, or ``generation`` / ``commit`` / ``timestamp``) is restored and
+    ``PRAGMA integrity_check`` runs on it. The store is only read. ``progress`` is called with
+    the size of each object read.
+
+    Problems found in the bucket are collected, not raised: check ``report.ok`` and read
+    ``report.problems``, which name each faulty object. Raises ConfigError (bad db_name or
+    timestamp, or both commit and timestamp) or StoreError (the store cannot be read).
+    """
+    name = validate_db_name(db_name)
+    moment = _moment(commit, timestamp)
+    with _opened_store(settings) as (resolved, store):
+        return catalog.verify(
+            store, name, generation=generation, seq=commit, timestamp=moment,
+            parallelism=resolved.parallelism, progress=progress,
+        )
+
+
+def gc(
+    db_name: str,
+    settings: Settings | None = None,
+    *,
+    older_than: dt.timedelta | str | None = None,
+    keep_snapshots: int | None = None,
+    dry_run: bool = False,
+) -> GcReport:
+    """Delete the objects of ``db_name`` that no point inside retention needs.
+
+    Every point newer than ``older_than`` (a timedelta or text such as ``7d``; default
+    ``settings.retention``) stays restorable, so do the newest ``keep_snapshots`` snapshots
+    (default ``settings.keep_snapshots``) and the newest state. With ``dry_run`` nothing is
+    deleted and the report lists what would be. Deletions run in an order that a gc killed
+    half-way leaves no broken point behind.
+
+    Raises ConfigError (bad db_name, duration or ``keep_snapshots``), CorruptObjectError (a
+    snapshot manifest does not parse; nothing is deleted then) or StoreError.
+    """
+    name = validate_db_name(db_name)
+    if keep_snapshots is not None and keep_snapshots < 0:
+        raise ConfigError(f"keep_snapshots must be 0 or more, not {keep_snapshots}",
+                          field="keep_snapshots", value=keep_snapshots)
+    with _opened_store(settings) as (resolved, store):
+        window = older_than if older_than is not None else resolved.retention
+        return collect_garbage(
+            store, name,
+            older_than=parse_duration(window) if isinstance(window, str) else window,
+            keep_snapshots=resolved.keep_snapshots if keep_snapshots is None else keep_snapshots,
+            dry_run=dry_run,
+        )

@@ -18,13 +18,11 @@ from typing import Any
 
 import click
 
-from bottomless.api import parse_timestamp
-from bottomless.api import restore as restore_database
-from bottomless.backends.base import PageStore, open_store
+from bottomless import api
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.ops import catalog
-from bottomless.ops.retention import collect_garbage
-from bottomless.settings import Settings, load_settings, parse_duration
+from bottomless.format import iso_time
+from bottomless.replica.command import follow, promote
+from bottomless.settings import Settings, load_settings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
@@ -33,21 +31,13 @@ def _settings(options: dict[str, Any]) -> Settings:
     return load_settings(**{k: v for k, v in options.items() if v is not None})
 
 
-@contextlib.contextmanager
-def _store(options: dict[str, Any]) -> Iterator[tuple[Settings, PageStore]]:
-    settings = _settings(options)
-    store = open_store(settings)
-    try:
-        yield settings, store
-    finally:
-        store.close()
-
-
 def store_options(function: Any) -> Any:
     """The options every command shares to say where the replicas are."""
     for option in reversed([
-        click.option("--backend", type=click.Choice(["s3", "file", "memory"]),
-                     help="Where replicas live [env LIBSQL_BOTTOMLESS_BACKEND]."),
+        # any registered backend: Settings checks the name and lists the allowed ones
+        click.option("--backend", metavar="NAME",
+                     help="Where replicas live: s3, file, memory or a registered backend"
+                     " [env LIBSQL_BOTTOMLESS_BACKEND]."),
         click.option("--bucket", help="Bucket, or directory for the file backend"
                      " [env LIBSQL_BOTTOMLESS_BUCKET]."),
         click.option("--endpoint", help="S3 endpoint URL [env LIBSQL_BOTTOMLESS_ENDPOINT]."),
@@ -70,12 +60,6 @@ def target_options(function: Any) -> Any:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def _target(commit: int | None, timestamp: str | None) -> dict[str, Any]:
-    if commit is not None and timestamp is not None:
-        raise ConfigError("pass either --commit or --timestamp, not both")
-    return {"seq": commit, "timestamp": parse_timestamp(timestamp) if timestamp else None}
 
 
 @contextlib.contextmanager
@@ -183,7 +167,8 @@ def cli(verbose: int) -> None:
     level_name = os.environ.get("LIBSQL_BOTTOMLESS_LOG", "warning").lower()
     if level_name not in _LEVELS:
         raise ConfigError(
-            f"LIBSQL_BOTTOMLESS_LOG={level_name!r}: allowed values are debug, info, warning"
+            f"LIBSQL_BOTTOMLESS_LOG={level_name!r}: allowed values are debug, info, warning",
+            field="LIBSQL_BOTTOMLESS_LOG", value=level_name, allowed=list(_LEVELS),
         )
     level = _LEVELS[level_name]
     if verbose:
@@ -203,15 +188,14 @@ def cli(verbose: int) -> None:
 def restore(db_name: str, output: str, force: bool, generation: str | None, commit: int | None,
             timestamp: str | None, **options: Any) -> None:
     """Restore DB_NAME into a plain SQLite file (newest commit, or a point in time)."""
-    point = _target(commit, timestamp)
     with _progress("restoring") as progress:
-        result = restore_database(
+        result = api.restore(
             output, _settings(options), db_name=db_name, overwrite=force, generation=generation,
-            commit=point["seq"], timestamp=point["timestamp"], progress=progress,
+            commit=commit, timestamp=timestamp, progress=progress,
         )
     click.echo(
         f"restored {result.db_name} generation {result.generation} commit {result.seq}"
-        f" ({catalog.iso(result.created_ms)}, {result.db_size} pages of {result.page_size}"
+        f" ({iso_time(result.created_ms)}, {result.db_size} pages of {result.page_size}"
         f" bytes) to {output} in {result.seconds:.2f}s"
     )
 
@@ -224,31 +208,32 @@ def restore(db_name: str, output: str, force: bool, generation: str | None, comm
 def list_command(db_name: str | None, generation: str | None, as_json: bool,
                  **options: Any) -> None:
     """List databases; with DB_NAME its generations; with --generation its commits."""
-    with _store(options) as (settings, store):
-        if db_name is None:
-            if generation:
-                raise ConfigError("--generation needs a DB_NAME")
-            names = catalog.list_databases(store)
-            _emit(as_json, f"databases in {store.location}", [{"db_name": n} for n in names])
-        elif generation is None:
-            gens = catalog.describe_generations(store, db_name)
-            if as_json:
-                _emit(True, "", [dataclasses.asdict(g) for g in gens])
-            else:
-                _table(f"generations of {db_name}", [{
-                    "generation": g.generation,
-                    "started": (g.started or "incomplete")[:19],
-                    "reason": g.reason,
-                    "snapshot": _size(g.snapshot_bytes),
-                    "snapshots": len(g.snapshots),
-                    "commits": g.commits,
-                    "first commit": (g.first_commit_time or "")[:19],
-                    "last commit": (g.last_commit_time or "")[:19],
-                } for g in gens])
+    settings = _settings(options)
+    if db_name is None:
+        if generation is not None:
+            raise click.UsageError("--generation needs a DB_NAME")
+        names = api.ls(None, settings)
+        _emit(as_json, f"databases in {settings.bucket} ({settings.backend})",
+              [{"db_name": n} for n in names])
+    elif generation is None:
+        gens = api.ls(db_name, settings)
+        if as_json:
+            _emit(True, "", [dataclasses.asdict(g) for g in gens])
         else:
-            commits = catalog.describe_commits(store, db_name, generation, settings.parallelism)
-            _emit(as_json, f"commits of {db_name} generation {generation}",
-                  [dataclasses.asdict(c) for c in commits])
+            _table(f"generations of {db_name}", [{
+                "generation": g.generation,
+                "started": (g.started or "incomplete")[:19],
+                "reason": g.reason,
+                "snapshot": _size(g.snapshot_bytes),
+                "snapshots": len(g.snapshots),
+                "commits": g.commits,
+                "first commit": (g.first_commit_time or "")[:19],
+                "last commit": (g.last_commit_time or "")[:19],
+            } for g in gens])
+    else:
+        commits = api.ls(db_name, settings, generation=generation)
+        _emit(as_json, f"commits of {db_name} generation {generation}",
+              [dataclasses.asdict(c) for c in commits])
 
 
 @cli.command()
@@ -262,12 +247,10 @@ def verify(db_name: str, generation: str | None, commit: int | None, timestamp: 
 
     Exits with status 1 if anything is wrong; the report names each faulty object.
     """
-    point = _target(commit, timestamp)
-    with _store(options) as (settings, store), _progress("verifying") as progress:
-        report = catalog.verify(
-            store, db_name, generation=generation, seq=point["seq"],
-            timestamp=point["timestamp"], parallelism=settings.parallelism, progress=progress,
-        )
+    settings = _settings(options)
+    with _progress("verifying") as progress:
+        report = api.verify(db_name, settings, generation=generation, commit=commit,
+                            timestamp=timestamp, progress=progress)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
     else:
@@ -296,11 +279,8 @@ def verify(db_name: str, generation: str | None, commit: int | None, timestamp: 
 def gc(db_name: str, older_than: str | None, keep: int | None, dry_run: bool, as_json: bool,
        **options: Any) -> None:
     """Delete objects of DB_NAME that no point inside retention needs."""
-    with _store(options) as (settings, store):
-        report = collect_garbage(
-            store, db_name, older_than=parse_duration(older_than or settings.retention),
-            keep_snapshots=settings.keep_snapshots if keep is None else keep, dry_run=dry_run,
-        )
+    report = api.gc(db_name, _settings(options), older_than=older_than, keep_snapshots=keep,
+                    dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
@@ -325,18 +305,20 @@ def shell(path: str, db_name: str | None, initial_replication: str | None,
     """
     import apsw.shell
 
-    from bottomless.api import connect
-
     options.update(db_name=db_name, initial_replication=initial_replication)
     if sys.stderr.isatty():
         from bottomless.sqlite import vfs
 
         vfs.register(None).progress = _terminal_progress
-    connection = connect(path, _settings(options))
+    connection = api.connect(path, _settings(options))
     try:
         apsw.shell.Shell(db=connection).cmdloop()  # type: ignore[no-untyped-call]
     finally:
         connection.close()
+
+
+cli.add_command(store_options(follow))  # defined beside bottomless.Replica
+cli.add_command(store_options(promote))
 
 
 def main() -> None:

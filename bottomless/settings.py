@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bottomless.errors import ConfigError
+from bottomless.errors import ConfigError, ConfigProblem
 from bottomless.format import validate_db_name
 
 ENV_PREFIX = "LIBSQL_BOTTOMLESS_"
@@ -38,7 +38,8 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ConfigError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 7d"
+            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 7d",
+            value=text,
         )
     return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
@@ -49,14 +50,23 @@ class Settings(BaseSettings):
     Every field reads the environment variable ``LIBSQL_BOTTOMLESS_<FIELD>`` (for example
     ``LIBSQL_BOTTOMLESS_BUCKET``) and can be overridden per connection by the URI parameter of
     the same name. Credentials are ``SecretStr`` and never appear in ``repr``, logs or errors.
+
+    Raises ConfigError (not pydantic's ValidationError) naming every invalid value at once,
+    with its environment variable, URI parameter and the allowed values.
     """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
     )
 
-    backend: Literal["s3", "file", "memory"] = Field(
-        "s3", description="Where replicas live: an S3 bucket, a local directory, or memory."
+    #: The names ``backend`` accepts. The backend registry, a layer above, installs its
+    #: ``names`` here when imported, since this module may not import it; None accepts any.
+    backend_names: ClassVar[Callable[[], Collection[str]] | None] = None
+
+    backend: str = Field(
+        "s3",
+        description="Where replicas live: `s3` (an S3 bucket), `file` (a local directory),"
+        " `memory`, or a backend registered with `bottomless.register_backend`.",
     )
     endpoint: str = Field(
         "http://localhost:9000",
@@ -139,6 +149,26 @@ class Settings(BaseSettings):
         0, ge=0, description="`gc` also keeps the newest N snapshots restorable (0: off)."
     )
 
+    if not TYPE_CHECKING:  # type checkers keep the per-field signature pydantic gives them
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as e:
+                raise config_error(e) from None
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        names = cls.backend_names() if cls.backend_names is not None else None
+        if names is not None and value not in names:
+            allowed = ", ".join(repr(name) for name in sorted(names))
+            raise ValueError(
+                f"unknown backend; allowed: {allowed}, or one registered with"
+                " bottomless.register_backend"
+            )
+        return value
+
     @field_validator("db_name")
     @classmethod
     def _check_db_name(cls, value: str | None) -> str | None:
@@ -160,6 +190,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @property
+    def attempts(self) -> int:
+        """How many times one store request is tried: ``max_retries + 1``."""
+        return self.max_retries + 1
+
+    @property
+    def request_budget(self) -> float:
+        """The longest one store request may take, retries included, in seconds:
+        ``timeout * (max_retries + 1)``."""
+        return self.timeout * self.attempts
+
 
 def env_var(field: str) -> str:
     """The environment variable that sets ``field``."""
@@ -179,6 +220,34 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{field}: unknown setting; known settings: {', '.join(Settings.model_fields)}"
 
 
+def _allowed(field: str) -> tuple[str, ...] | None:
+    if field == "backend" and Settings.backend_names is not None:
+        return tuple(sorted(Settings.backend_names()))
+    annotation = Settings.model_fields[field].annotation
+    if get_origin(annotation) is Literal:
+        return tuple(str(choice) for choice in get_args(annotation))
+    return None
+
+
+def _problem(error: Mapping[str, Any]) -> ConfigProblem:
+    field = str((error.get("loc") or ("?",))[0])
+    if field not in Settings.model_fields:  # its value may be a mistyped credential
+        return ConfigProblem(field, "unknown setting")
+    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    value = None if field in SECRET_FIELDS else error.get("input")
+    return ConfigProblem(field, reason, value, _allowed(field))
+
+
+def config_error(error: ValidationError) -> ConfigError:
+    """The ConfigError for pydantic's ``error``: every problem, named by env var and URI
+    parameter, with the value given (never a credential) and what is allowed."""
+    problems = "; ".join(_describe(err) for err in error.errors())
+    return ConfigError(
+        f"invalid bottomless configuration: {problems}",
+        problems=[_problem(err) for err in error.errors()],
+    )
+
+
 def check_environment() -> None:
     """Raise ConfigError for ``LIBSQL_BOTTOMLESS_*`` variables that name no setting."""
     unknown = [
@@ -191,18 +260,16 @@ def check_environment() -> None:
     if unknown:
         raise ConfigError(
             f"unknown environment variable(s) {', '.join(sorted(unknown))}; known:"
-            f" {', '.join(env_var(f) for f in Settings.model_fields)}"
+            f" {', '.join(env_var(f) for f in Settings.model_fields)}",
+            problems=[ConfigProblem(name, "unknown environment variable")
+                      for name in sorted(unknown)],
         )
 
 
 def load_settings(**values: Any) -> Settings:
     """Build Settings from env vars plus ``values``; raise ConfigError listing every problem."""
     check_environment()
-    try:
-        return Settings(**values)
-    except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors())
-        raise ConfigError(f"invalid bottomless configuration: {problems}") from None
+    return Settings(**values)
 
 
 def resolve(base: Settings | None, uri_parameters: Mapping[str, str] | None = None) -> Settings:
@@ -212,7 +279,8 @@ def resolve(base: Settings | None, uri_parameters: Mapping[str, str] | None = No
     if unknown:
         raise ConfigError(
             f"unknown URI parameter(s) {', '.join(sorted(unknown))}; bottomless parameters:"
-            f" {', '.join(Settings.model_fields)}"
+            f" {', '.join(Settings.model_fields)}",
+            problems=[ConfigProblem(name, "unknown URI parameter") for name in unknown],
         )
     if base is None:
         return load_settings(**uri)
@@ -220,8 +288,4 @@ def resolve(base: Settings | None, uri_parameters: Mapping[str, str] | None = No
         return base
     values = {name: getattr(base, name) for name in Settings.model_fields}
     values.update(uri)
-    try:
-        return Settings.model_validate(values)
-    except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors())
-        raise ConfigError(f"invalid bottomless configuration: {problems}") from None
+    return Settings(**values)

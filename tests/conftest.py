@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bottomless
-from bottomless.backends.base import PageStore, open_store
+from bottomless.backends.base import PageStore
+from bottomless.backends.registry import open_store
 from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
 
 BACKENDS = ["memory", "file", "s3"]

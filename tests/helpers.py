@@ -45,8 +45,7 @@ def replicator(path: str) -> Any:
     """The live replicator of an open bottomless database."""
     from bottomless.sqlite import vfs
 
-    assert vfs._registered is not None
-    found = vfs._registered.replicator_for(os.path.abspath(path))
+    found = vfs.registration.replicator_for(os.path.abspath(path))
     assert found is not None, f"{path} is not open through bottomless"
     return found
 
@@ -103,11 +102,8 @@ class FailingStore(ForwardingStore):
 def stop_uploader(path: str) -> None:
     """Stop the uploader of an open async database: later commits stay spooled."""
     rep = replicator(path)
-    assert rep._uploader is not None
-    rep._uploader.stopping.set()
-    rep._uploader.wake.set()
-    rep._uploader.join(5)
-    rep._uploader = None
+    assert rep.shipper.uploader is not None
+    rep.shipper.halt()
 
 
 def abandon(db: Any, path: str) -> None:
@@ -116,13 +112,13 @@ def abandon(db: Any, path: str) -> None:
     from bottomless.sqlite import vfs
 
     rep = replicator(path)
-    if rep._uploader is not None:
-        stop_uploader(path)
+    rep.shipper.halt()
     rep.close = lambda: None
     rep.session.end()  # its descriptor (and flock) would go with the process
     db.close()
-    assert vfs._registered is not None
-    vfs._registered._entries.pop(os.path.abspath(path), None)
+    registered = vfs.registration.current
+    assert registered is not None
+    registered.databases.forget(os.path.abspath(path))
 
 
 def plant_commit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +88,29 @@ def test_console_script_and_help() -> None:
     assert os.path.exists(script)
     assert subprocess.run([script, "restore", "--help"], capture_output=True,
                           text=True).stdout.count("--output") == 1
+
+
+def test_ls_verify_gc_print_what_the_library_returns(
+    replica: tuple[str, list[Any]]
+) -> None:
+    replicas, _ = replica
+    where = ("--backend", "file", "--bucket", replicas)
+    settings = bottomless.Settings(backend="file", bucket=replicas)
+    databases = _cli("ls", "--json", *where)
+    assert bottomless.ls(settings=settings) == ["app.db"]
+    assert json.loads(databases.stdout) == [{"db_name": "app.db"}]
+    generations = bottomless.ls("app.db", settings)
+    listed = _cli("ls", "app.db", "--json", *where)
+    assert json.loads(listed.stdout) == [dataclasses.asdict(g) for g in generations]
+    commits = _cli("ls", "app.db", "--generation", generations[0].generation, "--json", *where)
+    assert json.loads(commits.stdout) == [
+        dataclasses.asdict(c)
+        for c in bottomless.ls("app.db", settings, generation=generations[0].generation)
+    ]
+    verified = _cli("verify", "app.db", "--json", *where)
+    assert verified.returncode == 0 and json.loads(verified.stdout)["ok"] is True
+    planned = _cli("gc", "app.db", "--older-than", "0s", "--dry-run", "--json", *where)
+    assert json.loads(planned.stdout)["deleted"] == bottomless.gc(
+        "app.db", settings, older_than="0s", dry_run=True).deleted
+    orphan = _cli("ls", "--generation", generations[0].generation, *where)
+    assert orphan.returncode == 2 and "DB_NAME" in orphan.stderr

@@ -420,9 +420,10 @@ import random
 import sys
 import time
 
+import bottomless.api as api
 import bottomless.cli as cli
 
-opened = cli.open_store
+opened = api.open_store
 
 
 def open_store(settings):
@@ -437,7 +438,7 @@ def open_store(settings):
     return store
 
 
-cli.open_store = open_store
+api.open_store = open_store
 print("ready", flush=True)
 for n in range(10**9):
     print(f"gc {n}", flush=True)

@@ -27,7 +27,7 @@ from faultproxy import FaultProxy
 from helpers import FailingStore, integrity, remove_db, replicator, restored, rows
 
 import bottomless
-from bottomless.backends.base import open_store
+from bottomless.backends.registry import open_store
 
 MakeSettings = Callable[..., bottomless.Settings]
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import apsw
+import pydantic
 import pytest
 from helpers import remove_db
 
@@ -136,3 +139,97 @@ def test_every_error_class_is_exported() -> None:
                and value.__module__ == errors.__name__}
     assert defined <= set(bottomless.__all__), sorted(defined - set(bottomless.__all__))
     assert all(getattr(bottomless, name) is getattr(errors, name) for name in defined)
+
+
+# ---------------------------------------------------------------- facts as attributes
+
+
+def test_store_errors_carry_the_key(make_settings: MakeSettings) -> None:
+    store = bottomless.open_store(make_settings("memory"))
+    with pytest.raises(bottomless.ObjectNotFoundError) as missing:
+        store.get("nowhere/key")
+    assert missing.value.key == "nowhere/key"
+    store.put_if_absent("here/key", b"x")
+    with pytest.raises(bottomless.ObjectExistsError) as exists:
+        store.put_if_absent("here/key", b"y")
+    assert exists.value.key == "here/key"
+    assert str(exists.value).endswith("here/key already exists")
+
+
+def test_corrupt_object_error_carries_the_key(tmp_path: Any,
+                                              make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    victim = _commit_file(settings, 2)
+    os.chmod(victim, 0o644)
+    with open(victim, "r+b") as handle:
+        handle.truncate(10)
+    with pytest.raises(bottomless.CorruptObjectError) as info:
+        bottomless.restore(str(tmp_path / "c.db"), settings, db_name="e.db")
+    assert info.value.key is not None and info.value.key in str(info.value)
+    assert fmt.seq_from_key(info.value.key) == 2
+    with pytest.raises(bottomless.CorruptObjectError) as direct:
+        fmt.decode_batch(b"not an object at all, but long enough to have a trailer", "a/b")
+    assert direct.value.key == "a/b"
+
+
+def test_restore_onto_a_file_raises_local_file_exists(tmp_path: Any,
+                                                      make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = _replicate(tmp_path, settings)
+    with pytest.raises(bottomless.LocalFileExistsError) as info:
+        bottomless.restore(path, settings, db_name="e.db")
+    assert isinstance(info.value, FileExistsError)
+    assert info.value.path == path and "overwrite=True" in str(info.value)
+
+
+def test_lease_conflict_names_holder_and_expiry(tmp_path: Any,
+                                                make_settings: MakeSettings) -> None:
+    settings = make_settings("file", db_name="leased", initial_replication="force")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = bottomless.connect(str(tmp_path / "a" / "db"), settings)
+    try:
+        before = dt.datetime.now(dt.UTC)
+        with pytest.raises(bottomless.ReplicaConflictError) as info:
+            bottomless.connect(str(tmp_path / "b" / "db"), settings)
+    finally:
+        first.close()
+    error = info.value
+    assert error.db_name == "leased" and error.key == "leased/lease"
+    assert error.holder is not None and f"pid {os.getpid()}" in error.holder
+    assert error.holder in str(error)
+    assert error.expires_at is not None
+    assert before < error.expires_at <= before + dt.timedelta(seconds=settings.lease_ttl + 5)
+
+
+def test_config_error_names_each_problem_without_secrets() -> None:
+    secret = 987654321  # not a string: pydantic rejects it, and must not repeat it
+    with pytest.raises(bottomless.ConfigError) as info:
+        bottomless.Settings(durability="eventually", timeout=0, secret_access_key=secret)
+    error = info.value
+    assert not isinstance(error, pydantic.ValidationError)
+    problems = {p.field: p for p in error.problems}
+    assert set(problems) == {"durability", "timeout", "secret_access_key"}
+    assert problems["durability"].value == "eventually"
+    assert problems["durability"].allowed == ("sync", "async")
+    assert problems["timeout"].value == 0 and "greater than 0" in problems["timeout"].reason
+    assert problems["secret_access_key"].value is None
+    assert str(secret) not in str(error) and str(secret) not in repr(error.problems)
+    assert error.field is None  # several settings are at fault
+    with pytest.raises(bottomless.ConfigError) as one:
+        bottomless.Settings(db_name="../etc")
+    assert one.value.field == "db_name" and one.value.value == "../etc"
+    assert "LIBSQL_BOTTOMLESS_DB_NAME" in str(one.value)
+
+
+def test_status_of_a_connection_bottomless_does_not_replicate_names_the_problem(
+    tmp_path: Any,
+) -> None:
+    """A plain apsw connection has no replication: a specific error, a ValueError too."""
+    plain = apsw.Connection(str(tmp_path / "plain.db"))
+    for call in (bottomless.status, bottomless.wait_durable):
+        with pytest.raises(bottomless.NotReplicatedError, match="not opened through"):
+            call(plain)
+    with pytest.raises(ValueError):
+        bottomless.status(plain)

@@ -29,7 +29,8 @@ from faultproxy import FaultProxy
 from helpers import integrity, remove_db, replicator, restored, rows
 
 import bottomless
-from bottomless.backends.base import PageStore, open_store
+from bottomless.backends.base import PageStore
+from bottomless.backends.registry import open_store
 from bottomless.errors import (
     BottomlessError,
     ReplicaConflictError,

@@ -27,7 +27,7 @@ from test_format import (
 import bottomless
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
-from bottomless.backends.base import open_store
+from bottomless.backends.registry import open_store
 from bottomless.format.stream import OUTPUT_CHUNK, decode_stream
 
 

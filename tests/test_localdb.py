@@ -46,18 +46,17 @@ def _state(seq: int) -> LocalState:
 def _fresh_state_descriptors() -> Any:
     """Each test starts and ends with no state file descriptor kept (they are per process)."""
     yield
-    for path in list(localdb._state_fds):
-        localdb._forget_state_fd(path)
+    localdb.STATE_FILES.close_all()
 
 
 @pytest.fixture(params=["proc", "inode"])
 def identity_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each way of telling files apart: /proc/self/fd (Linux), inode numbers (elsewhere)."""
     if request.param == "proc":
-        if not localdb._HAS_PROC_FD:
+        if not localdb.HAS_PROC_FD:
             pytest.skip("no /proc/self/fd here")
     else:
-        monkeypatch.setattr(localdb, "_HAS_PROC_FD", False)
+        monkeypatch.setattr(localdb, "HAS_PROC_FD", False)
     kind: str = request.param
     return kind
 
@@ -148,7 +147,7 @@ def test_a_state_file_this_process_may_only_read_is_still_read(
 ) -> None:
     db = str(tmp_path / "a.db")
     write_state(db, _state(5))
-    localdb._forget_state_fd(state_path(db))  # as in a process that never wrote it
+    localdb.STATE_FILES.forget(db)  # as in a process that never wrote it
     real_open = os.open
 
     def refuse_writing(path: Any, flags: int, *args: Any) -> int:
@@ -167,18 +166,31 @@ def test_a_short_record_written_over_a_long_one_reads_back(tmp_path: Any) -> Non
     write_state(db, long)
     assert read_state(db) == long
     write_state(db, _state(2))  # fits: written in place, over the start of the long record
-    assert os.path.getsize(state_path(db)) > localdb._STATE_RECORD
+    assert os.path.getsize(state_path(db)) > localdb.STATE_RECORD_SIZE
     assert read_state(db) == _state(2)
-    localdb._forget_state_fd(state_path(db))  # and in a process that did not write it
+    localdb.STATE_FILES.forget(db)  # and in a process that did not write it
     assert read_state(db) == _state(2)
 
 
 def test_removing_local_files_lets_go_of_the_state_file(tmp_path: Any) -> None:
     db = str(tmp_path / "a.db")
     write_state(db, _state(1))
-    assert state_path(db) in localdb._state_fds
+    assert localdb.STATE_FILES.is_open(db)
     localdb.remove_local_files(db, include_db=False)
-    assert state_path(db) not in localdb._state_fds and read_state(db) is None
+    assert not localdb.STATE_FILES.is_open(db) and read_state(db) is None
+
+
+@linux_only
+def test_closing_all_state_files_closes_their_descriptors(tmp_path: Any) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    dbs = [str(tmp_path / f"{name}.db") for name in ("a", "b")]
+    for db in dbs:
+        write_state(db, _state(1))
+    assert all(localdb.STATE_FILES.is_open(db) for db in dbs)
+    localdb.STATE_FILES.close_all()
+    assert not any(localdb.STATE_FILES.is_open(db) for db in dbs)
+    assert set(os.listdir("/proc/self/fd")) <= before  # none left behind
+    assert read_state(dbs[0]) == _state(1)  # opened again when needed
 
 
 @linux_only
@@ -264,11 +276,12 @@ def test_the_kept_shm_descriptor_follows_a_new_shm_file(tmp_path: Any) -> None:
         connection.execute("INSERT INTO t VALUES(?)", (round_,))
         limit = localdb.wal_index_limit(path + "-wal")
         assert limit is not None and limit[0] > 0
-        kept = localdb._shm_fds[path + "-shm"][0]
+        kept = localdb.KEPT_DESCRIPTORS.kept(path + "-shm")
+        assert kept is not None
         connection.close()
         assert not os.path.exists(path + "-shm")
         assert localdb.wal_index_limit(path + "-wal") is None
-        assert path + "-shm" not in localdb._shm_fds
+        assert localdb.KEPT_DESCRIPTORS.kept(path + "-shm") is None
         with pytest.raises(OSError):
             os.fstat(kept)  # closed once its file was gone: no descriptor piles up
 

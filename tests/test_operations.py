@@ -482,7 +482,7 @@ def test_verify_reports_a_commit_deleted_while_it_runs(tmp_path: Any,
     """A commit listed and then deleted (a gc at the same time) is reported, not a crash."""
     from helpers import ForwardingStore
 
-    from bottomless.backends.base import open_store
+    from bottomless.backends.registry import open_store
     from bottomless.errors import ObjectNotFoundError
     from bottomless.ops.catalog import verify
 

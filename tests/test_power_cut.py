@@ -163,7 +163,7 @@ def put_back(copy: str, path: str) -> None:
         shutil.copyfile(copy + suffix, path + suffix)
     if os.path.exists(path + "-shm"):
         os.unlink(path + "-shm")
-    localdb._state_cache.clear()
+    localdb.STATE_FILES.close_all()  # as a new process would find them
 
 
 def sync_writes(path: str, settings: bottomless.Settings, copies: dict[int, str]) -> str:
@@ -195,7 +195,7 @@ def test_sync_state_file_left_behind_by_a_restart(
     shutil.copyfile(early + "-bottomless", path + "-bottomless")  # only the state file is old
     from bottomless.local import files as localdb
 
-    localdb._state_cache.clear()
+    localdb.STATE_FILES.close_all()  # as a new process would find them
     if not restarted:  # without a restart nothing explains it: refuse, as before
         with pytest.raises(bottomless.ReplicaConflictError, match="more than one commit past"):
             bottomless.connect(path, settings)
@@ -278,7 +278,7 @@ def test_a_restart_never_hides_another_writers_commits(
     shutil.copyfile(early + "-bottomless", path + "-bottomless")  # the power cut's stale state
     from bottomless.local import files as localdb
 
-    localdb._state_cache.clear()
+    localdb.STATE_FILES.close_all()  # as a new process would find them
     reboot()
     with pytest.raises(bottomless.ReplicaConflictError, match="another writer added commit"):
         bottomless.connect(path, settings)
@@ -297,11 +297,11 @@ def test_a_gap_in_the_commits_is_reported_as_such(
     path, early = str(tmp_path / "gap.db"), str(tmp_path / "early.db")
     sync_writes(path, settings, {1: early})
     shutil.copyfile(early + "-bottomless", path + "-bottomless")
-    from bottomless.backends.base import open_store
+    from bottomless.backends.registry import open_store
     from bottomless.local import files as localdb
     from bottomless.ops.restore import resolve_target
 
-    localdb._state_cache.clear()
+    localdb.STATE_FILES.close_all()  # as a new process would find them
     store = open_store(settings)
     try:
         target = resolve_target(store, "gap.db")
@@ -519,7 +519,8 @@ def test_an_empty_marker_left_by_a_failed_open_is_no_session(tmp_path: Any) -> N
 def test_a_forked_childs_exit_leaves_the_parents_replication_alone(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:
-    from bottomless.engine.lease import LeaseRecord, lease_key
+    from bottomless.engine.lease import LeaseRecord
+    from bottomless.format import lease_key
 
     path = str(tmp_path / "forked.db")
     db = bottomless.connect(path, make_settings("file"))

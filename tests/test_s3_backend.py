@@ -16,7 +16,8 @@ import pytest
 from faultproxy import FaultProxy
 
 import bottomless
-from bottomless.backends.base import PageStore, open_store
+from bottomless.backends.base import PageStore
+from bottomless.backends.registry import open_store
 from bottomless.errors import ObjectExistsError, StoreError
 
 pytestmark = pytest.mark.s3
@@ -61,6 +62,29 @@ def test_a_forked_child_writes_through_a_client_of_its_own(
         assert store.get("parent/after") == b"3"
     finally:
         store.close()
+
+
+def test_live_stores_tracks_open_stores_and_is_the_fork_hook(
+    make_settings: Callable[..., bottomless.Settings],
+) -> None:
+    from bottomless.backends.s3 import live_stores
+
+    store: Any = open_store(make_settings("s3"))
+    other: Any = open_store(make_settings("s3"))
+    try:
+        assert {store, other} <= set(live_stores.stores())
+        first = store.client
+        live_stores.forget_clients()  # what a forked child runs
+        assert store.client is not first
+        store.put_if_absent("after/forget", b"1")
+        store.close()
+        assert store not in live_stores.stores()
+        assert other in live_stores.stores()
+        live_stores.close_all()
+        assert live_stores.stores() == []
+    finally:
+        store.close()
+        other.close()
 
 
 def _store_directly(s3_settings: dict[str, Any], key: str, body: bytes) -> None:

@@ -65,10 +65,25 @@ def test_bad_uri_value_fails_open(field: str, tmp_path: Any) -> None:
     assert f"URI parameter {field}" in str(info.value)
 
 
+@pytest.mark.parametrize("field", sorted(BAD_VALUES))
+def test_bad_value_in_code_raises_config_error(field: str) -> None:
+    value, words = BAD_VALUES[field]
+    with pytest.raises(bottomless.ConfigError) as info:
+        Settings(**{field: value})
+    for word in words:
+        assert word in str(info.value)
+    assert f"LIBSQL_BOTTOMLESS_{field.upper()}" in str(info.value)
+    assert f"URI parameter {field}" in str(info.value)
+    assert info.value.field == field and info.value.value == value
+
+
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(bottomless.ConfigError) as info:
         resolve(None, {"backend": "nope", "timeout": "0", "compression": "lz"})
     assert all(f in str(info.value) for f in ("backend", "timeout", "compression"))
+    assert [p.field for p in info.value.problems] == ["backend", "compression", "timeout"]
+    compression = info.value.problems[1]
+    assert compression.value == "lz" and compression.allowed == ("zstd", "none")
 
 
 def test_unknown_uri_parameter_and_env_var(monkeypatch: pytest.MonkeyPatch) -> None:

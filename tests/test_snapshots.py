@@ -359,7 +359,7 @@ def test_a_commit_that_fails_while_sqlite_fixes_its_checksums_is_never_recorded(
     failed = []
 
     def read_failing_while_deferred(self: Any, amount: int, offset: int) -> bytes:
-        if self._deferred:
+        if self.awaiting_fixup:
             failed.append(offset)
             raise apsw.IOError("the WAL cannot be read back")
         return bytes(apsw.VFSFile.xRead(self, amount, offset))

@@ -31,8 +31,8 @@ class FsspecPageStore(PageStore):
 
     def _translate(self, error: Exception, action: str, key: str) -> Exception:
         if isinstance(error, (FileNotFoundError, IsADirectoryError)):
-            return ObjectNotFoundError(f"{self.location}: {key} does not exist")
-        return StoreError(f"{self.location}: {action} {key} failed: {error}")
+            return ObjectNotFoundError(f"{self.location}: {key} does not exist", key=key)
+        return StoreError(f"{self.location}: {action} {key} failed: {error}", key=key or None)
 
     def get(self, key: str) -> bytes:
         """Return the whole object; raise ObjectNotFoundError if it does not exist."""
@@ -70,9 +70,9 @@ class FsspecPageStore(PageStore):
         try:
             _, current = self.get_versioned(key)
         except ObjectNotFoundError:
-            raise ObjectChangedError(f"{self.location}: {key} is gone") from None
+            raise ObjectChangedError(f"{self.location}: {key} is gone", key=key) from None
         if current != version:
-            raise ObjectChangedError(f"{self.location}: {key} changed")
+            raise ObjectChangedError(f"{self.location}: {key} changed", key=key)
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of the object."""

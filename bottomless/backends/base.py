@@ -1,27 +1,22 @@
-"""The abstract object store that replicas live in, and the lazy registry of backends.
+"""The abstract object store that replicas live in.
 
 A :class:`PageStore` sees opaque keys and bytes; it knows nothing of SQLite or of the storage
-format. Backends implement six primitives; everything else is built on them.
+format. Backends implement six primitives for the data (``put_if_absent``, ``get``,
+``get_range``, ``list_keys``, ``list_children``, ``delete``), two for the writer's lease
+(``get_versioned``, ``put_if_match``) and a ``location``; everything else is built on them.
+Which name opens which backend is the registry's business (:mod:`bottomless.backends.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
-from bottomless.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StoreError
+from bottomless.errors import ObjectExistsError, ObjectNotFoundError, StoreError
 
 if TYPE_CHECKING:
-    from bottomless.settings import Settings
-
-#: backend name -> (module, class, pip extra that provides its dependencies)
-BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "memory": ("bottomless.backends.memory", "MemoryPageStore", None),
-    "file": ("bottomless.backends.file", "FilePageStore", None),
-    "s3": ("bottomless.backends.s3", "S3PageStore", "s3"),
-}
+    pass
 
 
 class PageStore(ABC):
@@ -146,26 +141,3 @@ class PageStore(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.location}>"
-
-
-def open_store(settings: Settings) -> PageStore:
-    """Build the backend that ``settings.backend`` names.
-
-    Backends are imported lazily, so a missing optional dependency only matters for the backend
-    that needs it; the error says what to install.
-    """
-    try:
-        module_name, class_name, extra = BACKENDS[settings.backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backend {settings.backend!r}; allowed: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        hint = f"pip install 'bottomless[{extra}]'" if extra else "reinstall bottomless"
-        raise ConfigError(
-            f"backend {settings.backend!r} needs a missing dependency ({e.name}): {hint}"
-        ) from e
-    store: PageStore = getattr(module, class_name).from_settings(settings)
-    return store

@@ -17,6 +17,7 @@ from bottomless.errors import (
     ObjectExistsError,
     StoreError,
 )
+from bottomless.osutil import fsync_dir
 
 if TYPE_CHECKING:
     from bottomless.settings import Settings
@@ -67,8 +68,8 @@ class FilePageStore(FsspecPageStore):
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise ObjectExistsError(f"{self.location}: {key} already exists") from None
-            _fsync_dir(directory)
+                raise ObjectExistsError(f"{self.location}: {key} already exists", key=key) from None
+            fsync_dir(directory)
         except ObjectExistsError:
             raise
         except OSError as e:
@@ -83,7 +84,7 @@ class FilePageStore(FsspecPageStore):
         path = self._path(key)
         directory = os.path.dirname(path)
         if not os.path.isfile(path):
-            raise ObjectChangedError(f"{self.location}: {key} is gone")
+            raise ObjectChangedError(f"{self.location}: {key} is gone", key=key)
         try:
             lock = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -98,7 +99,7 @@ class FilePageStore(FsspecPageStore):
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
-                _fsync_dir(directory)
+                fsync_dir(directory)
             except OSError as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -130,11 +131,3 @@ class FilePageStore(FsspecPageStore):
             except OSError:  # not empty (or gone): stop climbing
                 break
             directory = os.path.dirname(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,7 +43,7 @@ class MemoryPageStore(FsspecPageStore):
         path = self._path(key)
         with _CREATE_LOCK:
             if self.fs.exists(path):
-                raise ObjectExistsError(f"{self.location}: {key} already exists")
+                raise ObjectExistsError(f"{self.location}: {key} already exists", key=key)
             self.fs.pipe_file(path, bytes(data))
 
     def put_if_match(self, key: str, data: bytes, version: str) -> str:

@@ -22,7 +22,7 @@ import os
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.config
@@ -94,7 +94,7 @@ class S3PageStore(FsspecPageStore):
         super().__init__(fs, self.bucket)
         self._client_lock = threading.Lock()
         self._client: Any = None
-        _open_stores.add(self)
+        live_stores.add(self)
         self._ensure_bucket(settings.create_bucket, settings.region)
 
     @property
@@ -155,7 +155,7 @@ class S3PageStore(FsspecPageStore):
         if isinstance(error, FileNotFoundError) or code in ("NoSuchKey", "404"):
             if code == "NoSuchBucket":
                 return StoreError(f"{where} failed: bucket {self.bucket!r} does not exist")
-            return ObjectNotFoundError(f"{self.location}: {key} does not exist")
+            return ObjectNotFoundError(f"{self.location}: {key} does not exist", key=key)
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StoreError(f"{where} failed: access denied ({code}); check the credentials")
         if isinstance(error, (BotoCoreError, ClientError, OSError)):
@@ -170,7 +170,7 @@ class S3PageStore(FsspecPageStore):
         except Exception as e:
             code = _error_code(e)
             if isinstance(e, FileExistsError) or code in ("PreconditionFailed", "412"):
-                raise ObjectExistsError(f"{self.location}: {key} already exists") from e
+                raise ObjectExistsError(f"{self.location}: {key} already exists", key=key) from e
             raise self._translate(e, "PUT", key) from e
 
     def get(self, key: str) -> bytes:
@@ -194,14 +194,15 @@ class S3PageStore(FsspecPageStore):
         """Return bytes ``[start, end)``; empty where S3 would answer 416."""
         if end <= start:
             if not self.exists(key):
-                raise ObjectNotFoundError(f"{self.location}: {key} does not exist")
+                raise ObjectNotFoundError(f"{self.location}: {key} does not exist", key=key)
             return b""
         try:
             return self._whole(key, start, end - 1)
         except StoreError as e:
             if _error_code(e) == "InvalidRange":
                 if not self.exists(key):
-                    raise ObjectNotFoundError(f"{self.location}: {key} does not exist") from e
+                    raise ObjectNotFoundError(f"{self.location}: {key} does not exist",
+                                              key=key) from e
                 return b""
             raise
 
@@ -232,28 +233,13 @@ class S3PageStore(FsspecPageStore):
         etag = ""
         while True:
             first = start + received
-            extra: dict[str, str] = {}
-            if first or last is not None:
-                extra["Range"] = f"bytes={first}-{'' if last is None else last}"
-            if etag:
-                extra["IfMatch"] = etag
-            try:
-                response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-            except Exception as e:
-                raise self._translate(e, "GET", key) from e
-            budget.left -= 1 + int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            response, ranged = self._get_object(key, first, last, etag, budget)
             body = response["Body"]
             try:
                 etag = self._same_version(response, key, etag)
-                skip = self._skip(response, key, first, "Range" in extra)
-                for chunk in body.iter_chunks(chunk_size):
-                    if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                    if wanted is not None:  # a server that ignored Range sends more
-                        chunk = chunk[: wanted - received]
-                    if not chunk:
-                        continue
+                skip = self._skip(response, key, first, ranged)
+                left = None if wanted is None else wanted - received
+                for chunk in _trimmed(body.iter_chunks(chunk_size), skip, left):
                     received += len(chunk)
                     yield chunk
                     if received == wanted:
@@ -275,6 +261,25 @@ class S3PageStore(FsspecPageStore):
                 raise self._translate(e, "GET", key) from e
             finally:
                 body.close()
+
+    def _get_object(
+        self, key: str, first: int, last: int | None, etag: str, budget: _Budget
+    ) -> tuple[dict[str, Any], bool]:
+        """Send the GET for bytes ``first..last`` of ``key`` (of version ``etag``, if known),
+        charged to ``budget``; return the response and whether it asked for a range."""
+        extra: dict[str, str] = {}
+        if first or last is not None:
+            extra["Range"] = f"bytes={first}-{'' if last is None else last}"
+        if etag:
+            extra["IfMatch"] = etag
+        try:
+            response: dict[str, Any] = self.client.get_object(
+                Bucket=self.bucket, Key=key, **extra
+            )
+        except Exception as e:
+            raise self._translate(e, "GET", key) from e
+        budget.left -= 1 + int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        return response, "Range" in extra
 
     def _skip(self, response: dict[str, Any], key: str, first: int, ranged: bool) -> int:
         """How many bytes of a ranged GET's body to skip: none when the server sent the range
@@ -317,12 +322,13 @@ class S3PageStore(FsspecPageStore):
                                   "409", "NoSuchKey", "404") or isinstance(
                 e, (FileNotFoundError, FileExistsError)
             ):
-                raise ObjectChangedError(f"{self.location}: {key} changed") from e
+                raise ObjectChangedError(f"{self.location}: {key} changed", key=key) from e
             raise self._translate(e, "PUT", key) from e
         return str(response["ETag"])
 
     def close(self) -> None:
         """Drop the clients' connections."""
+        live_stores.discard(self)
         with contextlib.suppress(Exception):  # best effort at shutdown
             s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
         client, self._client = self._client, None
@@ -336,6 +342,20 @@ _BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError,
                 ConnectionClosedError)
 #: ``chunk_size`` for reads that keep the whole object anyway
 _WHOLE = 1024 * 1024
+
+
+def _trimmed(chunks: Iterator[bytes], skip: int, left: int | None) -> Iterator[bytes]:
+    """``chunks`` without their first ``skip`` bytes and cut after ``left`` more (all for
+    None: a server that ignored Range sends more), empty pieces left out."""
+    for chunk in chunks:
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk, skip = chunk[dropped:], skip - dropped
+        if left is not None:
+            chunk = chunk[:left]
+            left -= len(chunk)
+        if chunk:
+            yield chunk
 
 
 class _Budget:
@@ -355,16 +375,49 @@ def _config_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-#: every S3 store of this process, to forget their clients in a forked child
-_open_stores: weakref.WeakSet[S3PageStore] = weakref.WeakSet()
+class LiveStores:
+    """Every open S3 store of this process, held weakly: the one owner of that set.
+
+    A forked child must not use its parent's pooled connections, so after ``fork()`` every
+    store drops its client (:meth:`forget_clients`, registered with ``os.register_at_fork``)
+    and builds a new one on first use.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: weakref.WeakSet[S3PageStore] = weakref.WeakSet()
+
+    def add(self, store: S3PageStore) -> None:
+        """Track ``store`` until it is closed or garbage."""
+        with self._lock:
+            self._stores.add(store)
+
+    def discard(self, store: S3PageStore) -> None:
+        """Stop tracking ``store``."""
+        with self._lock:
+            self._stores.discard(store)
+
+    def stores(self) -> list[S3PageStore]:
+        """The stores open now."""
+        with self._lock:
+            return list(self._stores)
+
+    def forget_clients(self) -> None:
+        """In a forked child: make every store drop the client it inherited."""
+        # the parent may have held the lock at fork(): in the child it would stay held
+        self._lock = threading.Lock()
+        for store in list(self._stores):
+            store._forget_client()
+
+    def close_all(self) -> None:
+        """Close every open store (a hook for tests and for shutdown)."""
+        for store in self.stores():
+            store.close()
 
 
-def _forget_clients_in_child() -> None:
-    for store in list(_open_stores):
-        store._forget_client()
-
-
-os.register_at_fork(after_in_child=_forget_clients_in_child)
+#: the S3 stores of this process
+live_stores = LiveStores()
+os.register_at_fork(after_in_child=live_stores.forget_clients)
 
 
 def _botocore_client(settings: Settings) -> Any:

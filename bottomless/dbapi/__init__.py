@@ -26,7 +26,8 @@ import apsw
 
 from bottomless.dbapi.blob import Blob
 from bottomless.dbapi.callbacks import reporting
-from bottomless.dbapi.connection import LEGACY_TRANSACTION_CONTROL, Connection
+from bottomless.dbapi.connection import Connection
+from bottomless.dbapi.core import LEGACY_TRANSACTION_CONTROL
 from bottomless.dbapi.cursor import Cursor
 from bottomless.dbapi.exceptions import (
     DatabaseError,

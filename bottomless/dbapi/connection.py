@@ -1,4 +1,9 @@
-"""The DB-API connection: opening through the bottomless VFS, transactions, hooks."""
+"""The DB-API connection: ``sqlite3.Connection``'s API over :class:`ConnectionCore`.
+
+Opening is in ``opening.py``; the state and transaction handling its cursors share is in
+``core.py``; here are the public methods: transactions, functions and hooks, whole-database
+tools.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,7 @@ import importlib.util
 import os
 import sys
 import sysconfig
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -18,94 +21,19 @@ import apsw
 from bottomless.dbapi import callbacks as _callbacks
 from bottomless.dbapi import exceptions as _exc
 from bottomless.dbapi.blob import Blob
-from bottomless.dbapi.cursor import Cursor, _convert_binding
+from bottomless.dbapi.core import LEGACY_TRANSACTION_CONTROL, ConnectionCore
+from bottomless.dbapi.cursor import Cursor
 from bottomless.dbapi.exceptions import (
     DataError,
     OperationalError,
     ProgrammingError,
     raise_translated,
 )
-from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings
-from bottomless.sqlite import vfs as _vfs
+from bottomless.dbapi.opening import open_database
+from bottomless.dbapi.sqltext import is_single_statement
+from bottomless.settings import Settings
 
-#: Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``: implicit BEGIN before DML
-LEGACY_TRANSACTION_CONTROL = -1
 _LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
-_DML = ("insert", "update", "delete", "replace")
-_MAX_CACHED_KINDS = 1024
-_get_ident = threading.get_ident
-
-
-def _skip_blank(sql: str, index: int = 0) -> int:
-    """The index of the first character after white space and comments from ``index``."""
-    end = len(sql)
-    while index < end:
-        char = sql[index]
-        if char.isspace():
-            index += 1
-        elif sql.startswith("--", index):
-            newline = sql.find("\n", index)
-            index = end if newline < 0 else newline + 1
-        elif sql.startswith("/*", index):
-            close = sql.find("*/", index + 2)
-            index = end if close < 0 else close + 2
-        else:
-            break
-    return index
-
-
-def _first_statement_end(sql: str) -> int:
-    """The index just after the ``;`` that ends the first statement (``len(sql)`` if none)."""
-    start = 0
-    while True:
-        semicolon = sql.find(";", start)
-        if semicolon < 0:
-            return len(sql)
-        if apsw.complete(sql[: semicolon + 1]):
-            return semicolon + 1
-        start = semicolon + 1
-
-
-def _is_single_statement(sql: str) -> bool:
-    """True when nothing but white space and comments follows the first statement."""
-    return _skip_blank(sql, _first_statement_end(sql)) == len(sql)
-
-
-def _uri_with(database: str, extra: dict[str, str]) -> str:
-    base, hash_mark, fragment = database.partition("#")
-    separator = "&" if "?" in base else "?"
-    return base + separator + urllib.parse.urlencode(extra) + hash_mark + fragment
-
-
-def _open(database: str, uri: bool, settings: Settings | None, cache: int) -> apsw.Connection:
-    """Open ``database``: files through the bottomless VFS, in-memory databases plainly."""
-    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    if not uri and database in (":memory:", ""):
-        return apsw.Connection(database, flags=flags, statementcachesize=cache)
-    extra = {"vfs": _vfs.VFS_NAME}
-    if uri:
-        parsed = urllib.parse.urlsplit(database)
-        params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
-        path = parsed.path if parsed.scheme == "file" else database
-        if "vfs" in params or params.get("mode") == "memory" or path in ("", ":memory:"):
-            return apsw.Connection(database, flags=flags | apsw.SQLITE_OPEN_URI,
-                                   statementcachesize=cache)
-        if parsed.scheme != "file":
-            database = "file:" + urllib.parse.quote(database)
-        target = database
-    else:
-        target = "file:" + urllib.parse.quote(os.path.abspath(database))
-    if _vfs._registered is None:
-        _vfs.register(None)
-    token = _vfs.settings_token(settings) if settings is not None else None
-    if token:
-        extra[SETTINGS_TOKEN_PARAMETER] = token
-    try:
-        return apsw.Connection(_uri_with(target, extra), flags=flags | apsw.SQLITE_OPEN_URI,
-                               statementcachesize=cache)
-    finally:
-        if token:
-            _vfs._settings_by_token.pop(token, None)
 
 
 @functools.cache
@@ -139,7 +67,7 @@ class Statement:
         return made
 
 
-class Connection:
+class Connection(ConnectionCore):
     """A database connection that behaves like ``sqlite3.Connection``.
 
     A file database is opened through the bottomless VFS: it is restored from the bucket if
@@ -159,10 +87,6 @@ class Connection:
     InternalError = _exc.InternalError
     ProgrammingError = _exc.ProgrammingError
     NotSupportedError = _exc.NotSupportedError
-
-    _db: apsw.Connection | None = None
-    _thread: int | None = None
-    _initialized = False
 
     def __init__(
         self,
@@ -192,135 +116,14 @@ class Connection:
         self._initialized = False
         self._db = None
         try:
-            db = _open(name, uri, settings, max(int(cached_statements), 0))
+            db = open_database(name, uri, settings, max(int(cached_statements), 0))
         except (OSError, UnicodeError) as e:  # the VFS could not open or name the file
             raise OperationalError("unable to open database file") from e
         except BaseException as e:  # noqa: BLE001 - translated, never swallowed
             raise_translated(e)
         db.set_busy_timeout(int(timeout * 1000))
-        self._db = db
-        self._txn = db.cursor()
-        self._thread = _get_ident() if check_same_thread else None
-        self._lock = threading.RLock()
-        self._detect_types = int(detect_types)
-        self._text_factory: Any = str
-        self._transform_rows = bool(self._detect_types)
-        self._kinds: dict[str, int] = {}
-        self._trimmed: dict[str, tuple[int, str]] = {}
-        self._no_columns: set[str] = set()
-        self._isolation_level = level
-        self._autocommit: bool | int = autocommit
-        self._begin: str | None = None
-        self._update_begin()
-        self.row_factory: Any = None
-        self._initialized = True
-        if autocommit is False:
-            self._run("BEGIN")
-
-    # ------------------------------------------------------------ checks and internals
-
-    def _gone(self) -> _exc.ProgrammingError:
-        """The error for a connection that is closed, or whose __init__ did not succeed."""
-        if not self._initialized:
-            return ProgrammingError("Base Connection.__init__ not called.")
-        return ProgrammingError("Cannot operate on a closed database.")
-
-    def _check(self) -> None:
-        if self._db is None:
-            raise self._gone()
-        if self._thread is not None and _get_ident() != self._thread:
-            raise ProgrammingError(
-                "SQLite objects created in a thread can only be used in that same thread."
-                f" The object was created in thread id {self._thread} and this is thread id"
-                f" {_get_ident()}."
-            )
-
-    @property
-    def _live(self) -> apsw.Connection:
-        db = self._db
-        if db is None:
-            raise self._gone()
-        return db
-
-    def _run(self, sql: str) -> None:
-        try:
-            self._txn.execute(sql)
-        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-            raise_translated(e)
-
-    def _begin_transaction(self) -> None:
-        assert self._begin is not None
-        self._run(self._begin)
-
-    def _update_begin(self) -> None:
-        level = self._isolation_level
-        legacy = self._autocommit == LEGACY_TRANSACTION_CONTROL and type(self._autocommit) is int
-        self._begin = f"BEGIN {level}" if legacy and level is not None else None
-
-    def _legacy(self) -> bool:
-        return type(self._autocommit) is int
-
-    def _commit_for_script(self) -> None:
-        if self._legacy() and self._live.in_transaction:
-            self._run("COMMIT")
-
-    def _classify(self, sql: str) -> tuple[int, str]:
-        """The kind of ``sql`` and the SQL to run; the kind is cached in ``_kinds``.
-
-        Kinds: 0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows.
-        When only comments follow the statement, only the statement itself is run (like
-        sqlite3, the rest is never compiled); such SQL is cached in ``_trimmed`` instead, so
-        the common case costs one dictionary lookup.
-        """
-        trimmed = self._trimmed.get(sql)
-        if trimmed is not None:
-            return trimmed
-        head = _skip_blank(sql)
-        kind = 1 if sql[head : head + 7].lower().startswith(_DML) else 0
-        if kind and "returning" in sql.lower():
-            kind = 2
-        if ";" in sql:
-            end = _first_statement_end(sql)
-            if _skip_blank(sql, end) != len(sql):
-                raise ProgrammingError("You can only execute one statement at a time.")
-            if end < len(sql):
-                if len(self._trimmed) >= _MAX_CACHED_KINDS:
-                    self._trimmed.clear()
-                self._trimmed[sql] = (kind, sql[:end])
-                return kind, sql[:end]
-        if len(self._kinds) >= _MAX_CACHED_KINDS:
-            self._kinds.clear()
-        self._kinds[sql] = kind
-        return kind, sql
-
-    def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
-        """The columns ``sql`` would return, learned by preparing it without running it."""
-        if sql in self._no_columns or self._db is None:
-            return ()
-        captured: list[Any] = []
-
-        def describe(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-            captured.append(cursor.description)
-            return False
-
-        with self._lock:
-            probe = self._db.cursor()
-            probe.convert_binding = _convert_binding
-            probe.exec_trace = describe
-            try:
-                probe.execute(sql, parameters)
-            except apsw.ExecTraceAbort:
-                pass
-            except Exception:  # noqa: BLE001 - it no longer prepares: nothing to describe
-                return ()
-            finally:
-                probe.close()
-        columns: tuple[Any, ...] = tuple(captured[0]) if captured else ()
-        if not columns:
-            if len(self._no_columns) >= _MAX_CACHED_KINDS:
-                self._no_columns.clear()
-            self._no_columns.add(sql)
-        return columns
+        self._start(db, check_same_thread=check_same_thread, detect_types=detect_types,
+                    isolation_level=level, autocommit=autocommit)
 
     # ------------------------------------------------------------ attributes
 
@@ -365,16 +168,6 @@ class Connection:
                 self._run("BEGIN")
 
     @property
-    def text_factory(self) -> Any:
-        """The type text columns are returned as: ``str`` (default), ``bytes``, or a callable."""
-        return self._text_factory
-
-    @text_factory.setter
-    def text_factory(self, value: Any) -> None:
-        self._text_factory = value
-        self._transform_rows = bool(self._detect_types) or value is not str
-
-    @property
     def in_transaction(self) -> bool:
         """True while a transaction is open."""
         self._check()
@@ -403,7 +196,7 @@ class Connection:
         if not isinstance(sql, str):
             raise TypeError(f"argument 1 must be str, not {type(sql).__name__}")
         self._check_sql(sql)
-        if ";" in sql and not _is_single_statement(sql):
+        if ";" in sql and not is_single_statement(sql):
             raise ProgrammingError("You can only execute one statement at a time.")
         probe = self._live.cursor()
         probe.exec_trace = _never

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import apsw
 
+from bottomless.dbapi.core import ConnectionCore, convert_binding
 from bottomless.dbapi.exceptions import (
     DataError,
     OperationalError,
@@ -19,20 +20,12 @@ from bottomless.dbapi.types import (
     PARSE_COLNAMES,
     PARSE_DECLTYPES,
     adapt_all,
-    bind_value,
     column_bytes,
     converters,
     registry,
 )
 
-if TYPE_CHECKING:
-    from bottomless.dbapi.connection import Connection
-
 _get_ident = threading.get_ident
-
-
-def _convert_binding(_cursor: apsw.Cursor, number: int, value: Any) -> Any:
-    return bind_value(number, value)
 
 
 def _sequence(parameters: Any) -> Any:
@@ -93,10 +86,9 @@ class Cursor:
     # until __init__ has run the cursor refuses everything ("Base Cursor.__init__ not called.")
     _closed = True
 
-    def __init__(self, connection: Connection, /) -> None:
-        from bottomless.dbapi.connection import Connection
-
-        if not isinstance(connection, Connection):
+    def __init__(self, connection: ConnectionCore, /) -> None:
+        # ConnectionCore is only ever made as a Connection: the message names the public class
+        if not isinstance(connection, ConnectionCore):
             raise TypeError(
                 f"argument 1 must be bottomless.dbapi.Connection, not {type(connection).__name__}"
             )
@@ -110,7 +102,7 @@ class Cursor:
                 raise_translated(e)
         self.connection = connection
         self._cur: apsw.Cursor = connection._live.cursor()
-        self._cur.convert_binding = _convert_binding
+        self._cur.convert_binding = convert_binding
         self.arraysize = 1
         self.row_factory: Any = connection.row_factory
         self.rowcount = -1

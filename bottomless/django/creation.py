@@ -18,7 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.sqlite3 import creation as sqlite_creation
 
 from bottomless import format as fmt
-from bottomless.backends.base import open_store
+from bottomless.backends.registry import open_store
 from bottomless.django.options import replica_name, settings_from_options
 from bottomless.local.files import remove_local_files
 from bottomless.settings import Settings

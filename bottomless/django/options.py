@@ -21,10 +21,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from bottomless import dbapi
-from bottomless.errors import ConfigError
+from bottomless.errors import ConfigError, ConfigProblem
 from bottomless.format import default_db_name
 from bottomless.settings import SECRET_FIELDS, Settings, check_environment, env_var
 
@@ -88,35 +86,35 @@ def settings_from_options(
               if name in FIELD_OF_OPTION}
     if db_name is not None:
         values["db_name"] = db_name
+    if base is None:
+        check_environment()
+    elif not values:
+        return base
     try:
         if base is None:
-            check_environment()
             return Settings(**values)
-        if not values:
-            return base
         merged = {field: getattr(base, field) for field in Settings.model_fields}
         merged.update(values)
-        return Settings.model_validate(merged)
-    except ValidationError as e:
+        return Settings(**merged)
+    except ConfigError as e:
         problems = "; ".join(
-            _describe(error, alias, given=values, from_object=base is not None)
-            for error in e.errors()
+            _describe(problem, alias, given=values, from_object=base is not None)
+            for problem in e.problems
         )
-        raise ConfigError(f"invalid bottomless option(s): {problems}") from None
+        raise ConfigError(f"invalid bottomless option(s): {problems}",
+                          problems=e.problems) from None
 
 
-def _describe(error: Mapping[str, Any], alias: str, *, given: Mapping[str, Any],
+def _describe(problem: ConfigProblem, alias: str, *, given: Mapping[str, Any],
               from_object: bool) -> str:
-    field = str((error.get("loc") or ("?",))[0])
-    message = str(error.get("msg", "invalid"))
-    message = message.removeprefix("Value error, ")
+    field, message = problem.field, problem.reason
     if field in given:
         where = _where(alias, OPTION_OF_FIELD.get(field, field))
     elif from_object:
         where = _where(alias, SETTINGS_OPTION) + f".{field}"
     else:
         where = f"environment variable {env_var(field)}"
-    shown = "" if field in SECRET_FIELDS else f" (got {error.get('input')!r})"
+    shown = "" if field in SECRET_FIELDS else f" (got {problem.value!r})"
     return f"{where}: {message}{shown}"
 
 

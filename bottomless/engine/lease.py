@@ -11,6 +11,7 @@ and fails loudly. Clocks of the machines involved must agree to within a third o
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.errors import (
     ObjectChangedError,
@@ -29,11 +31,6 @@ from bottomless.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def lease_key(db_name: str) -> str:
-    """Key of a database's writer lease."""
-    return f"{db_name}/lease"
 
 
 @dataclass
@@ -66,7 +63,7 @@ class WriterLease:
     def __init__(self, store: PageStore, db_name: str, writer: str, ttl: float) -> None:
         self.store = store
         self.db_name = db_name
-        self.key = lease_key(db_name)
+        self.key = fmt.lease_key(db_name)
         self.writer = writer
         self.ttl = ttl
         self.holder = f"{socket.gethostname()} pid {os.getpid()}"
@@ -82,8 +79,12 @@ class WriterLease:
         return LeaseRecord(self.writer, self.holder, self._epoch,
                            int((time.time() + self.ttl) * 1000))
 
-    def acquire(self) -> None:
-        """Take the lease, or raise ReplicaConflictError naming the current holder."""
+    def acquire(self, *, force: bool = False) -> None:
+        """Take the lease, or raise ReplicaConflictError naming the current holder.
+
+        ``force``: take it even from a holder whose lease has not expired (a failover decided
+        by a human); that holder's next renewal or commit then fails.
+        """
         for _ in range(3):
             started = time.monotonic()
             try:
@@ -98,13 +99,16 @@ class WriterLease:
                 self._valid_until = started + self.ttl * 2 / 3
                 break
             current = LeaseRecord.decode(data)
-            if current.writer != self.writer and current.expires_ms > time.time() * 1000:
+            if (current.writer != self.writer and current.expires_ms > time.time() * 1000
+                    and not force):
                 raise ReplicaConflictError(
                     f"{self.db_name!r} is being replicated by another writer ({current.holder},"
                     f" writer {current.writer[:8]}…) whose lease runs until"
                     f" {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.expires_ms / 1000))}"
                     " UTC. Two writers would fork its history: stop the other one, or wait for"
-                    " its lease to expire (lease_ttl) if it has crashed."
+                    " its lease to expire (lease_ttl) if it has crashed.",
+                    db_name=self.db_name, key=self.key, holder=current.holder,
+                    expires_at=dt.datetime.fromtimestamp(current.expires_ms / 1000, tz=dt.UTC),
                 )
             self._epoch = current.epoch + (0 if current.writer == self.writer else 1)
             try:
@@ -115,13 +119,14 @@ class WriterLease:
                 continue
             self._valid_until = started + self.ttl * 2 / 3
             if current.writer != self.writer and current.writer:
-                logger.warning("%s: took over the writer lease of %s (expired)", self.db_name,
-                               current.holder)
+                logger.warning("%s: took over the writer lease of %s (%s)", self.db_name,
+                               current.holder, "forced" if force else "expired")
             break
         else:
             raise ReplicaConflictError(
                 f"{self.db_name!r}: could not take the writer lease: it keeps changing (another"
-                " writer is starting at the same time)"
+                " writer is starting at the same time)",
+                db_name=self.db_name, key=self.key,
             )
         self._thread = threading.Thread(
             target=self._renew_loop, name=f"bottomless-lease-{self.db_name}", daemon=True
@@ -167,20 +172,31 @@ class WriterLease:
         """Raise ReplicaConflictError unless this process surely still holds the lease."""
         if self._lost:
             raise ReplicaConflictError(
-                f"{self.db_name!r}: this writer lost its lease ({self._lost}); commit refused"
+                f"{self.db_name!r}: this writer lost its lease ({self._lost}); commit refused",
+                db_name=self.db_name, key=self.key,
             )
         if time.monotonic() >= self._valid_until:
             try:
                 self.renew()
             except StoreError as e:
                 raise ReplicaConflictError(
-                    f"{self.db_name!r}: cannot confirm the writer lease ({e}); commit refused"
+                    f"{self.db_name!r}: cannot confirm the writer lease ({e}); commit refused",
+                    db_name=self.db_name, key=self.key,
                 ) from e
             if self._lost or time.monotonic() >= self._valid_until:
                 raise ReplicaConflictError(
                     f"{self.db_name!r}: the writer lease expired"
-                    f"{' (' + self._lost + ')' if self._lost else ''}; commit refused"
+                    f"{' (' + self._lost + ')' if self._lost else ''}; commit refused",
+                    db_name=self.db_name, key=self.key,
                 )
+
+    def hand_over(self) -> None:
+        """Stop renewing, but leave the lease as it is: it stays this writer's until it
+        expires, so that the next process of this writer (the same writer id) takes it at
+        once and nobody else can meanwhile."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def release(self) -> None:
         """Stop renewing and expire the lease at once, so a successor need not wait."""

@@ -1,22 +1,28 @@
-"""The asynchronous half of the replicator: back-pressure, the uploader's work, wait_durable.
+"""The async shipper: back-pressure on commits, the uploader's work, ``wait_durable``.
 
-Mixed into :class:`bottomless.engine.replicator.Replicator`; see
-:mod:`bottomless.engine.spool` for the spool itself and why it exists.
+In async durability a commit is appended to the local :mod:`spool <bottomless.engine.spool>`
+at its commit point; the uploader thread merges spooled commits into one object, writes an
+*intent* (the object, before it is sent, so a crash resends the same bytes), uploads it and
+records it. The replicator owns one shipper per database.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from bottomless import format as fmt
-from bottomless.engine.lease import WriterLease
+from bottomless import log
+from bottomless.backends.base import PageStore
+from bottomless.engine.generations import Generations
+from bottomless.engine.lineage import is_own_orphan
+from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Intent, Spool, Uploader
+from bottomless.engine.stats import Stats
+from bottomless.engine.transaction import Transaction
 from bottomless.errors import (
     CorruptObjectError,
     DurabilityTimeoutError,
@@ -24,20 +30,16 @@ from bottomless.errors import (
     ReplicaConflictError,
     StoreError,
 )
-from bottomless.local.files import LocalImage, LocalState, read_state, sync_state, write_state
-
-if TYPE_CHECKING:
-    from bottomless.backends.base import PageStore
-    from bottomless.engine.replicator import Stats
-    from bottomless.settings import Settings
-
-logger = logging.getLogger(__name__)
+from bottomless.local.files import LocalImage, LocalState, read_state, sync_state
+from bottomless.settings import Settings
 
 #: an uploaded async object merges at most this many bytes of spooled pages
 GROUP_BYTES = 16 * 1024 * 1024
 
 #: builds the local content a new generation starts from
 ImageSource = Callable[[], LocalImage]
+#: SQLite's write lock on the database, as a context manager
+WriteLock = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -50,58 +52,106 @@ class _ForkFrom:
     in_commit: bool
 
 
+@dataclass(frozen=True)
+class _Drained:
+    """What one drain did: whether it shipped anything, and the state of a generation it
+    started over an orphan instead (not yet recorded when the fork was ``in_commit``)."""
+
+    shipped: bool
+    forked: LocalState | None = None
+
+
 class _OrphanInTheWayError(ReplicaConflictError):
     """An orphan of this writer holds the next position; settling it needs SQLite's write
     lock, which the caller does not hold."""
 
 
-class AsyncReplication:
-    """Async-durability behaviour of a replicator (state lives on the Replicator)."""
+class AsyncShipper:
+    """Ships one database's spool to the store (see the module docstring)."""
 
-    db_path: str
-    db_name: str
-    settings: Settings
-    store: PageStore
-    stats: Stats
-    state: LocalState | None
-    spool: Spool
-    _uploader: Uploader | None
-    _uploaded: threading.Condition
-    _room_checked: float
-    _since_snapshot: tuple[int, int]
-    lease: WriterLease | None
-    _write_lock: Callable[[], contextlib.AbstractContextManager[None]]
-    #: set while this thread holds SQLite's write lock outside a commit (during open)
-    _holds_write_lock: bool
-    #: the generation started over an orphan (read by spool_shipped_first)
-    _forked: LocalState | None
+    def __init__(
+        self, db_path: str, db_name: str, settings: Settings, store: PageStore, stats: Stats,
+        generations: Generations, policy: SnapshotPolicy, *,
+        record: Callable[[LocalState], None], check_lease: Callable[[], None],
+        write_lock: WriteLock,
+    ) -> None:
+        self.db_path = db_path
+        self.db_name = db_name
+        self.settings = settings
+        self.store = store
+        self.stats = stats
+        self.generations = generations
+        self.policy = policy
+        self.spool = Spool(db_path)
+        self.log = log.for_database(__name__, db_name)
+        self._record = record
+        self._check_lease = check_lease
+        self._write_lock = write_lock
+        #: set while this thread holds SQLite's write lock outside a commit (during open)
+        self.holds_write_lock = False
+        self.uploader: Uploader | None = None
+        self._uploaded = threading.Condition()
+        self._room_checked = 0.0
 
-    def _count(self, data: bytes) -> None:
-        raise NotImplementedError
+    # ------------------------------------------------------------ the uploader thread
 
-    def _start_generation(
-        self, image: LocalImage | None, reason: str, *, writer: bytes, record: bool = True
-    ) -> LocalState:
-        raise NotImplementedError
+    def start(self) -> None:
+        """Start the uploader thread."""
+        self.uploader = Uploader(
+            f"bottomless-upload-{self.db_name}", self._drain_guarded,
+            min(0.05, self.settings.max_lag / 10), self.spool.oldest_age,
+        )
+        self.uploader.start()
 
-    def _maybe_snapshot(self, state: LocalState) -> None:
-        raise NotImplementedError
+    def stop(self) -> None:
+        """Upload what is spooled (within ``max_lag`` plus the retries), then stop."""
+        if self.uploader is None:
+            return
+        try:
+            self.wait_durable(self.settings.max_lag + self.settings.request_budget)
+        except DurabilityTimeoutError as e:
+            self.log.error("closing with commits not uploaded (they stay spooled and are"
+                           " uploaded at the next open): %s", e)
+        self.halt()
 
-    def _wait_for_room(self) -> None:
+    def halt(self) -> None:
+        """Stop the uploader thread now, leaving what is spooled for the next open (as a
+        killed process would; tests use it to keep commits spooled)."""
+        if self.uploader is None:
+            return
+        self.uploader.stopping.set()
+        self.uploader.wake.set()
+        self.uploader.join(5)
+        self.uploader = None
+
+    def _hurry(self) -> None:
+        if self.uploader is not None:
+            self.uploader.hurry.set()
+            self.uploader.wake.set()
+
+    def _drain_guarded(self) -> bool:
+        try:
+            return self.drain_once()
+        except Exception as e:  # noqa: BLE001 - the uploader thread must survive store errors
+            self.stats.error(f"async upload failed: {e}")
+            self.log.warning("async upload failed, will retry: %s", e)
+            time.sleep(min(1.0, self.settings.max_lag / 2))
+            return False
+
+    # ------------------------------------------------------------ the commit path
+
+    def wait_for_room(self) -> None:
         """Back-pressure: hold a commit while the spool is too old or too big."""
         now = time.monotonic()
         if now - self._room_checked < 0.01:
             return  # checked a moment ago: the bound is in seconds, not microseconds
         self._room_checked = now
         limit = self.settings.max_lag
-        budget = limit + self.settings.timeout * (self.settings.max_retries + 1)
-        deadline = now + budget
+        deadline = now + limit + self.settings.request_budget
         max_bytes = self.settings.max_spool_mb * 1024 * 1024
         # start shipping before the bound, so commits rarely have to wait at all
         while self.spool.oldest_age() > limit * 0.8 or self.spool.size_bytes() > max_bytes:
-            if self._uploader is not None:
-                self._uploader.hurry.set()
-                self._uploader.wake.set()
+            self._hurry()
             if self.spool.oldest_age() <= limit and self.spool.size_bytes() <= max_bytes:
                 return
             if time.monotonic() > deadline:
@@ -113,27 +163,71 @@ class AsyncReplication:
             with self._uploaded:
                 self._uploaded.wait(0.02)
 
-    def _nothing_spooled(self) -> bool:
-        """Whether every spooled commit is uploaded (a damaged spool counts as not)."""
-        try:
-            return not self.spool.entries() and self.spool.read_intent() is None
-        except CorruptObjectError:
-            return False
+    def append(self, txn: Transaction) -> None:
+        """Spool a commit at its commit point (the uploader polls: no wake-up per commit)."""
+        self.spool.append(txn)
 
-    def _make_durable(self) -> None:
-        """fsync the spool and the state file (before a session is recorded as ended)."""
-        self.spool.sync()
-        sync_state(self.db_path)
+    def resync_from_local(self, writer: bytes) -> None:
+        """After a failed WAL sync: replace what is spooled by a new generation from the
+        committed local content (call under SQLite's write lock, in a WAL-mode commit)."""
+        budget = self.settings.request_budget
+        with self.spool.upload_lock(wait=budget) as mine:
+            if not mine:
+                raise StoreError(
+                    f"{self.db_name}: the uploader held the spool for {budget:.0f}s; cannot"
+                    " start the new generation a failed WAL sync calls for; commit refused"
+                )
+            through = self.spool.last_number()
+            image = LocalImage(self.db_path)
+            try:
+                self._record(self.generations.start(image, "restart", writer=writer))
+            finally:
+                image.close()
+            self.spool.remove_through(through)
+            self.spool.clear_intent()
 
-    def _drain_guarded(self) -> bool:
-        try:
-            return self.drain_once()
-        except Exception as e:  # noqa: BLE001 - the uploader thread must survive store errors
-            self.stats.last_error = f"async upload failed: {e}"
-            self.stats.last_error_time = time.time()
-            logger.warning("%s: async upload failed, will retry: %s", self.db_name, e)
-            time.sleep(min(1.0, self.settings.max_lag / 2))
-            return False
+    @contextlib.contextmanager
+    def shipped_first(self, image: ImageSource | None) -> Iterator[LocalState | None]:
+        """For a sync commit while another process replicates the database asynchronously:
+        hold the upload lock, after uploading what that process spooled (committed earlier).
+
+        Call it under SQLite's write lock, so nothing is spooled meanwhile. ``image`` builds
+        the local content after the commit: if an orphan of a killed process is in the way, a
+        new generation starts from it, and the context yields its state, to be recorded at the
+        commit point (the commit is in that generation's snapshot and must not be uploaded
+        again); otherwise ``None``. Raises StoreError if the other process's uploader holds
+        the lock for longer than an upload may take without shipping anything,
+        ReplicaConflictError if the spool cannot be shipped.
+        """
+        if not self.spool.exists():
+            yield None  # the common case: no async replication of this database anywhere
+            return
+        fork = _ForkFrom(image, True) if image is not None else None
+        budget = self.settings.request_budget
+        head = self.spool.head_number()
+        while True:
+            with self.spool.upload_lock(wait=budget) as mine:
+                if mine:  # SQLite's write lock is held by the committing connection
+                    forked = None
+                    while (drained := self._drain_locked(True, fork)).shipped:
+                        forked = drained.forked or forked
+                    if not self.nothing_spooled():
+                        why = ("the bottomless state file is missing"
+                               if read_state(self.db_path) is None else "the spool is damaged")
+                        raise ReplicaConflictError(
+                            f"{self.db_path}: commits spooled by an async process cannot be"
+                            f" uploaded ({why}); commit refused", db_name=self.db_name,
+                        )
+                    yield forked
+                    return
+            progress, head = head, self.spool.head_number()
+            if progress == head:  # the other uploader holds the lock but ships nothing
+                raise StoreError(
+                    f"{self.db_name}: another process's async uploader held the spool for"
+                    f" {budget:.0f}s without uploading anything; commit refused"
+                )
+
+    # ------------------------------------------------------------ shipping
 
     def drain_once(self, state_required: bool = False) -> bool:
         """Upload the oldest spooled entries as one commit object; False if there was nothing.
@@ -144,36 +238,51 @@ class AsyncReplication:
             if not mine:
                 return False
             try:
-                fork = _ForkFrom(self._committed_image, False) if self._holds_write_lock else None
-                return self._drain_locked(state_required, fork)
+                fork = _ForkFrom(self._committed_image, False) if self.holds_write_lock else None
+                return self._drain_locked(state_required, fork).shipped
             except _OrphanInTheWayError:
                 pass
         # settled under SQLite's write lock, so that no commit lands meanwhile; it is taken
         # before the upload lock, in the order a sync commit takes them
-        budget = self.settings.timeout * (self.settings.max_retries + 1)
-        with self._write_lock(), self.spool.upload_lock(wait=budget) as mine:
+        with self._write_lock(), self.spool.upload_lock(wait=self.settings.request_budget) as mine:
             return mine and self._drain_locked(
                 state_required, _ForkFrom(self._committed_image, False)
-            )
+            ).shipped
+
+    def drain_leftovers(self) -> None:
+        """Upload what an earlier process spooled but did not ship (async mode, or a switch)."""
+        state = read_state(self.db_path)
+        if state is None or state.db_name != self.db_name:
+            return
+        self.spool.migrate_legacy()
+        while self.spool.read_intent() is not None or self.spool.entries():
+            if not self.drain_once(state_required=True):
+                break
 
     def _committed_image(self) -> LocalImage:
         return LocalImage(self.db_path)
 
-    def _drain_locked(self, state_required: bool, fork: _ForkFrom | None) -> bool:
+    def _drain_locked(self, state_required: bool, fork: _ForkFrom | None) -> _Drained:
         """:meth:`drain_once`, with the spool's upload lock held. ``fork``: SQLite's write
         lock is held too, so an orphan in the way may be settled by a new generation."""
         state = read_state(self.db_path)
         if state is None:
             if state_required:
-                return False
-            raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing")
+                return _Drained(False)
+            raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing",
+                                       db_name=self.db_name)
         intent = self.spool.read_intent()
-        if intent is not None:
-            self._ship(intent, state, fork)
-            return True
+        if intent is None:
+            intent = self._next_intent(state)
+            if intent is None:
+                return _Drained(False)
+        return _Drained(True, self._ship(intent, state, fork))
+
+    def _next_intent(self, state: LocalState) -> Intent | None:
+        """Merge the oldest spooled entries into the next commit object; write its intent."""
         group = self.spool.read_group(GROUP_BYTES)
         if not group:
-            return False
+            return None
         pages: dict[int, bytes] = {}
         through, last = group[0]
         for number, entry in group:
@@ -189,128 +298,86 @@ class AsyncReplication:
         data = fmt.encode_batch(batch, self.settings.compression)
         intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
         self.spool.write_intent(intent)
-        self._ship(intent, state, fork)
-        return True
+        return intent
 
-    @contextlib.contextmanager
-    def spool_shipped_first(self, image: ImageSource | None) -> Iterator[LocalState | None]:
-        """For a sync commit while another process replicates the database asynchronously:
-        hold the upload lock, after uploading what that process spooled (committed earlier).
-
-        Call it under SQLite's write lock, so nothing is spooled meanwhile. ``image`` builds
-        the local content after the commit: if an orphan of a killed process is in the way, a
-        new generation starts from it, and the context yields its state, to be recorded at the
-        commit point (the commit is in that generation's snapshot and must not be uploaded
-        again); otherwise ``None``. Raises StoreError
-        if the other process's uploader holds the lock for longer than an upload may take
-        without shipping anything, ReplicaConflictError if the spool cannot be shipped.
-        """
-        if not self.spool.exists():
-            yield None  # the common case: no async replication of this database anywhere
-            return
-        self._forked = None
-        fork = _ForkFrom(image, True) if image is not None else None
-        budget = self.settings.timeout * (self.settings.max_retries + 1)
-        head = self.spool.head_number()
-        while True:
-            with self.spool.upload_lock(wait=budget) as mine:
-                if mine:  # SQLite's write lock is held by the committing connection
-                    while self._drain_locked(True, fork):
-                        pass
-                    if not self._nothing_spooled():
-                        why = ("the bottomless state file is missing"
-                               if read_state(self.db_path) is None else "the spool is damaged")
-                        raise ReplicaConflictError(
-                            f"{self.db_path}: commits spooled by an async process cannot be"
-                            f" uploaded ({why}); commit refused"
-                        )
-                    yield self._forked
-                    return
-            progress, head = head, self.spool.head_number()
-            if progress == head:  # the other uploader holds the lock but ships nothing
-                raise StoreError(
-                    f"{self.db_name}: another process's async uploader held the spool for"
-                    f" {budget:.0f}s without uploading anything; commit refused"
-                )
-
-    def _ship(self, intent: Intent, state: LocalState, fork: _ForkFrom | None) -> None:
-        """Upload an intent (again, after a crash) and record it."""
-        seq = fmt.seq_from_key(intent.key)
-        if seq is None or seq != state.seq + 1 or state.generation not in intent.key:
+    def _ship(self, intent: Intent, state: LocalState, fork: _ForkFrom | None) -> LocalState | None:
+        """Upload an intent (again, after a crash) and record it; the state of a generation
+        started over an orphan instead, if one was."""
+        if not fmt.is_next_commit(intent.key, self.db_name, state.generation, state.seq):
             # already recorded before the crash, or from a generation that has since moved on
             self.spool.remove_through(intent.through)
             self.spool.clear_intent()
-            return
-        digest = intent.data[-fmt.DIGEST_SIZE :]
-        if self.lease is not None:
-            self.lease.check()
+            return None
+        digest = fmt.trailer_digest(intent.data)
+        self._check_lease()
         try:
             self.store.put_once(intent.key, intent.data)
-            self._count(intent.data)
+            self.stats.count_object(intent.data)
         except ObjectExistsError:
             existing = self.store.get(intent.key)
-            if existing[-fmt.DIGEST_SIZE :] != digest:
-                if not self._own_orphan(intent.key, fmt.decode_header(existing, intent.key),
-                                        state):
+            if fmt.trailer_digest(existing) != digest:
+                header = fmt.decode_header(existing, intent.key)
+                if not is_own_orphan(self.store, self.db_name, header, state):
                     raise ReplicaConflictError(
                         f"{intent.key} was written by another writer: two writers are"
-                        f" replicating {self.db_name!r} to {self.store.location}"
+                        f" replicating {self.db_name!r} to {self.store.location}",
+                        db_name=self.db_name, key=intent.key,
                     ) from None
                 if fork is None:
                     raise _OrphanInTheWayError(
                         f"{intent.key} is an orphan of this writer; settling it needs SQLite's"
                         " write lock"
                     ) from None
-                self._fork_over_orphan(intent.key, state, fork)
-                return
-        recorded = replace(state, seq=seq, digest=digest.hex(), spooled_through=intent.through)
-        write_state(self.db_path, recorded)
+                return self._fork_over_orphan(intent.key, state, fork)
+        recorded = replace(state, seq=state.seq + 1, digest=digest.hex(),
+                           spooled_through=intent.through)
+        self._record(recorded)
         self.spool.remove_through(intent.through)
         self.spool.clear_intent()
-        self.state = recorded
-        self.stats.commits += 1
-        self.stats.last_commit_seq = seq
-        self.stats.last_commit_time = time.time()
-        self.stats.last_error = None
-        commits, size = self._since_snapshot
-        self._since_snapshot = (commits + 1, size + len(intent.data))
-        self._maybe_snapshot(recorded)
+        self.stats.commit_recorded(recorded.seq, clear_error=True)
+        self.policy.commit_added(recorded, len(intent.data))
         with self._uploaded:
             self._uploaded.notify_all()
+        return None
 
-    def _own_orphan(self, key: str, header: fmt.BatchHeader, state: LocalState) -> bool:
-        """Whether ``key``, the position after ``state``, holds an orphan of this writer: a
-        commit of this writer, chained to ``state``, that nothing was stored after (anything
-        else is another writer's work, maybe a copy of this database with its side files)."""
-        return (
-            header.writer == state.writer_bytes and header.prev == state.digest_bytes
-            and not self.store.exists(fmt.commit_key(self.db_name, state.generation,
-                                                     state.seq + 2))
-        )
-
-    def _fork_over_orphan(self, key: str, state: LocalState, fork: _ForkFrom) -> None:
+    def _fork_over_orphan(self, key: str, state: LocalState, fork: _ForkFrom) -> LocalState:
         """``key`` holds a commit of this writer that no local commit matches: a process of
         this database (in sync mode) was killed between its upload and its local commit.
         Start a new generation from the local content, which, under SQLite's write lock,
         holds every spooled commit; the spool is then empty."""
-        logger.warning(
-            "%s: %s is an orphan of a process killed between its upload and its local commit;"
+        self.log.warning(
+            "%s is an orphan of a process killed between its upload and its local commit;"
             " starting a new generation from the local file, which holds the %d spooled"
-            " commit(s)", self.db_name, key, len(self.spool.entries()),
+            " commit(s)", key, len(self.spool.entries()),
         )
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
-            self._forked = self._start_generation(
-                image, "fork", writer=state.writer_bytes, record=not fork.in_commit
-            )
+            forked = self.generations.start(image, "fork", writer=state.writer_bytes)
         finally:
             image.close()
+        if not fork.in_commit:
+            self._record(forked)
         self.spool.remove_through(through)
         self.spool.clear_intent()
-        self.stats.last_error = None
+        self.stats.error(None)
         with self._uploaded:
             self._uploaded.notify_all()
+        return forked
+
+    # ------------------------------------------------------------ state of the spool
+
+    def nothing_spooled(self) -> bool:
+        """Whether every spooled commit is uploaded (a damaged spool counts as not)."""
+        try:
+            return not self.spool.entries() and self.spool.read_intent() is None
+        except CorruptObjectError:
+            return False
+
+    def make_durable(self) -> None:
+        """fsync the spool and the state file (before a session is recorded as ended)."""
+        self.spool.sync()
+        sync_state(self.db_path)
 
     def wait_durable(self, timeout: float | None = None) -> None:
         """Block until everything committed so far is in the store (no-op in sync mode).
@@ -329,9 +396,8 @@ class AsyncReplication:
                     f"{self.db_name}: {len(remaining)} commit(s) still waiting for upload after"
                     f" {timeout}s (last error: {self.stats.last_error or 'none'})"
                 )
-            if self._uploader is not None:
-                self._uploader.hurry.set()
-                self._uploader.wake.set()
+            if self.uploader is not None:
+                self._hurry()
             elif not self.drain_once():
                 time.sleep(0.01)
             with self._uploaded:

@@ -91,14 +91,15 @@ class _Source:
         """``size`` bytes, or CorruptObjectError naming ``what`` was cut short."""
         data = self.read(size)
         if len(data) != size:
-            raise CorruptObjectError(f"{key}: object is truncated (in its {what})")
+            raise CorruptObjectError(f"{key}: object is truncated (in its {what})", key=key)
         return data
 
     def trailer(self, key: str) -> bytes:
         """The trailer, once the body has been read whole."""
         self._fill(1 << 62)
         if self._buffered != fmt.DIGEST_SIZE:
-            raise CorruptObjectError(f"{key}: object is truncated (no room for its checksum)")
+            raise CorruptObjectError(f"{key}: object is truncated (no room for its checksum)",
+                                     key=key)
         return b"".join(self._queue)
 
 
@@ -113,17 +114,17 @@ class _Frame:
         self._key = key
         magic_and_descriptor = source.exactly(5, key, "compressed pages")
         if magic_and_descriptor[:4] != _ZSTD_MAGIC:
-            raise CorruptObjectError(f"{key}: pages do not decompress: not a zstd frame")
+            raise CorruptObjectError(f"{key}: pages do not decompress: not a zstd frame", key=key)
         try:
             size = zstandard.frame_header_size(magic_and_descriptor)
             header = magic_and_descriptor + source.exactly(size - 5, key, "compressed pages")
             declared = zstandard.frame_content_size(header)
             self.window_size = zstandard.get_frame_parameters(header).window_size
         except zstandard.ZstdError as e:
-            raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
+            raise CorruptObjectError(f"{key}: pages do not decompress: {e}", key=key) from e
         if declared != expected:
             raise CorruptObjectError(f"{key}: compressed pages declare {declared} bytes,"
-                                     f" expected {expected}")
+                                     f" expected {expected}", key=key)
         self._pending = header  # read but not yet handed to zstandard
         self._left = 0  # bytes of the current block still to hand on
         self._last = False  # the current block is the frame's last
@@ -150,7 +151,7 @@ class _Frame:
                 kind, length = (value >> 1) & 3, value >> 3
                 if kind == _BLOCK_RESERVED:
                     raise CorruptObjectError(f"{self._key}: pages do not decompress: reserved"
-                                             " block type")
+                                             " block type", key=self._key)
                 self._last = bool(value & 1)
                 self._left = 1 if kind == _BLOCK_RLE else length
                 out.append(header)
@@ -160,7 +161,7 @@ class _Frame:
             length = sum(len(v) for v in views)
             if not length:
                 raise CorruptObjectError(f"{self._key}: object is truncated (in its compressed"
-                                         " pages)")
+                                         " pages)", key=self._key)
             self._left -= length
             out.extend(views)
             got += length
@@ -187,7 +188,7 @@ def decode_stream(
     head = fmt.decode_header(header, key)
     if max_pages is not None and head.page_count > max_pages:
         raise CorruptObjectError(f"{key}: declares {head.page_count} pages, more than the"
-                                 f" {max_pages} expected")
+                                 f" {max_pages} expected", key=key)
     if head.version == 1:
         with buffering():
             rest = source.read()
@@ -198,7 +199,7 @@ def decode_stream(
     index = source.exactly(4 * head.page_count, key, "page index")
     numbers = list(struct.unpack(f"<{head.page_count}I", index))
     if any(b <= a for a, b in itertools.pairwise(numbers)) or (numbers and numbers[0] == 0):
-        raise CorruptObjectError(f"{key}: page index is not ascending page numbers")
+        raise CorruptObjectError(f"{key}: page index is not ascending page numbers", key=key)
     begin(head, numbers)
     expected = head.page_count * head.page_size
     if head.compression == fmt.COMPRESSION_ZSTD:
@@ -214,13 +215,14 @@ def decode_stream(
     for piece in pieces:
         if written + len(piece) > expected:
             raise CorruptObjectError(f"{key}: pages decompress to more than the {expected}"
-                                     " bytes its header declares")
+                                     " bytes its header declares", key=key)
         write(written, memoryview(piece))
         written += len(piece)
     if written != expected or source.read(1):
         raise CorruptObjectError(
             f"{key}: holds {written} bytes of pages (or bytes after them), expected"
-            f" {head.page_count} pages of {head.page_size} bytes"
+            f" {head.page_count} pages of {head.page_size} bytes",
+            key=key,
         )
     return _check_trailer(source, key)
 
@@ -239,7 +241,7 @@ def _decompressed(frame: _Frame, key: str) -> Iterator[bytes]:
             read_size=256 * 1024, write_size=OUTPUT_CHUNK,
         )
     except zstandard.ZstdError as e:
-        raise CorruptObjectError(f"{key}: pages do not decompress: {e}") from e
+        raise CorruptObjectError(f"{key}: pages do not decompress: {e}", key=key) from e
 
 
 def _check_trailer(source: _Source, key: str) -> bytes:

@@ -1,8 +1,9 @@
 """The local side: reading a database's committed content (file plus WAL) and the state file.
 
-Nothing here imports apsw. Reads of the database file go through one file descriptor per path
-that stays open for the life of the process: closing any descriptor of a file drops every POSIX
-lock the process holds on it, SQLite's included.
+Nothing here imports apsw. Descriptors kept open for the life of the process (closing any
+descriptor of a file drops every POSIX lock the process holds on it, SQLite's included) have
+one owner each: :data:`KEPT_DESCRIPTORS` for database and ``-shm`` files, :data:`STATE_FILES`
+for state files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import sys
 import threading
 from dataclasses import dataclass, replace
 
+# re-exported for this layer's callers; it lives at the bottom, where backends use it too
+from bottomless.osutil import fsync_dir as fsync_dir
+
 logger = logging.getLogger(__name__)
 
 WAL_HEADER_SIZE = 32
@@ -29,14 +33,16 @@ _WAL_MAGIC = (0x377F0682, 0x377F0683)
 # the inode; on ext4 a stat-then-write per commit measured about 70 us slower commits (the WAL's
 # fdatasync pays for it). /proc/self/fd/N names the file open as N, "(deleted)" once removed.
 _PROC_FD = "/proc/self/fd"
-_HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir(_PROC_FD)
+#: whether descriptors are told apart through /proc/self/fd (else by inode number); tests turn
+#: it off to run the fallback
+HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir(_PROC_FD)
 
 FileIdentity = str | int
 
 
 def file_identity(fd: int) -> FileIdentity:
     """What :func:`still_named` compares: the name Linux gives ``fd``, else its inode number."""
-    if _HAS_PROC_FD:
+    if HAS_PROC_FD:
         return os.readlink(f"{_PROC_FD}/{fd}")
     return os.fstat(fd).st_ino
 
@@ -64,7 +70,7 @@ def still_named(fd: int, identity: FileIdentity, path: str) -> bool:
 
 def _is_removed(fd: int) -> bool:
     """Whether the file open as ``fd`` has no name left."""
-    if _HAS_PROC_FD:
+    if HAS_PROC_FD:
         with contextlib.suppress(OSError):
             return os.readlink(f"{_PROC_FD}/{fd}").endswith(" (deleted)")
         return False
@@ -81,19 +87,64 @@ def _open_identified(path: str, flags: int) -> tuple[int, FileIdentity]:
         raise
 
 
-_fd_lock = threading.Lock()
-_fds: dict[str, tuple[int, FileIdentity]] = {}
+class KeptDescriptors:
+    """Read-only descriptors of database files and their ``-shm`` files, one kept per path.
+
+    :data:`KEPT_DESCRIPTORS` owns them for the process. As closing a descriptor drops the
+    process's POSIX locks on the file, SQLite's included, none is closed while SQLite may hold
+    one (see :meth:`shm_header`): there is no reset hook; :meth:`kept` tells which serves a path.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._db: dict[str, tuple[int, FileIdentity]] = {}
+        self._shm: dict[str, tuple[int, FileIdentity]] = {}
+
+    def kept(self, path: str) -> int | None:
+        """The descriptor kept for ``path`` (a database or ``-shm`` file), if any."""
+        with self._lock:
+            entry = self._db.get(path) or self._shm.get(path)
+        return entry[0] if entry is not None else None
+
+    def read_db(self, path: str, offset: int, amount: int) -> bytes:
+        """Read ``amount`` bytes at ``offset`` of the database file (short at end of file)."""
+        with self._lock:
+            entry = self._db.get(path)
+            if entry is None or not still_named(entry[0], entry[1], path):
+                # the previous descriptor (if any) is deliberately left open, see above
+                entry = _open_identified(path, os.O_RDONLY)
+                self._db[path] = entry
+        return os.pread(entry[0], amount, offset)
+
+    def shm_header(self, path: str) -> bytes | None:
+        """The first 96 bytes of the ``-shm`` file at ``path``, ``None`` if there is none.
+
+        SQLite keeps its WAL locks on this file: its descriptor is closed only once the file is
+        removed (by SQLite, as the last connection of the last process closes, so no lock of
+        this process can be on it); one of a file merely no longer at ``path`` is left open.
+        """
+        with self._lock:
+            entry = self._shm.get(path)
+            if entry is not None and not still_named(entry[0], entry[1], path):
+                if _is_removed(entry[0]):
+                    os.close(entry[0])
+                del self._shm[path]
+                entry = None
+            if entry is None:
+                try:
+                    entry = _open_identified(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                self._shm[path] = entry
+            return os.pread(entry[0], 96, 0)
+
+
+KEPT_DESCRIPTORS = KeptDescriptors()
 
 
 def read_db(path: str, offset: int, amount: int) -> bytes:
     """Read ``amount`` bytes at ``offset`` of the database file (short at end of file)."""
-    with _fd_lock:
-        entry = _fds.get(path)
-        if entry is None or not still_named(entry[0], entry[1], path):
-            # the previous descriptor (if any) is deliberately left open, see module docstring
-            entry = _open_identified(path, os.O_RDONLY)
-            _fds[path] = entry
-    return os.pread(entry[0], amount, offset)
+    return KEPT_DESCRIPTORS.read_db(path, offset, amount)
 
 
 def file_size(path: str) -> int:
@@ -142,57 +193,21 @@ class WalContent:
     last_commit_frame: int
 
 
-_shm_fds: dict[str, tuple[int, FileIdentity]] = {}
-
-
-def _read_shm_header(path: str) -> bytes | None:
-    """The first 96 bytes of a ``-shm`` file, ``None`` if there is none.
-
-    SQLite keeps its WAL locks as POSIX locks on this file, and closing any descriptor of a
-    file drops every such lock the process holds on it: the descriptor is kept open. It is
-    closed only once its file is removed (SQLite removes it when the last connection of the
-    last process closes, so no lock of this process can be on it any more); a descriptor of a
-    file that is merely no longer at ``path`` is left open, like those of :func:`read_db`.
-    """
-    with _fd_lock:
-        entry = _shm_fds.get(path)
-        if entry is not None and not still_named(entry[0], entry[1], path):
-            if _is_removed(entry[0]):
-                os.close(entry[0])
-            del _shm_fds[path]
-            entry = None
-        if entry is None:
-            try:
-                entry = _open_identified(path, os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            _shm_fds[path] = entry
-        return os.pread(entry[0], 96, 0)
-
-
 def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
     """``(mxFrame, salts)`` from the wal-index (``-shm``) header, if it is valid.
 
     That is what SQLite itself considers committed. A valid commit frame past it (written by a
     process that died before publishing it) is not part of the database.
     """
-    header = _read_shm_header(wal_path[: -len("-wal")] + "-shm")
-    if header is None:
-        return None
-    if len(header) < 96 or header[:48] != header[48:96]:
-        return None
+    header = KEPT_DESCRIPTORS.shm_header(wal_path[: -len("-wal")] + "-shm")
+    if header is None or len(header) < 96 or header[:48] != header[48:96]:
+        return None  # none, or one being rewritten
     _version, _unused, _change, is_init, _big, _size, max_frame = struct.unpack_from(
         "=IIIBBHI", header, 0
     )
     salt1, salt2, c0, c1 = struct.unpack_from("=IIII", header, 32)
-    if not is_init:
-        return None
-    words = struct.unpack_from("=10I", header, 0)
-    s0 = s1 = 0
-    for i in range(0, 10, 2):
-        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
-        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
-    if (s0, s1) != (c0, c1):
+    # the header's checksum is the WAL checksum, in this machine's byte order
+    if not is_init or wal_checksum(header[:40], 0, 0, sys.byteorder == "big") != (c0, c1):
         return None
     return max_frame, (salt1, salt2)
 
@@ -324,118 +339,147 @@ def state_path(db_path: str) -> str:
     return db_path + "-bottomless"
 
 
-# The state file is read and written on every commit, so both are made cheap: a read is one
-# pread() on a descriptor kept open (parsed again only when the bytes changed; mtime is too
-# coarse to tell), and an update is one pwrite() of a fixed-size record into the existing file
-# (every process writes it under SQLite's write lock). Neither stats the file (see above).
-_STATE_RECORD = 1024
-_state_lock = threading.Lock()
-_state_cache: dict[str, tuple[bytes, LocalState]] = {}
-_state_fds: dict[str, tuple[int, FileIdentity]] = {}
+#: bytes of the state file's record, rewritten in place (a longer one makes a new file)
+STATE_RECORD_SIZE = 1024
 
 
-def _state_fd(path: str) -> int | None:
-    """The kept descriptor of the state file at ``path``, (re)opened if it was replaced;
-    ``None`` if there is no such file. Call with ``_state_lock`` held."""
-    handle = _state_fds.get(path)
-    if handle is not None:
-        if still_named(handle[0], handle[1], path):
-            return handle[0]
-        os.close(handle[0])  # replaced by another process's new file, or removed
-        del _state_fds[path]
-    try:
-        handle = _open_identified(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    _state_fds[path] = handle
-    return handle[0]
+class StateFiles:
+    """The state files this process keeps open, and the record each last held.
+
+    The state file is read and written on every commit, so both are made cheap: a read is one
+    pread() on a descriptor kept open (parsed again only when the bytes changed; mtime is too
+    coarse to tell), and an update is one pwrite() of a fixed-size record into the existing
+    file (every process writes it under SQLite's write lock). Neither stats the file (see
+    above). :data:`STATE_FILES` owns them for the process, descriptors being per process;
+    :func:`read_state`, :func:`write_state` and :func:`sync_state` go through it, and
+    :meth:`close_all` is the reset hook (as for a process that never opened one).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, tuple[bytes, LocalState]] = {}
+        self._fds: dict[str, tuple[int, FileIdentity]] = {}
+
+    def is_open(self, db_path: str) -> bool:
+        """Whether a descriptor of ``db_path``'s state file is kept."""
+        with self._lock:
+            return state_path(db_path) in self._fds
+
+    def forget(self, db_path: str) -> None:
+        """Close the kept descriptor of ``db_path``'s state file, if any, and its record."""
+        path = state_path(db_path)
+        with self._lock:
+            handle = self._fds.pop(path, None)
+            self._records.pop(path, None)
+        if handle is not None:
+            os.close(handle[0])
+
+    def close_all(self) -> None:
+        """Close every kept descriptor and forget every record."""
+        with self._lock:
+            handles, self._fds = list(self._fds.values()), {}
+            self._records.clear()
+        for fd, _identity in handles:
+            os.close(fd)
+
+    def _fd(self, path: str) -> int | None:
+        """The kept descriptor of the state file at ``path``, (re)opened if it was replaced;
+        ``None`` if there is no such file. Call with the lock held."""
+        handle = self._fds.get(path)
+        if handle is not None:
+            if still_named(handle[0], handle[1], path):
+                return handle[0]
+            os.close(handle[0])  # replaced by another process's new file, or removed
+            del self._fds[path]
+        try:
+            handle = _open_identified(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        self._fds[path] = handle
+        return handle[0]
+
+    def read(self, db_path: str) -> LocalState | None:
+        """Load the state file; ``None`` if it is missing or unreadable (logged)."""
+        path = state_path(db_path)
+        try:
+            with self._lock:
+                try:
+                    fd = self._fd(path)
+                    if fd is None:
+                        return None
+                    raw = os.pread(fd, STATE_RECORD_SIZE * 2, 0)
+                    if b"\n" not in raw and len(raw) == STATE_RECORD_SIZE * 2:  # oversized
+                        raw = os.pread(fd, 1 << 20, 0)
+                except OSError as e:
+                    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise
+                    with open(path, "rb") as stream:  # someone else's, or a read-only mount
+                        raw = stream.read()
+                cached = self._records.get(path)
+            # the record ends at its newline: an in-place update of a longer file leaves a tail
+            raw = raw.split(b"\n", 1)[0]
+            if cached is not None and cached[0] == raw:
+                return replace(cached[1])
+            doc = json.loads(raw.rstrip(b" \0"))
+            values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
+            state = LocalState(**values)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("ignoring unreadable bottomless state file %s: %s", path, e)
+            return None
+        with self._lock:
+            self._records[path] = (raw, replace(state))
+        return state
+
+    def write(self, db_path: str, state: LocalState) -> None:
+        """Record ``state``: in place when the file exists, else created atomically."""
+        path = state_path(db_path)
+        record = json.dumps(vars(state)).encode()  # a flat dataclass: no deep copy needed
+        raw = record.ljust(STATE_RECORD_SIZE - 1) + b"\n"
+        with self._lock:
+            fd = self._fd(path)
+            if fd is not None and len(record) < STATE_RECORD_SIZE:
+                os.pwrite(fd, raw, 0)
+                self._records[path] = (raw.split(b"\n", 1)[0], replace(state))
+                return
+            if fd is not None:
+                os.close(fd)
+                del self._fds[path]
+            tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+            with open(tmp, "wb") as out:
+                out.write(raw)
+            os.replace(tmp, path)
+            self._fds[path] = _open_identified(path, os.O_RDWR)
+            self._records[path] = (raw.split(b"\n", 1)[0], replace(state))
+
+    def sync(self, db_path: str) -> None:
+        """Make the state file, and its name in the directory, durable (``fsync``)."""
+        with self._lock, contextlib.suppress(FileNotFoundError):
+            fd = os.open(state_path(db_path), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(os.path.dirname(os.path.abspath(db_path)))
 
 
-def _forget_state_fd(path: str) -> None:
-    """Close the kept descriptor of the state file at ``path``, if any."""
-    with _state_lock:
-        handle = _state_fds.pop(path, None)
-        _state_cache.pop(path, None)
-    if handle is not None:
-        os.close(handle[0])
+STATE_FILES = StateFiles()
 
 
 def read_state(db_path: str) -> LocalState | None:
     """Load the state file; ``None`` if it is missing or unreadable (logged)."""
-    path = state_path(db_path)
-    try:
-        with _state_lock:
-            try:
-                fd = _state_fd(path)
-                if fd is None:
-                    return None
-                raw = os.pread(fd, _STATE_RECORD * 2, 0)
-                if b"\n" not in raw and len(raw) == _STATE_RECORD * 2:  # an oversized record
-                    raw = os.pread(fd, 1 << 20, 0)
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
-                with open(path, "rb") as stream:  # someone else's database, or a read-only mount
-                    raw = stream.read()
-            cached = _state_cache.get(path)
-        # the record ends at its newline: an in-place update of a longer file leaves a tail
-        raw = raw.split(b"\n", 1)[0]
-        if cached is not None and cached[0] == raw:
-            return replace(cached[1])
-        doc = json.loads(raw.rstrip(b" \0"))
-        values = {k: doc[k] for k in LocalState.__dataclass_fields__ if k in doc}
-        state = LocalState(**values)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning("ignoring unreadable bottomless state file %s: %s", path, e)
-        return None
-    with _state_lock:
-        _state_cache[path] = (raw, replace(state))
-    return state
+    return STATE_FILES.read(db_path)
 
 
 def write_state(db_path: str, state: LocalState) -> None:
     """Record ``state``: in place when the file exists, else created atomically."""
-    path = state_path(db_path)
-    record = json.dumps(vars(state)).encode()  # a flat dataclass: no deep copy needed
-    raw = record.ljust(_STATE_RECORD - 1) + b"\n"
-    with _state_lock:
-        fd = _state_fd(path)
-        if fd is not None and len(record) < _STATE_RECORD:
-            os.pwrite(fd, raw, 0)
-            _state_cache[path] = (raw.split(b"\n", 1)[0], replace(state))
-            return
-        if fd is not None:
-            os.close(fd)
-            del _state_fds[path]
-        tmp = f"{path}.{secrets.token_hex(6)}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(raw)
-        os.replace(tmp, path)
-        _state_fds[path] = _open_identified(path, os.O_RDWR)
-        _state_cache[path] = (raw.split(b"\n", 1)[0], replace(state))
+    STATE_FILES.write(db_path, state)
 
 
 def sync_state(db_path: str) -> None:
     """Make the state file, and its name in the directory, durable (``fsync``)."""
-    path = state_path(db_path)
-    with _state_lock, contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(os.path.dirname(os.path.abspath(db_path)))
-
-
-def fsync_dir(directory: str) -> None:
-    """Make the entries of ``directory`` (names created, renamed, removed) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    STATE_FILES.sync(db_path)
 
 
 def remove_local_files(db_path: str, *, include_db: bool) -> None:
@@ -447,5 +491,5 @@ def remove_local_files(db_path: str, *, include_db: bool) -> None:
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(db_path + suffix)
-    _forget_state_fd(state_path(db_path))
+    STATE_FILES.forget(db_path)
 

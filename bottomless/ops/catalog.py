@@ -28,12 +28,8 @@ from bottomless.ops.restore import (
 from bottomless.ops.snapshots import check_part, read_manifest, snapshot_seqs
 from bottomless.ops.transfer import in_order, window_for
 
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC text."""
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+#: fetches one object for verify: its key and bytes, or ``None`` when it is gone
+Fetch = Callable[[str], tuple[str, bytes | None]]
 
 
 def list_databases(store: PageStore) -> list[str]:
@@ -51,7 +47,19 @@ def list_databases(store: PageStore) -> list[str]:
 
 @dataclass
 class GenerationInfo:
-    """One generation, as ``bottomless ls DB_NAME`` shows it."""
+    """One generation, as ``bottomless ls DB_NAME`` shows it.
+
+    Attributes:
+        generation: Its id (sorts in time order).
+        complete: Whether it has a snapshot, so can be restored (else an interrupted upload).
+        started: When its first kept snapshot was taken (ISO 8601 UTC).
+        reason: Why that snapshot was taken (for example ``branch`` or ``compaction``).
+        base: The generation and commit it branched from, if it did.
+        snapshot_bytes: Size of the database at its newest snapshot.
+        snapshots: Commit numbers of its snapshots.
+        commits: How many commits it holds; ``first_commit`` / ``last_commit`` are their
+            numbers, ``first_commit_time`` / ``last_commit_time`` their times.
+    """
 
     generation: str
     complete: bool
@@ -72,25 +80,24 @@ def describe_generations(store: PageStore, db_name: str) -> list[GenerationInfo]
     result = []
     for generation in generations(store, db_name):
         snapshots = snapshot_seqs(store, db_name, generation)
-        if not snapshots and not store.list_keys(
-            f"{fmt.generations_prefix(db_name)}{generation}/"
-        ):
+        if not snapshots and not store.list_keys(fmt.generation_prefix(db_name, generation)):
             continue  # an emptied prefix (some stores keep listing it)
         info = GenerationInfo(generation, complete=bool(snapshots))
         if snapshots:
             first = read_manifest(store, db_name, generation, snapshots[0])
             newest = read_manifest(store, db_name, generation, snapshots[-1])
-            info.started, info.reason, info.base = iso(first.created_ms), first.reason, first.base
+            info.started = fmt.iso_time(first.created_ms)
+            info.reason, info.base = first.reason, first.base
             info.snapshot_bytes = newest.db_size * newest.page_size
             info.snapshots = snapshots
         commits = commit_numbers(store, db_name, generation)
         info.commits = len(commits)
         if commits:
             info.first_commit, info.last_commit = commits[0], commits[-1]
-            info.first_commit_time = iso(
+            info.first_commit_time = fmt.iso_time(
                 commit_header(store, db_name, generation, commits[0]).created_ms
             )
-            info.last_commit_time = iso(
+            info.last_commit_time = fmt.iso_time(
                 commit_header(store, db_name, generation, commits[-1]).created_ms
             )
         result.append(info)
@@ -99,7 +106,15 @@ def describe_generations(store: PageStore, db_name: str) -> list[GenerationInfo]
 
 @dataclass
 class CommitInfo:
-    """One commit, as ``bottomless ls DB_NAME --generation G`` shows it."""
+    """One commit, as ``bottomless ls DB_NAME --generation G`` shows it.
+
+    Attributes:
+        seq: Its number in the generation.
+        time: When it was committed (ISO 8601 UTC).
+        pages: Pages it wrote.
+        bytes: Size of its object.
+        db_pages: Size of the database after it, in pages.
+    """
 
     seq: int
     time: str | None
@@ -118,7 +133,8 @@ def describe_commits(
         key = fmt.commit_key(db_name, generation, seq)
         data = store.get(key)
         head = fmt.decode_header(data, key)
-        return CommitInfo(seq, iso(head.created_ms), head.page_count, len(data), head.db_size)
+        created = fmt.iso_time(head.created_ms)
+        return CommitInfo(seq, created, head.page_count, len(data), head.db_size)
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
         return list(in_order(pool, [functools.partial(one, s) for s in seqs], parallelism))
@@ -126,7 +142,15 @@ def describe_commits(
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` read, what it found wrong, and how long a restore took."""
+    """What ``verify`` read, what it found wrong, and how long a restore took.
+
+    Attributes:
+        objects: Objects read; ``bytes`` their size.
+        problems: One line per fault, naming the object and what was expected.
+        generation: The generation restored; ``seq`` the commit.
+        restore_seconds: How long the restore took (the recovery time).
+        integrity: ``PRAGMA integrity_check`` of the restored database (``ok``).
+    """
 
     db_name: str
     objects: int = 0
@@ -201,13 +225,25 @@ def verify(
 
 def _verify_generation(
     store: PageStore, db_name: str, generation: str, pool: ThreadPoolExecutor,
-    fetch: Callable[[str], tuple[str, bytes | None]], parallelism: int, report: VerifyReport,
+    fetch: Fetch, parallelism: int, report: VerifyReport,
 ) -> None:
     snapshots = snapshot_seqs(store, db_name, generation)
     if not snapshots:
         # an interrupted upload, parts kept for a branch, or an emptied prefix: nothing here is
         # a restorable point, so nothing here can be wrong (gc removes what is not needed)
         return
+    manifests = _verify_snapshots(store, db_name, generation, snapshots, pool, fetch,
+                                  parallelism, report)
+    _verify_commits(store, db_name, generation, snapshots[0], manifests, pool, fetch,
+                    parallelism, report)
+
+
+def _verify_snapshots(
+    store: PageStore, db_name: str, generation: str, snapshots: list[int],
+    pool: ThreadPoolExecutor, fetch: Fetch, parallelism: int, report: VerifyReport,
+) -> dict[int, fmt.Manifest]:
+    """Check the manifests of a generation's snapshots and every part they list; return the
+    manifests that could be read."""
     manifests: dict[int, fmt.Manifest] = {}
     for at in snapshots:
         key = fmt.snapshot_key(db_name, generation, at)
@@ -228,8 +264,17 @@ def _verify_generation(
                 check_part(fmt.decode_raw(data, key), key, part, manifest.page_size)
             except BottomlessError as e:
                 report.problems.append(str(e))
+    return manifests
+
+
+def _verify_commits(
+    store: PageStore, db_name: str, generation: str, start: int,
+    manifests: dict[int, fmt.Manifest], pool: ThreadPoolExecutor, fetch: Fetch,
+    parallelism: int, report: VerifyReport,
+) -> None:
+    """Check the commits after snapshot ``start``: each object, their numbering and the chain,
+    and the commit digest each later snapshot records."""
     commits = commit_numbers(store, db_name, generation)
-    start = snapshots[0]
     prev = manifests[start].chain_digest if start in manifests else None
     expected = start + 1
     jobs = [
@@ -259,15 +304,7 @@ def _verify_generation(
             report.problems.append(str(e))
             prev = None
             continue
-        if batch.seq != seq or batch.generation != generation or batch.kind != fmt.KIND_COMMIT:
-            report.problems.append(
-                f"{key}: object says generation {batch.generation} commit {batch.seq}"
-            )
-        elif prev is not None and batch.prev != prev:
-            report.problems.append(
-                f"{key}: breaks the chain: expected prev {prev.hex()[:16]}…, found"
-                f" {batch.prev.hex()[:16]}…"
-            )
+        _check_commit(batch, key, seq, generation, prev, report)
         snapshot = manifests.get(seq)
         if snapshot is not None and snapshot.commit_digest not in (None, batch.digest.hex()):
             report.problems.append(
@@ -275,3 +312,23 @@ def _verify_generation(
                 f" {str(snapshot.commit_digest)[:16]}…, the commit is {batch.digest.hex()[:16]}…"
             )
         prev = batch.digest
+
+
+def _check_commit(
+    batch: fmt.PageBatch, key: str, seq: int, generation: str, prev: bytes | None,
+    report: VerifyReport,
+) -> None:
+    """Report a commit that is not commit ``seq`` of ``generation`` or does not follow ``prev``."""
+    # the successor object that ends a superseded generation names the next generation
+    ends = batch.kind == fmt.KIND_SUCCESSOR and batch.seq == seq
+    if not ends and (
+        batch.seq != seq or batch.generation != generation or batch.kind != fmt.KIND_COMMIT
+    ):
+        report.problems.append(
+            f"{key}: object says generation {batch.generation} commit {batch.seq}"
+        )
+    elif prev is not None and batch.prev != prev:
+        report.problems.append(
+            f"{key}: breaks the chain: expected prev {prev.hex()[:16]}…, found"
+            f" {batch.prev.hex()[:16]}…"
+        )

@@ -33,7 +33,6 @@ from bottomless.errors import (
     RestoreError,
 )
 from bottomless.format.stream import decode_stream
-from bottomless.local.files import fsync_dir
 from bottomless.ops.snapshots import (
     check_part_digest,
     check_part_layout,
@@ -42,6 +41,7 @@ from bottomless.ops.snapshots import (
     snapshot_seqs,
 )
 from bottomless.ops.transfer import STREAMED_PART_BYTES, in_order, window_for
+from bottomless.osutil import fsync_dir, pwrite_all
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,16 @@ def commit_header(store: PageStore, db_name: str, generation: str, seq: int) -> 
     return fmt.decode_header(store.get_range(key, 0, fmt.HEADER_SIZE), key)
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+def history(store: PageStore, db_name: str, generation: str, *, newest: str) -> list[int]:
+    """The commit numbers of a generation, without the successor object that ends a
+    superseded one (one ranged GET when ``generation`` is not ``newest``, the newest
+    generation, which has none)."""
+    commits = commit_numbers(store, db_name, generation)
+    if commits and generation != newest:
+        with contextlib.suppress(ObjectNotFoundError):
+            if commit_header(store, db_name, generation, commits[-1]).kind == fmt.KIND_SUCCESSOR:
+                commits.pop()
+    return commits
 
 
 def _restorable(snapshots: list[int], commits: list[int]) -> tuple[int, int] | None:
@@ -141,7 +149,7 @@ def resolve_target(
         wanted_ms = int(timestamp.timestamp() * 1000)
         for gen in candidates:
             snapshots = snapshot_seqs(store, db_name, gen)
-            span = _restorable(snapshots, commit_numbers(store, db_name, gen))
+            span = _restorable(snapshots, history(store, db_name, gen, newest=gens[-1]))
             assert span is not None
             first = read_manifest(store, db_name, gen, span[0])
             first_ms = first.created_ms
@@ -162,11 +170,11 @@ def resolve_target(
         earliest = read_manifest(store, db_name, oldest, snapshot_seqs(store, db_name, oldest)[0])
         raise RestoreError(
             f"{db_name}: nothing restorable at or before {timestamp.isoformat()}; the earliest"
-            f" restorable point is generation {oldest} as of {_iso(earliest.created_ms)}"
+            f" restorable point is generation {oldest} as of {fmt.iso_time(earliest.created_ms)}"
         )
     gen = candidates[0]
     snapshots = snapshot_seqs(store, db_name, gen)
-    commits = commit_numbers(store, db_name, gen)
+    commits = history(store, db_name, gen, newest=gens[-1])
     span = _restorable(snapshots, commits)
     assert span is not None
     if seq is None:
@@ -203,75 +211,14 @@ def restore_file(
     """
     started = time.monotonic()
     target = resolve_target(store, db_name, generation=generation, seq=seq, timestamp=timestamp)
-    snapshot = target.snapshot
     tmp = f"{path}.bottomless-restore-{secrets.token_hex(4)}"
-    stats = {"objects": 1, "bytes": 0}
-
-    def count(size: int) -> None:
-        stats["objects"] += 1
-        stats["bytes"] += size
-        if progress:
-            progress(size)
-
-    # parts that cannot stream (format version 1, huge zstd windows) are decoded whole: as many
-    # at once as the memory budget allows for whole parts
-    whole_parts = threading.BoundedSemaphore(
-        window_for(parallelism, snapshot.part_pages * snapshot.page_size)
-    )
-
-    def fetch_part(part: dict[str, Any], fd: int) -> int:
-        # in a download thread, page by page as the object arrives: hashing, decompressing and
-        # pwrite release the GIL. Its pages are consecutive (checked before the first is
-        # written); nothing is trusted before the digest is, as the file is thrown away on error
-        key = str(part["key"])
-        base = (int(part["first"]) - 1) * snapshot.page_size
-        received = 0
-
-        def chunks(stream: Iterator[bytes]) -> Iterator[bytes]:
-            nonlocal received
-            for chunk in stream:
-                received += len(chunk)
-                yield chunk
-
-        def begin(head: fmt.BatchHeader, numbers: list[int]) -> None:
-            check_part_layout(head, numbers, key, part, snapshot.page_size)
-
-        def write(offset: int, data: memoryview) -> None:
-            _write_all(fd, data, base + offset)
-            _start_writeback(fd, base + offset, len(data))
-
-        # closing: a part that fails half-way lets go of its connection at once
-        with contextlib.closing(store.get_chunks(key)) as stream:
-            digest = decode_stream(chunks(stream), key, begin, write,
-                                   max_pages=int(part["pages"]), buffering=lambda: whole_parts)
-        check_part_digest(digest, key, part)
-        return received
-
-    page_size, db_size = snapshot.page_size, snapshot.db_size
-    digest, created_ms = snapshot.chain_digest, snapshot.created_ms
+    tally = _Tally(progress)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with ThreadPoolExecutor(max_workers=parallelism) as pool:
-            jobs = [functools.partial(fetch_part, p, fd) for p in snapshot.parts]
-            for size in in_order(pool, jobs, window_for(parallelism, STREAMED_PART_BYTES)):
-                count(size)
-        for raw in iter_commits(
-            store, db_name, target.generation, snapshot.seq + 1, target.seq, digest, parallelism,
-            count,
-        ):
-            head = raw.head
-            if head.page_size != page_size:
-                if len(raw.numbers) < head.db_size:
-                    raise CorruptObjectError(
-                        f"{fmt.commit_key(db_name, target.generation, head.seq)}: page size"
-                        f" changes to {head.page_size} but the commit holds"
-                        f" {len(raw.numbers)} of {head.db_size} pages"
-                    )
-                os.ftruncate(fd, 0)
-                page_size = head.page_size
-            for first, run in raw.runs():
-                _write_all(fd, run, (first - 1) * page_size)
-            db_size, digest, created_ms = head.db_size, raw.digest, head.created_ms
+        _write_snapshot(store, target.snapshot, fd, parallelism, tally)
+        page_size, db_size, digest, created_ms = _apply_commits(
+            store, db_name, target, fd, parallelism, tally
+        )
         os.ftruncate(fd, db_size * page_size)
         os.fsync(fd)
     except BaseException:
@@ -280,14 +227,10 @@ def restore_file(
             os.unlink(tmp)
         raise
     os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):  # they belong to the file being replaced
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + suffix)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _move_into_place(tmp, path)
     result = RestoreResult(
         db_name, target.generation, target.seq, digest, page_size, db_size, created_ms,
-        stats["objects"], stats["bytes"], time.monotonic() - started,
+        tally.objects, tally.bytes, time.monotonic() - started,
     )
     logger.info(
         "restored %s generation %s commit %d (%d pages) into %s in %.2fs",
@@ -296,12 +239,113 @@ def restore_file(
     return result
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """``pwrite`` all of ``data`` at ``offset`` (a large write may be cut short)."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+class _Tally:
+    """The objects and bytes a restore read (its snapshot's manifest counted), each also
+    shown to ``progress``."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self.objects = 1
+        self.bytes = 0
+        self._progress = progress
+
+    def __call__(self, size: int) -> None:
+        self.objects += 1
+        self.bytes += size
+        if self._progress:
+            self._progress(size)
+
+
+def _write_snapshot(
+    store: PageStore, snapshot: fmt.Manifest, fd: int, parallelism: int,
+    count: Callable[[int], None],
+) -> None:
+    """Write every part of ``snapshot`` into ``fd``, several downloading at once."""
+    # parts that cannot stream (format version 1, huge zstd windows) are decoded whole: as many
+    # at once as the memory budget allows for whole parts
+    whole_parts = threading.BoundedSemaphore(
+        window_for(parallelism, snapshot.part_pages * snapshot.page_size)
+    )
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        jobs = [
+            functools.partial(_fetch_part, store, p, fd, snapshot.page_size, whole_parts)
+            for p in snapshot.parts
+        ]
+        for size in in_order(pool, jobs, window_for(parallelism, STREAMED_PART_BYTES)):
+            count(size)
+
+
+def _fetch_part(
+    store: PageStore, part: dict[str, Any], fd: int, page_size: int,
+    whole_parts: threading.BoundedSemaphore,
+) -> int:
+    """Download one snapshot part into ``fd`` at its place; return the bytes received.
+
+    In a download thread, page by page as the object arrives: hashing, decompressing and
+    pwrite release the GIL. Its pages are consecutive (checked before the first is written);
+    nothing is trusted before the digest is, as the file is thrown away on error.
+    """
+    key = str(part["key"])
+    base = (int(part["first"]) - 1) * page_size
+    received = 0
+
+    def chunks(stream: Iterator[bytes]) -> Iterator[bytes]:
+        nonlocal received
+        for chunk in stream:
+            received += len(chunk)
+            yield chunk
+
+    def begin(head: fmt.BatchHeader, numbers: list[int]) -> None:
+        check_part_layout(head, numbers, key, part, page_size)
+
+    def write(offset: int, data: memoryview) -> None:
+        pwrite_all(fd, data, base + offset)
+        _start_writeback(fd, base + offset, len(data))
+
+    # closing: a part that fails half-way lets go of its connection at once
+    with contextlib.closing(store.get_chunks(key)) as stream:
+        digest = decode_stream(chunks(stream), key, begin, write,
+                               max_pages=int(part["pages"]), buffering=lambda: whole_parts)
+    check_part_digest(digest, key, part)
+    return received
+
+
+def _apply_commits(
+    store: PageStore, db_name: str, target: Target, fd: int, parallelism: int,
+    count: Callable[[int], None],
+) -> tuple[int, int, bytes, int]:
+    """Write the commits from ``target``'s snapshot to its commit into ``fd``, over the
+    snapshot; return the page size, database size (pages), digest and time they end on."""
+    snapshot = target.snapshot
+    page_size, db_size = snapshot.page_size, snapshot.db_size
+    digest, created_ms = snapshot.chain_digest, snapshot.created_ms
+    for raw in iter_commits(
+        store, db_name, target.generation, snapshot.seq + 1, target.seq, digest, parallelism,
+        count,
+    ):
+        head = raw.head
+        if head.page_size != page_size:
+            if len(raw.numbers) < head.db_size:
+                key = fmt.commit_key(db_name, target.generation, head.seq)
+                raise CorruptObjectError(
+                    f"{key}: page size changes to {head.page_size} but the commit holds"
+                    f" {len(raw.numbers)} of {head.db_size} pages",
+                    key=key,
+                )
+            os.ftruncate(fd, 0)
+            page_size = head.page_size
+        for first, run in raw.runs():
+            pwrite_all(fd, run, (first - 1) * page_size)
+        db_size, digest, created_ms = head.db_size, raw.digest, head.created_ms
+    return page_size, db_size, digest, created_ms
+
+
+def _move_into_place(tmp: str, path: str) -> None:
+    """Replace ``path`` by the restored file ``tmp``, durably."""
+    for suffix in ("-wal", "-shm", "-journal"):  # they belong to the file being replaced
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:

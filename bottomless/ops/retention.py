@@ -29,7 +29,15 @@ GRACE_SECONDS = 3600
 
 @dataclass
 class GcReport:
-    """What gc deleted (or, in a dry run, would delete) and what it kept."""
+    """What gc deleted (or, in a dry run, would delete) and what it kept.
+
+    Attributes:
+        window_start: Every point from this moment on (ISO 8601 UTC) stays restorable.
+        deleted: Keys deleted, in the order of deletion.
+        kept_generations: Generations that stay restorable.
+        dry_run: True when nothing was deleted.
+        temporaries: Leftover temporary objects of interrupted writes, deleted as well.
+    """
 
     db_name: str
     window_start: str
@@ -45,57 +53,18 @@ def collect_garbage(
 ) -> GcReport:
     """Delete the objects of ``db_name`` that fall outside retention (see module docstring)."""
     now = time.time() if now is None else now
-    now_ms = int(now * 1000)
-    window_ms = now_ms - int(older_than.total_seconds() * 1000) if older_than is not None else 0
     gens = generations(store, db_name)
     snapshots = {g: snapshot_seqs(store, db_name, g) for g in gens}
     manifests = {
         (g, s): read_manifest(store, db_name, g, s) for g in gens for s in snapshots[g]
     }
-    if keep_snapshots > 0:
-        ordered = sorted(manifests, reverse=True)  # generation ids and seqs sort in time
-        if len(ordered) >= keep_snapshots:
-            window_ms = min(window_ms, manifests[ordered[keep_snapshots - 1]].created_ms)
-        else:
-            window_ms = 0
-    report = GcReport(db_name, _iso(window_ms), dry_run=dry_run)
-    complete = [g for g in gens if snapshots[g]]
-    newest = complete[-1] if complete else None
-    doomed: list[str] = []
-    kept_manifests: list[fmt.Manifest] = []
-    for generation in gens:
-        seqs = snapshots[generation]
-        prefix = f"{fmt.generations_prefix(db_name)}{generation}/"
-        if not seqs:
-            keys = store.list_keys(prefix)
-            if _age_seconds(generation, now) > GRACE_SECONDS:
-                doomed.extend(keys)  # an interrupted initial upload
-            continue
-        commits = commit_numbers(store, db_name, generation)
-        last_ms = (
-            commit_header(store, db_name, generation, commits[-1]).created_ms
-            if commits else manifests[(generation, seqs[-1])].created_ms
-        )
-        if generation != newest and last_ms < window_ms:
-            doomed.extend(k for k in store.list_keys(prefix) if "/parts/" not in k)
-            continue
-        report.kept_generations.append(generation)
-        older = [s for s in seqs if manifests[(generation, s)].created_ms <= window_ms]
-        anchor = older[-1] if older else seqs[0]
-        doomed.extend(fmt.snapshot_key(db_name, generation, s) for s in seqs if s < anchor)
-        doomed.extend(fmt.commit_key(db_name, generation, c) for c in commits if c <= anchor)
-        kept_manifests.extend(manifests[(generation, s)] for s in seqs if s >= anchor)
+    window_ms = _window_start(now, older_than, keep_snapshots, manifests)
+    report = GcReport(db_name, fmt.iso_time(window_ms, timespec="seconds"), dry_run=dry_run)
+    doomed, kept_manifests = _doomed_history(
+        store, db_name, snapshots, manifests, window_ms, now, report
+    )
     needed = {str(p["key"]) for m in kept_manifests for p in m.parts}
-    newest_snapshot = {g: (snapshots[g][-1] if snapshots[g] else -1) for g in gens}
-    for generation in gens:
-        for key in store.list_keys(f"{fmt.generations_prefix(db_name)}{generation}/parts/"):
-            if key in needed or key in doomed:
-                continue
-            written_for = int(key.rsplit("/", 1)[-1].split("-")[0])
-            if written_for <= newest_snapshot[generation] or _part_age(store, key, now) > (
-                GRACE_SECONDS
-            ):
-                doomed.append(key)
+    doomed.extend(_doomed_parts(store, db_name, snapshots, needed, doomed, now))
     # a part a kept snapshot lists is never deleted, whichever generation it sits in
     report.deleted = sorted(set(doomed) - needed, key=_deletion_order)
     report.temporaries = store.stale_temporaries(
@@ -112,18 +81,83 @@ def collect_garbage(
     return report
 
 
+def _window_start(
+    now: float, older_than: dt.timedelta | None, keep_snapshots: int,
+    manifests: dict[tuple[str, int], fmt.Manifest],
+) -> int:
+    """When the retention window starts (ms): ``older_than`` before ``now``, moved earlier so
+    that it holds the newest ``keep_snapshots`` snapshots."""
+    now_ms = int(now * 1000)
+    window_ms = now_ms - int(older_than.total_seconds() * 1000) if older_than is not None else 0
+    if keep_snapshots > 0:
+        ordered = sorted(manifests, reverse=True)  # generation ids and seqs sort in time
+        if len(ordered) >= keep_snapshots:
+            window_ms = min(window_ms, manifests[ordered[keep_snapshots - 1]].created_ms)
+        else:
+            window_ms = 0
+    return window_ms
+
+
+def _doomed_history(
+    store: PageStore, db_name: str, snapshots: dict[str, list[int]],
+    manifests: dict[tuple[str, int], fmt.Manifest], window_ms: int, now: float,
+    report: GcReport,
+) -> tuple[list[str], list[fmt.Manifest]]:
+    """The snapshots, commits and whole generations (but their parts) that can go, and the
+    manifests that stay; records the generations kept in ``report``."""
+    complete = [g for g in snapshots if snapshots[g]]
+    newest = complete[-1] if complete else None
+    doomed: list[str] = []
+    kept_manifests: list[fmt.Manifest] = []
+    for generation, seqs in snapshots.items():
+        prefix = fmt.generation_prefix(db_name, generation)
+        if not seqs:
+            keys = store.list_keys(prefix)
+            if _age_seconds(generation, now) > GRACE_SECONDS:
+                doomed.extend(keys)  # an interrupted initial upload
+            continue
+        commits = commit_numbers(store, db_name, generation)
+        last_ms = (
+            commit_header(store, db_name, generation, commits[-1]).created_ms
+            if commits else manifests[(generation, seqs[-1])].created_ms
+        )
+        if generation != newest and last_ms < window_ms:
+            doomed.extend(k for k in store.list_keys(prefix) if not fmt.is_part_key(k))
+            continue
+        report.kept_generations.append(generation)
+        older = [s for s in seqs if manifests[(generation, s)].created_ms <= window_ms]
+        anchor = older[-1] if older else seqs[0]
+        doomed.extend(fmt.snapshot_key(db_name, generation, s) for s in seqs if s < anchor)
+        doomed.extend(fmt.commit_key(db_name, generation, c) for c in commits if c <= anchor)
+        kept_manifests.extend(manifests[(generation, s)] for s in seqs if s >= anchor)
+    return doomed, kept_manifests
+
+
+def _doomed_parts(
+    store: PageStore, db_name: str, snapshots: dict[str, list[int]], needed: set[str],
+    doomed: list[str], now: float,
+) -> list[str]:
+    """The parts that no kept snapshot lists (nor ``doomed`` holds already), leaving alone
+    those that may be an upload in progress."""
+    parts: list[str] = []
+    for generation, seqs in snapshots.items():
+        newest_snapshot = seqs[-1] if seqs else -1
+        for key in store.list_keys(fmt.parts_prefix(db_name, generation)):
+            if key in needed or key in doomed:
+                continue
+            written_for = fmt.part_snapshot_seq(key)
+            if written_for <= newest_snapshot or _part_age(store, key, now) > GRACE_SECONDS:
+                parts.append(key)
+    return parts
+
+
 def _deletion_order(key: str) -> tuple[int, str]:
-    rank = 0 if "/snapshots/" in key else 1 if "/commits/" in key else 2
+    rank = 0 if fmt.is_snapshot_key(key) else 1 if fmt.is_commit_key(key) else 2
     return rank, key
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="seconds")
-
-
 def _age_seconds(generation: str, now: float) -> float:
-    stamp = dt.datetime.strptime(generation[:18], "%Y%m%dT%H%M%S%f").replace(tzinfo=dt.UTC)
-    return now - stamp.timestamp()
+    return now - fmt.generation_time(generation)
 
 
 def _part_age(store: PageStore, key: str, now: float) -> float:

@@ -13,12 +13,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.errors import CorruptObjectError, ObjectNotFoundError, RestoreError
-from bottomless.ops.transfer import in_order, window_for
+from bottomless.errors import (
+    CorruptObjectError,
+    GenerationEndedError,
+    ObjectNotFoundError,
+    RestoreError,
+)
+from bottomless.ops.changes import ChangedPages
+from bottomless.ops.transfer import in_order, one_at_a_time, window_for
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +68,11 @@ def upload_snapshot(
     """Upload every page of ``source`` as snapshot ``seq`` of ``generation``; return it.
 
     Parts go up concurrently, at most ``parallelism`` at a time, so memory stays bounded.
-    The manifest is written last: until then the snapshot does not exist.
+    The manifest is written last: until then the snapshot does not exist. ``counter`` sees each
+    object written, from upload threads but never two at once.
     """
     per_part = part_pages_for(source.page_size, part_mb)
+    counter = one_at_a_time(counter)
 
     def jobs() -> Iterator[Callable[[], dict[str, Any]]]:
         for number, first in enumerate(range(1, source.db_size + 1, per_part)):
@@ -111,7 +120,8 @@ def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> 
     if (manifest.db_name, manifest.generation, manifest.seq) != (db_name, generation, seq):
         raise CorruptObjectError(
             f"{key}: manifest describes {manifest.db_name}/{manifest.generation} at commit"
-            f" {manifest.seq}: it was copied from elsewhere"
+            f" {manifest.seq}: it was copied from elsewhere",
+            key=key,
         )
     return manifest
 
@@ -127,7 +137,8 @@ def check_part_digest(digest: bytes, key: str, part: dict[str, Any]) -> None:
     if digest.hex() != part["digest"]:
         raise CorruptObjectError(
             f"{key}: digest {digest.hex()[:16]}… does not match the manifest's"
-            f" {str(part['digest'])[:16]}…"
+            f" {str(part['digest'])[:16]}…",
+            key=key,
         )
 
 
@@ -138,11 +149,12 @@ def check_part_layout(
     manifest lists: a snapshot part of this generation holding pages ``first`` to
     ``first + pages - 1``, every one of them."""
     if head.kind != fmt.KIND_SNAPSHOT or head.generation != fmt.generation_of_key(key):
-        raise CorruptObjectError(f"{key}: not a snapshot part of {fmt.generation_of_key(key)}")
+        raise CorruptObjectError(f"{key}: not a snapshot part of {fmt.generation_of_key(key)}",
+                                 key=key)
     first, count = int(part["first"]), int(part["pages"])
     if (head.page_size != page_size or len(numbers) != count
             or (numbers and (numbers[0] != first or numbers[-1] != first + count - 1))):
-        raise CorruptObjectError(f"{key}: holds other pages than the manifest says")
+        raise CorruptObjectError(f"{key}: holds other pages than the manifest says", key=key)
 
 
 def iter_commits(
@@ -172,16 +184,24 @@ def iter_commits(
             if counter:
                 counter(size)
             head = raw.head
+            if head.kind == fmt.KIND_SUCCESSOR and head.seq == seq and head.prev == prev:
+                raise GenerationEndedError(
+                    f"generation {generation} ends at commit {seq - 1}: it continues as"
+                    f" generation {head.generation}",
+                    generation=generation, seq=seq - 1, successor=head.generation,
+                )
             if head.generation != generation or head.kind != fmt.KIND_COMMIT or head.seq != seq:
                 raise CorruptObjectError(
                     f"{key}: object says generation {head.generation} commit {head.seq},"
-                    f" expected {generation} commit {seq}: it was copied from elsewhere"
+                    f" expected {generation} commit {seq}: it was copied from elsewhere",
+                    key=key,
                 )
             if head.prev != prev:
                 raise CorruptObjectError(
                     f"{key}: breaks the commit chain (it follows {head.prev.hex()[:16]}…, the"
                     f" previous object is {prev.hex()[:16]}…); the last consistent point is"
-                    f" commit {seq - 1} of generation {generation}"
+                    f" commit {seq - 1} of generation {generation}",
+                    key=key,
                 )
             prev = raw.digest
             yield raw
@@ -196,68 +216,129 @@ def compact(
 
     With ``into``, the snapshot becomes snapshot 0 of that new generation (a branch that starts
     from ``generation`` at ``seq``). Only parts whose pages changed since the previous snapshot
-    are uploaded.
+    are uploaded, at most ``parallelism`` at a time. The changed pages wait in a temporary file,
+    so memory holds the objects in flight, not the whole log since the previous snapshot.
+    ``counter`` sees each object written, from upload threads but never two at once. Raises
+    RestoreError without a snapshot at or before ``seq``, CorruptObjectError on a broken chain
+    or object.
     """
     started = time.monotonic()
     older = [s for s in snapshot_seqs(store, db_name, generation) if s <= seq]
     if not older:
         raise RestoreError(f"{db_name}: generation {generation} has no snapshot at or before {seq}")
     base = read_manifest(store, db_name, generation, older[-1])
-    page_size, db_size = base.page_size, base.db_size
-    touched: dict[int, bytes] = {}
-    resized = False
-    last_digest = base.chain_digest
-    for raw in iter_commits(
-        store, db_name, generation, base.seq + 1, seq, base.chain_digest, parallelism
-    ):
-        batch = raw.to_batch()
-        if batch.page_size != page_size:
-            resized, touched, page_size = True, {}, batch.page_size
-        touched.update(batch.pages)
-        db_size = batch.db_size
-        last_digest = batch.digest
-    target_gen = into or generation
-    target_seq = 0 if into else seq
-    per_part = base.part_pages if not resized and base.page_size else part_pages_for(
-        page_size, part_mb
-    )
-    old_parts = {int(p["first"]): p for p in base.parts} if not resized else {}
-    parts: list[dict[str, Any]] = []
-    uploaded = 0
-    for number, first in enumerate(range(1, db_size + 1, per_part)):
-        last = min(first + per_part - 1, db_size)
-        old = old_parts.get(first)
-        changed = any(first <= n <= last for n in touched)
-        if old is not None and not changed and int(old["pages"]) == last - first + 1:
-            parts.append(old)
-            continue
-        pages: dict[int, bytes] = {}
-        if old is not None:
-            key = str(old["key"])
-            raw = fmt.decode_raw(store.get(key), key)
-            check_part(raw, key, old, base.page_size)
-            pages.update((n, p) for n, p in raw.to_batch().pages.items() if n <= last)
-        pages.update((n, p) for n, p in touched.items() if first <= n <= last)
-        missing = [n for n in range(first, last + 1) if n not in pages]
-        if missing:
-            raise CorruptObjectError(
-                f"{db_name}: cannot build the snapshot at commit {seq} of {generation}: pages"
-                f" {missing[:5]} are in neither the previous snapshot nor the commits"
-            )
-        parts.append(_encode_part(
-            store, fmt.part_key(db_name, target_gen, target_seq, number), target_gen, number,
-            page_size, db_size, pages, compression, counter,
-        ))
-        uploaded += 1
+    with ChangedPages(base.page_size) as changed:
+        db_size, last_digest, resized = _read_log(store, base, seq, parallelism, changed)
+        build = _PartBuild(
+            store, db_name, generation, seq, into or generation, 0 if into else seq,
+            changed.page_size, db_size, base.page_size, compression, one_at_a_time(counter),
+        )
+        per_part = base.part_pages if not resized and base.page_size else part_pages_for(
+            build.page_size, part_mb
+        )
+        old_parts = {int(p["first"]): p for p in base.parts} if not resized else {}
+        parts, uploaded = _upload_parts(build, changed, old_parts, per_part, parallelism)
     manifest = _write_manifest(store, fmt.Manifest(
-        db_name=db_name, generation=target_gen, seq=target_seq, page_size=page_size,
+        db_name=db_name, generation=build.into, seq=build.into_seq, page_size=build.page_size,
         db_size=db_size, part_pages=per_part, writer=writer, reason=reason, parts=parts,
         commit_digest=None if into else last_digest.hex(),
         base={"generation": generation, "seq": seq, "digest": last_digest.hex()} if into else None,
-    ), counter)
+    ), build.counter)
     logger.info(
         "%s: snapshot of %s at commit %d%s: %d of %d parts uploaded in %.2fs",
         db_name, generation, seq, f" as generation {into}" if into else "", uploaded,
         len(parts), time.monotonic() - started,
     )
     return manifest
+
+
+def _read_log(
+    store: PageStore, base: fmt.Manifest, seq: int, parallelism: int, changed: ChangedPages
+) -> tuple[int, bytes, bool]:
+    """Put the pages of the commits from ``base`` to ``seq`` into ``changed``; return the
+    database size and the digest at ``seq``, and whether the page size changed on the way."""
+    db_size, last_digest, resized = base.db_size, base.chain_digest, False
+    for raw in iter_commits(
+        store, base.db_name, base.generation, base.seq + 1, seq, base.chain_digest, parallelism
+    ):
+        if raw.head.page_size != changed.page_size:
+            changed.clear(raw.head.page_size)  # such a commit holds every page
+            resized = True
+        changed.add(raw)
+        db_size, last_digest = raw.head.db_size, raw.digest
+    return db_size, last_digest, resized
+
+
+def _upload_parts(
+    build: _PartBuild, changed: ChangedPages, old_parts: dict[int, dict[str, Any]],
+    per_part: int, parallelism: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """The parts of the new snapshot, in order, and how many of them were uploaded: a part of
+    the previous snapshot (``old_parts``, by first page) whose pages did not change is listed
+    again, any other is built and uploaded, at most ``parallelism`` at a time."""
+
+    def jobs() -> Iterator[Callable[[], tuple[dict[str, Any], bool]]]:
+        for number, first in enumerate(range(1, build.db_size + 1, per_part)):
+            last = min(first + per_part - 1, build.db_size)
+            old = old_parts.get(first)
+            if (old is not None and int(old["pages"]) == last - first + 1
+                    and not changed.numbers(first, last)):
+                yield functools.partial(_listed_again, old)
+            else:  # read here: the file is this thread's; in flight: one part's pages
+                pages = changed.pages(first, last)
+                yield functools.partial(build.part, number, first, last, old, pages)
+
+    parts: list[dict[str, Any]] = []
+    uploaded = 0
+    window = window_for(parallelism, per_part * build.page_size)
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        for part, new in in_order(pool, jobs(), window):
+            parts.append(part)
+            uploaded += new
+    return parts, uploaded
+
+
+def _listed_again(part: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    return part, False
+
+
+@dataclass(frozen=True)
+class _PartBuild:
+    """What every part a compaction uploads shares: where it comes from and where it goes."""
+
+    store: PageStore
+    db_name: str
+    generation: str
+    seq: int
+    into: str
+    into_seq: int
+    page_size: int
+    db_size: int
+    base_page_size: int
+    compression: str
+    counter: Callable[[bytes], None] | None
+
+    def part(
+        self, number: int, first: int, last: int, old: dict[str, Any] | None,
+        changed: dict[int, bytes],
+    ) -> tuple[dict[str, Any], bool]:
+        """Upload part ``number`` (pages ``first..last``): the previous snapshot's part
+        ``old``, if any, overlaid with the ``changed`` pages. Runs in an upload thread."""
+        pages: dict[int, bytes] = {}
+        if old is not None:
+            key = str(old["key"])
+            raw = fmt.decode_raw(self.store.get(key), key)
+            check_part(raw, key, old, self.base_page_size)
+            pages.update((n, p) for n, p in raw.to_batch().pages.items() if n <= last)
+        pages.update(changed)
+        missing = [n for n in range(first, last + 1) if n not in pages]
+        if missing:
+            raise CorruptObjectError(
+                f"{self.db_name}: cannot build the snapshot at commit {self.seq} of"
+                f" {self.generation}: pages {missing[:5]} are in neither the previous snapshot"
+                " nor the commits"
+            )
+        return _encode_part(
+            self.store, fmt.part_key(self.db_name, self.into, self.into_seq, number), self.into,
+            number, self.page_size, self.db_size, pages, self.compression, self.counter,
+        ), True

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def one_at_a_time(callback: Callable[[T], None] | None) -> Callable[[T], None] | None:
+    """``callback`` behind a lock of its own (``None`` stays ``None``).
+
+    Transfers report what they move from their pool's threads; wrapped, a callback such as a
+    counter that does ``total += n`` never runs in two of them at once.
+    """
+    if callback is None:
+        return None
+    lock = threading.Lock()
+    target = callback
+
+    def call(value: T) -> None:
+        with lock:
+            target(value)
+
+    return call
 
 
 def in_order(

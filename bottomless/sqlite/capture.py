@@ -15,18 +15,14 @@ Two journal modes, two ways to see a commit:
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable
 
+from bottomless import format as fmt
 from bottomless.engine.transaction import Transaction
 from bottomless.local.files import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, DbHeader
 
 ReadFn = Callable[[int, int], bytes]
-
-
-def _hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class RollbackCapture:
@@ -46,7 +42,7 @@ class RollbackCapture:
         if offset not in self._before or self._before[offset][0] < length:
             current = read(offset, length)
             # bytes past the end of the file are new even when they are zeros
-            before = _hash(current) if len(current) == length else None
+            before = fmt.page_digest(current) if len(current) == length else None
             self._before[offset] = (length, before)
 
     def discard(self) -> None:
@@ -72,7 +68,8 @@ class RollbackCapture:
         changed = [
             (offset, length)
             for offset, (length, before) in writes.items()
-            if before is None or _hash(read(offset, length).ljust(length, b"\0")) != before
+            if before is None
+            or fmt.page_digest(read(offset, length).ljust(length, b"\0")) != before
         ]
         if not changed:
             return None

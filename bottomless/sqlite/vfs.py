@@ -21,9 +21,9 @@ from typing import Any
 
 import apsw
 
-from bottomless.backends.base import open_store
+from bottomless.backends.registry import open_store
 from bottomless.engine.replicator import ProgressFactory, Replicator
-from bottomless.errors import BottomlessError, ConfigError
+from bottomless.errors import BottomlessError
 from bottomless.local.files import WAL_FRAME_HEADER_SIZE, LocalImage, file_size, read_db
 from bottomless.settings import (
     SETTINGS_TOKEN_PARAMETER,
@@ -31,7 +31,9 @@ from bottomless.settings import (
     Settings,
     resolve,
 )
-from bottomless.sqlite.capture import RollbackCapture, WalCapture
+from bottomless.sqlite.capture import WalCapture
+from bottomless.sqlite.databases import DatabaseEntry as _Entry
+from bottomless.sqlite.databases import OpenDatabases
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +47,44 @@ _WATCHED_FCNTLS = frozenset({
     apsw.SQLITE_FCNTL_COMMIT_PHASETWO, apsw.SQLITE_FCNTL_PRAGMA,
 })
 
-#: Settings objects handed from bottomless.connect to xOpen, by token
-_settings_by_token: dict[str, Settings] = {}
+
+class SettingsTokens:
+    """Settings objects handed from ``connect`` to ``xOpen`` through a URI token.
+
+    A URI can only carry text, so ``connect`` issues a token for its :class:`Settings`, puts it
+    in the URI as ``SETTINGS_TOKEN_PARAMETER``, and ``xOpen`` takes the settings back by it.
+    The process has one, :data:`settings_tokens`; it is thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._by_token: dict[str, Settings] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, settings: Settings) -> str:
+        """Keep ``settings`` for one open and return the token that names them."""
+        token = secrets.token_hex(8)
+        with self._lock:
+            self._by_token[token] = settings
+        return token
+
+    def take(self, token: str) -> Settings | None:
+        """The settings ``token`` names, forgotten at once; ``None`` if unknown or taken."""
+        with self._lock:
+            return self._by_token.pop(token, None)
+
+    def discard(self, token: str) -> None:
+        """Forget ``token`` if it was not taken (the open failed before ``xOpen``)."""
+        with self._lock:
+            self._by_token.pop(token, None)
+
+    def clear(self) -> None:
+        """Forget every token (a reset hook for tests)."""
+        with self._lock:
+            self._by_token.clear()
 
 
-def settings_token(settings: Settings) -> str:
-    """Register ``settings`` for one open and return the URI token that names it."""
-    token = secrets.token_hex(8)
-    _settings_by_token[token] = settings
-    return token
+#: the process's settings handed to ``xOpen``, by token
+settings_tokens = SettingsTokens()
 
 
 @contextlib.contextmanager
@@ -73,13 +104,6 @@ def sqlite_write_lock(db_path: str) -> Iterator[None]:
         connection.close()
 
 
-class _Entry:
-    def __init__(self, replicator: Replicator) -> None:
-        self.replicator = replicator
-        self.files = 0
-        self.capture = RollbackCapture()
-
-
 class BottomlessVFS(apsw.VFS):
     """Replicating VFS; one per process, registered under the name ``bottomless``."""
 
@@ -88,64 +112,30 @@ class BottomlessVFS(apsw.VFS):
         self.name = name
         #: progress reporting for long uploads at open (set by the CLI on a terminal)
         self.progress: ProgressFactory | None = None
-        self._entries: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        #: the databases open through this VFS and their replicators
+        self.databases = OpenDatabases(self._open_replicator)
         super().__init__(name, "")
 
     # -------------------------------------------------------- replicators
 
-    def _acquire(self, path: str, settings: Settings) -> _Entry:
-        with self._lock:
-            entry = self._entries.get(path)
-            if entry is not None:
-                mine = entry.replicator
-                if (settings.backend, settings.bucket, settings.endpoint) != (
-                    mine.settings.backend, mine.settings.bucket, mine.settings.endpoint
-                ) or (settings.db_name and settings.db_name != mine.db_name):
-                    raise ConfigError(
-                        f"{path} is already open with bottomless replicating to"
-                        f" {mine.store.location} as {mine.db_name!r}; every connection to one"
-                        " file must use the same backend, bucket, endpoint and db_name"
-                    )
-                entry.files += 1
-                return entry
-            store = open_store(settings)
-            try:
-                replicator = Replicator(
-                    path, settings, store, lambda: sqlite_write_lock(path)
-                )
-                replicator.progress = self.progress
-                replicator.open()
-            except BaseException:
-                store.close()
-                raise
-            entry = _Entry(replicator)
-            entry.files = 1
-            self._entries[path] = entry
-            return entry
-
-    def _release(self, path: str) -> None:
-        with self._lock:
-            entry = self._entries.get(path)
-            if entry is None:
-                return
-            entry.files -= 1
-            if entry.files <= 0:
-                del self._entries[path]
-                entry.replicator.close()
+    def _open_replicator(self, path: str, settings: Settings) -> Replicator:
+        store = open_store(settings)
+        try:
+            replicator = Replicator(path, settings, store, lambda: sqlite_write_lock(path))
+            replicator.progress = self.progress
+            replicator.open()
+        except BaseException:
+            store.close()
+            raise
+        return replicator
 
     def flush_all(self) -> None:
         """At a clean exit: upload what async databases still hold, finish snapshots."""
-        for entry in list(self._entries.values()):
-            try:
-                entry.replicator.close()
-            except Exception as e:  # noqa: BLE001 - keep flushing the others
-                logger.error("%s: flush at exit failed: %s", entry.replicator.db_name, e)
+        self.databases.close_all()
 
     def replicator_for(self, db_path: str) -> Replicator | None:
         """The replicator of an open database, if any."""
-        entry = self._entries.get(db_path)
-        return entry.replicator if entry else None
+        return self.databases.replicator_for(db_path)
 
     # -------------------------------------------------------- VFS methods
 
@@ -170,16 +160,16 @@ class BottomlessVFS(apsw.VFS):
             assert isinstance(name, apsw.URIFilename)
             path = name.filename()
             settings = self._settings_for(name)
-            entry = self._acquire(path, settings)
+            entry = self.databases.acquire(path, settings)
             try:
                 return MainDbFile(self, entry, path, name, flags)
             except BaseException:
-                self._release(path)
+                self.databases.release(entry)
                 raise
         path = name if isinstance(name, str) else name.filename()
         for suffix, cls in ((_JOURNAL_SUFFIX, JournalFile), (_WAL_SUFFIX, WalFile)):
             if path.endswith(suffix):
-                owner = self._entries.get(path[: -len(suffix)])
+                owner = self.databases.get(path[: -len(suffix)])
                 if owner is not None:
                     return cls(owner, name, flags)
         return apsw.VFSFile("", name, flags)
@@ -187,7 +177,7 @@ class BottomlessVFS(apsw.VFS):
     def _settings_for(self, name: apsw.URIFilename) -> Settings:
         params = {key: name.uri_parameter(key) or "" for key in name.parameters}
         token = params.pop(SETTINGS_TOKEN_PARAMETER, None)
-        base = _settings_by_token.pop(token, None) if token else None
+        base = settings_tokens.take(token) if token else None
         for key in SQLITE_URI_PARAMETERS:
             params.pop(key, None)
         return resolve(base or self.settings, params)
@@ -196,7 +186,7 @@ class BottomlessVFS(apsw.VFS):
         """Delete a file; deleting a rollback journal is the commit point in DELETE mode."""
         entry = None
         if filename.endswith(_JOURNAL_SUFFIX):
-            entry = self._entries.get(filename[: -len(_JOURNAL_SUFFIX)])
+            entry = self.databases.get(filename[: -len(_JOURNAL_SUFFIX)])
         if entry is None:
             super().xDelete(filename, syncdir)
             return
@@ -292,7 +282,7 @@ class MainDbFile(apsw.VFSFile):
         super().xClose()
         if not self._closed:
             self._closed = True
-            self._vfs._release(self._path)
+            self._vfs.databases.release(self._entry)
 
 
 class JournalFile(apsw.VFSFile):
@@ -330,10 +320,14 @@ class WalFile(apsw.VFSFile):
         super().__init__("", name, flags)
         self._entry = entry
         self._capture = WalCapture()
-        self._deferred = False  # commit recorded once its header's checksum is fixed
 
     def _read_now(self, offset: int, amount: int) -> bytes:
         return bytes(super().xRead(amount, offset))
+
+    @property
+    def awaiting_fixup(self) -> bool:
+        """Whether this WAL's commit waits for SQLite to fix its frames' checksums."""
+        return self._entry.replicator.awaiting_fixup
 
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
         """Write through; a commit frame's page first goes to the store.
@@ -343,22 +337,20 @@ class WalFile(apsw.VFSFile):
         commit frame, or after the commit frame's header once SQLite has fixed its checksum.
         """
         replicator = self._entry.replicator
-        if self._deferred:
+        if replicator.awaiting_fixup:
             if self._capture.is_commit_header(data, offset):
-                with self._failing_deferred_commit(replicator):
+                with _failing_commit(replicator):
                     super().xWrite(data, offset)
-                self._deferred = False
                 replicator.commit_done()
                 return
             if len(data) != WAL_FRAME_HEADER_SIZE:
                 # SQLite fixes checksums with frame headers only: anything else starts another
                 # transaction, so the one waiting failed before its commit point
-                self._deferred = False
                 replicator.commit_failed()
         txn = self._capture.on_write(data, offset, self._read_now)
         if txn is None:
-            if self._deferred:  # a commit waits while SQLite fixes its frames' checksums
-                with self._failing_deferred_commit(replicator):
+            if replicator.awaiting_fixup:  # a commit waits while SQLite fixes checksums
+                with _failing_commit(replicator):
                     super().xWrite(data, offset)
             else:
                 super().xWrite(data, offset)
@@ -370,15 +362,9 @@ class WalFile(apsw.VFSFile):
         except BottomlessError as e:
             replicator.commit_failed()
             _raise_io(apsw.SQLITE_IOERR_WRITE, e)
-        try:  # the commit point: if it fails, the transaction did not commit
+        with _failing_commit(replicator):  # the commit point: if it fails, no commit
             super().xWrite(data, offset)
-        except BaseException:
-            replicator.commit_failed()
-            raise
-        if self._capture.rewrote_in_place:
-            self._deferred = True
-        else:
-            replicator.commit_done()
+        replicator.commit_written(fixup_follows=self._capture.rewrote_in_place)
         self._capture.rewrote_in_place = False
 
     def xSync(self, flags: int) -> None:  # noqa: N802
@@ -387,15 +373,6 @@ class WalFile(apsw.VFSFile):
             _wal_sync(self, flags)
         except BaseException:
             self._entry.replicator.sync_failed()
-            raise
-
-    @contextlib.contextmanager
-    def _failing_deferred_commit(self, replicator: Replicator) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            self._deferred = False
-            replicator.commit_failed()
             raise
 
 
@@ -425,8 +402,47 @@ def _image_with(path: str, txn: Any) -> LocalImage:
     return image
 
 
-_registered: BottomlessVFS | None = None
-_register_lock = threading.Lock()
+class VFSRegistration:
+    """The process's one registered :class:`BottomlessVFS`, owner of every open database.
+
+    SQLite keeps VFSes by name for the whole process, so there is one, :data:`registration`;
+    it is thread-safe. The VFS flushes its databases at a clean exit.
+    """
+
+    def __init__(self) -> None:
+        self._vfs: BottomlessVFS | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> BottomlessVFS | None:
+        """The registered VFS, or ``None`` before the first registration."""
+        return self._vfs
+
+    def register(self, settings: Settings | None = None) -> BottomlessVFS:
+        """Register the VFS (once) and return it; ``settings`` replace its defaults."""
+        return self._register(settings, replace=True)
+
+    def ensure(self) -> BottomlessVFS:
+        """The registered VFS, registering it without defaults if it is not yet."""
+        return self._register(None, replace=False)
+
+    def _register(self, settings: Settings | None, *, replace: bool) -> BottomlessVFS:
+        with self._lock:
+            if self._vfs is None:
+                self._vfs = BottomlessVFS(settings)
+                atexit.register(self._vfs.flush_all)
+            elif replace:
+                self._vfs.settings = settings
+            return self._vfs
+
+    def replicator_for(self, db_path: str) -> Replicator | None:
+        """The replicator of ``db_path`` if it is open through the registered VFS."""
+        registered = self._vfs
+        return registered.replicator_for(db_path) if registered is not None else None
+
+
+#: the process's bottomless VFS, once registered
+registration = VFSRegistration()
 
 
 def register(settings: Settings | None = None) -> BottomlessVFS:
@@ -435,11 +451,4 @@ def register(settings: Settings | None = None) -> BottomlessVFS:
     ``settings`` become the defaults of connections that pass none; URI parameters still win.
     Calling it again replaces the defaults.
     """
-    global _registered
-    with _register_lock:
-        if _registered is None:
-            _registered = BottomlessVFS(settings)
-            atexit.register(_registered.flush_all)
-        else:
-            _registered.settings = settings
-        return _registered
+    return registration.register(settings)

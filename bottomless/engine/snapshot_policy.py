@@ -1,0 +1,74 @@
+"""When to take a snapshot: after ``snapshot_interval_commits`` commits or
+``snapshot_interval_mb`` MiB of commit objects since the newest one, built in a background
+thread from the bucket (so it needs no lock on the local file)."""
+
+from __future__ import annotations
+
+import threading
+
+from bottomless import log
+from bottomless.backends.base import PageStore
+from bottomless.engine.stats import Stats
+from bottomless.errors import ObjectExistsError
+from bottomless.local.files import LocalState
+from bottomless.ops.snapshots import compact
+from bottomless.settings import Settings
+
+
+class SnapshotPolicy:
+    """Counts the log since the newest snapshot and starts one when it is due."""
+
+    def __init__(self, store: PageStore, db_name: str, settings: Settings, stats: Stats) -> None:
+        self.store = store
+        self.db_name = db_name
+        self.settings = settings
+        self.stats = stats
+        self.log = log.for_database(__name__, db_name)
+        self._commits = 0
+        self._bytes = 0
+        self._thread: threading.Thread | None = None
+        #: no new snapshot starts once the database is closing
+        self.closing = False
+
+    def reset(self, commits: int = 0) -> None:
+        """A snapshot (or a new generation) is ``commits`` commits old."""
+        self._commits, self._bytes = commits, 0
+
+    def commit_added(self, state: LocalState, object_size: int) -> None:
+        """Commit ``state.seq`` (an object of ``object_size`` bytes) is recorded; start a
+        background snapshot at it once enough log has piled up since the last one."""
+        self._commits += 1
+        self._bytes += object_size
+        every_commits = self.settings.snapshot_interval_commits
+        every_bytes = self.settings.snapshot_interval_mb * 1024 * 1024
+        due = (every_commits and self._commits >= every_commits) or (
+            every_bytes and self._bytes >= every_bytes
+        )
+        if not due or self.closing or (self._thread is not None and self._thread.is_alive()):
+            return
+        self.reset()
+        self._thread = threading.Thread(
+            target=self._snapshot, args=(state.generation, state.seq, state.writer),
+            name=f"bottomless-snapshot-{self.db_name}", daemon=True,
+        )
+        self._thread.start()
+
+    def _snapshot(self, generation: str, seq: int, writer: str) -> None:
+        try:
+            compact(
+                self.store, db_name=self.db_name, generation=generation, seq=seq,
+                compression=self.settings.compression,
+                parallelism=min(2, self.settings.parallelism),  # gently, beside live commits
+                writer=writer, part_mb=self.settings.snapshot_part_mb,
+                counter=self.stats.count_object,
+            )
+        except ObjectExistsError:
+            pass  # another process took this very snapshot
+        except Exception as e:  # noqa: BLE001 - a failed snapshot must not break commits
+            self.stats.error(f"snapshot at commit {seq} failed: {e}")
+            self.log.warning("snapshot at commit %d failed: %s", seq, e)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for a background snapshot in progress, if any."""
+        if self._thread is not None:
+            self._thread.join(timeout)

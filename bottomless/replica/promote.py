@@ -1,0 +1,158 @@
+"""Failover: a read replica takes over as the writer, on the same lineage.
+
+:func:`promote` takes the database's writer lease (once the writer's has expired, or at once
+with ``force``), applies every commit the bucket holds, and leaves ``path`` as the writer's
+own local file: a state file at the last commit, a writer id of its own, and the lease held
+for that writer id until it expires. ``bottomless.connect(path, settings)`` then continues
+the lineage at the next commit.
+
+The old writer is fenced by the lease: its next renewal finds the lease taken (``If-Match``
+fails), and its next commit is refused with a ReplicaConflictError. A commit it had already
+checked the lease for and was uploading when the lease moved is caught by the create-only
+write of the commit's position: whichever of the two writers comes second is refused, so
+history never forks silently.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bottomless import format as fmt
+from bottomless.backends.base import PageStore
+from bottomless.engine.lease import WriterLease
+from bottomless.errors import ConfigError, ReplicaConflictError
+from bottomless.local.files import LocalState, sync_state, write_state
+from bottomless.local.lockfile import local_writer_id, open_lock
+from bottomless.log import for_database
+from bottomless.ops.restore import commit_numbers, complete_generations
+from bottomless.replica.bookmark import format_bookmark
+from bottomless.replica.position import position_path
+
+if TYPE_CHECKING:  # the follower module imports this one
+    from bottomless.replica.follower import Replica
+
+#: how many times promotion catches up again when a commit lands after the lease moved
+CATCH_UP_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote` did.
+
+    Attributes:
+        generation: The generation the new writer continues.
+        seq: The last commit it holds; its first commit will be ``seq + 1``.
+        writer: The new writer id (hex).
+        lease_wait_seconds: How long it waited for the old writer's lease to expire.
+        seconds: How long promotion took in all.
+    """
+
+    generation: str
+    seq: int
+    writer: str
+    lease_wait_seconds: float
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return dict(self.__dict__)
+
+
+def promote(
+    replica: Replica, *, force: bool = False, timeout: float | None = None
+) -> Promotion:
+    """Make ``replica``'s file the writer's (see the module docstring); the follower stops.
+
+    ``timeout``: give up (ReplicaTimeoutError) if the lease is not free and caught up by then;
+    by default the lease TTL plus a minute. Raises ConfigError if the settings have no lease
+    (``lease_ttl`` 0: nothing would fence the old writer), ReplicaConflictError if another
+    writer keeps the lease (without ``force``) or a commit of the old writer cannot be placed.
+    """
+    settings = replica.settings
+    if not settings.lease_ttl:
+        raise ConfigError(
+            "promotion needs the writer lease to fence the old writer: set lease_ttl above 0"
+            " (env LIBSQL_BOTTOMLESS_LEASE_TTL, URI parameter lease_ttl)",
+            field="lease_ttl", value=settings.lease_ttl,
+        )
+    started = time.monotonic()
+    deadline = started + (timeout if timeout is not None else settings.lease_ttl + 60)
+    log = for_database(__name__, replica.db_name)
+    replica.start_if_needed()
+    store = replica.store
+    with open_lock(replica.path) as lock_fd:
+        writer = local_writer_id(lock_fd, fmt.new_writer_id())
+    lease = WriterLease(store, replica.db_name, writer.hex(), settings.lease_ttl)
+    _take_lease(lease, force=force, deadline=deadline)
+    waited = time.monotonic() - started
+    try:
+        _catch_up(replica, store, deadline)
+        point, page_size = replica.stop_at()
+        newest = _newest(store, replica.db_name)
+        if (point.generation, point.seq) != newest:
+            raise ReplicaConflictError(
+                f"{replica.path}: the replica stopped at commit {point.seq} of generation"
+                f" {point.generation}, but the bucket has commit {newest[1]} of generation"
+                f" {newest[0]}: another writer is still running; promotion abandoned",
+                db_name=replica.db_name,
+            )
+        state = LocalState(replica.db_name, point.generation, point.seq, point.digest,
+                           page_size, writer.hex(), store.location)
+        write_state(replica.path, state)
+        sync_state(replica.path)
+        os.unlink(position_path(replica.path))  # no longer a replica: the writer's file
+    except BaseException:
+        lease.release()  # a later promotion (or the old writer) need not wait for it
+        raise
+    lease.hand_over()
+    promotion = Promotion(point.generation, point.seq, writer.hex(), round(waited, 3),
+                          round(time.monotonic() - started, 3))
+    log.warning("promoted %s to writer at commit %d of generation %s (waited %.1fs for the"
+                " lease)", replica.path, point.seq, point.generation, waited)
+    return promotion
+
+
+def _take_lease(lease: WriterLease, *, force: bool, deadline: float) -> None:
+    """Take the lease as soon as the holder's expires (at once with ``force``)."""
+    while True:
+        try:
+            lease.acquire(force=force)
+            return
+        except ReplicaConflictError as e:
+            if e.expires_at is None:
+                raise
+            wait = e.expires_at.timestamp() - time.time() + 0.05
+            if time.monotonic() + max(wait, 0) > deadline:
+                raise ReplicaConflictError(
+                    f"{lease.db_name!r}: the writer's lease ({e.holder}) runs until"
+                    f" {e.expires_at.isoformat()}, past the promotion timeout; pass force to"
+                    " take it over now", db_name=lease.db_name, key=e.key, holder=e.holder,
+                    expires_at=e.expires_at,
+                ) from e
+            time.sleep(max(wait, 0.05))
+
+
+def _newest(store: PageStore, db_name: str) -> tuple[str, int]:
+    """The newest generation and its last commit (0: its snapshot), by listing."""
+    generation = complete_generations(store, db_name)[-1]
+    return generation, max(commit_numbers(store, db_name, generation), default=0)
+
+
+def _catch_up(replica: Replica, store: PageStore, deadline: float) -> None:
+    """Wait until the follower has applied the bucket's newest commit, as of after the lease
+    moved (the old writer may have finished one more upload meanwhile: look again)."""
+    target = _newest(store, replica.db_name)
+    for _ in range(CATCH_UP_ROUNDS):
+        remaining = max(deadline - time.monotonic(), 0.1)
+        replica.wait_for(format_bookmark(*target), remaining)
+        again = _newest(store, replica.db_name)
+        if again == target:
+            return
+        target = again
+    raise ReplicaConflictError(
+        f"{replica.db_name!r}: commits keep arriving after the lease moved: another writer is"
+        " still running; promotion abandoned", db_name=replica.db_name,
+    )

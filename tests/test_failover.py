@@ -1,0 +1,177 @@
+"""Failover: a read replica is promoted to writer with nothing acknowledged lost, and the old
+writer, if it comes back, is fenced.
+
+The writer is a real child process (tests/failover_writer.py) in sync mode with a short lease;
+it is SIGKILLed, or SIGSTOPped past its lease and then continued.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import pytest
+from test_crash import child_env
+
+import bottomless
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MakeSettings = Callable[..., bottomless.Settings]
+TTL = 2.0
+
+
+def start_writer(path: str, settings: bottomless.Settings) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "failover_writer.py"), path],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(settings), bufsize=0,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith(b"open"), child.stderr.read() if child.stderr else line
+    return child
+
+
+def acknowledged(lines: list[str]) -> int:
+    done = [int(line.split()[1]) for line in lines if line.startswith("done ")]
+    return max(done, default=0)
+
+
+def read_lines(child: subprocess.Popen[bytes], until: float) -> list[str]:
+    """What the child printed until it printed ``done`` lines up to ``until`` seconds from now."""
+    assert child.stdout is not None
+    os.set_blocking(child.stdout.fileno(), False)
+    found: list[str] = []
+    end = time.monotonic() + until
+    while time.monotonic() < end:
+        chunk = child.stdout.read()
+        if chunk:
+            found.extend(chunk.decode().splitlines())
+        time.sleep(0.05)
+    return found
+
+
+def check_bank(path: str) -> int:
+    db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        total = db.execute("SELECT sum(balance) FROM accounts").fetchall()[0][0]
+        assert total == 1000
+        (n,) = db.execute("SELECT n FROM counter").fetchall()[0]
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return int(n)
+    finally:
+        db.close()
+
+
+@pytest.fixture(params=["file", "s3"])
+def failover_settings(request: pytest.FixtureRequest, make_settings: MakeSettings
+                      ) -> bottomless.Settings:
+    if request.param == "s3":
+        request.node.add_marker(pytest.mark.s3)
+    return make_settings(request.param, db_name="bank", lease_ttl=TTL)
+
+
+def test_a_killed_writer_is_replaced_by_its_promoted_replica_with_nothing_lost(
+    tmp_path: Any, failover_settings: bottomless.Settings
+) -> None:
+    settings = failover_settings
+    writer = start_writer(str(tmp_path / "writer.db"), settings)
+    replica = bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.1)
+    try:
+        lines = read_lines(writer, 1.5)
+        replica.start()
+        lines += read_lines(writer, 1.0)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        out, _ = writer.communicate(timeout=30)
+    lines += out.decode().splitlines()
+    promised = acknowledged(lines)
+    assert promised > 5, lines[-5:]
+    started = time.monotonic()
+    promotion = replica.promote(timeout=TTL + 30)
+    took = time.monotonic() - started
+    assert promotion.seq >= promised and took < TTL + 30
+    assert check_bank(replica.path) >= promised  # every acknowledged transfer is there
+
+    db = bottomless.connect(replica.path, settings)  # the same lineage, at the next commit
+    try:
+        assert bottomless.status(db)["generation"] == promotion.generation
+        db.execute("UPDATE counter SET n = n + 1")
+        assert bottomless.status(db)["last_replicated_commit"] == promotion.seq + 1
+    finally:
+        db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings)
+    assert check_bank(copy) == check_bank(replica.path)
+
+
+def test_a_paused_writer_that_wakes_after_promotion_is_refused(
+    tmp_path: Any, failover_settings: bottomless.Settings
+) -> None:
+    settings = failover_settings
+    writer = start_writer(str(tmp_path / "writer.db"), settings)
+    replica = bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.1)
+    try:
+        replica.start()
+        lines = read_lines(writer, 1.0)
+        writer.send_signal(signal.SIGSTOP)
+        promotion = replica.promote(timeout=TTL + 30)
+        db = bottomless.connect(replica.path, settings)
+        db.execute("UPDATE counter SET n = n + 1000")  # the new writer's first commit
+        db.close()
+        writer.send_signal(signal.SIGCONT)
+        out, _ = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+    lines += out.decode().splitlines()
+    refused = [line for line in lines if line.startswith("refused")]
+    assert writer.returncode == 3 and refused, lines[-5:]
+    assert "lease" in refused[0] and "commit refused" in refused[0], refused
+    assert acknowledged(lines) <= promotion.seq  # nothing acknowledged after the promotion
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings)
+    assert check_bank(copy) == check_bank(replica.path)
+
+
+def test_promotion_needs_a_lease(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file", lease_ttl=0)
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    db.close()
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings, db_name="w.db")
+    with pytest.raises(bottomless.ConfigError, match="lease_ttl"):
+        replica.promote()
+
+
+def test_the_promote_command_takes_over_at_once_with_force(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """`bottomless promote --force` takes the lease from a live writer (a human decided it is
+    gone). That writer learns it at its next renewal (every third of the TTL) and its commits
+    are refused from then on; the promoted file continues the history."""
+    settings = make_settings("file", db_name="bank", lease_ttl=TTL)
+    old = bottomless.connect(str(tmp_path / "old.db"), settings)
+    old.execute("CREATE TABLE t(x)")
+    old.execute("INSERT INTO t VALUES(1)")
+    command = [sys.executable, "-m", "bottomless", "promote", "bank", str(tmp_path / "new.db"),
+               "--force", "--timeout", "20"]
+    done = subprocess.run(command, env=child_env(settings), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"seq": 2' in done.stdout  # commit 1 made the table, commit 2 the row
+    time.sleep(TTL / 3 + 0.5)  # the old writer's next renewal finds the lease taken
+    with pytest.raises(apsw.IOError):
+        old.execute("INSERT INTO t VALUES(2)")
+    assert "lost its lease" in str(bottomless.status(old)["last_error"])
+    old.close()
+    new = bottomless.connect(str(tmp_path / "new.db"), settings)
+    new.execute("INSERT INTO t VALUES(3)")
+    assert new.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (3,)]
+    new.close()
