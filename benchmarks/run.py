@@ -3,6 +3,7 @@
     python benchmarks/run.py              # full run (2-3 minutes on 2 cores, + Litestream)
     python benchmarks/run.py --quick      # small sizes, a smoke run under a minute (+ Litestream)
     python benchmarks/run.py --no-litestream   # without section 7, bottomless vs Litestream
+    python benchmarks/run.py --no-replica      # without section 8, read replicas and failover
 
 One process: it starts its own SeaweedFS on loopback (random ports, temporary directory),
 measures, prints a table with the targets, writes benchmarks/results.json, and stops the
@@ -30,6 +31,7 @@ import common  # noqa: E402
 import litestream  # noqa: E402
 import measure_commits  # noqa: E402
 import measure_data  # noqa: E402
+import replica  # noqa: E402
 
 from bottomless.testing.seaweed import start_seaweed  # noqa: E402
 
@@ -65,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="directory for the databases (default: a temporary directory on"
                         " the same disk as the system temp dir); it is emptied afterwards")
     litestream.add_arguments(parser)
+    replica.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -312,6 +315,11 @@ def _litestream_section(results: dict[str, Any]) -> str:
     return litestream.render(found, _table)
 
 
+def _replica_section(results: dict[str, Any]) -> str:
+    found = results.get("replica", {"skipped": "not measured in this results file"})
+    return replica.render(found, _table)
+
+
 SECTIONS = [
     ("1. Commits/s", "commits", _commits_section),
     ("2. Sync commit latency", "latency", _latency_section),
@@ -320,6 +328,7 @@ SECTIONS = [
     ("5. Read-heavy query", "reads", _reads_section),
     ("6. Bucket bytes", "bucket", _bucket_section),
     ("7. bottomless vs Litestream", "litestream", _litestream_section),
+    ("8. Read replicas and failover", "replica", _replica_section),
 ]
 
 
@@ -417,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             section("litestream", "7. bottomless vs Litestream", lambda: litestream.compare(
                 server, workdir, litestream.sizes_from(args), step))
+        if args.no_replica:
+            results["replica"] = {"skipped": "left out (--no-replica)"}
+        else:
+            section("replica", "8. read replicas and failover", lambda: replica.measure(
+                server, workdir, replica.sizes_from(args), step))
     finally:
         step("stopping SeaweedFS")
         server.stop()

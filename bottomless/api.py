@@ -9,10 +9,7 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, overload
-
-import apsw
-import apsw.ext
+from typing import TYPE_CHECKING, Any, overload
 
 from bottomless.backends.base import PageStore
 from bottomless.backends.registry import open_store
@@ -29,7 +26,11 @@ from bottomless.ops.restore import RestoreResult, restore_file
 from bottomless.ops.retention import GcReport, collect_garbage
 from bottomless.replica.bookmark import bookmark_from_status
 from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, parse_duration, resolve
-from bottomless.sqlite import vfs as _vfs
+
+# apsw and the VFS (the engine under it) are imported by the calls that open databases, not
+# here: restore, ls, verify and gc (and the CLI's start-up) never load them
+if TYPE_CHECKING:
+    import apsw
 
 
 def register(settings: Settings | None = None) -> None:
@@ -39,6 +40,8 @@ def register(settings: Settings | None = None) -> None:
     replicates. ``settings`` are the defaults for connections that bring none; URI parameters
     override them, and ``LIBSQL_BOTTOMLESS_*`` environment variables fill in what they leave.
     """
+    from bottomless.sqlite import vfs as _vfs
+
     _vfs.register(settings)
 
 
@@ -50,6 +53,10 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
     ``kwargs`` go to :class:`apsw.Connection`. Raises ReplicaConflictError, ConfigError or
     StoreError (all BottomlessError).
     """
+    import apsw
+
+    from bottomless.sqlite import vfs as _vfs
+
     _vfs.registration.ensure()
     query = {"vfs": _vfs.VFS_NAME}
     token = _vfs.settings_tokens.issue(settings) if settings is not None else None
@@ -70,6 +77,8 @@ def log_sqlite(level: int = logging.WARNING) -> None:
     SQLite's messages are logged at most at ``level``. Call it once, before opening databases;
     it configures SQLite for the whole process.
     """
+    import apsw.ext
+
     apsw.ext.log_sqlite(level=level, logger=logging.getLogger("bottomless.sqlite"))
 
 
@@ -87,6 +96,8 @@ def wait_durable(connection: Any, timeout: float | None = None) -> None:
     Immediate in sync mode. In async mode it waits for the uploader (of this or another
     process). Raises DurabilityTimeoutError (a TimeoutError) after ``timeout`` seconds.
     """
+    from bottomless.sqlite import vfs as _vfs
+
     connection = _apsw_of(connection)
     replicator = _vfs.registration.replicator_for(connection.filename)
     if replicator is None:
@@ -99,6 +110,8 @@ def status(connection: Any) -> dict[str, Any]:
 
     ``connection`` is an apsw connection or a :mod:`bottomless.dbapi` one.
     """
+    from bottomless.sqlite import vfs as _vfs
+
     text = _apsw_of(connection).pragma(_vfs.STATUS_PRAGMA)
     if not text:
         raise NotReplicatedError("this connection was not opened through the bottomless VFS")
@@ -268,14 +281,19 @@ def gc(
 ) -> GcReport:
     """Delete the objects of ``db_name`` that no point inside retention needs.
 
-    Every point newer than ``older_than`` (a timedelta or text such as ``7d``; default
-    ``settings.retention``) stays restorable, so do the newest ``keep_snapshots`` snapshots
-    (default ``settings.keep_snapshots``) and the newest state. With ``dry_run`` nothing is
-    deleted and the report lists what would be. Deletions run in an order that a gc killed
-    half-way leaves no broken point behind.
+    Every point newer than ``older_than`` (a timedelta or text such as ``7d``; ``0s`` keeps
+    only the newest state; default ``settings.retention``) stays restorable, so do the newest
+    ``keep_snapshots`` snapshots (default ``settings.keep_snapshots``) and the newest state.
+    When no snapshot of the newest generation stands at the window's start, gc first builds
+    one there from the bucket (as a background snapshot is built, with the ``compression``,
+    ``parallelism`` and ``snapshot_part_mb`` settings), so that the log before it can go too;
+    ``report.snapshot_built`` names its commit. With ``dry_run`` nothing is built or deleted
+    and the report says what would be. Deletions run in an order that a gc killed half-way
+    leaves no broken point behind; a writer may keep committing meanwhile.
 
     Raises ConfigError (bad db_name, duration or ``keep_snapshots``), CorruptObjectError (a
-    snapshot manifest does not parse; nothing is deleted then) or StoreError.
+    snapshot manifest, or the log the snapshot is built from, does not parse; nothing is
+    deleted then) or StoreError.
     """
     name = validate_db_name(db_name)
     if keep_snapshots is not None and keep_snapshots < 0:
@@ -287,5 +305,6 @@ def gc(
             store, name,
             older_than=parse_duration(window) if isinstance(window, str) else window,
             keep_snapshots=resolved.keep_snapshots if keep_snapshots is None else keep_snapshots,
-            dry_run=dry_run,
+            dry_run=dry_run, compression=resolved.compression,
+            parallelism=resolved.parallelism, part_mb=resolved.snapshot_part_mb,
         )

@@ -9,25 +9,47 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bottomless import api
 from bottomless.errors import BottomlessError, ConfigError
-from bottomless.format import iso_time
 from bottomless.replica.command import follow, promote
-from bottomless.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from bottomless import api
+    from bottomless.settings import Settings
+else:
+
+    class _ImportedOnUse:
+        """A module imported when one of its names is first read.
+
+        The library (apsw, pydantic, the engine) and the backends (botocore) are imported by
+        the command that needs them, never at start-up: ``bottomless --help`` loads click and
+        little else (a test checks which modules it loads).
+        """
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(importlib.import_module(self._name), attribute)
+
+    api = _ImportedOnUse("bottomless.api")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
 def _settings(options: dict[str, Any]) -> Settings:
+    import bottomless.backends.registry  # noqa: F401 - Settings checks backend names against it
+    from bottomless.settings import load_settings
+
     return load_settings(**{k: v for k, v in options.items() if v is not None})
 
 
@@ -188,6 +210,8 @@ def cli(verbose: int) -> None:
 def restore(db_name: str, output: str, force: bool, generation: str | None, commit: int | None,
             timestamp: str | None, **options: Any) -> None:
     """Restore DB_NAME into a plain SQLite file (newest commit, or a point in time)."""
+    from bottomless.format import iso_time
+
     with _progress("restoring") as progress:
         result = api.restore(
             output, _settings(options), db_name=db_name, overwrite=force, generation=generation,
@@ -273,17 +297,25 @@ def verify(db_name: str, generation: str | None, commit: int | None, timestamp: 
 @click.option("--keep", "keep", type=int,
               help="Also keep the newest N snapshots restorable"
               " [env LIBSQL_BOTTOMLESS_KEEP_SNAPSHOTS].")
-@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be built and deleted.")
 @json_option
 @store_options
 def gc(db_name: str, older_than: str | None, keep: int | None, dry_run: bool, as_json: bool,
        **options: Any) -> None:
-    """Delete objects of DB_NAME that no point inside retention needs."""
+    """Delete objects of DB_NAME that no point inside retention needs.
+
+    When no snapshot stands at the start of the retention window, one is built there first,
+    from the bucket, so that the log before it can go too.
+    """
     report = api.gc(db_name, _settings(options), older_than=older_than, keep_snapshots=keep,
                     dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
+    if report.snapshot_built is not None:
+        built = "would build" if dry_run else "built"
+        click.echo(f"{built} a snapshot at commit {report.snapshot_built} of generation"
+                   f" {report.kept_generations[-1]}")
     verb = "would delete" if dry_run else "deleted"
     for key in [*report.deleted, *report.temporaries]:
         click.echo(f"{verb} {key}")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bottomless.errors import ConfigError, ConfigProblem
@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         1.0, gt=0, le=3600,
         description="async: how far (seconds) replication may fall behind before commits wait.",
     )
+    ship_interval: float | None = Field(
+        None, gt=0, le=3600,
+        description="async: least time (seconds) between two uploads while commits keep"
+        " coming; a commit after a quiet spell is uploaded at once. Longer: fewer requests,"
+        " more lag. At most `max_lag`; unset: 1, or `max_lag` if smaller.",
+    )
     max_spool_mb: int = Field(
         256, ge=1, description="async: local spool size (MiB) at which commits wait."
     )
@@ -174,6 +180,14 @@ class Settings(BaseSettings):
     def _check_db_name(cls, value: str | None) -> str | None:
         return None if value is None else validate_db_name(value)
 
+    @field_validator("ship_interval")
+    @classmethod
+    def _check_ship_interval(cls, value: float | None, info: ValidationInfo) -> float | None:
+        max_lag = info.data.get("max_lag")
+        if value is not None and max_lag is not None and value > max_lag:
+            raise ValueError(f"must not exceed max_lag ({max_lag}), which bounds the lag")
+        return value
+
     @field_validator("retention")
     @classmethod
     def _check_retention(cls, value: str) -> str:
@@ -194,6 +208,11 @@ class Settings(BaseSettings):
     def attempts(self) -> int:
         """How many times one store request is tried: ``max_retries + 1``."""
         return self.max_retries + 1
+
+    @property
+    def shipping_interval(self) -> float:
+        """The ``ship_interval`` in force: the one set, else 1 s or ``max_lag`` if smaller."""
+        return self.ship_interval if self.ship_interval is not None else min(1.0, self.max_lag)
 
     @property
     def request_budget(self) -> float:

@@ -13,8 +13,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bottomless
-from bottomless.backends.base import PageStore
-from bottomless.backends.registry import open_store
 from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
 
 BACKENDS = ["memory", "file", "s3"]
@@ -82,13 +80,6 @@ def backend(request: pytest.FixtureRequest) -> str:
         request.node.add_marker(pytest.mark.s3)
     return name
 
-
-@pytest.fixture
-def store(backend: str, make_settings: Callable[..., bottomless.Settings]) -> Iterator[PageStore]:
-    """A PageStore of each backend, on its own fresh location."""
-    opened = open_store(make_settings(backend))
-    yield opened
-    opened.close()
 
 # SQLAlchemy's compliance suite has its own config and plugin; tests/test_sqlalchemy_suite.py
 # runs it in subprocesses.

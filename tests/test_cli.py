@@ -90,6 +90,59 @@ def test_console_script_and_help() -> None:
                           text=True).stdout.count("--output") == 1
 
 
+#: what start-up must not pay for: the SQLite side, settings validation, compression, S3
+#: clients and terminal rendering are imported by the commands that use them
+HEAVY_MODULES = ("apsw", "pydantic", "pydantic_settings", "zstandard", "botocore", "s3fs",
+                 "aiobotocore", "rich", "bottomless.api", "bottomless.settings")
+
+#: runs the CLI in this process, then prints the top-level names of the modules it loaded
+_LOADED_BY = """
+import json, sys
+import bottomless.cli
+sys.argv = ["bottomless", *sys.argv[1:]]
+try:
+    bottomless.cli.main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def _modules_loaded_by(*args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", _LOADED_BY, *args], capture_output=True,
+                          text=True, timeout=120)
+    loaded: list[str] = json.loads(done.stderr.strip().splitlines()[-1])
+    return set(loaded)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("restore", "--help"), ("follow", "--help")])
+def test_help_imports_neither_the_library_nor_the_backends(args: tuple[str, ...]) -> None:
+    loaded = _modules_loaded_by(*args)
+    assert "bottomless.cli" in loaded
+    assert not [m for m in loaded if m in HEAVY_MODULES or m.split(".")[0] in HEAVY_MODULES]
+
+
+def test_import_bottomless_is_lazy_and_every_public_name_resolves() -> None:
+    code = (
+        "import sys, bottomless\n"
+        f"heavy = {HEAVY_MODULES!r}\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in heavy], sorted(sys.modules)\n"
+        "for name in bottomless.__all__:\n"
+        "    assert getattr(bottomless, name) is not None, name\n"
+        "from bottomless import Settings, restore, Replica, StoreError\n"
+        "import bottomless.settings\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_unknown_backend_is_refused_with_the_allowed_names(tmp_path: Any) -> None:
+    result = _cli("restore", "app.db", "-o", str(tmp_path / "x.db"), "--backend", "nope")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unknown backend" in result.stderr and "'file'" in result.stderr
+
+
 def test_ls_verify_gc_print_what_the_library_returns(
     replica: tuple[str, list[Any]]
 ) -> None:

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("bottomless.engine",)),
     ("sqlite", ("bottomless.sqlite",)),
     ("replica", ("bottomless.replica",)),
+    ("metrics", ("bottomless.metrics",)),
     ("api", (
         "bottomless.api", "bottomless.dbapi", "bottomless.sqlalchemy", "bottomless.django",
         "bottomless.testing",

@@ -232,7 +232,7 @@ def test_a_failed_open_leaves_nothing_half_open_for_the_next_opener(
     try:
         db.execute("CREATE TABLE t(v)")
         assert bottomless.status(db)["last_replicated_commit"] >= 1
-        assert replicator(path).store is stores.opened[-1]
+        assert replicator(path).counted_store.inner is stores.opened[-1]
     finally:
         db.close()
     assert stores.log.count("opened") == 2

@@ -19,9 +19,9 @@ from typing import Any
 import apsw
 import pytest
 from helpers import integrity, remove_db, replicator, rows
-from seaweed import SeaweedServer
 
 import bottomless
+from bottomless.testing.seaweed import SeaweedServer
 
 MakeSettings = Callable[..., bottomless.Settings]
 History = dict[int, list[Any]]
@@ -379,7 +379,7 @@ def test_gc_keeps_every_point_inside_retention(
     path, db = open_db(tmp_path, settings, "old.db")
     history: History = {1: []}
     commit_values(db, path, range(9), history)  # commits 2..10, snapshots 4 and 8
-    time.sleep(2.0)
+    time.sleep(3.0)  # room for a gc process (that builds a snapshot) to run inside it
     commit_values(db, path, range(100, 107), history)  # commits 11..17, snapshots 12 and 16
     generation = bottomless.status(db)["generation"]
     db.close()
@@ -389,12 +389,14 @@ def test_gc_keeps_every_point_inside_retention(
 
     before = raw.objects()
     assert snapshots_in(before) == [0, 4, 8, 12, 16]
+    # with the newest commit outside a 1 s window, gc would snapshot it and drop the rest
+    time.sleep(max(0.0, times[17] + 1.2 - time.time()))
     dry = cli_json(settings, "gc", "old.db", "--older-than", "1s", "--dry-run")
     assert raw.objects() == before, "a dry run changed the bucket"
-    assert dry["dry_run"] is True and dry["deleted"]
+    assert dry["dry_run"] is True and dry["deleted"] and dry["snapshot_built"] == 17
     assert set(dry["deleted"]) <= set(before)
     assert key_of("old.db", generation, "commits", 1) in dry["deleted"]
-    assert key_of("old.db", generation, "snapshots", 16) not in dry["deleted"]
+    assert key_of("old.db", generation, "snapshots", 16) in dry["deleted"]
 
     # the window starts inside the pause: 0.2 s after commit 10, well before commit 11 (an
     # integer number of seconds ago, so wait for the moment that makes it so)
@@ -407,10 +409,14 @@ def test_gc_keeps_every_point_inside_retention(
         "timing: the retention window did not start inside the pause"
     )
     assert report["dry_run"] is False and report["kept_generations"] == [generation]
+    # no snapshot stood at the window's start (commit 10): gc built one there
+    assert report["snapshot_built"] == 10
     after = raw.objects()
     assert len(after) < len(before) and report["deleted"]
     assert not set(report["deleted"]) & set(after)
-    assert set(after) <= set(before)
+    built = key_of("old.db", generation, "snapshots", 10)
+    assert {k for k in set(after) - set(before) if "/parts/" not in k} == {built}
+    assert snapshots_in(after) == [10, 12, 16]
 
     # the state at the window's start (commit 10) and every commit inside it
     check_commits(settings, tmp_path, "old.db", history, [*range(10, 18), None], generation)

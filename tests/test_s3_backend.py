@@ -1,13 +1,17 @@
 """What the S3 backend does beyond the PageStore contract: its two clients.
 
-Reads and listings go through s3fs; create-only writes through a plain botocore client in the
-calling thread (no hand-off to s3fs's event loop on the commit path).
+Object bodies (create-only writes and reads), listings and the bucket check go through a plain
+botocore client in the calling thread; s3fs, for deletes and the lease, is built only when one
+of those first runs, so a restore never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -207,3 +211,54 @@ def test_reads_damaged_every_time_stop_after_the_budget(
               pytest.raises(StoreError, match="damaged")):
             store.get("cut/object")
         assert proxy.faults() == {"flip": 3}
+
+
+def _replica(s3_settings: dict[str, Any], path: str, name: str) -> None:
+    """A replica of ``name`` in the test bucket: its snapshot and a few commits."""
+    db = bottomless.connect(path, bottomless.Settings(**s3_settings, db_name=name))
+    try:
+        db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)")
+    finally:
+        db.close()
+
+
+def _request_kind(request: str, bucket: str) -> str:
+    """``HEAD bucket``, ``LIST`` or ``GET`` for a request the proxy saw (path-style URLs)."""
+    method, _, target = request.partition(" ")
+    path, _, query = target.partition("?")
+    if path.strip("/") == bucket:
+        return "LIST" if method == "GET" and "list-type" in query else f"{method} bucket"
+    return method
+
+
+def test_a_restore_of_the_newest_commit_lists_twice_then_reads_each_object_once(
+    seaweed: Any, s3_settings: dict[str, Any], tmp_path: Any,
+) -> None:
+    _replica(s3_settings, str(tmp_path / "rt.db"), "rt.db")
+    with FaultProxy(seaweed.endpoint) as proxy:
+        result = bottomless.restore(
+            str(tmp_path / "out.db"),
+            bottomless.Settings(**{**s3_settings, "endpoint": proxy.endpoint}), db_name="rt.db",
+        )
+    kinds = [_request_kind(r, s3_settings["bucket"]) for r in proxy.seen]
+    # the bucket check, the generations, the newest generation's keys, its snapshot's manifest
+    assert kinds[:4] == ["HEAD bucket", "LIST", "LIST", "GET"], proxy.seen
+    assert kinds[4:] == ["GET"] * (result.objects - 1), proxy.seen  # parts and commits
+    assert result.seq == 3
+
+
+def test_restore_and_ls_never_import_s3fs(s3_settings: dict[str, Any], tmp_path: Any) -> None:
+    _replica(s3_settings, str(tmp_path / "rt.db"), "rt.db")
+    code = (
+        "import json, sys, bottomless\n"
+        f"settings = bottomless.Settings(**{s3_settings!r})\n"
+        f"bottomless.restore({str(tmp_path / 'out.db')!r}, settings, db_name='rt.db')\n"
+        "assert bottomless.ls(None, settings) == ['rt.db']\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "botocore" in loaded
+    assert not {"s3fs", "aiobotocore", "aiohttp", "fsspec"} & loaded

@@ -30,6 +30,7 @@ BAD_VALUES = {
     "durability": ("eventually", ["durability", "'sync'", "'async'"]),
     "max_lag": ("0", ["max_lag", "greater than 0"]),
     "max_spool_mb": ("0", ["max_spool_mb"]),
+    "ship_interval": ("2", ["ship_interval", "max_lag (1.0)"]),
     "lease_ttl": ("-3", ["lease_ttl"]),
     "keep_snapshots": ("-1", ["keep_snapshots"]),
 }

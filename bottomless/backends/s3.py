@@ -5,10 +5,12 @@ Create-only writes use ``If-None-Match: *``. Retries are left to botocore's "sta
 the two layers never multiply.
 
 Object bodies, written (create-only: every commit object, snapshot part and manifest) and read
-(whole or ranged), go through a plain botocore client in the calling thread; s3fs keeps the
-rest (bucket checks, listings, deletes, the lease's conditional replace). s3fs runs every
-request on its one event-loop thread: handing a commit's PUT over to it and back cost about a
-quarter of a millisecond on loopback, a tenth of the request, and a restore's parallel
+(whole or ranged), listings and the bucket check go through a plain botocore client in the
+calling thread; s3fs keeps deletes and the lease's conditional replace, and is imported and
+built only when one of those first runs, so that a restore or a listing never pays for it (its
+import and its client took about a third of a second of a small restore's CPU). s3fs runs
+every request on its one event-loop thread: handing a commit's PUT over to it and back cost
+about a quarter of a millisecond on loopback, a tenth of the request, and a restore's parallel
 downloads all funnelled their bodies through that one thread. Both clients share the endpoint,
 credentials, timeouts and retry policy. botocore's retries end when a response's headers
 arrive; a body cut short after that is resumed with a ranged GET (see ``_stream``).
@@ -17,6 +19,7 @@ arrive; a body cut short after that is resumed with a ranged GET (see ``_stream`
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -25,10 +28,6 @@ import weakref
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
-import botocore.config
-import botocore.session
-import fsspec.asyn
-import s3fs
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -40,6 +39,7 @@ from botocore.exceptions import (
 )
 
 from bottomless.backends._fsspec import FsspecPageStore
+from bottomless.backends._s3_clients import botocore_client, read_on_loop, s3fs_filesystem
 from bottomless.errors import (
     ObjectChangedError,
     ObjectExistsError,
@@ -48,7 +48,14 @@ from bottomless.errors import (
 )
 
 if TYPE_CHECKING:
+    import s3fs
+
     from bottomless.settings import Settings
+
+# s3fs is imported when first used, but its absence must show when the backend is opened, where
+# the registry turns this ImportError into "pip install 'bottomless[s3]'"
+if importlib.util.find_spec("s3fs") is None:
+    raise ImportError("No module named 's3fs'", name="s3fs")
 
 logger = logging.getLogger(__name__)
 
@@ -76,26 +83,28 @@ class S3PageStore(FsspecPageStore):
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint
         self._settings = settings
-        client_kwargs: dict[str, Any] = {"verify": settings.verify_tls}
-        if settings.region:
-            client_kwargs["region_name"] = settings.region
-        fs = s3fs.S3FileSystem(
-            endpoint_url=settings.endpoint or None,
-            key=_secret(settings.access_key_id),
-            secret=_secret(settings.secret_access_key),
-            token=_secret(settings.session_token),
-            client_kwargs=client_kwargs,
-            config_kwargs=_config_kwargs(settings),
-            use_listings_cache=False,
-            skip_instance_cache=True,
-            max_concurrency=1,  # a GET is one request (no HEAD first to plan ranged reads)
-        )
-        fs.retries = 1
-        super().__init__(fs, self.bucket)
         self._client_lock = threading.Lock()
         self._client: Any = None
+        self._fs: s3fs.S3FileSystem | None = None
+        super().__init__(None, self.bucket)  # the s3fs filesystem is built on first use
         live_stores.add(self)
         self._ensure_bucket(settings.create_bucket, settings.region)
+
+    @property
+    def fs(self) -> s3fs.S3FileSystem:
+        """The s3fs filesystem of deletes and the lease's conditional writes, built (and s3fs
+        imported) on first use."""
+        fs = self._fs
+        if fs is None:
+            with self._client_lock:
+                if self._fs is None:
+                    self._fs = s3fs_filesystem(self._settings)
+                fs = self._fs
+        return fs
+
+    @fs.setter
+    def fs(self, fs: s3fs.S3FileSystem | None) -> None:
+        self._fs = fs
 
     @property
     def client(self) -> Any:
@@ -105,7 +114,7 @@ class S3PageStore(FsspecPageStore):
         if client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = _botocore_client(self._settings)
+                    self._client = botocore_client(self._settings)
                 client = self._client
         return client
 
@@ -127,7 +136,7 @@ class S3PageStore(FsspecPageStore):
 
     def _ensure_bucket(self, create: bool, region: str | None) -> None:
         try:
-            self.fs.call_s3("head_bucket", Bucket=self.bucket)
+            self.client.head_bucket(Bucket=self.bucket)
             return
         except Exception as e:
             code = _error_code(e)
@@ -144,7 +153,7 @@ class S3PageStore(FsspecPageStore):
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if region and region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            self.fs.call_s3("create_bucket", **kwargs)
+            self.client.create_bucket(**kwargs)
         except Exception as e:
             if _error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise self._translate(e, "CREATE bucket", "") from e
@@ -212,6 +221,47 @@ class S3PageStore(FsspecPageStore):
         """Yield the object in pieces of at most ``chunk_size`` bytes as they arrive; a body cut
         short is resumed where it stopped."""
         return self._stream(key, chunk_size)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``, sorted: one LIST per 1,000 keys."""
+        keys = (item["Key"] for page in self._list(prefix) for item in page.get("Contents", ()))
+        return sorted(k for k in keys if not k.endswith("/") and not _temporary(k))
+
+    def list_children(self, prefix: str) -> list[str]:
+        """Return the names one level below ``prefix`` (none when it names an object)."""
+        base = prefix.strip("/") and prefix.rstrip("/") + "/"
+        names: set[str] = set()
+        for page in self._list(base, delimiter="/"):
+            for common in page.get("CommonPrefixes", ()):
+                names.add(common["Prefix"][len(base):].rstrip("/"))
+            names.update(item["Key"][len(base):] for item in page.get("Contents", ()))
+        names.discard("")
+        return sorted(n for n in names if not _temporary(n))
+
+    def _list(self, prefix: str, delimiter: str = "") -> Iterator[dict[str, Any]]:
+        """The pages of a ListObjectsV2 of ``prefix``."""
+        extra: dict[str, str] = {"Delimiter": delimiter} if delimiter else {}
+        while True:
+            try:
+                page: dict[str, Any] = self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=prefix, **extra
+                )
+            except Exception as e:
+                raise self._translate(e, "LIST", prefix) from e
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            extra["ContinuationToken"] = page["NextContinuationToken"]
+
+    def exists(self, key: str) -> bool:
+        """Tell whether ``key`` is an object (a prefix of other keys is not): one HEAD."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as e:
+            if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._translate(e, "HEAD", key) from e
+        return True
 
     def _stream(
         self, key: str, chunk_size: int, start: int = 0, last: int | None = None,
@@ -306,7 +356,7 @@ class S3PageStore(FsspecPageStore):
         """Return the object and its ETag."""
         try:
             response = self.fs.call_s3("get_object", Bucket=self.bucket, Key=key)
-            data: bytes = _read(self.fs, response["Body"])
+            data: bytes = read_on_loop(self.fs, response["Body"])
         except Exception as e:
             raise self._translate(e, "GET", key) from e
         return data, str(response["ETag"])
@@ -329,8 +379,10 @@ class S3PageStore(FsspecPageStore):
     def close(self) -> None:
         """Drop the clients' connections."""
         live_stores.discard(self)
-        with contextlib.suppress(Exception):  # best effort at shutdown
-            s3fs.S3FileSystem.close_session(self.fs.loop, self.fs.s3)
+        fs = self._fs
+        if fs is not None:
+            with contextlib.suppress(Exception):  # best effort at shutdown
+                type(fs).close_session(fs.loop, fs.s3)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -358,21 +410,17 @@ def _trimmed(chunks: Iterator[bytes], skip: int, left: int | None) -> Iterator[b
             yield chunk
 
 
+def _temporary(key: str) -> bool:
+    """Whether ``key`` names a temporary object, which listings leave out (as the other
+    backends do)."""
+    return key.rsplit("/", 1)[-1].startswith(".tmp-")
+
+
 class _Budget:
     """Requests one read may still send (botocore's retries counted)."""
 
     def __init__(self, left: int) -> None:
         self.left = left
-
-
-def _config_kwargs(settings: Settings) -> dict[str, Any]:
-    """botocore client options shared by the s3fs client and the plain one."""
-    return {
-        "connect_timeout": settings.timeout,
-        "read_timeout": settings.timeout,
-        # total_max_attempts counts the first try; botocore's max_attempts would not
-        "retries": {"total_max_attempts": settings.max_retries + 1, "mode": "standard"},
-    }
 
 
 class LiveStores:
@@ -420,38 +468,6 @@ live_stores = LiveStores()
 os.register_at_fork(after_in_child=live_stores.forget_clients)
 
 
-def _botocore_client(settings: Settings) -> Any:
-    """A botocore S3 client configured as the s3fs one: same endpoint, credentials (explicit,
-    else the standard AWS chain), region, TLS verification, timeouts and retries."""
-    session = botocore.session.get_session()
-    return session.create_client(
-        "s3",
-        endpoint_url=settings.endpoint or None,
-        region_name=settings.region or None,
-        verify=settings.verify_tls,
-        aws_access_key_id=_secret(settings.access_key_id),
-        aws_secret_access_key=_secret(settings.secret_access_key),
-        aws_session_token=_secret(settings.session_token),
-        config=botocore.config.Config(
-            # snapshot parts are uploaded by several threads at once
-            max_pool_connections=max(10, settings.parallelism + 2),
-            **_config_kwargs(settings),
-        ),
-    )
-
-
-def _read(fs: s3fs.S3FileSystem, body: Any) -> bytes:
-    """Read a streaming body on s3fs's event loop."""
-
-    async def read() -> bytes:
-        async with body as stream:
-            content: bytes = await stream.read()
-            return content
-
-    result: bytes = fsspec.asyn.sync(fs.loop, read)
-    return result
-
-
 def _public(endpoint: str) -> str:
     """The endpoint without any ``user:password@`` part."""
     parts = urllib.parse.urlsplit(endpoint)
@@ -461,6 +477,3 @@ def _public(endpoint: str) -> str:
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
-
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None

@@ -71,11 +71,16 @@ def is_own_orphan(
     """Whether the object after ``state`` (whose ``header`` is given) is an orphan of this
     writer: a commit of this writer, chained to ``state``, that nothing was stored after
     (anything else is another writer's work, maybe a copy of this database with its side
-    files)."""
-    return (
-        header.writer == state.writer_bytes and header.prev == state.digest_bytes
-        and not store.exists(fmt.commit_key(db_name, state.generation, state.seq + 2))
-    )
+    files) but this writer's own successor object, left by a fork over that very orphan whose
+    commit did not reach its commit point."""
+    if header.writer != state.writer_bytes or header.prev != state.digest_bytes:
+        return False
+    after = fmt.commit_key(db_name, state.generation, state.seq + 2)
+    try:
+        following = fmt.decode_header(store.get_range(after, 0, fmt.HEADER_SIZE), after)
+    except ObjectNotFoundError:
+        return True
+    return following.kind == fmt.KIND_SUCCESSOR and following.writer == state.writer_bytes
 
 
 class LineageCheck:

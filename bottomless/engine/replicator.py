@@ -24,6 +24,7 @@ from typing import Any
 from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
+from bottomless.backends.counting import CountingStore
 from bottomless.engine.commit import CommitProtocol, Phase
 from bottomless.engine.generations import Generations, ProgressFactory
 from bottomless.engine.lease import WriterLease
@@ -64,7 +65,10 @@ class Replicator:
     ) -> None:
         self.db_path = db_path
         self.settings = settings
-        self.store = store
+        #: every request to the store, counted by kind (for status and metrics)
+        self.counted_store = CountingStore(store)
+        self.store: PageStore = self.counted_store
+        store = self.counted_store  # the parts below count their requests too
         self.db_name = settings.db_name or fmt.default_db_name(db_path)
         self.log = log.for_database(__name__, self.db_name)
         self._write_lock = write_lock
@@ -333,10 +337,12 @@ class Replicator:
         except ObjectExistsError:
             self._position_taken(key, state, image)
             return
+        took = time.monotonic() - started
         self.stats.count_object(data)
+        self.stats.upload_took(took)
         self._last_object_size = len(data)
         self.log.debug("PUT %s (%d pages, %d bytes) in %.1f ms", key, len(txn.pages),
-                       len(data), (time.monotonic() - started) * 1000)
+                       len(data), took * 1000)
         self.commit.uploaded(
             replace(state, seq=seq, digest=batch.digest.hex(), page_size=txn.page_size)
         )

@@ -20,7 +20,7 @@ from bottomless.backends.base import PageStore
 from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.snapshot_policy import SnapshotPolicy
-from bottomless.engine.spool import Intent, Spool, Uploader
+from bottomless.engine.spool import Backlog, Intent, Spool, Uploader
 from bottomless.engine.stats import Stats
 from bottomless.engine.transaction import Transaction
 from bottomless.errors import (
@@ -98,8 +98,9 @@ class AsyncShipper:
     def start(self) -> None:
         """Start the uploader thread."""
         self.uploader = Uploader(
-            f"bottomless-upload-{self.db_name}", self._drain_guarded,
-            min(0.05, self.settings.max_lag / 10), self.spool.oldest_age,
+            f"bottomless-upload-{self.db_name}", self._drain_guarded, self._backlog,
+            interval=self.settings.shipping_interval, bound=self.settings.max_lag,
+            gather=min(0.05, self.settings.max_lag / 10), full=GROUP_BYTES,
         )
         self.uploader.start()
 
@@ -129,6 +130,10 @@ class AsyncShipper:
             self.uploader.hurry.set()
             self.uploader.wake.set()
 
+    def _backlog(self) -> Backlog:
+        age = self.spool.oldest_age()
+        return Backlog(age, self.spool.head_number(), self.spool.size_bytes() if age else 0)
+
     def _drain_guarded(self) -> bool:
         try:
             return self.drain_once()
@@ -149,8 +154,9 @@ class AsyncShipper:
         limit = self.settings.max_lag
         deadline = now + limit + self.settings.request_budget
         max_bytes = self.settings.max_spool_mb * 1024 * 1024
-        # start shipping before the bound, so commits rarely have to wait at all
-        while self.spool.oldest_age() > limit * 0.8 or self.spool.size_bytes() > max_bytes:
+        # the uploader starts in time to end within the bound on its own (Uploader.ship_by):
+        # hurrying it any earlier would only cost requests
+        while self.spool.oldest_age() > limit or self.spool.size_bytes() > max_bytes:
             self._hurry()
             if self.spool.oldest_age() <= limit and self.spool.size_bytes() <= max_bytes:
                 return

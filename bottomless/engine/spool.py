@@ -11,9 +11,11 @@ One process uploads at a time (``flock`` on the spool's lock file).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import struct
@@ -407,29 +409,89 @@ def _decode_body(
     )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What is waiting in the spool, as the uploader sees it."""
+
+    #: seconds since the oldest entry was spooled (0: nothing is spooled)
+    age: float
+    #: number of the oldest entry: it grows whenever any process uploads
+    head: int
+    #: bytes of the spooled entries
+    size: int
+
+
 class Uploader(threading.Thread):
-    """Background thread that calls ``drain_once`` until stopped."""
+    """Background thread that ships the spool by calling ``drain_once``.
+
+    When to upload is a trade of requests against lag. Uploads take turns (*slots*) at least
+    ``interval`` seconds apart, so that while commits keep coming, a burst or a steady stream
+    shares objects. A commit after a quiet spell finds its slot open and waits only ``gather``
+    seconds for company. Whatever the interval, an upload starts early enough to end before
+    the oldest commit is ``bound`` (``max_lag``) seconds old, allowing twice the slowest
+    recent upload. ``hurry`` ships at once; so does a full object's worth (``full`` bytes).
+    """
 
     def __init__(
-        self, name: str, drain_once: Callable[[], bool], interval: float,
-        oldest_age: Callable[[], float],
+        self, name: str, drain_once: Callable[[], bool], backlog: Callable[[], Backlog], *,
+        interval: float, bound: float, gather: float, full: int,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._drain_once = drain_once
-        self._interval = interval
-        self._oldest_age = oldest_age
+        self._backlog = backlog
+        self.interval = interval
+        self.bound = bound
+        self.gather = gather
+        self._full = full
         self.wake = threading.Event()
         self.hurry = threading.Event()
         self.stopping = threading.Event()
+        # time.monotonic() of the last slot used: when the last upload was due (not when it
+        # began: a late start would push every later slot back), of any process as far as seen
+        self._last_slot = -math.inf
+        self._slot = 0.0  # the slot of the upload about to start
+        self._own_start = -math.inf  # when this thread's last upload began
+        self._head: int | None = None  # the spool's head when last seen (None: look again)
+        self._durations: collections.deque[float] = collections.deque(maxlen=16)
+
+    def ship_by(self) -> float:
+        """The age of the oldest commit at which an upload starts, interval or not."""
+        slowest = max(self._durations, default=0.0)
+        return self.bound - min(self.bound / 2, max(self.bound / 20, 2 * slowest))
+
+    def delay(self) -> float:
+        """Seconds until the next upload is due (0: now, and its slot is noted)."""
+        now = self._slot = time.monotonic()
+        if self.hurry.is_set():
+            return 0.0
+        backlog = self._backlog()
+        if self._head is None:
+            self._head = backlog.head
+        elif backlog.head != self._head:  # another process uploaded: its turn counts as ours
+            self._head, self._last_slot = backlog.head, now
+        if not backlog.age:
+            return self.gather  # nothing spooled: look again soon
+        if backlog.age >= now - self._own_start or backlog.size >= self._full:
+            return 0.0  # left over by this thread's last upload, or a full object: no waiting
+        spooled = now - backlog.age
+        due = max(spooled + self.gather,
+                  min(self._last_slot + self.interval, spooled + self.ship_by()))
+        self._slot = min(now, due)
+        return max(0.0, due - now)
 
     def run(self) -> None:
-        """Upload when commits have waited ``interval`` (so they share objects), or on demand."""
+        """Upload whenever :meth:`delay` says so, until stopped."""
         while not self.stopping.is_set():
-            age = self._oldest_age()
-            if age and age < self._interval and not self.hurry.is_set():
-                self.hurry.wait(self._interval - age)  # let a few more commits join the group
-            busy = self._drain_once()
-            if not busy:
-                self.hurry.clear()
-                self.wake.wait(self._interval)
+            delay = self.delay()
+            if delay > 0:
+                self.wake.wait(delay)
+                self.wake.clear()
+                continue
+            self.hurry.clear()  # a hurry from now on asks for another upload after this one
+            started = time.monotonic()
+            if self._drain_once():
+                self._last_slot, self._own_start, self._head = self._slot, started, None
+                self._durations.append(time.monotonic() - started)
+            else:  # nothing to upload, another process is uploading, or the upload failed
+                self.wake.wait(self.gather)
                 self.wake.clear()

@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -110,12 +110,65 @@ def history(store: PageStore, db_name: str, generation: str, *, newest: str) -> 
     """The commit numbers of a generation, without the successor object that ends a
     superseded one (one ranged GET when ``generation`` is not ``newest``, the newest
     generation, which has none)."""
-    commits = commit_numbers(store, db_name, generation)
+    return _without_successor(
+        store, db_name, generation, commit_numbers(store, db_name, generation), newest
+    )
+
+
+def _without_successor(
+    store: PageStore, db_name: str, generation: str, commits: list[int], newest: str
+) -> list[int]:
     if commits and generation != newest:
         with contextlib.suppress(ObjectNotFoundError):
             if commit_header(store, db_name, generation, commits[-1]).kind == fmt.KIND_SUCCESSOR:
                 commits.pop()
     return commits
+
+
+class _Listing:
+    """What the store holds of one database, each prefix listed at most once while a target
+    is resolved: the generation ids, then for each generation looked at its snapshots and
+    commits, from one LIST of the generation's prefix.
+
+    Resolving the newest commit lists twice (generations, then the newest one), where listing
+    snapshots and commits apart, and again for each question asked, took five LISTs.
+    """
+
+    def __init__(self, store: PageStore, db_name: str) -> None:
+        self.store = store
+        self.db_name = db_name
+        self._generations: list[str] | None = None
+        self._seqs: dict[str, tuple[list[int], list[int]]] = {}
+
+    def generations(self) -> list[str]:
+        """Generation ids, oldest first (including incomplete ones)."""
+        if self._generations is None:
+            self._generations = generations(self.store, self.db_name)
+        return self._generations
+
+    def _listed(self, generation: str) -> tuple[list[int], list[int]]:
+        if generation not in self._seqs:
+            keys = self.store.list_keys(fmt.generation_prefix(self.db_name, generation))
+            snapshots = fmt.snapshots_prefix(self.db_name, generation)
+            commits = fmt.commits_prefix(self.db_name, generation)
+            self._seqs[generation] = (
+                fmt.seqs_of([k for k in keys if k.startswith(snapshots)]),
+                fmt.seqs_of([k for k in keys if k.startswith(commits)]),
+            )
+        return self._seqs[generation]
+
+    def snapshots(self, generation: str) -> list[int]:
+        """Commit numbers at which ``generation`` has a snapshot, ascending."""
+        return self._listed(generation)[0]
+
+    def history(self, generation: str, newest: str) -> list[int]:
+        """As :func:`history`, from this listing."""
+        commits = list(self._listed(generation)[1])
+        return _without_successor(self.store, self.db_name, generation, commits, newest)
+
+    def complete(self) -> Iterator[str]:
+        """Generations with at least one snapshot, newest first, each listed when reached."""
+        return (g for g in reversed(self.generations()) if self.snapshots(g))
 
 
 def _restorable(snapshots: list[int], commits: list[int]) -> tuple[int, int] | None:
@@ -137,45 +190,23 @@ def resolve_target(
     timestamp: dt.datetime | None = None,
 ) -> Target:
     """Find the snapshot and commit a restore should use; raise with the nearest valid points."""
-    gens = complete_generations(store, db_name)
-    if not gens:
+    bucket = _Listing(store, db_name)
+    newest = next(bucket.complete(), None)
+    if newest is None:
         raise ReplicaNotFoundError(f"{store.location} holds no replica of {db_name!r}")
-    if generation is not None and generation not in gens:
+    if generation is not None and (
+        generation not in bucket.generations() or not bucket.snapshots(generation)
+    ):
+        gens = reversed(list(bucket.complete()))
         raise RestoreError(
             f"{db_name}: no complete generation {generation}; generations: {', '.join(gens)}"
         )
-    candidates = [generation] if generation else list(reversed(gens))
     if timestamp is not None:
-        wanted_ms = int(timestamp.timestamp() * 1000)
-        for gen in candidates:
-            snapshots = snapshot_seqs(store, db_name, gen)
-            span = _restorable(snapshots, history(store, db_name, gen, newest=gens[-1]))
-            assert span is not None
-            first = read_manifest(store, db_name, gen, span[0])
-            first_ms = first.created_ms
-            if span[0] > 0:  # gc may have removed the commit the oldest snapshot stands for
-                with contextlib.suppress(ObjectNotFoundError):
-                    first_ms = commit_header(store, db_name, gen, span[0]).created_ms
-            if first_ms > wanted_ms:
-                continue
-            low, high = span  # last commit with created_ms <= wanted, by bisection
-            while low < high:
-                middle = (low + high + 1) // 2
-                if commit_header(store, db_name, gen, middle).created_ms <= wanted_ms:
-                    low = middle
-                else:
-                    high = middle - 1
-            return _target(store, db_name, gen, low)
-        oldest = gens[0] if generation is None else generation
-        earliest = read_manifest(store, db_name, oldest, snapshot_seqs(store, db_name, oldest)[0])
-        raise RestoreError(
-            f"{db_name}: nothing restorable at or before {timestamp.isoformat()}; the earliest"
-            f" restorable point is generation {oldest} as of {fmt.iso_time(earliest.created_ms)}"
-        )
-    gen = candidates[0]
-    snapshots = snapshot_seqs(store, db_name, gen)
-    commits = history(store, db_name, gen, newest=gens[-1])
-    span = _restorable(snapshots, commits)
+        return _target_at(bucket, timestamp, [generation] if generation else bucket.complete(),
+                          newest)
+    gen = generation or newest
+    commits = bucket.history(gen, newest)
+    span = _restorable(bucket.snapshots(gen), commits)
     assert span is not None
     if seq is None:
         later = [c for c in commits if c > span[1]]
@@ -185,18 +216,52 @@ def resolve_target(
                 f" commits exist; the last consistent point is commit {span[1]}; pass"
                 f" --commit {span[1]} to restore it"
             )
-        return _target(store, db_name, gen, span[1])
+        return _target(bucket, gen, span[1])
     if not span[0] <= seq <= span[1]:
         raise RestoreError(
             f"{db_name}: commit {seq} of generation {gen} cannot be restored; restorable"
             f" commits are {span[0]}..{span[1]}"
         )
-    return _target(store, db_name, gen, seq)
+    return _target(bucket, gen, seq)
 
 
-def _target(store: PageStore, db_name: str, generation: str, seq: int) -> Target:
-    start = max(s for s in snapshot_seqs(store, db_name, generation) if s <= seq)
-    return Target(generation, seq, read_manifest(store, db_name, generation, start))
+def _target_at(
+    bucket: _Listing, timestamp: dt.datetime, candidates: Iterable[str], newest: str
+) -> Target:
+    """The last commit at or before ``timestamp`` in the newest of ``candidates`` (complete
+    generations, newest first) that has one."""
+    store, db_name = bucket.store, bucket.db_name
+    wanted_ms = int(timestamp.timestamp() * 1000)
+    oldest = newest
+    for gen in candidates:
+        oldest = gen
+        span = _restorable(bucket.snapshots(gen), bucket.history(gen, newest))
+        assert span is not None
+        first_ms = read_manifest(store, db_name, gen, span[0]).created_ms
+        if span[0] > 0:  # gc may have removed the commit the oldest snapshot stands for
+            with contextlib.suppress(ObjectNotFoundError):
+                first_ms = commit_header(store, db_name, gen, span[0]).created_ms
+        if first_ms > wanted_ms:
+            continue
+        low, high = span  # last commit with created_ms <= wanted, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if commit_header(store, db_name, gen, middle).created_ms <= wanted_ms:
+                low = middle
+            else:
+                high = middle - 1
+        return _target(bucket, gen, low)
+    earliest = read_manifest(store, db_name, oldest, bucket.snapshots(oldest)[0])
+    raise RestoreError(
+        f"{db_name}: nothing restorable at or before {timestamp.isoformat()}; the earliest"
+        f" restorable point is generation {oldest} as of {fmt.iso_time(earliest.created_ms)}"
+    )
+
+
+def _target(bucket: _Listing, generation: str, seq: int) -> Target:
+    start = max(s for s in bucket.snapshots(generation) if s <= seq)
+    manifest = read_manifest(bucket.store, bucket.db_name, generation, start)
+    return Target(generation, seq, manifest)
 
 
 def restore_file(

@@ -211,6 +211,7 @@ def compact(
     store: PageStore, *, db_name: str, generation: str, seq: int, compression: str,
     parallelism: int, writer: str, into: str | None = None, reason: str = "compaction",
     part_mb: int = 16, counter: Callable[[bytes], None] | None = None,
+    created_ms: int | None = None,
 ) -> fmt.Manifest:
     """Build the snapshot of ``generation`` at commit ``seq`` from the bucket and store it.
 
@@ -218,15 +219,14 @@ def compact(
     from ``generation`` at ``seq``). Only parts whose pages changed since the previous snapshot
     are uploaded, at most ``parallelism`` at a time. The changed pages wait in a temporary file,
     so memory holds the objects in flight, not the whole log since the previous snapshot.
-    ``counter`` sees each object written, from upload threads but never two at once. Raises
-    RestoreError without a snapshot at or before ``seq``, CorruptObjectError on a broken chain
-    or object.
+    ``counter`` sees each object written, from upload threads but never two at once.
+    ``created_ms``, the manifest's time, defaults to now; gc, which builds snapshots long after
+    their commit, passes the commit's time, the moment from which the snapshot's state holds.
+    Raises RestoreError without a snapshot at or before ``seq``, CorruptObjectError on a broken
+    chain or object.
     """
     started = time.monotonic()
-    older = [s for s in snapshot_seqs(store, db_name, generation) if s <= seq]
-    if not older:
-        raise RestoreError(f"{db_name}: generation {generation} has no snapshot at or before {seq}")
-    base = read_manifest(store, db_name, generation, older[-1])
+    base = _base_snapshot(store, db_name, generation, seq)
     with ChangedPages(base.page_size) as changed:
         db_size, last_digest, resized = _read_log(store, base, seq, parallelism, changed)
         build = _PartBuild(
@@ -243,6 +243,7 @@ def compact(
         db_size=db_size, part_pages=per_part, writer=writer, reason=reason, parts=parts,
         commit_digest=None if into else last_digest.hex(),
         base={"generation": generation, "seq": seq, "digest": last_digest.hex()} if into else None,
+        created_ms=int(time.time() * 1000) if created_ms is None else created_ms,
     ), build.counter)
     logger.info(
         "%s: snapshot of %s at commit %d%s: %d of %d parts uploaded in %.2fs",
@@ -250,6 +251,54 @@ def compact(
         len(parts), time.monotonic() - started,
     )
     return manifest
+
+
+def planned_parts(
+    store: PageStore, *, db_name: str, generation: str, seq: int, parallelism: int,
+    part_mb: int = 16,
+) -> list[str]:
+    """The keys of the parts :func:`compact` would list for the snapshot of ``generation`` at
+    commit ``seq``, without building it: the previous snapshot's parts it would list again,
+    and the keys it would upload the others under. Reads (and checks) the commits since the
+    previous snapshot, as compact does; writes nothing. Raises as compact does.
+    """
+    base = _base_snapshot(store, db_name, generation, seq)
+    per_part = max(1, base.part_pages)
+    touched: set[int] = set()  # part numbers, as the previous snapshot cuts the pages
+    db_size, page_size, resized = base.db_size, base.page_size, False
+    for raw in iter_commits(
+        store, db_name, generation, base.seq + 1, seq, base.chain_digest, parallelism
+    ):
+        if raw.head.page_size != page_size:
+            page_size, resized = raw.head.page_size, True
+        touched.update((n - 1) // per_part for n in raw.numbers)
+        db_size = raw.head.db_size
+    if resized or not base.page_size:
+        per_part = part_pages_for(page_size, part_mb)
+    old_parts = {int(p["first"]): p for p in base.parts} if not resized else {}
+    keys = []
+    for number, first in enumerate(range(1, db_size + 1, per_part)):
+        last = min(first + per_part - 1, db_size)
+        old = old_parts.get(first)
+        if old is not None and _reusable(old, first, last, changed=number in touched):
+            keys.append(str(old["key"]))
+        else:
+            keys.append(fmt.part_key(db_name, generation, seq, number))
+    return keys
+
+
+def _base_snapshot(store: PageStore, db_name: str, generation: str, seq: int) -> fmt.Manifest:
+    """The newest snapshot at or before ``seq``, which a compaction at ``seq`` starts from."""
+    older = [s for s in snapshot_seqs(store, db_name, generation) if s <= seq]
+    if not older:
+        raise RestoreError(f"{db_name}: generation {generation} has no snapshot at or before {seq}")
+    return read_manifest(store, db_name, generation, older[-1])
+
+
+def _reusable(old: dict[str, Any], first: int, last: int, *, changed: bool) -> bool:
+    """Whether the previous snapshot's part ``old`` can be listed again for pages
+    ``first..last``: it holds exactly those pages and none of them changed."""
+    return int(old["pages"]) == last - first + 1 and not changed
 
 
 def _read_log(
@@ -281,8 +330,9 @@ def _upload_parts(
         for number, first in enumerate(range(1, build.db_size + 1, per_part)):
             last = min(first + per_part - 1, build.db_size)
             old = old_parts.get(first)
-            if (old is not None and int(old["pages"]) == last - first + 1
-                    and not changed.numbers(first, last)):
+            if old is not None and _reusable(
+                old, first, last, changed=bool(changed.numbers(first, last))
+            ):
                 yield functools.partial(_listed_again, old)
             else:  # read here: the file is this thread's; in flight: one part's pages
                 pages = changed.pages(first, last)

@@ -12,13 +12,28 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bottomless.errors import BottomlessError
-from bottomless.replica.follower import Replica
-from bottomless.settings import load_settings
+
+if TYPE_CHECKING:
+    from bottomless.replica.follower import Replica
+    from bottomless.settings import Settings
+
+
+def _load_settings(options: dict[str, Any], db_name: str) -> Settings:
+    """Settings from the environment, the shared options and ``db_name``.
+
+    Like the follower, imported only when a command runs, so that ``bottomless --help`` loads
+    neither pydantic nor apsw. The backend registry comes first: Settings checks backend names
+    against it.
+    """
+    import bottomless.backends.registry  # noqa: F401
+    from bottomless.settings import load_settings
+
+    return load_settings(**{k: v for k, v in options.items() if v is not None}, db_name=db_name)
 
 
 def status_line(status: dict[str, Any]) -> str:
@@ -51,8 +66,9 @@ def follow(db_name: str, path: str, poll_interval: float, **options: Any) -> Non
     status line shows the position and the lag (plain lines, one per change, when the output
     is not a terminal). Exits with status 1 if the follower stops on an error.
     """
-    settings = load_settings(**{k: v for k, v in options.items() if v is not None},
-                             db_name=db_name)
+    from bottomless.replica.follower import Replica
+
+    settings = _load_settings(options, db_name)
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -107,8 +123,9 @@ def promote(db_name: str, path: str, force: bool, timeout: float | None, **optio
     PATH first; a missing PATH is restored. The old writer, if it comes back, has its next
     commit refused. Prints where the new writer starts, as JSON.
     """
-    settings = load_settings(**{k: v for k, v in options.items() if v is not None},
-                             db_name=db_name)
+    from bottomless.replica.follower import Replica
+
+    settings = _load_settings(options, db_name)
     replica = Replica(path, settings)
     try:
         promotion = replica.promote(force=force, timeout=timeout)

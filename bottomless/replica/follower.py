@@ -26,6 +26,7 @@ import apsw
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
+from bottomless.backends.counting import CountingStore
 from bottomless.backends.registry import open_store
 from bottomless.errors import (
     BottomlessError,
@@ -39,8 +40,8 @@ from bottomless.errors import (
 from bottomless.local.files import file_size, state_path
 from bottomless.log import for_database
 from bottomless.replica.bookmark import Bookmark
-from bottomless.replica.counting import CountingStore
 from bottomless.replica.feed import Feed, Restored, check_next, successor_of
+from bottomless.replica.live import live_replicas
 from bottomless.replica.local import ReplicaFile, WalNotEmptyError
 from bottomless.replica.position import Point, Position, read_position
 from bottomless.replica.progress import Progress
@@ -128,6 +129,7 @@ class Replica:
         self._thread = threading.Thread(target=self._run, name=f"bottomless-follow-{self.db_name}",
                                         daemon=True)
         self._thread.start()
+        live_replicas.add(self)  # reported by bottomless.metrics until it stops
         return self
 
     def _bring_up(self) -> None:
@@ -195,6 +197,7 @@ class Replica:
         commit applied; a later :meth:`start` (in any process) continues from there."""
         self._stopping.set()
         self._wake.set()
+        live_replicas.discard(self)
         if self._thread is not None:
             self._thread.join(timeout)
         self._file.close()
@@ -428,7 +431,8 @@ class Replica:
         commit of that generation seen in the store; ``lag_seconds``: from the creation of the
         last applied commit to its apply; ``requests``: store requests by kind (``get``,
         ``get_missing`` for the 404 of an idle poll, ``get_range``, ``list``);
-        ``bytes_downloaded``; ``commits_applied``; ``last_error`` and ``stopped_by``;
+        ``bytes_downloaded``; ``commits_applied``; ``errors`` (how many rounds failed) and
+        ``last_error``; ``stopped_by``;
         ``last_restore``: why and when the file was last restored (and, when that was into
         the WAL, how many of the database's pages differed and were written).
         """

@@ -30,7 +30,7 @@ class Progress:
         self._stats: dict[str, Any] = {
             "newest_known_seq": None, "lag_seconds": None, "last_applied_time": None,
             "last_poll_time": None, "last_error": None, "last_error_time": None,
-            "last_restore": None, "restores": 0, "commits_applied": 0,
+            "last_restore": None, "restores": 0, "commits_applied": 0, "errors": 0,
         }
 
     def polled(self, newest_seen: int | None) -> None:
@@ -68,6 +68,7 @@ class Progress:
         """An error: retried, or (``fatal``) the one that stopped the follower."""
         with self._cond:
             self._stats["last_error"] = str(error)
+            self._stats["errors"] += 1
             self._stats["last_error_time"] = time.time()
             if fatal:
                 self.error = error

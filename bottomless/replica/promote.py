@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
@@ -29,10 +29,26 @@ from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
 from bottomless.ops.restore import commit_numbers, complete_generations
 from bottomless.replica.bookmark import format_bookmark
-from bottomless.replica.position import position_path
+from bottomless.replica.position import Point, position_path
+from bottomless.settings import Settings
 
-if TYPE_CHECKING:  # the follower module imports this one
-    from bottomless.replica.follower import Replica
+
+class Replica(Protocol):
+    """What promotion needs of a :class:`~bottomless.replica.follower.Replica` (which calls
+    :func:`promote` from its own ``promote`` method, so this module cannot import it)."""
+
+    settings: Settings
+    db_name: str
+    path: str
+
+    @property
+    def store(self) -> PageStore: ...
+
+    def start_if_needed(self) -> None: ...
+
+    def wait_for(self, bookmark: str, timeout: float | None = None) -> None: ...
+
+    def stop_at(self) -> tuple[Point, int]: ...
 
 #: how many times promotion catches up again when a commit lands after the lease moved
 CATCH_UP_ROUNDS = 5

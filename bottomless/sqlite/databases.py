@@ -111,6 +111,13 @@ class OpenDatabases:
         entry = self.get(path)
         return entry.replicator if entry else None
 
+    def replicators(self) -> list[Replicator]:
+        """The replicators of every database open now (not those opening or closing),
+        sorted by path."""
+        with self._changed:
+            return [entry.replicator for path, entry in sorted(self._entries.items())
+                    if entry.state is _State.OPEN]
+
     def forget(self, path: str) -> None:
         """Drop ``path`` without closing its replicator, as if its process had died.
 
