@@ -324,7 +324,7 @@ def requests_per_commit(
     counter = RequestCounter()
     conn = bottomless.connect(path, settings)
     try:
-        store = replicator_of(path).store
+        store = replicator_of(path).counted_store.inner  # the S3 store under the counter
         counter.attach(store.fs.s3)  # reads, listings, lease renewals (s3fs)
         counter.attach(store.client)  # create-only writes: commits, snapshots (botocore)
         opened = counter.snapshot()

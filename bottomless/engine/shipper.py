@@ -316,9 +316,11 @@ class AsyncShipper:
             return None
         digest = fmt.trailer_digest(intent.data)
         self._check_lease()
+        started = time.monotonic()
         try:
             self.store.put_once(intent.key, intent.data)
             self.stats.count_object(intent.data)
+            self.stats.upload_took(time.monotonic() - started)
         except ObjectExistsError:
             existing = self.store.get(intent.key)
             if fmt.trailer_digest(existing) != digest:
