@@ -118,6 +118,7 @@ def history(store: PageStore, db_name: str, generation: str, *, newest: str) -> 
 def _without_successor(
     store: PageStore, db_name: str, generation: str, commits: list[int], newest: str
 ) -> list[int]:
+    """``commits`` (listed) without a superseded generation's successor object."""
     if commits and generation != newest:
         with contextlib.suppress(ObjectNotFoundError):
             if commit_header(store, db_name, generation, commits[-1]).kind == fmt.KIND_SUCCESSOR:
