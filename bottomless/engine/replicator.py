@@ -4,7 +4,8 @@ Importable and testable without apsw: the VFS hands it
 :class:`~bottomless.engine.transaction.Transaction` objects before SQLite's commit point and
 calls :meth:`Replicator.commit_done` once SQLite has committed locally; it takes SQLite's
 write lock through the :data:`WriteLock` it is given. The work is done by its parts: the
-:class:`~bottomless.engine.lineage.LineageCheck` at open, the
+:class:`~bottomless.engine.opening.Opening` of the database (with the
+:class:`~bottomless.engine.lineage.LineageCheck`), the
 :class:`~bottomless.engine.commit.CommitProtocol` of the commit in flight,
 :class:`~bottomless.engine.generations.Generations`, the
 :class:`~bottomless.engine.shipper.AsyncShipper` and the
@@ -28,7 +29,8 @@ from bottomless.backends.counting import CountingStore
 from bottomless.engine.commit import CommitProtocol, Phase
 from bottomless.engine.generations import Generations, ProgressFactory
 from bottomless.engine.lease import WriterLease
-from bottomless.engine.lineage import Decision, LineageCheck, Verdict, is_own_orphan
+from bottomless.engine.lineage import is_own_orphan
+from bottomless.engine.opening import Opening, is_empty_locally
 from bottomless.engine.shipper import AsyncShipper, WriteLock
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Spool
@@ -38,15 +40,11 @@ from bottomless.errors import BottomlessError, ObjectExistsError, ReplicaConflic
 from bottomless.local.files import (
     LocalImage,
     LocalState,
-    file_size,
     read_state,
-    remove_local_files,
     write_state,
 )
 from bottomless.local.lockfile import local_writer_id, open_lock
-from bottomless.local.session import Interrupted, SessionMarker
-from bottomless.ops.restore import latest_generation, restore_file
-from bottomless.ops.snapshots import snapshot_seqs
+from bottomless.local.session import SessionMarker
 from bottomless.settings import Settings
 
 __all__ = ["ProgressFactory", "Replicator", "Stats", "WriteLock"]
@@ -125,7 +123,7 @@ class Replicator:
         ReplicaConflictError (policy ``error``) or StoreError.
         """
         with self.lock, open_lock(self.db_path) as lock_fd:
-            empty = self._is_empty_locally()
+            empty = is_empty_locally(self.db_path)
             state = read_state(self.db_path)
             if state is not None and state.db_name == self.db_name:
                 self.writer = state.writer_bytes
@@ -137,8 +135,13 @@ class Replicator:
                     self.store, self.db_name, self.writer.hex(), self.settings.lease_ttl
                 )
                 self.lease.acquire()
+            opening = Opening(
+                self.db_path, self.db_name, self.settings, self.store, self.log,
+                session=self.session, shipper=self.shipper, generations=self.generations,
+                snapshots=self.snapshots, write_lock=self._write_lock, record=self._record,
+            )
             try:
-                self._open_session(empty, state)
+                self.paused = opening.run(empty, state, self.writer)
             except BaseException:
                 self.session.end()
                 if self.lease is not None:
@@ -149,139 +152,6 @@ class Replicator:
                 self.lease = None
             if self.settings.durability == "async" and not self.paused:
                 self.shipper.start()
-
-    def _open_session(self, empty: bool, state: LocalState | None) -> None:
-        interrupted = self.session.interrupted()
-        self.session.join()
-        if empty:
-            self._open_empty(state)
-        else:
-            with self._write_lock():
-                self.shipper.holds_write_lock = True
-                try:
-                    if interrupted == "async":
-                        self._discard_spool()
-                    else:
-                        self.shipper.drain_leftovers()
-                    self._open_existing(interrupted)
-                finally:
-                    self.shipper.holds_write_lock = False
-        # only now: a failed open leaves an interrupted session's record for the next
-        if self.paused:
-            self.session.end()  # not replicating: no part in the session
-        else:
-            self.session.begin(self.settings.durability == "async")
-
-    def _discard_spool(self) -> None:
-        """Drop the spool of a session that a machine restart interrupted: it may have lost
-        entries (it is not fsynced), so the local file, not the spool, is the truth now."""
-        if self.spool.exists() or os.path.exists(self.spool.intent_path):
-            self.log.warning(
-                "dropping the async spool of a session interrupted by a machine restart;"
-                " the new generation started from the local file holds its commits"
-            )
-        self.spool.destroy()
-
-    def _is_empty_locally(self) -> bool:
-        if file_size(self.db_path) > 0:
-            return False
-        return file_size(self.db_path + "-wal") == 0
-
-    def _open_empty(self, state: LocalState | None) -> None:
-        manifest = latest_generation(self.store, self.db_name)
-        if (
-            state is not None and manifest is not None
-            and state.generation == manifest.generation and state.seq == 0
-            and manifest.db_size == 0 and manifest.digest == state.digest_bytes
-            and not self.store.exists(fmt.commit_key(self.db_name, state.generation, 1))
-        ):
-            self.state = state  # a new, still empty database that another process opened
-            return
-        self.spool.destroy()  # entries of a database that no longer exists
-        if manifest is None:
-            remove_local_files(self.db_path, include_db=False)
-            self._record(self.generations.start(None, "initial", writer=self.writer))
-            return
-        remove_local_files(self.db_path, include_db=True)
-        result = restore_file(
-            self.store, self.db_name, self.db_path, parallelism=self.settings.parallelism
-        )
-        self._record(LocalState(
-            self.db_name, result.generation, result.seq, result.digest.hex(), result.page_size,
-            self.writer.hex(), self.store.location,
-        ))
-        self.log.info("restored %s from %s (generation %s, commit %d)", self.db_path,
-                      self.store.location, result.generation, result.seq)
-
-    def _open_existing(self, interrupted: Interrupted | None = None) -> None:
-        image = LocalImage(self.db_path)
-        try:
-            state = read_state(self.db_path)
-            if state is not None and state.db_name != self.db_name:
-                state = None
-            manifest = latest_generation(self.store, self.db_name)
-            if manifest is None:
-                self._record(self.generations.start(image, "initial", writer=self.writer))
-                return
-            check = LineageCheck(self.store, self.db_name, self.writer, self.settings.parallelism)
-            decision = check.decide(state, manifest, image, interrupted)
-            self._act_on(decision, state, manifest, image)
-        finally:
-            image.close()
-
-    def _act_on(
-        self, decision: Decision, state: LocalState | None, manifest: fmt.Manifest,
-        image: LocalImage,
-    ) -> None:
-        """Carry out the lineage check's verdict."""
-        found = decision.state
-        if found is not None and state is not None and found.seq != state.seq:
-            self.log.info("the local file is at commit %d (the state file said %d)",
-                          found.seq, state.seq)
-        if decision.verdict is Verdict.CONTINUE:
-            assert found is not None
-            self._record(found)
-            newest = max(snapshot_seqs(self.store, self.db_name, found.generation), default=0)
-            self.snapshots.reset(found.seq - newest)
-            self.log.info("continuing: generation %s at commit %d", found.generation, found.seq)
-        elif decision.verdict is Verdict.BRANCH:
-            assert found is not None
-            self.log.warning("%s; branching a new generation from commit %d", decision.reason,
-                             found.seq)
-            self._record(self.generations.branch(found))
-        elif decision.verdict is Verdict.RESTART:
-            self.log.warning("%s; starting a new generation from the local file",
-                             decision.reason)
-            self._record(self.generations.start(image, "restart", writer=self.writer))
-        else:
-            self._apply_policy(decision.reason, manifest, image)
-
-    def _apply_policy(self, reason: str, manifest: fmt.Manifest, image: LocalImage) -> None:
-        policy = self.settings.initial_replication
-        if policy == "force":
-            self.log.warning("%s; initial_replication=force: replicating the local file as a"
-                             " new generation", reason)
-            self._record(self.generations.start(image, "force", writer=self.writer))
-        elif policy == "skip":
-            self.log.warning(
-                "%s; initial_replication=skip: opening WITHOUT replication. Commits made now"
-                " are not uploaded; restores return generation %s.", reason,
-                manifest.generation,
-            )
-            self.paused = True
-        else:
-            seqs = len(self.store.list_keys(fmt.commits_prefix(self.db_name, manifest.generation)))
-            raise ReplicaConflictError(
-                f"cannot replicate {self.db_path}: {self.store.location} already holds a replica"
-                f" of {self.db_name!r} (generation {manifest.generation}, {manifest.db_size}-page"
-                f" snapshot, {seqs} commit(s) after it), and {reason} (local file:"
-                f" {image.db_size} pages). Set initial_replication=force (env"
-                " LIBSQL_BOTTOMLESS_INITIAL_REPLICATION, URI parameter initial_replication) to"
-                " replicate the local file as the newest generation, initial_replication=skip to"
-                " open it without replicating, or delete the local file to restore it from the"
-                " bucket.", db_name=self.db_name,
-                key=fmt.snapshot_key(self.db_name, manifest.generation, 0),
-            )
 
     # ------------------------------------------------------------ commits
 

@@ -1,0 +1,196 @@
+"""Opening a database: bring the local file and the bucket in step before SQLite reads it.
+
+:class:`Opening` is the part of :class:`~bottomless.engine.replicator.Replicator` that runs
+once per open: it restores a missing or empty database, uploads one the bucket does not have,
+continues a known lineage (after the :class:`~bottomless.engine.lineage.LineageCheck`), and
+applies ``initial_replication`` to a conflict. It records the position it ends at through the
+``record`` callback it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from bottomless import format as fmt
+from bottomless.backends.base import PageStore
+from bottomless.engine.generations import Generations
+from bottomless.engine.lineage import Decision, LineageCheck, Verdict
+from bottomless.engine.shipper import AsyncShipper, WriteLock
+from bottomless.engine.snapshot_policy import SnapshotPolicy
+from bottomless.errors import ReplicaConflictError
+from bottomless.local.files import (
+    LocalImage,
+    LocalState,
+    file_size,
+    read_state,
+    remove_local_files,
+)
+from bottomless.local.session import Interrupted, SessionMarker
+from bottomless.log import DatabaseLogger
+from bottomless.ops.restore import latest_generation, restore_file
+from bottomless.ops.snapshots import snapshot_seqs
+from bottomless.settings import Settings
+
+
+def is_empty_locally(db_path: str) -> bool:
+    """Whether the database has no content on this machine (no pages, no WAL)."""
+    if file_size(db_path) > 0:
+        return False
+    return file_size(db_path + "-wal") == 0
+
+
+class Opening:
+    """One open of a database's replication (see the module docstring)."""
+
+    def __init__(
+        self, db_path: str, db_name: str, settings: Settings, store: PageStore,
+        log: DatabaseLogger, *, session: SessionMarker, shipper: AsyncShipper,
+        generations: Generations, snapshots: SnapshotPolicy, write_lock: WriteLock,
+        record: Callable[[LocalState], None],
+    ) -> None:
+        self.db_path = db_path
+        self.db_name = db_name
+        self.settings = settings
+        self.store = store
+        self.log = log
+        self.session = session
+        self.shipper = shipper
+        self.generations = generations
+        self.snapshots = snapshots
+        self._write_lock = write_lock
+        self._record = record
+        self.writer = b""
+        self.paused = False
+
+    def run(self, empty: bool, state: LocalState | None, writer: bytes) -> bool:
+        """Open the database (``empty``: nothing local; ``state``: its state file, if it is
+        this database's) as ``writer``; return whether replication is paused (``skip``)."""
+        self.writer = writer
+        interrupted = self.session.interrupted()
+        self.session.join()
+        if empty:
+            self._open_empty(state)
+        else:
+            with self._write_lock():
+                self.shipper.holds_write_lock = True
+                try:
+                    if interrupted == "async":
+                        self._discard_spool()
+                    else:
+                        self.shipper.drain_leftovers()
+                    self._open_existing(interrupted)
+                finally:
+                    self.shipper.holds_write_lock = False
+        # only now: a failed open leaves an interrupted session's record for the next
+        if self.paused:
+            self.session.end()  # not replicating: no part in the session
+        else:
+            self.session.begin(self.settings.durability == "async")
+        return self.paused
+
+    def _discard_spool(self) -> None:
+        """Drop the spool of a session that a machine restart interrupted: it may have lost
+        entries (it is not fsynced), so the local file, not the spool, is the truth now."""
+        if self.shipper.spool.exists() or os.path.exists(self.shipper.spool.intent_path):
+            self.log.warning(
+                "dropping the async spool of a session interrupted by a machine restart;"
+                " the new generation started from the local file holds its commits"
+            )
+        self.shipper.spool.destroy()
+
+    def _open_empty(self, state: LocalState | None) -> None:
+        manifest = latest_generation(self.store, self.db_name)
+        if (
+            state is not None and manifest is not None
+            and state.generation == manifest.generation and state.seq == 0
+            and manifest.db_size == 0 and manifest.digest == state.digest_bytes
+            and not self.store.exists(fmt.commit_key(self.db_name, state.generation, 1))
+        ):
+            self._record(state)  # a new, still empty database another process opened
+            return
+        self.shipper.spool.destroy()  # entries of a database that no longer exists
+        if manifest is None:
+            remove_local_files(self.db_path, include_db=False)
+            self._record(self.generations.start(None, "initial", writer=self.writer))
+            return
+        remove_local_files(self.db_path, include_db=True)
+        result = restore_file(
+            self.store, self.db_name, self.db_path, parallelism=self.settings.parallelism
+        )
+        self._record(LocalState(
+            self.db_name, result.generation, result.seq, result.digest.hex(), result.page_size,
+            self.writer.hex(), self.store.location,
+        ))
+        self.log.info("restored %s from %s (generation %s, commit %d)", self.db_path,
+                      self.store.location, result.generation, result.seq)
+
+    def _open_existing(self, interrupted: Interrupted | None = None) -> None:
+        image = LocalImage(self.db_path)
+        try:
+            state = read_state(self.db_path)
+            if state is not None and state.db_name != self.db_name:
+                state = None
+            manifest = latest_generation(self.store, self.db_name)
+            if manifest is None:
+                self._record(self.generations.start(image, "initial", writer=self.writer))
+                return
+            check = LineageCheck(self.store, self.db_name, self.writer, self.settings.parallelism)
+            decision = check.decide(state, manifest, image, interrupted)
+            self._act_on(decision, state, manifest, image)
+        finally:
+            image.close()
+
+    def _act_on(
+        self, decision: Decision, state: LocalState | None, manifest: fmt.Manifest,
+        image: LocalImage,
+    ) -> None:
+        """Carry out the lineage check's verdict."""
+        found = decision.state
+        if found is not None and state is not None and found.seq != state.seq:
+            self.log.info("the local file is at commit %d (the state file said %d)",
+                          found.seq, state.seq)
+        if decision.verdict is Verdict.CONTINUE:
+            assert found is not None
+            self._record(found)
+            newest = max(snapshot_seqs(self.store, self.db_name, found.generation), default=0)
+            self.snapshots.reset(found.seq - newest)
+            self.log.info("continuing: generation %s at commit %d", found.generation, found.seq)
+        elif decision.verdict is Verdict.BRANCH:
+            assert found is not None
+            self.log.warning("%s; branching a new generation from commit %d", decision.reason,
+                             found.seq)
+            self._record(self.generations.branch(found))
+        elif decision.verdict is Verdict.RESTART:
+            self.log.warning("%s; starting a new generation from the local file",
+                             decision.reason)
+            self._record(self.generations.start(image, "restart", writer=self.writer))
+        else:
+            self._apply_policy(decision.reason, manifest, image)
+
+    def _apply_policy(self, reason: str, manifest: fmt.Manifest, image: LocalImage) -> None:
+        policy = self.settings.initial_replication
+        if policy == "force":
+            self.log.warning("%s; initial_replication=force: replicating the local file as a"
+                             " new generation", reason)
+            self._record(self.generations.start(image, "force", writer=self.writer))
+        elif policy == "skip":
+            self.log.warning(
+                "%s; initial_replication=skip: opening WITHOUT replication. Commits made now"
+                " are not uploaded; restores return generation %s.", reason,
+                manifest.generation,
+            )
+            self.paused = True
+        else:
+            seqs = len(self.store.list_keys(fmt.commits_prefix(self.db_name, manifest.generation)))
+            raise ReplicaConflictError(
+                f"cannot replicate {self.db_path}: {self.store.location} already holds a replica"
+                f" of {self.db_name!r} (generation {manifest.generation}, {manifest.db_size}-page"
+                f" snapshot, {seqs} commit(s) after it), and {reason} (local file:"
+                f" {image.db_size} pages). Set initial_replication=force (env"
+                " LIBSQL_BOTTOMLESS_INITIAL_REPLICATION, URI parameter initial_replication) to"
+                " replicate the local file as the newest generation, initial_replication=skip to"
+                " open it without replicating, or delete the local file to restore it from the"
+                " bucket.", db_name=self.db_name,
+                key=fmt.snapshot_key(self.db_name, manifest.generation, 0),
+            )
