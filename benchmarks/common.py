@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -225,3 +226,10 @@ def _disk_kind(path: str) -> str:
         return f"{name}: {kind}"
     except (OSError, ValueError):
         return "unknown"
+
+
+def save_results(path: str, results: dict[str, Any]) -> None:
+    """Write a run's results as indented JSON (what ``--from-json`` reads back)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, default=str)
+        handle.write("\n")

@@ -300,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results["litestream"], run._table))
     print(f"\n{results['total_s']:.0f} s; 1-minute load average now"
           f" {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; results in {args.output}")
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, default=str)
-        handle.write("\n")
+    common.save_results(args.output, results)
     return 0
 
 

@@ -693,9 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(render(results, table))
     print(f"\n{results['seconds']:.0f} s; results in {args.output}")
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, default=str)
-        handle.write("\n")
+    common.save_results(args.output, results)
     return 0
 
 

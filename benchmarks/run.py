@@ -443,9 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results))
     print(f"\n{results['measure_s']:.0f} s measuring ({results['total_s']:.0f} s in all);"
           f" results in {args.output}")
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, default=str)
-        handle.write("\n")
+    common.save_results(args.output, results)
     return 0
 
 
