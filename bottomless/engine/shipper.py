@@ -35,6 +35,11 @@ from bottomless.settings import Settings
 
 #: an uploaded async object merges at most this many bytes of spooled pages
 GROUP_BYTES = 16 * 1024 * 1024
+#: spooled pages that ship at once, without waiting for the interval: a busy writer's
+#: uploads stay small and quick, so every commit is stored well within ``max_lag`` (with
+#: 16 MiB groups, the crash soak lost commits older than ``max_lag`` on a loaded machine),
+#: while small commits still share one upload per interval
+SHIP_AT_ONCE_BYTES = 1024 * 1024
 
 #: builds the local content a new generation starts from
 ImageSource = Callable[[], LocalImage]
@@ -100,7 +105,7 @@ class AsyncShipper:
         self.uploader = Uploader(
             f"bottomless-upload-{self.db_name}", self._drain_guarded, self._backlog,
             interval=self.settings.shipping_interval, bound=self.settings.max_lag,
-            gather=min(0.05, self.settings.max_lag / 10), full=GROUP_BYTES,
+            gather=min(0.05, self.settings.max_lag / 10), full=SHIP_AT_ONCE_BYTES,
         )
         self.uploader.start()
 

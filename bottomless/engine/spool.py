@@ -429,7 +429,7 @@ class Uploader(threading.Thread):
     shares objects. A commit after a quiet spell finds its slot open and waits only ``gather``
     seconds for company. Whatever the interval, an upload starts early enough to end before
     the oldest commit is ``bound`` (``max_lag``) seconds old, allowing twice the slowest
-    recent upload. ``hurry`` ships at once; so does a full object's worth (``full`` bytes).
+    recent upload. ``hurry`` ships at once; so do ``full`` bytes of spooled pages.
     """
 
     def __init__(
@@ -455,9 +455,12 @@ class Uploader(threading.Thread):
         self._durations: collections.deque[float] = collections.deque(maxlen=16)
 
     def ship_by(self) -> float:
-        """The age of the oldest commit at which an upload starts, interval or not."""
+        """The age of the oldest commit at which an upload starts, interval or not: a fifth
+        of ``bound`` before it, or twice the slowest recent upload if that is more (at most
+        half of it). A thinner margin lost commits in the crash soak: on a loaded machine the
+        thread's wake-up and the object's encoding alone can take tens of milliseconds."""
         slowest = max(self._durations, default=0.0)
-        return self.bound - min(self.bound / 2, max(self.bound / 20, 2 * slowest))
+        return self.bound - min(self.bound / 2, max(self.bound / 5, 2 * slowest))
 
     def delay(self) -> float:
         """Seconds until the next upload is due (0: now, and its slot is noted)."""
@@ -472,7 +475,7 @@ class Uploader(threading.Thread):
         if not backlog.age:
             return self.gather  # nothing spooled: look again soon
         if backlog.age >= now - self._own_start or backlog.size >= self._full:
-            return 0.0  # left over by this thread's last upload, or a full object: no waiting
+            return 0.0  # left over by this thread's last upload, or enough to ship now
         spooled = now - backlog.age
         due = max(spooled + self.gather,
                   min(self._last_slot + self.interval, spooled + self.ship_by()))
