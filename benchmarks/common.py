@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apsw
@@ -233,3 +234,17 @@ def save_results(path: str, results: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2, default=str)
         handle.write("\n")
+
+
+def measure_into(
+    results: dict[str, Any], key: str, label: str, run: Callable[[], Any],
+    step: Callable[[str], None],
+) -> None:
+    """Announce ``label`` through ``step``, then store what ``run`` measured under ``key``;
+    a failure is logged and stored as an error, so the other sections still run."""
+    step(label)
+    try:
+        results[key] = run()
+    except Exception as e:
+        logging.exception("%s failed", label)
+        results[key] = {"error": f"{type(e).__name__}: {e}"}

@@ -467,12 +467,7 @@ def measure(server: SeaweedServer, workdir: str, sizes: dict[str, Any],
     bucket = server.new_bucket()
 
     def part(key: str, label: str, run: Callable[[], Any]) -> None:
-        step(label)
-        try:
-            results[key] = run()
-        except Exception as e:
-            logging.exception("%s failed", label)
-            results[key] = {"error": f"{type(e).__name__}: {e}"}
+        common.measure_into(results, key, label, run, step)
 
     def lag_runs() -> dict[str, Any]:
         runs = {f"status_{p}": lag_run(server, workdir, bucket, poll_interval=p,

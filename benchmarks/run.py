@@ -374,12 +374,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
 
     def section(key: str, label: str, run: Any) -> None:
-        step(label)
-        try:
-            results[key] = run()
-        except Exception as e:
-            logging.exception("%s failed", label)
-            results[key] = {"error": f"{type(e).__name__}: {e}"}
+        common.measure_into(results, key, label, run, step)
 
     def latency() -> dict[str, Any]:
         commits = results["commits"]

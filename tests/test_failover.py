@@ -76,12 +76,19 @@ def failover_settings(request: pytest.FixtureRequest, make_settings: MakeSetting
     return make_settings(request.param, db_name="bank", lease_ttl=TTL)
 
 
+def writer_and_replica(
+    tmp_path: Any, settings: bottomless.Settings
+) -> tuple[subprocess.Popen[bytes], bottomless.Replica]:
+    """A running writer process and a (not yet started) replica of its database."""
+    writer = start_writer(str(tmp_path / "writer.db"), settings)
+    return writer, bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.1)
+
+
 def test_a_killed_writer_is_replaced_by_its_promoted_replica_with_nothing_lost(
     tmp_path: Any, failover_settings: bottomless.Settings
 ) -> None:
     settings = failover_settings
-    writer = start_writer(str(tmp_path / "writer.db"), settings)
-    replica = bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.1)
+    writer, replica = writer_and_replica(tmp_path, settings)
     try:
         lines = read_lines(writer, 1.5)
         replica.start()
@@ -114,8 +121,7 @@ def test_a_paused_writer_that_wakes_after_promotion_is_refused(
     tmp_path: Any, failover_settings: bottomless.Settings
 ) -> None:
     settings = failover_settings
-    writer = start_writer(str(tmp_path / "writer.db"), settings)
-    replica = bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.1)
+    writer, replica = writer_and_replica(tmp_path, settings)
     try:
         replica.start()
         lines = read_lines(writer, 1.0)
