@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick      # small sizes, a smoke run under a minute (+ Litestream)
     python benchmarks/run.py --no-litestream   # without section 7, bottomless vs Litestream
     python benchmarks/run.py --no-replica      # without section 8, read replicas and failover
+    python benchmarks/run.py --no-stall        # without section 9, commits during a snapshot
 
 One process: it starts its own SeaweedFS on loopback (random ports, temporary directory),
 measures, prints a table with the targets, writes benchmarks/results.json, and stops the
@@ -32,6 +33,7 @@ import litestream  # noqa: E402
 import measure_commits  # noqa: E402
 import measure_data  # noqa: E402
 import replica  # noqa: E402
+import snapshot_stall  # noqa: E402
 
 from bottomless.testing.seaweed import start_seaweed  # noqa: E402
 
@@ -66,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None,
                         help="directory for the databases (default: a temporary directory on"
                         " the same disk as the system temp dir); it is emptied afterwards")
+    parser.add_argument("--no-stall", action="store_true",
+                        help="leave out section 9, sync commits during a background snapshot")
     litestream.add_arguments(parser)
     replica.add_arguments(parser)
     return parser.parse_args(argv)
@@ -134,6 +138,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("restore throughput vs raw parallel download", ">= 0.7x", restore)
     add("read-heavy query time vs plain apsw", "<= 1.1x", reads)
     add("bucket bytes / db size after updates + gc", "<= 1.5x", bucket)
+    add("sync commit p99 during a background snapshot vs raw PUT p99", "<= 2x",
+        lambda: snapshot_stall.target(results["stall"]))
     return targets
 
 
@@ -320,6 +326,16 @@ def _replica_section(results: dict[str, Any]) -> str:
     return replica.render(found, _table)
 
 
+def _stall_section(results: dict[str, Any]) -> str:
+    found = results.get("stall", {"skipped": "not measured in this results file"})
+    if "workers" not in found:
+        return f"9. Sync commits during a background snapshot: {found}"
+    return _table(
+        f"9. Sync commits during a background snapshot (after a {found['bulk_mb']} MiB"
+        f" transaction; {found['rounds']} rounds per worker, taking turns)",
+        snapshot_stall.HEADER, snapshot_stall.rows(found))
+
+
 SECTIONS = [
     ("1. Commits/s", "commits", _commits_section),
     ("2. Sync commit latency", "latency", _latency_section),
@@ -329,6 +345,7 @@ SECTIONS = [
     ("6. Bucket bytes", "bucket", _bucket_section),
     ("7. bottomless vs Litestream", "litestream", _litestream_section),
     ("8. Read replicas and failover", "replica", _replica_section),
+    ("9. Sync commits during a snapshot", "stall", _stall_section),
 ]
 
 
@@ -426,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             section("replica", "8. read replicas and failover", lambda: replica.measure(
                 server, workdir, replica.sizes_from(args), step))
+        if args.no_stall:
+            results["stall"] = {"skipped": "left out (--no-stall)"}
+        else:
+            section("stall", "9. sync commits during a background snapshot",
+                    lambda: snapshot_stall.measure(
+                        server, workdir,
+                        snapshot_stall.QUICK if args.quick else snapshot_stall.FULL, step))
     finally:
         step("stopping SeaweedFS")
         server.stop()

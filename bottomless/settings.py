@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     snapshot_interval_mb: int = Field(
         64, ge=0, description="Take a new snapshot after this many MiB of commits (0: never)."
     )
+    snapshot_worker: Literal["process", "thread"] = Field(
+        "process",
+        description="Where background snapshots are built: `process`, a child Python process"
+        " (commits keep their speed: it does not share their interpreter lock), or `thread`."
+        " Backends another process cannot open the same way (`memory`, ones registered as"
+        " objects at run time) always use a thread.",
+    )
     retention: str = Field(
         "7d",
         description="How far back `bottomless gc` keeps every point restorable (30s, 15m, 12h,"
@@ -203,6 +210,15 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    def portable(self) -> dict[str, Any]:
+        """Every field as JSON-ready values, secrets included: for handing these settings to
+        a child process through a pipe (never through argv or the environment, never logs)."""
+        values = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
+            values[name] = secret.get_secret_value() if secret is not None else None
+        return values
 
     @property
     def attempts(self) -> int:

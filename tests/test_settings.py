@@ -33,6 +33,7 @@ BAD_VALUES = {
     "ship_interval": ("2", ["ship_interval", "max_lag (1.0)"]),
     "lease_ttl": ("-3", ["lease_ttl"]),
     "keep_snapshots": ("-1", ["keep_snapshots"]),
+    "snapshot_worker": ("fork", ["snapshot_worker", "'process'", "'thread'"]),
 }
 
 

@@ -29,6 +29,9 @@ class PageStore(ABC):
 
     #: name of the backend, as in ``Settings.backend``
     backend: str = ""
+    #: True when another process opening the same settings would not see these objects
+    #: (the memory backend); such a store is never handed to a child process
+    process_local: bool = False
 
     @property
     @abstractmethod

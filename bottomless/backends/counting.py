@@ -65,6 +65,13 @@ class CountingStore(PageStore):
         with self._lock:
             return dict(self.requests), self.bytes
 
+    def merge(self, requests: dict[str, int], failures: dict[str, int], nbytes: int) -> None:
+        """Add requests made on this store's behalf elsewhere (a snapshot child process)."""
+        with self._lock:
+            self.requests.update(requests)
+            self.failures.update(failures)
+            self.bytes += nbytes
+
     def failed(self) -> dict[str, int]:
         """A copy of the failed request counts, by kind."""
         with self._lock:

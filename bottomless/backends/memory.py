@@ -23,6 +23,7 @@ class MemoryPageStore(FsspecPageStore):
     """Objects live in process memory under ``/<namespace>``; useful for tests and demos."""
 
     backend = "memory"
+    process_local = True
 
     def __init__(self, namespace: str) -> None:
         super().__init__(fsspec.filesystem("memory", skip_instance_cache=True), f"/{namespace}")

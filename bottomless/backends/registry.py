@@ -157,6 +157,23 @@ class BackendRegistry:
             raise ConfigError(f"backend {name!r}: {_describe(entry.factory)} is not callable")
         return cast("Callable[[Settings], PageStore]", target)
 
+    def reopens(self, store: PageStore) -> bool:
+        """Whether another process, opening the backend named ``store.backend`` from the same
+        Settings, gets a store of the same class over the same objects.
+
+        True only when the registration is ``"module:Class"`` text (built-in backends, entry
+        points) naming ``store``'s own class, and the store is not ``process_local``: a factory
+        registered as an object at run time, or a wrapper around a store, exists only here.
+        """
+        self._load_entry_points()
+        with self._lock:
+            entry = self._entries.get(store.backend)
+        cls = type(store)
+        return (
+            entry is not None and not store.process_local and isinstance(entry.factory, str)
+            and entry.factory == f"{cls.__module__}:{cls.__qualname__}"
+        )
+
     def open(self, settings: Settings) -> PageStore:
         """Build the store that ``settings.backend`` names.
 

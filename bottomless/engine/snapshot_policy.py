@@ -1,6 +1,7 @@
 """When to take a snapshot: after ``snapshot_interval_commits`` commits or
-``snapshot_interval_mb`` MiB of commit objects since the newest one, built in a background
-thread from the bucket (so it needs no lock on the local file)."""
+``snapshot_interval_mb`` MiB of commit objects since the newest one, built in the background
+from the bucket (so it needs no lock on the local file): in a child process where the store
+allows (``snapshot_worker``), else in a thread."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import threading
 
 from bottomless import log
 from bottomless.backends.base import PageStore
+from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
 from bottomless.engine.stats import Stats
 from bottomless.errors import ObjectExistsError
 from bottomless.local.files import LocalState
-from bottomless.ops.snapshots import compact
 from bottomless.settings import Settings
 
 
@@ -44,7 +45,7 @@ class SnapshotPolicy:
         due = (every_commits and self._commits >= every_commits) or (
             every_bytes and self._bytes >= every_bytes
         )
-        if not due or self.closing or (self._thread is not None and self._thread.is_alive()):
+        if not due or self.closing or self.running:
             return
         self.reset()
         self._thread = threading.Thread(
@@ -54,19 +55,24 @@ class SnapshotPolicy:
         self._thread.start()
 
     def _snapshot(self, generation: str, seq: int, writer: str) -> None:
+        job = SnapshotJob(self.db_name, generation, seq, writer,
+                          parallelism=min(2, self.settings.parallelism))  # gently, beside commits
         try:
-            compact(
-                self.store, db_name=self.db_name, generation=generation, seq=seq,
-                compression=self.settings.compression,
-                parallelism=min(2, self.settings.parallelism),  # gently, beside live commits
-                writer=writer, part_mb=self.settings.snapshot_part_mb,
-                counter=self.stats.count_object,
-            )
+            if self.settings.snapshot_worker == "process" and can_use_child(self.store):
+                built = build_in_child(job, self.settings, self.store)
+                self.stats.count_objects(built.objects, built.bytes)
+            else:
+                job.run(self.store, self.settings, self.stats.count_object)
         except ObjectExistsError:
             pass  # another process took this very snapshot
         except Exception as e:  # noqa: BLE001 - a failed snapshot must not break commits
             self.stats.error(f"snapshot at commit {seq} failed: {e}")
             self.log.warning("snapshot at commit %d failed: %s", seq, e)
+
+    @property
+    def running(self) -> bool:
+        """Whether a background snapshot is being built now."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a background snapshot in progress, if any."""

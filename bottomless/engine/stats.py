@@ -66,6 +66,12 @@ class Stats:
             self.objects_written += 1
             self.bytes_written += len(data)
 
+    def count_objects(self, objects: int, nbytes: int) -> None:
+        """``objects`` objects of ``nbytes`` bytes in all were written (by a child process)."""
+        with self._lock:
+            self.objects_written += objects
+            self.bytes_written += nbytes
+
     def commit_recorded(self, seq: int, *, clear_error: bool = False) -> None:
         """Commit ``seq`` is in the bucket and recorded."""
         with self._lock:

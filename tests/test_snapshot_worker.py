@@ -1,0 +1,158 @@
+"""Background snapshots in a child process (``snapshot_worker``): where they run, what the
+child is told and how, and what a failure in the child looks like."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from helpers import ForwardingStore, integrity, remove_db, replicator, rows
+
+import bottomless
+from bottomless.backends.counting import CountingStore
+from bottomless.backends.file import FilePageStore
+from bottomless.backends.registry import backend_registry, open_store
+from bottomless.engine import snapshot_worker
+from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
+from bottomless.errors import BottomlessError
+from bottomless.ops.snapshots import snapshot_seqs
+
+MakeSettings = Callable[..., bottomless.Settings]
+
+
+def _no_compaction_here(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("compact ran in the committing process")
+
+
+def _commit(db: Any, count: int) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+    for _ in range(count):
+        db.execute("INSERT INTO t(v) VALUES(randomblob(2000))")
+
+
+@pytest.mark.parametrize("backend_name", ["file", pytest.param("s3", marks=pytest.mark.s3)])
+def test_background_snapshots_are_built_in_a_child_process(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+    backend_name: str,
+) -> None:
+    # compaction in this process fails, so a snapshot that appears was built elsewhere
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)
+    settings = make_settings(backend_name, snapshot_interval_commits=10)
+    path = str(tmp_path / "child.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    status = bottomless.status(db)
+    store = replicator(path).store
+    assert snapshot_seqs(store, "child.db", status["generation"])[-1] == 10
+    assert status["last_error"] is None
+    # the child's uploads count in this process's figures: every object of the generation
+    objects = store.list_keys(f"child.db/generations/{status['generation']}/")
+    assert any("/parts/" in key for key in objects)
+    assert status["objects_written"] == len(objects)
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    remove_db(path)
+    result = bottomless.restore(path, settings, db_name="child.db")
+    assert integrity(path) == "ok" and rows(path, "SELECT * FROM t ORDER BY id") == expected
+    assert result.objects <= 3  # the child's snapshot (manifest, part) and the last commit
+
+
+def test_the_thread_worker_builds_in_this_process(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)
+    settings = make_settings("file", snapshot_interval_commits=10, snapshot_worker="thread")
+    path = str(tmp_path / "thread.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    assert "compact ran in the committing process" in bottomless.status(db)["last_error"]
+    db.close()
+
+
+def test_only_stores_another_process_can_open_go_to_a_child(
+    make_settings: MakeSettings, tmp_path: Any
+) -> None:
+    file_store = open_store(make_settings("file"))
+    assert can_use_child(file_store)
+    assert not can_use_child(open_store(make_settings("memory")))  # objects in this process
+    assert can_use_child(CountingStore(file_store))  # the writer's own counting wrapper
+    assert not can_use_child(ForwardingStore(file_store))  # a wrapper exists only here
+
+    class LocalFiles(FilePageStore):
+        backend = "localfiles"
+
+    backend_registry.register("localfiles", LocalFiles)  # an object, not importable text
+    try:
+        assert not can_use_child(LocalFiles(str(tmp_path / "objects")))
+    finally:
+        backend_registry.unregister("localfiles")
+
+
+def test_settings_reach_the_child_through_a_pipe_only(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-never-in-argv-0123456789"
+    settings = make_settings("file", secret_access_key=secret, access_key_id="AKIDEXAMPLE")
+    seen: dict[str, Any] = {}
+    real_run = subprocess.run
+
+    def spying_run(args: list[str], **kwargs: Any) -> Any:
+        seen.update(args=args, env=kwargs["env"], input=kwargs["input"])
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(snapshot_worker.subprocess, "run", spying_run)
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    with pytest.raises(BottomlessError):
+        build_in_child(job, settings)
+    assert secret.encode() in seen["input"]  # the child needs it
+    assert not any(secret in arg for arg in seen["args"])
+    assert not any(secret in value for value in seen["env"].values())
+
+
+def test_a_failed_snapshot_in_the_child_says_why(make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    with pytest.raises(BottomlessError) as failure:
+        build_in_child(job, settings)
+    # the child's own message, not a dead child's
+    assert "no-such-generation has no snapshot at or before 5" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "words"),
+    [("import sys; sys.stderr.write('out of luck\\n'); sys.exit(3)", "status 3: out of luck"),
+     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "status -9: no message")],
+)
+def test_a_child_that_dies_is_reported_with_its_last_words(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, script: str, words: str
+) -> None:
+    real_run = subprocess.run
+
+    def dying_run(args: list[str], **kwargs: Any) -> Any:
+        return real_run([args[0], "-c", script], **kwargs)
+
+    monkeypatch.setattr(snapshot_worker.subprocess, "run", dying_run)
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    with pytest.raises(BottomlessError, match=f"the snapshot process exited with {words}"):
+        build_in_child(job, make_settings("file"))
+
+
+def test_the_childs_requests_count_in_the_writers_figures(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file", snapshot_interval_commits=10)
+    path = str(tmp_path / "counted.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 5)
+    requests_before = dict(replicator(path).counted_store.counts()[0])
+    _commit(db, 5)
+    replicator(path).wait_snapshot(60)
+    requests = replicator(path).counted_store.counts()[0]
+    # 5 commit PUTs here, plus the child's reads of the log and its snapshot uploads
+    assert requests["put"] - requests_before["put"] >= 5 + 2
+    assert requests.get("get", 0) + requests.get("get_range", 0) > requests_before.get("get", 0)
+    db.close()
