@@ -357,7 +357,10 @@ def test_kill_at_point(tmp_path: Any, make_settings: MakeSettings, point: str,
     mode = "delete" if big else "wal"
     last = build_local(path, 4) if big else 0
     local = digest(path) if big else ""
-    env = child_env(settings, LIBSQL_BOTTOMLESS_SNAPSHOT_INTERVAL_COMMITS="5")
+    # the kill is aimed at a PUT of the writer's own process, so its snapshots are built there
+    # (a snapshot child killed mid-upload: tests/test_snapshot_worker.py)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_SNAPSHOT_INTERVAL_COMMITS="5",
+                    LIBSQL_BOTTOMLESS_SNAPSHOT_WORKER="thread")
     child = subprocess.run(
         [sys.executable, "-c", KILL_CHILD, kill.pattern, kill.when, str(kill.nth), path, mode],
         capture_output=True, env=env, timeout=120,

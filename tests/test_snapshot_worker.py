@@ -3,7 +3,10 @@ child is told and how, and what a failure in the child looks like."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from bottomless.backends.registry import backend_registry, open_store
 from bottomless.engine import snapshot_worker
 from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
 from bottomless.errors import BottomlessError
+from bottomless.ops import catalog
 from bottomless.ops.snapshots import snapshot_seqs
 
 MakeSettings = Callable[..., bottomless.Settings]
@@ -156,3 +160,59 @@ def test_the_childs_requests_count_in_the_writers_figures(
     assert requests["put"] - requests_before["put"] >= 5 + 2
     assert requests.get("get", 0) + requests.get("get_range", 0) > requests_before.get("get", 0)
     db.close()
+
+
+def _snapshot_child() -> int | None:
+    """The pid of this process's snapshot child, if one runs."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"bottomless.engine.snapshot_worker" in cmdline:
+            return int(entry)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the child through /proc")
+def test_a_snapshot_child_killed_mid_upload_loses_nothing(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file", snapshot_interval_commits=0, snapshot_interval_mb=4,
+                             snapshot_part_mb=1, parallelism=1)
+    path = str(tmp_path / "killed.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    store = replicator(path).store
+    generation = bottomless.status(db)["generation"]
+    parts = f"killed.db/generations/{generation}/parts/"
+    with db:  # 6 MiB in one commit: the snapshot is due as it is recorded
+        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)"
+                   " INSERT INTO t(v) SELECT randomblob(4000) FROM n")
+    deadline = time.monotonic() + 30
+    while not store.list_keys(parts) and time.monotonic() < deadline:
+        time.sleep(0.002)  # until the child has stored a part
+    pid = _snapshot_child()
+    assert pid is not None and store.list_keys(parts), "no snapshot child uploading"
+    os.kill(pid, signal.SIGKILL)
+    replicator(path).wait_snapshot(60)
+    assert "snapshot process exited with status -9" in bottomless.status(db)["last_error"]
+    seq_killed = bottomless.status(db)["last_replicated_commit"]
+    assert seq_killed not in snapshot_seqs(store, "killed.db", generation)
+    # commits go on, and the next snapshot is whole
+    with db:
+        db.execute("UPDATE t SET v = randomblob(4000) WHERE id <= 1100")
+    replicator(path).wait_snapshot(60)
+    assert snapshot_seqs(store, "killed.db", generation)[-1] == seq_killed + 1
+    expected = db.execute("SELECT * FROM t ORDER BY id").fetchall()
+    db.close()
+    report = catalog.verify(open_store(settings), "killed.db")
+    assert report.integrity == "ok" and report.problems == [], report
+    remove_db(path)
+    bottomless.restore(path, settings, db_name="killed.db")
+    assert rows(path, "SELECT * FROM t ORDER BY id") == expected
