@@ -78,7 +78,7 @@ def test_the_thread_worker_builds_in_this_process(
 
 
 def test_only_stores_another_process_can_open_go_to_a_child(
-    make_settings: MakeSettings, tmp_path: Any
+    make_settings: MakeSettings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     file_store = open_store(make_settings("file"))
     assert can_use_child(file_store)
@@ -88,6 +88,10 @@ def test_only_stores_another_process_can_open_go_to_a_child(
 
     class LocalFiles(FilePageStore):
         backend = "localfiles"
+
+    monkeypatch.setattr(snapshot_worker.sys, "executable", "/usr/sbin/uwsgi")
+    assert not can_use_child(file_store)  # an embedded interpreter cannot start itself
+    monkeypatch.undo()
 
     backend_registry.register("localfiles", LocalFiles)  # an object, not importable text
     try:

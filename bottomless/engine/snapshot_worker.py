@@ -72,9 +72,11 @@ class Built:
 
 def can_use_child(store: PageStore) -> bool:
     """Whether a child process can open ``store`` (or the store a CountingStore wraps) from
-    its settings and see its objects."""
+    its settings and see its objects, and this interpreter can be started again: an
+    application server embedding Python has its own binary as ``sys.executable``."""
     inner = store.inner if isinstance(store, CountingStore) else store
-    return bool(sys.executable) and backend_registry.reopens(inner)
+    interpreter = os.path.basename(sys.executable or "").lower()
+    return interpreter.startswith(("python", "pypy")) and backend_registry.reopens(inner)
 
 
 def build_in_child(
@@ -133,7 +135,7 @@ def main() -> int:
         written["objects"] += 1
         written["bytes"] += len(data)
 
-    with contextlib.suppress(OSError):  # not allowed here: run at the parent's priority
+    with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
         os.nice(NICENESS)
     answer: dict[str, Any] = {}
     store: CountingStore | None = None
