@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         ReplicaNotFoundError,
         ReplicaTimeoutError,
         RestoreError,
+        SnapshotProcessError,
         StoreError,
     )
     from bottomless.ops.catalog import CommitInfo, GenerationInfo, VerifyReport
@@ -74,7 +75,7 @@ _HOMES: dict[str, str] = {
          "DurabilityTimeoutError", "GenerationEndedError", "LocalFileExistsError",
          "NotReplicatedError", "ObjectChangedError", "ObjectExistsError", "ObjectNotFoundError",
          "ReplicaConflictError", "ReplicaNotFoundError", "ReplicaTimeoutError", "RestoreError",
-         "StoreError"],
+         "SnapshotProcessError", "StoreError"],
         "bottomless.errors",
     ),
     "CommitInfo": "bottomless.ops.catalog",
@@ -127,6 +128,7 @@ __all__ = [
     "RestoreError",
     "RestoreResult",
     "Settings",
+    "SnapshotProcessError",
     "StoreError",
     "VerifyReport",
     "__version__",

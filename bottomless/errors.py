@@ -17,6 +17,7 @@ that best matches it, so callers may catch either::
     ├── ReplicaTimeoutError(TimeoutError)          Replica.wait_for ran out of time
     ├── RestoreError                        the bucket holds no consistent state to restore
     │   └── GenerationEndedError              a generation ended; another one continues it
+    ├── SnapshotProcessError                a background snapshot's child process failed
     └── ReplicaConflictError                local file and bucket disagree, or another writer
                                             holds the database's lease
 
@@ -170,6 +171,23 @@ class GenerationEndedError(RestoreError):
         self.generation = generation
         self.seq = seq
         self.successor = successor
+
+
+class SnapshotProcessError(BottomlessError):
+    """A background snapshot built in a child process (``snapshot_worker="process"``) failed,
+    or the child died. Commits go on; the next snapshot tries again.
+
+    Attributes:
+        returncode: The child's exit status (negative: the signal that killed it); ``None``
+            when it exited normally and reported the failure itself.
+        kind: The name of the exception the child reported (``"RestoreError"``), if any.
+    """
+
+    def __init__(self, message: str, *, returncode: int | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.kind = kind
 
 
 class NotReplicatedError(BottomlessError, ValueError):

