@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -286,3 +287,69 @@ def test_the_childs_log_records_are_logged_by_the_writer(
                 and "parts uploaded" in r.getMessage()]
     assert record.name == "bottomless.ops.snapshots" and record.levelno == logging.INFO
     assert getattr(record, "db_name", None) == "logged.db"
+
+
+PARENT = """
+import sys, time
+import bottomless
+
+settings = bottomless.Settings(
+    backend="file", bucket=sys.argv[2], snapshot_interval_commits=0, snapshot_interval_mb=4,
+    snapshot_part_mb=1, parallelism=1, lease_ttl=0)
+db = bottomless.connect(sys.argv[1], settings)
+db.execute("CREATE TABLE t(v)")
+with db:
+    db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000)"
+               " INSERT INTO t(v) SELECT randomblob(4000) FROM n")  # 48 MiB: a long snapshot
+print("committed", flush=True)
+time.sleep(60)
+"""
+
+
+def _children(parent: int) -> list[int]:
+    """Live snapshot children of process ``parent``, from /proc."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if (int(fields[1]) == parent and fields[0] != "Z"
+                and b"bottomless.engine.snapshot_worker" in cmdline):
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the processes through /proc")
+def test_a_snapshot_child_exits_when_its_writer_dies(tmp_path: Any) -> None:
+    objects = tmp_path / "objects"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "orphan.db"), str(objects)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == b"committed\n"
+        deadline = time.monotonic() + 10
+        while not (children := _children(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert children, "no snapshot child started"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children)), "the snapshot child outlived its writer"
+    # it stopped there: the snapshot of the 48 MiB commit (commit 2) was never finished
+    assert not list(objects.glob(f"orphan.db/generations/*/snapshots/{2:016d}"))

@@ -179,7 +179,7 @@ def _exit_with_parent(parent: int) -> None:
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(0.5)
+            time.sleep(0.2)
         os._exit(3)
 
     threading.Thread(target=watch, name="bottomless-parent-watch", daemon=True).start()
