@@ -181,13 +181,17 @@ class SnapshotProcessError(BottomlessError):
         returncode: The child's exit status (negative: the signal that killed it); ``None``
             when it exited normally and reported the failure itself.
         kind: The name of the exception the child reported (``"RestoreError"``), if any.
+        at_start: True when the child could not be started or could not set itself up
+            (import its code, read its settings, open the store): it never will here, and
+            the writer builds its snapshots in a thread from then on.
     """
 
     def __init__(self, message: str, *, returncode: int | None = None,
-                 kind: str | None = None) -> None:
+                 kind: str | None = None, at_start: bool = False) -> None:
         super().__init__(message)
         self.returncode = returncode
         self.kind = kind
+        self.at_start = at_start
 
 
 class NotReplicatedError(BottomlessError, ValueError):

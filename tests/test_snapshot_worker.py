@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -156,8 +157,9 @@ def test_a_failed_snapshot_in_the_child_says_why(make_settings: MakeSettings) ->
 @pytest.mark.parametrize(
     ("script", "words", "status"),
     [("import sys; print('chatter'); sys.stderr.write('out of luck\\n'); sys.exit(3)",
-      "status 3: out of luck", 3),
-     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "status -9: no message", -9)],
+      "status 3 without an answer: out of luck", 3),
+     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+      "status -9 without an answer: no message", -9)],
 )
 def test_a_child_that_dies_is_reported_with_its_last_words(
     make_settings: MakeSettings, spied_popen: type[_SpiedPopen], script: str, words: str,
@@ -236,6 +238,7 @@ def test_a_backend_registered_as_text_at_run_time_reaches_the_child(
         "class MyFiles(FilePageStore):\n    backend = 'myfiles'\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))  # importable here, so in the child too
+    monkeypatch.delitem(sys.modules, "mystores", raising=False)  # forgotten afterwards
     monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)
     bottomless.register_backend("myfiles", "mystores:MyFiles")
     try:
@@ -353,3 +356,56 @@ def test_a_snapshot_child_exits_when_its_writer_dies(tmp_path: Any) -> None:
     assert not any(map(_alive, children)), "the snapshot child outlived its writer"
     # it stopped there: the snapshot of the 48 MiB commit (commit 2) was never finished
     assert not list(objects.glob(f"orphan.db/generations/*/snapshots/{2:016d}"))
+
+
+#: a stand-in child: chatter on stdout, then a valid answer of ~1 MiB (16 pipes' worth)
+LONG_ANSWER = """
+import json, os, sys
+print("chatter from a library" * 1000)
+answer = {"objects": 3, "bytes": 30, "requests": {"put": 3}, "failures": {},
+          "bytes_read": 0, "log": [["bottomless.test", 20, "x" * 1000]] * 1000}
+with os.fdopen(int(sys.argv[-1]), "w") as out:
+    out.write(json.dumps(answer))
+"""
+
+
+def test_a_long_answer_and_stdout_chatter_do_not_spoil_the_report(
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+) -> None:
+    spied_popen.script = LONG_ANSWER
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "g", 5, "w", parallelism=1)
+    reports: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: reports.append(build_in_child(job, settings, open_store(settings))),
+        daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "build_in_child hung on a long answer"
+    assert reports and reports[0].objects == 3 and reports[0].requests == {"put": 3}
+
+
+def test_a_child_that_cannot_start_hands_snapshots_to_a_thread(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    starts: list[list[str]] = []
+
+    def cannot_start(args: list[str], **kwargs: Any) -> Any:
+        starts.append(args)
+        raise OSError(7, "Argument list too long")
+
+    monkeypatch.setattr(snapshot_worker.subprocess, "Popen", cannot_start)
+    settings = make_settings("file", snapshot_interval_commits=10)
+    path = str(tmp_path / "fallback.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    status = bottomless.status(db)
+    seqs = snapshot_seqs(replicator(path).store, "fallback.db", status["generation"])
+    db.close()
+    assert seqs[-2:] == [10, 20] and status["last_error"] is None  # both built, in a thread
+    assert len(starts) == 1  # the second did not try a child again
+    assert "built in a thread from now on" in caplog.text

@@ -172,7 +172,8 @@ class BackendRegistry:
             entry = self._entries.get(store.backend)
         cls = type(store)
         if (entry is None or store.process_local or not isinstance(entry.factory, str)
-                or entry.factory != f"{cls.__module__}:{cls.__qualname__}"):
+                or entry.factory != f"{cls.__module__}:{cls.__qualname__}"
+                or cls.__module__ == "__main__"):  # another process has another __main__
             return None
         return entry.factory, entry.extra
 

@@ -12,7 +12,7 @@ from bottomless import log
 from bottomless.backends.base import PageStore
 from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
 from bottomless.engine.stats import Stats
-from bottomless.errors import ObjectExistsError
+from bottomless.errors import ObjectExistsError, SnapshotProcessError
 from bottomless.local.files import LocalState
 from bottomless.settings import Settings
 
@@ -31,6 +31,8 @@ class SnapshotPolicy:
         self._thread: threading.Thread | None = None
         #: where relative paths in the settings were resolved when the store was opened
         self._cwd = os.getcwd()
+        #: build snapshots in a child process (until a child cannot even start here)
+        self._use_child = settings.snapshot_worker == "process"
         #: no new snapshot starts once the database is closing
         self.closing = False
 
@@ -61,11 +63,18 @@ class SnapshotPolicy:
         job = SnapshotJob(self.db_name, generation, seq, writer,
                           parallelism=min(2, self.settings.parallelism))  # gently, beside commits
         try:
-            if self.settings.snapshot_worker == "process" and can_use_child(self.store):
-                report = build_in_child(job, self.settings, self.store, cwd=self._cwd)
-                self.stats.count_objects(report.objects, report.bytes)
-            else:
-                job.run(self.store, self.settings, self.stats.count_object)
+            if self._use_child and can_use_child(self.store):
+                try:
+                    report = build_in_child(job, self.settings, self.store, cwd=self._cwd)
+                except SnapshotProcessError as e:
+                    if not e.at_start:
+                        raise
+                    self._use_child = False  # it never will: build them here from now on
+                    self.log.warning("snapshots are built in a thread from now on: %s", e)
+                else:
+                    self.stats.count_objects(report.objects, report.bytes)
+                    return
+            job.run(self.store, self.settings, self.stats.count_object)
         except ObjectExistsError:
             pass  # another process took this very snapshot
         except Exception as e:  # noqa: BLE001 - a failed snapshot must not break commits

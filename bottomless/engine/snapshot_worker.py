@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -39,13 +40,18 @@ from bottomless.settings import Settings
 
 #: how much lower than its parent the child runs (``os.nice``): commits come first
 NICENESS = 5
-#: the child's entry point, run with ``-I -c``: argv[1] is the parent's sys.path as JSON
+#: the child's entry point, run with ``-I -c``: its first stdin line is the parent's sys.path
 _BOOTSTRAP = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]);"
+    "import json, sys; sys.path[:] = json.loads(sys.stdin.buffer.readline());"
     " from bottomless.engine.snapshot_worker import main; sys.exit(main())"
 )
-#: log records the child sends back, at this level and above
+#: log records the child sends back, at this level and above, and at most this many
 _RELAYED_LEVEL = logging.INFO
+_RELAYED_RECORDS = 200
+#: kinds of failure that mean the child could not set itself up here (so will never do)
+_SETUP_FAILURES = {"ConfigError", "ImportError", "ModuleNotFoundError"}
+#: seconds to wait for the answer pipe to end once the child has exited
+_ANSWER_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def can_use_child(store: PageStore) -> bool:
     application server embedding Python has its own binary as ``sys.executable``."""
     inner = store.inner if isinstance(store, CountingStore) else store
     interpreter = os.path.basename(sys.executable or "").lower()
-    return (interpreter.startswith(("python", "pypy"))
+    return (os.name == "posix" and interpreter.startswith(("python", "pypy"))
             and backend_registry.portable(inner) is not None)
 
 
@@ -99,37 +105,67 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
     The child's requests are added to ``store``'s counts when it is a CountingStore, and its
     log records are logged here. ``cwd``: the directory relative paths in ``settings`` were
     resolved against (default: the current one). Raises SnapshotProcessError with the child's
-    own message when the snapshot failed, or with the tail of its stderr when the child died.
+    own message when the snapshot failed, or with the tail of its stderr when the child died;
+    its ``at_start`` is true when the child could not be started or set up at all.
     """
     inner = store.inner if isinstance(store, CountingStore) else store
     registration = backend_registry.portable(inner)
     if registration is None:
-        raise SnapshotProcessError(f"backend {inner.backend!r} cannot be opened by a child")
-    request = json.dumps({
+        raise SnapshotProcessError(
+            f"backend {inner.backend!r} cannot be opened by a child", at_start=True)
+    paths = [os.path.abspath(os.fspath(p)) for p in sys.path if isinstance(p, str | os.PathLike)]
+    request = json.dumps(paths) + "\n" + json.dumps({
         "settings": settings.portable(), "job": dataclasses.asdict(job),
         "backend": [inner.backend, *registration], "parent": os.getpid(),
     })
-    read_end, write_end = os.pipe()
+    read_end, write_end = _answer_pipe()
     try:
         child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(sys.path), str(write_end)],
+            [sys.executable, "-I", "-c", _BOOTSTRAP, str(write_end)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(write_end,), cwd=cwd,
+            pass_fds=(write_end,), cwd=cwd if cwd and os.path.isdir(cwd) else None,
         )
+    except OSError as e:
+        os.close(read_end)
+        raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
+                                   at_start=True) from e
     except BaseException:
         os.close(read_end)
         raise
     finally:
         os.close(write_end)
-    answer: list[bytes] = []
-    with os.fdopen(read_end, "rb") as answers:
-        # read while the child runs: an answer longer than the pipe holds would block it
-        reader = threading.Thread(target=lambda: answer.append(answers.read()), daemon=True)
-        reader.start()
-        _, stderr = child.communicate(request.encode())
-        reader.join()
-    return _report(_answer(b"".join(answer)), child.returncode, stderr or b"", store,
-                   job.db_name)
+    answer, stderr = _wait(child, read_end, request.encode())
+    return _report(_answer(answer), child.returncode, stderr, store, job.db_name)
+
+
+def _answer_pipe() -> tuple[int, int]:
+    """A pipe for the child's answer, its write end above 2: were the parent's standard
+    descriptors closed, the child's own stdin, stdout or stderr would land on it."""
+    read_end, low = os.pipe()
+    write_end = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(low)
+    return read_end, write_end
+
+
+def _wait(child: subprocess.Popen[bytes], read_end: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request``, read the answer pipe (in a thread: an answer longer than the pipe
+    holds would block the child) and stderr until the child exits; kill it on the way out."""
+    chunks: list[bytes] = []
+    answers = os.fdopen(read_end, "rb")
+    reader = threading.Thread(target=lambda: chunks.append(answers.read()), daemon=True,
+                              name="bottomless-snapshot-answer")
+    reader.start()
+    try:
+        _, stderr = child.communicate(request)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # a grandchild of the child may hold the pipe open: do not wait for it for ever
+    reader.join(_ANSWER_GRACE)
+    if not reader.is_alive():
+        answers.close()
+    return b"".join(chunks), stderr or b""
 
 
 def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
@@ -138,7 +174,7 @@ def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
     if answer is None:
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise SnapshotProcessError(
-            f"the snapshot process exited with status {returncode}: "
+            f"the snapshot process exited with status {returncode} without an answer: "
             + (" | ".join(tail) or "no message"), returncode=returncode,
         )
     report = ChildReport(
@@ -148,9 +184,15 @@ def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
     if isinstance(store, CountingStore):
         store.merge(report.requests, report.failures, report.bytes_read)
     for name, level, message in answer.get("log", []):
-        logging.getLogger(str(name)).log(int(level), "%s", message, extra={"db_name": db_name})
+        try:
+            logging.getLogger(str(name)).log(int(level), "%s", message,
+                                             extra={"db_name": db_name})
+        except Exception:  # noqa: BLE001 - the snapshot is stored; a log line is not
+            continue
     if "error" in answer:
-        raise SnapshotProcessError(str(answer["error"]), kind=answer.get("kind"))
+        kind = answer.get("kind")
+        raise SnapshotProcessError(str(answer["error"]), kind=kind,
+                                   at_start=bool(answer.get("setup")) or kind in _SETUP_FAILURES)
     return report
 
 
@@ -171,7 +213,12 @@ class _Relay(logging.Handler):
         self.records: list[tuple[str, int, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append((record.name, record.levelno, record.getMessage()))
+        if len(self.records) >= _RELAYED_RECORDS:
+            return
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.records.append((record.name, record.levelno, message))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -188,7 +235,9 @@ def _exit_with_parent(parent: int) -> None:
 def main() -> int:
     """The child: read a job on stdin, build the snapshot, write one JSON answer on the
     descriptor named by the last argument."""
-    answers = os.fdopen(int(sys.argv[-1]), "w")
+    fd = int(sys.argv[-1])
+    os.set_inheritable(fd, False)  # not for processes this one might start
+    answers = os.fdopen(fd, "w")
     request = json.loads(sys.stdin.buffer.read())
     _exit_with_parent(int(request["parent"]))
     with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
@@ -202,13 +251,14 @@ def main() -> int:
         written["objects"] += 1
         written["bytes"] += len(data)
 
-    answer: dict[str, Any] = {}
+    answer: dict[str, Any] = {"setup": True}
     store: CountingStore | None = None
     try:
         name, target, extra = request["backend"]
         backend_registry.register(name, target, extra=extra, clobber=True)
         settings = Settings(**request["settings"])
         store = CountingStore(open_store(settings))
+        answer["setup"] = False
         SnapshotJob(**request["job"]).run(store, settings, count)
     except ObjectExistsError:
         answer["existed"] = True
