@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     snapshot_worker: Literal["process", "thread"] = Field(
         "process",
         description="Where background snapshots are built: `process`, a child Python process"
-        " (commits keep their speed: it does not share their interpreter lock), or `thread`."
+        " (it does not hold the interpreter lock commits need), or `thread`."
         " Backends another process cannot open the same way (`memory`, ones registered as"
         " objects at run time) always use a thread.",
     )
