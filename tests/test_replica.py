@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 import pytest
@@ -149,6 +149,29 @@ def paths(tmp_path: Any) -> Iterator[tuple[str, str]]:
     yield str(tmp_path / "primary.db"), str(tmp_path / "replica.db")
 
 
+class Bank(NamedTuple):
+    """A bank database written through bottomless on the file backend, and where its
+    replica goes."""
+
+    primary: str
+    path: str
+    settings: bottomless.Settings
+    writer: apsw.Connection
+
+
+@pytest.fixture
+def bank(make_settings: MakeSettings, paths: tuple[str, str]) -> Iterator[Bank]:
+    """The bank set up (WAL) by its writer, replicated as ``bank.db``; closed afterwards."""
+    primary, path = paths
+    settings = make_settings("file", db_name="bank.db")
+    writer = bottomless.connect(primary, settings)
+    setup_bank(writer)
+    try:
+        yield Bank(primary, path, settings, writer)
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------- following
 
 
@@ -180,13 +203,8 @@ def test_readers_in_other_processes_see_whole_commits_in_order(
     assert status["requests"]["get"] >= 1 and status["lag_seconds"] is not None
 
 
-def test_an_idle_follower_costs_one_get_per_poll_and_no_list(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_an_idle_follower_costs_one_get_per_poll_and_no_list(bank: Bank) -> None:
+    _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.1, generation_check_interval=3600) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
         time.sleep(0.3)  # past the first idle round, which looks for generations once
@@ -199,13 +217,8 @@ def test_an_idle_follower_costs_one_get_per_poll_and_no_list(
     assert idle.get("list", 0) == 0 and idle.get("get", 0) == 0, idle
 
 
-def test_catching_up_fetches_in_parallel_and_applies_in_batches(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_catching_up_fetches_in_parallel_and_applies_in_batches(bank: Bank) -> None:
+    primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05):
         pass  # the replica exists, at the setup's last commit
     rng = random.Random(3)
@@ -222,13 +235,8 @@ def test_catching_up_fetches_in_parallel_and_applies_in_batches(
     writer.close()
 
 
-def test_the_replica_continues_where_the_last_follower_stopped(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_the_replica_continues_where_the_last_follower_stopped(bank: Bank) -> None:
+    primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
     transfer(writer, random.Random(1))
@@ -242,13 +250,8 @@ def test_the_replica_continues_where_the_last_follower_stopped(
 # ---------------------------------------------------------------- errors
 
 
-def test_a_corrupt_commit_stops_the_follower_naming_the_key(
-    make_settings: MakeSettings, paths: tuple[str, str], tmp_path: Any
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_a_corrupt_commit_stops_the_follower_naming_the_key(bank: Bank, tmp_path: Any) -> None:
+    _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
     good = content(path)
@@ -304,13 +307,8 @@ def test_a_commit_that_breaks_the_chain_stops_the_follower(
     writer.close()
 
 
-def test_refuses_a_file_that_is_not_its_replica(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_refuses_a_file_that_is_not_its_replica(bank: Bank) -> None:
+    primary, path, settings, writer = bank
     with pytest.raises(bottomless.ReplicaConflictError, match="writer"):
         Replica(primary, settings).start()  # the writer's own file: never
     plain = sqlite3.connect(path)
@@ -328,13 +326,8 @@ def test_refuses_a_file_that_is_not_its_replica(
     writer.close()
 
 
-def test_a_write_to_the_replica_by_someone_else_stops_the_follower(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -> None:
+    _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
         rogue = sqlite3.connect(path, timeout=10)  # read-write: not how replicas are opened
@@ -392,12 +385,9 @@ def force_new_generation(primary: str, settings: bottomless.Settings,
 
 
 def test_a_new_generation_is_followed_through_its_successor_object(
-    make_settings: MakeSettings, paths: tuple[str, str], tmp_path: Any
+    bank: Bank, make_settings: MakeSettings, tmp_path: Any
 ) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+    primary, path, settings, writer = bank
     # no periodic look for generations after the first: only the successor object that ends
     # the old generation, at the key the follower polls anyway, can lead it to the new one
     replica = Replica(path, settings, poll_interval=0.05, generation_check_interval=3600).start()
@@ -423,12 +413,9 @@ def test_a_new_generation_is_followed_through_its_successor_object(
 
 
 def test_a_new_generation_without_a_successor_object_is_found_by_listing(
-    make_settings: MakeSettings, paths: tuple[str, str]
+    bank: Bank, make_settings: MakeSettings
 ) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+    primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
         first, seq = replica.status()["generation"], replica.status()["seq"]
@@ -445,13 +432,8 @@ def test_a_new_generation_without_a_successor_object_is_found_by_listing(
     writer.close()
 
 
-def test_commits_deleted_by_gc_make_it_restore_the_newest_state(
-    make_settings: MakeSettings, paths: tuple[str, str], tmp_path: Any
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_commits_deleted_by_gc_make_it_restore_the_newest_state(bank: Bank, tmp_path: Any) -> None:
+    primary, path, settings, writer = bank
     with writer:  # pages that no transfer touches: the restore must not write them again
         writer.execute("CREATE TABLE archive(x BLOB)")
         for _ in range(100):
@@ -508,13 +490,8 @@ def test_a_page_size_change_reaches_open_readers_as_one_more_commit(
     writer.close()
 
 
-def test_a_vacuum_that_shrinks_the_database_is_applied(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_a_vacuum_that_shrinks_the_database_is_applied(bank: Bank) -> None:
+    primary, path, settings, writer = bank
     with writer:
         for _ in range(40):
             writer.execute("INSERT INTO junk VALUES(randomblob(8000))")
