@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 for _name in [n for n in os.environ if n.startswith("LIBSQL_BOTTOMLESS_")]:
     del os.environ[_name]  # the benchmarks configure bottomless explicitly
 
+import common  # noqa: E402
 import measure_litestream as measure  # noqa: E402
 import measure_litestream_data as measure_data  # noqa: E402
 from litestream_tool import (  # noqa: E402
@@ -94,12 +95,7 @@ def compare(server: SeaweedServer, workdir: str, sizes: dict[str, Any],
         ("cli", "7.6 CLI start-up", lambda: measure_data.cli_startup(binary, sizes["cli_repeats"])),
     ]
     for key, label, run in parts:
-        step(label)
-        try:
-            results[key] = run()
-        except Exception as e:
-            logging.exception("%s failed", label)
-            results[key] = {"error": f"{type(e).__name__}: {e}"}
+        common.measure_into(results, key, label, run, step)
     return results
 
 

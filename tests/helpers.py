@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import apsw
+import pytest
 
 import bottomless
 from bottomless.backends.base import PageStore
@@ -140,3 +142,15 @@ def plant_commit(
     rep.store.put_once(fmt.commit_key(db_name or rep.db_name, state.generation, seq),
                        fmt.encode_batch(batch))
     return batch.digest
+
+
+def commits_are_refused_while_nothing_ships(db: apsw.Connection) -> None:
+    """With the uploader held back, one-row commits into ``t`` must soon be refused for
+    being too far behind (``max_lag``), not queued for ever."""
+    started = time.monotonic()
+    with pytest.raises(apsw.IOError) as info:
+        while time.monotonic() - started < 10:
+            db.execute("INSERT INTO t VALUES(1)")
+    assert "behind" in str(info.value.__cause__)
+    assert time.monotonic() - started < 5, "commits must be refused, not queued forever"
+

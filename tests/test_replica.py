@@ -9,6 +9,7 @@ would break one or the other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import pathlib
@@ -159,17 +160,33 @@ class Bank(NamedTuple):
     writer: apsw.Connection
 
 
-@pytest.fixture
-def bank(make_settings: MakeSettings, paths: tuple[str, str]) -> Iterator[Bank]:
-    """The bank set up (WAL) by its writer, replicated as ``bank.db``; closed afterwards."""
+@contextlib.contextmanager
+def open_bank(make_settings: MakeSettings, paths: tuple[str, str],
+              backend: str) -> Iterator[Bank]:
+    """The bank set up (WAL) by its writer, replicated as ``bank.db`` on ``backend``; the
+    writer is closed afterwards."""
     primary, path = paths
-    settings = make_settings("file", db_name="bank.db")
+    settings = make_settings(backend, db_name="bank.db")
     writer = bottomless.connect(primary, settings)
     setup_bank(writer)
     try:
         yield Bank(primary, path, settings, writer)
     finally:
         writer.close()
+
+
+@pytest.fixture
+def bank(make_settings: MakeSettings, paths: tuple[str, str]) -> Iterator[Bank]:
+    """The bank on the file backend."""
+    with open_bank(make_settings, paths, "file") as opened:
+        yield opened
+
+
+@pytest.fixture
+def memory_bank(make_settings: MakeSettings, paths: tuple[str, str]) -> Iterator[Bank]:
+    """The bank on the memory backend."""
+    with open_bank(make_settings, paths, "memory") as opened:
+        yield opened
 
 
 # ---------------------------------------------------------------- following
@@ -282,13 +299,8 @@ def test_a_corrupt_commit_stops_the_follower_naming_the_key(bank: Bank, tmp_path
     writer.close()
 
 
-def test_a_commit_that_breaks_the_chain_stops_the_follower(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("memory", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_a_commit_that_breaks_the_chain_stops_the_follower(memory_bank: Bank) -> None:
+    _primary, path, settings, writer = memory_bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         replica.wait_for(bookmark(writer), timeout=10)
         good = content(path)
@@ -341,13 +353,8 @@ def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -
     writer.close()
 
 
-def test_wait_for_times_out_and_refuses_malformed_bookmarks(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("memory", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_wait_for_times_out_and_refuses_malformed_bookmarks(memory_bank: Bank) -> None:
+    _primary, path, settings, writer = memory_bank
     mark = bookmark(writer)
     generation, seq = mark.split(":")[1], int(mark.split(":")[2])
     with Replica(path, settings, poll_interval=0.05) as replica:
@@ -508,13 +515,8 @@ def test_a_vacuum_that_shrinks_the_database_is_applied(bank: Bank) -> None:
     assert pages < 40 and os.path.getsize(path) == pages * 4096  # the last close checkpointed
 
 
-def test_the_apsw_reader_and_the_sqlite3_shell_read_it_too(
-    make_settings: MakeSettings, paths: tuple[str, str]
-) -> None:
-    primary, path = paths
-    settings = make_settings("memory", db_name="bank.db")
-    writer = bottomless.connect(primary, settings)
-    setup_bank(writer)
+def test_the_apsw_reader_and_the_sqlite3_shell_read_it_too(memory_bank: Bank) -> None:
+    primary, path, settings, writer = memory_bank
     with Replica(path, settings, poll_interval=0.05) as replica:
         for _ in range(5):
             transfer(writer, random.Random(9))
