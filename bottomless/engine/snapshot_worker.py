@@ -48,8 +48,6 @@ _BOOTSTRAP = (
 #: log records the child sends back, at this level and above, and at most this many
 _RELAYED_LEVEL = logging.INFO
 _RELAYED_RECORDS = 200
-#: kinds of failure that mean the child could not set itself up here (so will never do)
-_SETUP_FAILURES = {"ConfigError", "ImportError", "ModuleNotFoundError"}
 #: seconds to wait for the answer pipe to end once the child has exited
 _ANSWER_GRACE = 10.0
 
@@ -76,16 +74,14 @@ class SnapshotJob:
 
 @dataclass(frozen=True)
 class ChildReport:
-    """What a snapshot child reported: objects and bytes it wrote, its requests by kind (as
-    :class:`~bottomless.backends.counting.CountingStore` counts them), and whether another
-    process had already stored this very snapshot."""
+    """What a snapshot child reported: objects and bytes it wrote, and its requests by kind
+    (as :class:`~bottomless.backends.counting.CountingStore` counts them)."""
 
     objects: int
     bytes: int
     requests: dict[str, int]
     failures: dict[str, int]
     bytes_read: int
-    existed: bool = False
 
 
 def can_use_child(store: PageStore) -> bool:
@@ -179,7 +175,7 @@ def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
         )
     report = ChildReport(
         int(answer["objects"]), int(answer["bytes"]), dict(answer["requests"]),
-        dict(answer["failures"]), int(answer["bytes_read"]), bool(answer.get("existed")),
+        dict(answer["failures"]), int(answer["bytes_read"]),
     )
     if isinstance(store, CountingStore):
         store.merge(report.requests, report.failures, report.bytes_read)
@@ -192,7 +188,7 @@ def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
     if "error" in answer:
         kind = answer.get("kind")
         raise SnapshotProcessError(str(answer["error"]), kind=kind,
-                                   at_start=bool(answer.get("setup")) or kind in _SETUP_FAILURES)
+                                   at_start=bool(answer.get("setup")))
     return report
 
 
@@ -261,7 +257,7 @@ def main() -> int:
         answer["setup"] = False
         SnapshotJob(**request["job"]).run(store, settings, count)
     except ObjectExistsError:
-        answer["existed"] = True
+        pass  # another process stored this very snapshot: a success, with nothing more to do
     except Exception as e:  # noqa: BLE001 - reported to the parent, whatever it is
         answer.update(error=str(e) if isinstance(e, BottomlessError) else f"{e!r}",
                       kind=type(e).__name__)
