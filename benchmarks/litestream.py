@@ -139,10 +139,11 @@ def _writer(w: dict[str, Any], table: Table) -> str:
     plain = w["plain"]["commits_per_s"]
     ls = w["litestream"]["commits_per_s"]
     rows = [[c["case"], f"{c['commits_per_s']:.0f}", f"{c['commits_per_s'] / plain:.3f}x",
-             _ratio(c["commits_per_s"], ls) if k in ("async", "sync") else "-",
+             _ratio(c["commits_per_s"], ls) if k in ("vfs", "async", "sync") else "-",
              f"{c['latency_median_ms']:.2f}", f"{c['latency_p99_ms']:.2f}",
              f"{c['latency_max_ms']:.1f}"]
-            for k, c in ((k, w[k]) for k in ("plain", "litestream", "async", "sync"))]
+            for k, c in ((k, w[k]) for k in ("plain", "litestream", "vfs", "async", "sync")
+                         if k in w)]
     return table(f"7.1 Writer cost: one-row commits/s, WAL ({w['plain']['commits']} commits per"
                  f" round, median of {w['plain']['rounds']} interleaved rounds)",
                  ["case", "commits/s", "vs plain", "vs Litestream (higher is better)",

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 import apsw
-from common import WARMUP_COMMITS, median, payloads, percentile, replicator_of, s3_settings
+from common import (
+    WARMUP_COMMITS,
+    InheritVFS,
+    median,
+    payloads,
+    percentile,
+    replicator_of,
+    s3_settings,
+)
 from litestream_tool import (
     LitestreamDb,
     Segment,
@@ -56,13 +64,16 @@ class _Case:
 
 def writer_cost(server: SeaweedServer, workdir: str, binary: str, commits: int,
                 rounds: int) -> dict[str, Any]:
-    """Commits/s of one-row commits: plain, plain under Litestream, bottomless async and sync.
+    """Commits/s of one-row commits: plain, plain under Litestream, plain through an apsw VFS
+    that overrides nothing (the floor of any Python VFS, bottomless's included), bottomless
+    async and sync.
 
-    The four connections stay open and take turns round by round, a different one first in
+    The five connections stay open and take turns round by round, a different one first in
     each round; after its turn each case settles outside the timings (Litestream and async
     bottomless: everything uploaded), so no case's leftovers slow the next one.
     """
-    paths = {k: os.path.join(workdir, f"writer-{k}.db") for k in ("plain", "ls", "async", "sync")}
+    paths = {k: os.path.join(workdir, f"writer-{k}.db")
+             for k in ("plain", "ls", "vfs", "async", "sync")}
 
     def drained(conn: apsw.Connection, path: str) -> Callable[[], float]:
         def settle() -> float:
@@ -72,15 +83,20 @@ def writer_cost(server: SeaweedServer, workdir: str, binary: str, commits: int,
             return time.perf_counter() - t0
         return settle
 
+    inherit_vfs = InheritVFS("writer-cost-inherit")
     plain = apsw.Connection(paths["plain"])
-    opened = [plain]
+    through_vfs = apsw.Connection(paths["vfs"], vfs=inherit_vfs.name)
+    opened = [plain, through_vfs]
     ls: LitestreamDb | None = None
     try:
         prepare_writer(plain)
+        prepare_writer(through_vfs)
         ls = LitestreamDb(binary, paths["ls"], server.endpoint, server.new_bucket())
         cases = [_Case("plain", "plain apsw, WAL", plain, lambda: 0.0),
                  _Case("litestream", "plain apsw + litestream replicate (1 s)", ls.conn,
-                       ls.settle)]
+                       ls.settle),
+                 _Case("vfs", "plain apsw through a do-nothing Python VFS (no replication)",
+                       through_vfs, lambda: 0.0)]
         for mode in ("async", "sync"):
             conn = bottomless.connect(paths[mode], s3_settings(
                 server, server.new_bucket(), durability=mode))

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import apsw
-from common import MB, file_settings, median
+from common import MB, InheritVFS, file_settings, median
 
 import bottomless
 
@@ -54,12 +54,6 @@ CACHES = {"small": "PRAGMA cache_size=100", "default": "PRAGMA cache_size=-2000"
           "fits": "PRAGMA cache_size=-1048576",
           "mmap": "PRAGMA cache_size=-2000; PRAGMA mmap_size=1073741824"}
 
-
-class InheritVFS(apsw.VFS):
-    """Overrides nothing: every file method is apsw's C trampoline into the inherited one."""
-
-    def __init__(self) -> None:
-        super().__init__("read-path-inherit", "")
 
 
 class _CountingFile(apsw.VFSFile):
@@ -180,7 +174,7 @@ def measure(args: argparse.Namespace, workdir: str) -> None:
           f" on {os.cpu_count()} cores; apsw {apsw.apsw_version()}; {rows:,} rows,"
           f" {args.rounds} rounds", flush=True)
 
-    inherit_vfs = InheritVFS()  # noqa: F841  (registered while referenced)
+    inherit_vfs = InheritVFS("read-path-inherit")  # noqa: F841  (registered while referenced)
     counting = CountingVFS()
     tasks = workloads(rows, args.batch)
     results: dict[str, Any] = {"rows": rows, "batch": args.batch, "rounds": args.rounds,
