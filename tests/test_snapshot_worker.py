@@ -113,12 +113,26 @@ class _SpiedPopen(subprocess.Popen):  # type: ignore[type-arg]
         if self.script is not None:
             args = [args[0], "-c", self.script, *args[-1:]]
         super().__init__(args, **kwargs)
-        self.seen.append({"args": args, "env": kwargs.get("env") or dict(os.environ),
-                          "pid": self.pid})
+        seen = {"args": args, "env": kwargs.get("env") or dict(os.environ), "pid": self.pid,
+                "input": b""}
+        self.seen.append(seen)
+        if self.stdin is not None:
+            self.stdin = _RecordedPipe(self.stdin, seen)
 
-    def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
-        self.seen[-1]["input"] = input
-        return super().communicate(input, timeout)
+
+class _RecordedPipe:
+    """A child's stdin that also keeps what was written to it, in ``seen["input"]``."""
+
+    def __init__(self, pipe: Any, seen: dict[str, Any]) -> None:
+        self._pipe, self._seen = pipe, seen
+
+    def write(self, data: bytes) -> int:
+        self._seen["input"] += data
+        written: int = self._pipe.write(data)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
 
 
 @pytest.fixture
@@ -409,3 +423,160 @@ def test_a_child_that_cannot_start_hands_snapshots_to_a_thread(
     assert seqs[-2:] == [10, 20] and status["last_error"] is None  # both built, in a thread
     assert len(starts) == 1  # the second did not try a child again
     assert "built in a thread from now on" in caplog.text
+
+
+def _fork_a_bystander(lifetime: float, bystanders: list[int]) -> None:
+    """Fork this process, as a worker pool or a forking server would: the copy holds every
+    descriptor open here at that moment, and lives ``lifetime`` seconds."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the copy only waits
+        time.sleep(lifetime)
+        os._exit(0)
+    bystanders.append(pid)
+
+
+def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # forks land where they hurt most: once the answer pipe exists, and once the child has
+    # started but has not been sent its job; each copy holds those pipes' ends for 30 s
+    bystanders: list[int] = []
+    make_pipe = snapshot_worker._answer_pipe
+
+    def answer_pipe_then_fork() -> tuple[int, int]:
+        ends = make_pipe()
+        _fork_a_bystander(30, bystanders)
+        return ends
+
+    monkeypatch.setattr(snapshot_worker, "_answer_pipe", answer_pipe_then_fork)
+    real_init = _SpiedPopen.__init__
+
+    def start_then_fork(self: _SpiedPopen, args: list[str], **kwargs: Any) -> None:
+        real_init(self, args, **kwargs)
+        _fork_a_bystander(30, bystanders)
+
+    monkeypatch.setattr(_SpiedPopen, "__init__", start_then_fork)
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SnapshotProcessError) as failure:
+            build_in_child(job, settings, open_store(settings))
+        took = time.monotonic() - started
+    finally:
+        for pid in bystanders:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert len(bystanders) == 2
+    # the child read its job and answered: its own message, long before the copies exit
+    assert "no-such-generation has no snapshot at or before 5" in str(failure.value)
+    assert took < 15
+
+
+def test_a_child_that_cannot_load_bottomless_is_a_failure_to_set_up(
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+) -> None:
+    spied_popen.script = snapshot_worker._BOOTSTRAP.replace(
+        "bottomless.engine.snapshot_worker", "bottomless_gone.engine.snapshot_worker")
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "g", 5, "w", parallelism=1)
+    with pytest.raises(SnapshotProcessError, match="cannot load bottomless: ModuleNotFound"
+                       ) as failure:
+        build_in_child(job, settings, open_store(settings))
+    assert failure.value.at_start  # so the writer builds its snapshots in a thread instead
+
+
+def test_the_child_finds_the_parents_bottomless_even_off_the_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = os.path.dirname(os.path.dirname(os.path.abspath(bottomless.__file__)))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != home])
+    assert snapshot_worker._child_path()[-1] == home
+
+
+def test_a_removed_working_directory_stops_neither_opening_nor_snapshots(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "release-1"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    monkeypatch.setattr(sys, "path", ["", *sys.path])  # as under python -c, or a REPL
+    gone.rmdir()  # a deploy swapped the release directory away
+    settings = make_settings("file", snapshot_interval_commits=10)
+    path = str(tmp_path / "cwdless.db")
+    db = bottomless.connect(path, settings)
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    status = bottomless.status(db)
+    seqs = snapshot_seqs(replicator(path).store, "cwdless.db", status["generation"])
+    db.close()
+    assert status["last_error"] is None and seqs[-1] == 10
+
+
+FLAKY_STORES = """
+import os
+from bottomless.backends.file import FilePageStore
+from bottomless.errors import StoreError
+
+
+class Flaky(FilePageStore):
+    backend = "flaky"
+
+    def __init__(self, root):
+        marker = root + ".down"
+        if os.path.exists(marker):  # unreachable, once
+            os.unlink(marker)
+            raise StoreError("HEAD bucket failed: 503 SlowDown")
+        super().__init__(root)
+"""
+
+
+def test_a_store_that_fails_once_in_the_child_fails_one_snapshot_only(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "flakystores.py").write_text(FLAKY_STORES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flakystores", raising=False)
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)
+    bottomless.register_backend("flaky", "flakystores:Flaky")
+    try:
+        objects = tmp_path / "objects"
+        settings = bottomless.Settings(backend="flaky", bucket=str(objects),
+                                       snapshot_interval_commits=10, lease_ttl=0)
+        path = str(tmp_path / "flaky.db")
+        db = bottomless.connect(path, settings)
+        (tmp_path / "objects.down").touch()  # the store is down while the first child opens
+        _commit(db, 10)
+        replicator(path).wait_snapshot(60)
+        first_error = bottomless.status(db)["last_error"]
+        _commit(db, 10)
+        replicator(path).wait_snapshot(60)
+        status = bottomless.status(db)
+        seqs = snapshot_seqs(replicator(path).store, "flaky.db", status["generation"])
+        db.close()
+    finally:
+        backend_registry.unregister("flaky")
+    assert "503 SlowDown" in (first_error or "")
+    assert seqs[-1] == 20  # built by the next child: compaction here would have raised
+    assert "built in a thread from now on" not in caplog.text
+
+
+def test_the_child_is_in_a_process_group_of_its_own(
+    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a Ctrl-C at the terminal goes to the foreground process group: not to the snapshot
+    groups: list[int] = []
+    real_init = _SpiedPopen.__init__
+
+    def start_and_look(self: _SpiedPopen, args: list[str], **kwargs: Any) -> None:
+        real_init(self, args, **kwargs)
+        groups.append(os.getpgid(self.pid))
+
+    monkeypatch.setattr(_SpiedPopen, "__init__", start_and_look)
+    settings = make_settings("file")
+    with pytest.raises(SnapshotProcessError):
+        build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,
+                       open_store(settings))
+    [seen] = spied_popen.seen
+    assert groups == [seen["pid"]] and groups[0] != os.getpgrp()
+    assert "-I" not in seen["args"] and {"-s", "-P"} <= set(seen["args"])

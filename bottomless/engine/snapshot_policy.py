@@ -29,10 +29,11 @@ class SnapshotPolicy:
         self._commits = 0
         self._bytes = 0
         self._thread: threading.Thread | None = None
-        #: where relative paths in the settings were resolved when the store was opened
-        self._cwd = os.getcwd()
         #: build snapshots in a child process (until a child cannot even start here)
         self._use_child = settings.snapshot_worker == "process"
+        #: where relative paths in the settings were resolved when the store was opened (None:
+        #: nowhere any more, the working directory was removed)
+        self._cwd = _working_directory() if self._use_child else None
         #: no new snapshot starts once the database is closing
         self.closing = False
 
@@ -90,3 +91,11 @@ class SnapshotPolicy:
         """Wait for a background snapshot in progress, if any."""
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _working_directory() -> str | None:
+    """The current working directory, or None if it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None

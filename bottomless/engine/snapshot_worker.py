@@ -6,13 +6,19 @@ decoding, hashing and compressing, and in a thread it would hold the interpreter
 committing threads need, so sync commits would wait behind it. In a child process it does
 not: the parent's thread only waits for the child.
 
-The child is this interpreter again, isolated (``-I``) and given the parent's ``sys.path`` and
-working directory, so it imports the same code and resolves the same relative paths. The job,
-settings and secrets included, goes to it through a pipe as JSON (never argv or the
+The child is this interpreter again (its interpreter flags, without the user site directory
+or the script's directory on its path), given the parent's ``sys.path`` and working directory,
+so it imports the same code and resolves the same relative paths. It runs in a process group
+of its own, so a Ctrl-C at the terminal interrupts the application, not its snapshot. The
+job, settings and secrets included, goes to it through a pipe as JSON lines (never argv or the
 environment, where other users of the machine could read the secrets). It answers with one
-JSON document on a pipe of its own (what it wrote, its requests, its log records, or its
-error), so nothing a library prints can spoil the answer; its stdout is discarded, and its
-stderr is kept for the message when it dies. It exits if its parent dies.
+JSON line on a pipe of its own (what it wrote, its requests, its log records, or its error),
+so nothing a library prints can spoil the answer; its stdout is discarded, and its stderr goes
+to a temporary file, kept for the message when it dies. It exits if its parent dies.
+
+Nothing waits for a pipe's end of file: a process forked from the parent's while a child
+starts (a worker pool, a forking server) holds copies of the pipes' ends, and would otherwise
+keep the parent waiting for as long as it lives.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import fcntl
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,22 +42,35 @@ from typing import Any
 from bottomless.backends.base import PageStore
 from bottomless.backends.counting import CountingStore
 from bottomless.backends.registry import backend_registry, open_store
-from bottomless.errors import BottomlessError, ObjectExistsError, SnapshotProcessError
+from bottomless.errors import BottomlessError, ObjectExistsError, SnapshotProcessError, StoreError
 from bottomless.ops.snapshots import compact
 from bottomless.settings import Settings
 
 #: how much lower than its parent the child runs (``os.nice``): commits come first
 NICENESS = 5
-#: the child's entry point, run with ``-I -c``: its first stdin line is the parent's sys.path
-_BOOTSTRAP = (
-    "import json, sys; sys.path[:] = json.loads(sys.stdin.buffer.readline());"
-    " from bottomless.engine.snapshot_worker import main; sys.exit(main())"
-)
-#: log records the child sends back, at this level and above, and at most this many
-_RELAYED_LEVEL = logging.INFO
+#: the child's entry point, run with ``-c``; its first stdin line is the parent's sys.path. A
+#: child that cannot import bottomless says so on the answer descriptor (its last argument),
+#: as a failure to set up: snapshots then go to a thread
+_BOOTSTRAP = """
+import json, os, sys
+try:
+    sys.path[:] = json.loads(sys.stdin.buffer.readline())
+    from bottomless.engine.snapshot_worker import main
+except BaseException as e:
+    answer = {"setup": True, "kind": type(e).__name__,
+              "error": f"the snapshot process cannot load bottomless: {e!r}"}
+    os.write(int(sys.argv[-1]), json.dumps(answer).encode() + b"\\n")
+    raise SystemExit(1)
+sys.exit(main())
+"""
+#: at most this many log records go back to the parent
 _RELAYED_RECORDS = 200
-#: seconds to wait for the answer pipe to end once the child has exited
-_ANSWER_GRACE = 10.0
+#: the level of the third-party records the child relays (its own follow the parent's level)
+_OTHERS_LEVEL = logging.WARNING
+#: seconds the parent waits for the child to exit once it has answered
+_EXIT_GRACE = 30.0
+#: how much of a dying child's stderr is kept for its message
+_STDERR_TAIL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,29 +130,57 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
     if registration is None:
         raise SnapshotProcessError(
             f"backend {inner.backend!r} cannot be opened by a child", at_start=True)
-    paths = [os.path.abspath(os.fspath(p)) for p in sys.path if isinstance(p, str | os.PathLike)]
-    request = json.dumps(paths) + "\n" + json.dumps({
+    request = json.dumps(_child_path()) + "\n" + json.dumps({
         "settings": settings.portable(), "job": dataclasses.asdict(job),
         "backend": [inner.backend, *registration], "parent": os.getpid(),
-    })
-    read_end, write_end = _answer_pipe()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, str(write_end)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(write_end,), cwd=cwd if cwd and os.path.isdir(cwd) else None,
-        )
-    except OSError as e:
-        os.close(read_end)
-        raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
-                                   at_start=True) from e
-    except BaseException:
-        os.close(read_end)
-        raise
-    finally:
-        os.close(write_end)
-    answer, stderr = _wait(child, read_end, request.encode())
-    return _report(_answer(answer), child.returncode, stderr, store, job.db_name)
+        "log_level": logging.getLogger("bottomless").getEffectiveLevel(),
+    }) + "\n"
+    with tempfile.TemporaryFile() as stderr:
+        read_end, write_end = _answer_pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, str(write_end)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                pass_fds=(write_end,), cwd=cwd if cwd and os.path.isdir(cwd) else None,
+                process_group=0,
+            )
+        except OSError as e:
+            os.close(read_end)
+            raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
+                                       at_start=True) from e
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        answer = _converse(child, read_end, request.encode())
+        stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - _STDERR_TAIL))
+        last_words = stderr.read()
+    return _report(_answer(answer), child.returncode, last_words, store, job.db_name)
+
+
+def _child_path() -> list[str]:
+    """This process's ``sys.path`` as absolute paths, for the child; entries that cannot be
+    resolved (relative ones, after the working directory was removed) are left out. The
+    directory this very ``bottomless`` was loaded from comes last, should the path no longer
+    lead to it (a plugin loader that took its entry out again)."""
+    paths = []
+    for entry in sys.path:
+        if isinstance(entry, str | os.PathLike):
+            with contextlib.suppress(OSError):
+                paths.append(os.path.abspath(os.fspath(entry)))
+    package_home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if package_home not in paths:
+        paths.append(package_home)
+    return paths
+
+
+def _interpreter_flags() -> list[str]:
+    """The flags this interpreter runs with (``-O``, ``-B``, ``-X`` options, ...), then ``-s``
+    and ``-P``: ``sys.path`` comes from the parent, neither from the user's site directory
+    nor from the working directory."""
+    flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()
+    return [*flags, "-s", "-P"]
 
 
 def _answer_pipe() -> tuple[int, int]:
@@ -143,39 +192,67 @@ def _answer_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-def _wait(child: subprocess.Popen[bytes], read_end: int, request: bytes) -> tuple[bytes, bytes]:
-    """Send ``request``, read the answer pipe (in a thread: an answer longer than the pipe
-    holds would block the child) and stderr until the child exits; kill it on the way out."""
-    chunks: list[bytes] = []
-    answers = os.fdopen(read_end, "rb")
-    reader = threading.Thread(target=lambda: chunks.append(answers.read()), daemon=True,
-                              name="bottomless-snapshot-answer")
-    reader.start()
+def _converse(child: subprocess.Popen[bytes], read_end: int, request: bytes) -> bytes:
+    """Send ``request``, then read the answer line (as it comes: an answer longer than the pipe
+    holds would block the child) until it is complete, the pipe ends, or the child has exited
+    and nothing more is there to read; wait for the child to exit and kill it on the way out.
+
+    Nothing here waits for an end of file that a forked copy of the parent could hold back."""
+    answer = bytearray()
     try:
-        _, stderr = child.communicate(request)
+        assert child.stdin is not None
+        try:
+            child.stdin.write(request)
+            child.stdin.flush()
+        except OSError:
+            pass  # it died before reading: its status and stderr say why
+        finally:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+        os.set_blocking(read_end, False)
+        exited = False
+        while b"\n" not in answer:
+            ready, _, _ = select.select([read_end], [], [], 0 if exited else 0.2)
+            chunk = b""
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    chunk = os.read(read_end, 1 << 16)
+                if not chunk:
+                    break  # the end of the pipe
+                answer += chunk
+            elif exited:
+                break  # the child is gone and left nothing more
+            else:
+                exited = child.poll() is not None
+        child.wait(_EXIT_GRACE)
+    except subprocess.TimeoutExpired:
+        pass  # it answered but does not exit: killed below
     finally:
+        os.close(read_end)
         if child.poll() is None:
             child.kill()
             child.wait()
-    # a grandchild of the child may hold the pipe open: do not wait for it for ever
-    reader.join(_ANSWER_GRACE)
-    if not reader.is_alive():
-        answers.close()
-    return b"".join(chunks), stderr or b""
+    return bytes(answer)
 
 
 def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
             store: PageStore, db_name: str) -> ChildReport:
-    """Turn the child's answer into a report (relaying its counts and log), or raise."""
+    """Turn the child's answer into a report (relaying its counts and log), or raise.
+
+    A child that exited with a status above 0 and no answer failed before it could answer at
+    all (a snapshot that fails is answered; a child killed by a signal has a negative status):
+    that counts as a child that cannot be set up here."""
     if answer is None:
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise SnapshotProcessError(
             f"the snapshot process exited with status {returncode} without an answer: "
             + (" | ".join(tail) or "no message"), returncode=returncode,
+            at_start=returncode > 0,
         )
     report = ChildReport(
-        int(answer["objects"]), int(answer["bytes"]), dict(answer["requests"]),
-        dict(answer["failures"]), int(answer["bytes_read"]),
+        int(answer.get("objects", 0)), int(answer.get("bytes", 0)),
+        dict(answer.get("requests", {})), dict(answer.get("failures", {})),
+        int(answer.get("bytes_read", 0)),
     )
     if isinstance(store, CountingStore):
         store.merge(report.requests, report.failures, report.bytes_read)
@@ -205,7 +282,7 @@ class _Relay(logging.Handler):
     """Keeps the child's log records, to send them to the parent with the answer."""
 
     def __init__(self) -> None:
-        super().__init__(_RELAYED_LEVEL)
+        super().__init__()
         self.records: list[tuple[str, int, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -229,18 +306,19 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def main() -> int:
-    """The child: read a job on stdin, build the snapshot, write one JSON answer on the
+    """The child: read a job on stdin, build the snapshot, write one JSON answer line on the
     descriptor named by the last argument."""
     fd = int(sys.argv[-1])
     os.set_inheritable(fd, False)  # not for processes this one might start
     answers = os.fdopen(fd, "w")
-    request = json.loads(sys.stdin.buffer.read())
+    request = json.loads(sys.stdin.buffer.readline())  # a line: never wait for end of file
     _exit_with_parent(int(request["parent"]))
     with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
         os.nice(NICENESS)
     relay = _Relay()
     logging.getLogger().addHandler(relay)
-    logging.getLogger().setLevel(_RELAYED_LEVEL)
+    logging.getLogger().setLevel(_OTHERS_LEVEL)
+    logging.getLogger("bottomless").setLevel(int(request.get("log_level", logging.INFO)))
     written = {"objects": 0, "bytes": 0}
 
     def count(data: bytes) -> None:
@@ -253,7 +331,11 @@ def main() -> int:
         name, target, extra = request["backend"]
         backend_registry.register(name, target, extra=extra, clobber=True)
         settings = Settings(**request["settings"])
-        store = CountingStore(open_store(settings))
+        try:
+            store = CountingStore(open_store(settings))
+        except StoreError:
+            answer["setup"] = False  # the store did not answer this time: not for ever
+            raise
         answer["setup"] = False
         SnapshotJob(**request["job"]).run(store, settings, count)
     except ObjectExistsError:
@@ -265,6 +347,6 @@ def main() -> int:
     answer.update(written, requests=requests, failures=store.failed() if store else {},
                   bytes_read=bytes_read, log=relay.records)
     with contextlib.suppress(OSError):
-        answers.write(json.dumps(answer))
+        answers.write(json.dumps(answer) + "\n")
         answers.close()
     return 0
