@@ -103,49 +103,41 @@ def test_only_stores_another_process_can_open_go_to_a_child(
         backend_registry.unregister("localfiles")
 
 
-class _SpiedPopen(subprocess.Popen):  # type: ignore[type-arg]
-    """subprocess.Popen that remembers its children, their arguments and their input."""
+class _SpiedSpawn:
+    """Starts snapshot children as the worker does, remembering their arguments, environment,
+    pid and input; ``script`` runs instead of the snapshot child."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
-    script: ClassVar[str | None] = None  # run this instead of the snapshot child
+    script: ClassVar[str | None] = None
 
-    def __init__(self, args: list[str], **kwargs: Any) -> None:
+    def __init__(self, real: Callable[..., int], real_send: Callable[[int, bytes], None]) -> None:
+        self._real, self._real_send = real, real_send
+
+    def spawn(self, argv: list[str], **fds: int) -> int:
         if self.script is not None:
-            args = [args[0], "-c", self.script, *args[-1:]]
-        super().__init__(args, **kwargs)
-        seen = {"args": args, "env": kwargs.get("env") or dict(os.environ), "pid": self.pid,
-                "input": b""}
-        self.seen.append(seen)
-        if self.stdin is not None:
-            self.stdin = _RecordedPipe(self.stdin, seen)
+            argv = [argv[0], "-c", self.script, *argv[-1:]]
+        pid = self._real(argv, **fds)
+        self.seen.append({"args": argv, "env": dict(os.environ), "pid": pid, "input": b""})
+        return pid
 
-
-class _RecordedPipe:
-    """A child's stdin that also keeps what was written to it, in ``seen["input"]``."""
-
-    def __init__(self, pipe: Any, seen: dict[str, Any]) -> None:
-        self._pipe, self._seen = pipe, seen
-
-    def write(self, data: bytes) -> int:
-        self._seen["input"] += data
-        written: int = self._pipe.write(data)
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
+    def send(self, fd: int, data: bytes) -> None:
+        self.seen[-1]["input"] += data
+        self._real_send(fd, data)
 
 
 @pytest.fixture
-def spied_popen(monkeypatch: pytest.MonkeyPatch) -> type[_SpiedPopen]:
-    """Every child the snapshot worker starts, as _SpiedPopen records it."""
-    monkeypatch.setattr(_SpiedPopen, "seen", [])
-    monkeypatch.setattr(_SpiedPopen, "script", None)
-    monkeypatch.setattr(snapshot_worker.subprocess, "Popen", _SpiedPopen)
-    return _SpiedPopen
+def spied_popen(monkeypatch: pytest.MonkeyPatch) -> type[_SpiedSpawn]:
+    """Every child the snapshot worker starts, as _SpiedSpawn records it."""
+    monkeypatch.setattr(_SpiedSpawn, "seen", [])
+    monkeypatch.setattr(_SpiedSpawn, "script", None)
+    spy = _SpiedSpawn(snapshot_worker._spawn, snapshot_worker._send)
+    monkeypatch.setattr(snapshot_worker, "_spawn", spy.spawn)
+    monkeypatch.setattr(snapshot_worker, "_send", spy.send)
+    return _SpiedSpawn
 
 
 def test_settings_reach_the_child_through_a_pipe_only(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
 ) -> None:
     secret = "sk-never-in-argv-0123456789"
     settings = make_settings("file", secret_access_key=secret, access_key_id="AKIDEXAMPLE")
@@ -176,7 +168,7 @@ def test_a_failed_snapshot_in_the_child_says_why(make_settings: MakeSettings) ->
       "status -9 without an answer: no message", -9)],
 )
 def test_a_child_that_dies_is_reported_with_its_last_words(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], script: str, words: str,
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], script: str, words: str,
     status: int,
 ) -> None:
     spied_popen.script = script
@@ -206,7 +198,7 @@ def test_the_childs_requests_count_in_the_writers_figures(
 
 
 def test_a_snapshot_child_killed_mid_upload_loses_nothing(
-    tmp_path: Any, make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+    tmp_path: Any, make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
 ) -> None:
     settings = make_settings("file", snapshot_interval_commits=0, snapshot_interval_mb=4,
                              snapshot_part_mb=1, parallelism=1)
@@ -384,7 +376,7 @@ with os.fdopen(int(sys.argv[-1]), "w") as out:
 
 
 def test_a_long_answer_and_stdout_chatter_do_not_spoil_the_report(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
 ) -> None:
     spied_popen.script = LONG_ANSWER
     settings = make_settings("file")
@@ -409,7 +401,7 @@ def test_a_child_that_cannot_start_hands_snapshots_to_a_thread(
         starts.append(args)
         raise OSError(7, "Argument list too long")
 
-    monkeypatch.setattr(snapshot_worker.subprocess, "Popen", cannot_start)
+    monkeypatch.setattr(snapshot_worker, "_spawn", cannot_start)
     settings = make_settings("file", snapshot_interval_commits=10)
     path = str(tmp_path / "fallback.db")
     db = bottomless.connect(path, settings)
@@ -436,26 +428,21 @@ def _fork_a_bystander(lifetime: float, bystanders: list[int]) -> None:
 
 
 def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # forks land where they hurt most: once the answer pipe exists, and once the child has
-    # started but has not been sent its job; each copy holds those pipes' ends for 30 s
+    # forks land where they hurt most: once every pipe exists but the child does not, and once
+    # the child has started but has not been sent its job; each copy holds those pipes' ends
+    # for 30 s
     bystanders: list[int] = []
-    make_pipe = snapshot_worker._answer_pipe
+    spawn = snapshot_worker._spawn
 
-    def answer_pipe_then_fork() -> tuple[int, int]:
-        ends = make_pipe()
+    def fork_around_the_start(argv: list[str], **fds: int) -> int:
         _fork_a_bystander(30, bystanders)
-        return ends
-
-    monkeypatch.setattr(snapshot_worker, "_answer_pipe", answer_pipe_then_fork)
-    real_init = _SpiedPopen.__init__
-
-    def start_then_fork(self: _SpiedPopen, args: list[str], **kwargs: Any) -> None:
-        real_init(self, args, **kwargs)
+        pid = spawn(argv, **fds)
         _fork_a_bystander(30, bystanders)
+        return pid
 
-    monkeypatch.setattr(_SpiedPopen, "__init__", start_then_fork)
+    monkeypatch.setattr(snapshot_worker, "_spawn", fork_around_the_start)
     settings = make_settings("file")
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
     started = time.monotonic()
@@ -473,8 +460,23 @@ def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
     assert took < 15
 
 
+def test_the_child_is_not_started_through_subprocess_popen(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Popen waits for the end of a pipe that reports a failed exec: a process forked while it
+    # runs (another thread's worker pool) holds that pipe, and the start, for its whole life
+    def no_popen(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("subprocess.Popen started the snapshot child")
+
+    monkeypatch.setattr(subprocess, "Popen", no_popen)
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    with pytest.raises(SnapshotProcessError, match="no-such-generation has no snapshot"):
+        build_in_child(job, settings, open_store(settings))
+
+
 def test_a_child_that_cannot_load_bottomless_is_a_failure_to_set_up(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen]
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
 ) -> None:
     spied_popen.script = snapshot_worker._BOOTSTRAP.replace(
         "bottomless.engine.snapshot_worker", "bottomless_gone.engine.snapshot_worker")
@@ -562,17 +564,18 @@ def test_a_store_that_fails_once_in_the_child_fails_one_snapshot_only(
 
 
 def test_the_child_is_in_a_process_group_of_its_own(
-    make_settings: MakeSettings, spied_popen: type[_SpiedPopen], monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a Ctrl-C at the terminal goes to the foreground process group: not to the snapshot
     groups: list[int] = []
-    real_init = _SpiedPopen.__init__
+    spawn = snapshot_worker._spawn
 
-    def start_and_look(self: _SpiedPopen, args: list[str], **kwargs: Any) -> None:
-        real_init(self, args, **kwargs)
-        groups.append(os.getpgid(self.pid))
+    def start_and_look(argv: list[str], **fds: int) -> int:
+        pid = spawn(argv, **fds)
+        groups.append(os.getpgid(pid))
+        return pid
 
-    monkeypatch.setattr(_SpiedPopen, "__init__", start_and_look)
+    monkeypatch.setattr(snapshot_worker, "_spawn", start_and_look)
     settings = make_settings("file")
     with pytest.raises(SnapshotProcessError):
         build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,

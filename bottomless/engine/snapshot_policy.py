@@ -5,12 +5,16 @@ allows (``snapshot_worker``), else in a thread."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 from bottomless import log
 from bottomless.backends.base import PageStore
-from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
+from bottomless.engine.snapshot_worker import (
+    SnapshotJob,
+    build_in_child,
+    can_use_child,
+    working_directory,
+)
 from bottomless.engine.stats import Stats
 from bottomless.errors import ObjectExistsError, SnapshotProcessError
 from bottomless.local.files import LocalState
@@ -33,7 +37,7 @@ class SnapshotPolicy:
         self._use_child = settings.snapshot_worker == "process"
         #: where relative paths in the settings were resolved when the store was opened (None:
         #: nowhere any more, the working directory was removed)
-        self._cwd = _working_directory() if self._use_child else None
+        self._cwd = working_directory() if self._use_child else None
         #: no new snapshot starts once the database is closing
         self.closing = False
 
@@ -91,11 +95,3 @@ class SnapshotPolicy:
         """Wait for a background snapshot in progress, if any."""
         if self._thread is not None:
             self._thread.join(timeout)
-
-
-def _working_directory() -> str | None:
-    """The current working directory, or None if it was removed."""
-    try:
-        return os.getcwd()
-    except OSError:
-        return None

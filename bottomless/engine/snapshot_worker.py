@@ -16,9 +16,10 @@ JSON line on a pipe of its own (what it wrote, its requests, its log records, or
 so nothing a library prints can spoil the answer; its stdout is discarded, and its stderr goes
 to a temporary file, kept for the message when it dies. It exits if its parent dies.
 
-Nothing waits for a pipe's end of file: a process forked from the parent's while a child
-starts (a worker pool, a forking server) holds copies of the pipes' ends, and would otherwise
-keep the parent waiting for as long as it lives.
+A process forked from the parent while a child starts (a worker pool, a forking server) holds
+copies of every pipe end open at that moment, for as long as it lives. So nothing here waits
+for a pipe's end of file, and the child is started with ``posix_spawn`` rather than
+``subprocess.Popen``, whose start waits for the end of a pipe of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +71,13 @@ _RELAYED_RECORDS = 200
 _OTHERS_LEVEL = logging.WARNING
 #: seconds the parent waits for the child to exit once it has answered
 _EXIT_GRACE = 30.0
+#: the child's descriptor for its answer
+_ANSWER_FD = 3
+#: signals the child starts with at their default disposition, whatever this process did with
+#: them (as subprocess does), as it starts with none blocked
+_DEFAULT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 #: how much of a dying child's stderr is kept for its message
 _STDERR_TAIL = 64 * 1024
 
@@ -134,29 +143,39 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
         "settings": settings.portable(), "job": dataclasses.asdict(job),
         "backend": [inner.backend, *registration], "parent": os.getpid(),
         "log_level": logging.getLogger("bottomless").getEffectiveLevel(),
+        "cwd": cwd if cwd is not None else working_directory(),
     }) + "\n"
+    argv = [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, str(_ANSWER_FD)]
     with tempfile.TemporaryFile() as stderr:
-        read_end, write_end = _answer_pipe()
+        ends: list[int] = []  # descriptors still to close here
         try:
-            child = subprocess.Popen(
-                [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, str(write_end)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
-                pass_fds=(write_end,), cwd=cwd if cwd and os.path.isdir(cwd) else None,
-                process_group=0,
-            )
-        except OSError as e:
-            os.close(read_end)
-            raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
-                                       at_start=True) from e
-        except BaseException:
-            os.close(read_end)
-            raise
+            for fd in (*os.pipe(), *os.pipe(), os.dup(stderr.fileno())):
+                ends.append(_high(fd))
+            stdin_read, stdin_write, answer_read, answer_write, stderr_fd = ends
+            try:
+                child = _Child(_spawn(argv, stdin=stdin_read, stderr=stderr_fd,
+                                      answer=answer_write))
+            except OSError as e:
+                raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
+                                           at_start=True) from e
+            for fd in (stdin_read, answer_write, stderr_fd):  # the child has its copies
+                ends.remove(fd)
+                os.close(fd)
+            answer, returncode = _converse(child, stdin_write, answer_read, request.encode())
         finally:
-            os.close(write_end)
-        answer = _converse(child, read_end, request.encode())
+            for fd in ends:
+                os.close(fd)
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - _STDERR_TAIL))
         last_words = stderr.read()
-    return _report(_answer(answer), child.returncode, last_words, store, job.db_name)
+    return _report(_answer(answer), returncode, last_words, store, job.db_name)
+
+
+def working_directory() -> str | None:
+    """The current working directory, or None if it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 def _child_path() -> list[str]:
@@ -183,40 +202,101 @@ def _interpreter_flags() -> list[str]:
     return [*flags, "-s", "-P"]
 
 
-def _answer_pipe() -> tuple[int, int]:
-    """A pipe for the child's answer, its write end above 2: were the parent's standard
-    descriptors closed, the child's own stdin, stdout or stderr would land on it."""
-    read_end, low = os.pipe()
-    write_end = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(low)
-    return read_end, write_end
+def _high(fd: int) -> int:
+    """``fd`` moved to a number of at least 10 (closing it): the child's descriptors 0 to 3
+    are made from these, and none may be overwritten before it is copied, which could happen
+    were the parent's own 0, 1 or 2 closed and reused."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
 
 
-def _converse(child: subprocess.Popen[bytes], read_end: int, request: bytes) -> bytes:
+def _spawn(argv: list[str], *, stdin: int, stderr: int, answer: int) -> int:
+    """Start the child with ``posix_spawn``: stdin from ``stdin``, stdout to the null device,
+    stderr to ``stderr``, the answer descriptor as ``_ANSWER_FD``, in a process group of its
+    own. Unlike ``subprocess.Popen``, no pipe tells whether the program started, so a process
+    forked from this one meanwhile cannot hold the start up for as long as it lives."""
+    devnull = _high(os.open(os.devnull, os.O_WRONLY))
+    try:
+        return os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
+            (os.POSIX_SPAWN_DUP2, devnull, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+            (os.POSIX_SPAWN_DUP2, answer, _ANSWER_FD),
+        ], setpgroup=0, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    finally:
+        os.close(devnull)
+
+
+class _Child:
+    """A started snapshot process: its pid, and its exit status once it has been reaped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status (negative: the signal that killed it), or None while it runs."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored, or a handler)
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for it to exit; whether it did."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def kill(self) -> int:
+        """Kill it if it still runs, reap it, and return its exit status."""
+        status = self.poll()
+        if status is not None:
+            return status
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            self.returncode = -signal.SIGKILL
+        return self.returncode
+
+
+def _send(fd: int, data: bytes) -> None:
+    """Write ``data`` to the child's stdin (all of it, or until the child is gone)."""
+    view = memoryview(data)
+    with contextlib.suppress(OSError):  # gone before reading: its status and stderr say why
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _converse(child: _Child, stdin: int, answers: int, request: bytes) -> tuple[bytes, int]:
     """Send ``request``, then read the answer line (as it comes: an answer longer than the pipe
     holds would block the child) until it is complete, the pipe ends, or the child has exited
     and nothing more is there to read; wait for the child to exit and kill it on the way out.
+    Returns the answer and the child's exit status.
 
     Nothing here waits for an end of file that a forked copy of the parent could hold back."""
     answer = bytearray()
     try:
-        assert child.stdin is not None
-        try:
-            child.stdin.write(request)
-            child.stdin.flush()
-        except OSError:
-            pass  # it died before reading: its status and stderr say why
-        finally:
-            with contextlib.suppress(OSError):
-                child.stdin.close()
-        os.set_blocking(read_end, False)
+        _send(stdin, request)
+        os.set_blocking(answers, False)
         exited = False
         while b"\n" not in answer:
-            ready, _, _ = select.select([read_end], [], [], 0 if exited else 0.2)
+            ready, _, _ = select.select([answers], [], [], 0 if exited else 0.2)
             chunk = b""
             if ready:
                 with contextlib.suppress(BlockingIOError):
-                    chunk = os.read(read_end, 1 << 16)
+                    chunk = os.read(answers, 1 << 16)
                 if not chunk:
                     break  # the end of the pipe
                 answer += chunk
@@ -224,15 +304,10 @@ def _converse(child: subprocess.Popen[bytes], read_end: int, request: bytes) -> 
                 break  # the child is gone and left nothing more
             else:
                 exited = child.poll() is not None
-        child.wait(_EXIT_GRACE)
-    except subprocess.TimeoutExpired:
-        pass  # it answered but does not exit: killed below
+        child.wait(_EXIT_GRACE)  # it answered: it exits at once, else it is killed below
     finally:
-        os.close(read_end)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return bytes(answer)
+        returncode = child.kill()
+    return bytes(answer), returncode
 
 
 def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
@@ -328,6 +403,8 @@ def main() -> int:
     answer: dict[str, Any] = {"setup": True}
     store: CountingStore | None = None
     try:
+        if request.get("cwd") is not None:  # where relative paths in the settings lead
+            os.chdir(request["cwd"])
         name, target, extra = request["backend"]
         backend_registry.register(name, target, extra=extra, clobber=True)
         settings = Settings(**request["settings"])
