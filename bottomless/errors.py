@@ -182,8 +182,9 @@ class SnapshotProcessError(BottomlessError):
             when it exited normally and reported the failure itself.
         kind: The name of the exception the child reported (``"RestoreError"``), if any.
         at_start: True when the child could not be started or could not set itself up
-            (import its code, read its settings, open the store): it never will here, and
-            the writer builds its snapshots in a thread from then on.
+            (import its code, read its settings): it never will here, and the writer builds
+            its snapshots in a thread from then on. A store that did not answer while the
+            child opened it, or a machine short of processes or descriptors, is not that.
     """
 
     def __init__(self, message: str, *, returncode: int | None = None,
@@ -192,6 +193,12 @@ class SnapshotProcessError(BottomlessError):
         self.returncode = returncode
         self.kind = kind
         self.at_start = at_start
+
+    @property
+    def silent(self) -> bool:
+        """Whether the child exited with an error status without a word of answer: several
+        in a row also send snapshots to a thread (a Python that cannot start here)."""
+        return self.kind is None and self.returncode is not None and self.returncode > 0
 
 
 class NotReplicatedError(BottomlessError, ValueError):

@@ -3,6 +3,8 @@ child is told and how, and what a failure in the child looks like."""
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import signal
@@ -21,6 +23,7 @@ from bottomless.backends.counting import CountingStore
 from bottomless.backends.file import FilePageStore
 from bottomless.backends.registry import backend_registry, open_store
 from bottomless.engine import snapshot_worker
+from bottomless.engine.child_process import SpawnError
 from bottomless.engine.snapshot_worker import SnapshotJob, build_in_child, can_use_child
 from bottomless.errors import SnapshotProcessError
 from bottomless.ops import catalog
@@ -110,41 +113,42 @@ class _SpiedSpawn:
     seen: ClassVar[list[dict[str, Any]]] = []
     script: ClassVar[str | None] = None
 
-    def __init__(self, real: Callable[..., int], real_send: Callable[[int, bytes], None]) -> None:
-        self._real, self._real_send = real, real_send
+    def __init__(self, real: Callable[..., Any], real_converse: Callable[..., Any]) -> None:
+        self._real, self._real_converse = real, real_converse
 
-    def spawn(self, argv: list[str], **fds: int) -> int:
+    def spawn(self, argv: list[str]) -> Any:
         if self.script is not None:
             argv = [argv[0], "-c", self.script, *argv[-1:]]
-        pid = self._real(argv, **fds)
-        self.seen.append({"args": argv, "env": dict(os.environ), "pid": pid, "input": b""})
-        return pid
+        child = self._real(argv)
+        self.seen.append({"args": argv, "env": dict(os.environ), "pid": child.pid,
+                          "input": b""})
+        return child
 
-    def send(self, fd: int, data: bytes) -> None:
-        self.seen[-1]["input"] += data
-        self._real_send(fd, data)
+    def converse(self, child: Any, request: bytes) -> Any:
+        self.seen[-1]["input"] += request
+        return self._real_converse(child, request)
 
 
 @pytest.fixture
-def spied_popen(monkeypatch: pytest.MonkeyPatch) -> type[_SpiedSpawn]:
+def spied_spawn(monkeypatch: pytest.MonkeyPatch) -> type[_SpiedSpawn]:
     """Every child the snapshot worker starts, as _SpiedSpawn records it."""
     monkeypatch.setattr(_SpiedSpawn, "seen", [])
     monkeypatch.setattr(_SpiedSpawn, "script", None)
-    spy = _SpiedSpawn(snapshot_worker._spawn, snapshot_worker._send)
+    spy = _SpiedSpawn(snapshot_worker._spawn, snapshot_worker._converse)
     monkeypatch.setattr(snapshot_worker, "_spawn", spy.spawn)
-    monkeypatch.setattr(snapshot_worker, "_send", spy.send)
+    monkeypatch.setattr(snapshot_worker, "_converse", spy.converse)
     return _SpiedSpawn
 
 
 def test_settings_reach_the_child_through_a_pipe_only(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn]
 ) -> None:
     secret = "sk-never-in-argv-0123456789"
     settings = make_settings("file", secret_access_key=secret, access_key_id="AKIDEXAMPLE")
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
     with pytest.raises(SnapshotProcessError):
         build_in_child(job, settings, open_store(settings))
-    [seen] = spied_popen.seen
+    [seen] = spied_spawn.seen
     assert secret.encode() in seen["input"]  # the child needs it
     assert not any(secret in arg for arg in seen["args"])
     assert not any(secret in value for value in seen["env"].values())
@@ -168,10 +172,10 @@ def test_a_failed_snapshot_in_the_child_says_why(make_settings: MakeSettings) ->
       "status -9 without an answer: no message", -9)],
 )
 def test_a_child_that_dies_is_reported_with_its_last_words(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], script: str, words: str,
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], script: str, words: str,
     status: int,
 ) -> None:
-    spied_popen.script = script
+    spied_spawn.script = script
     settings = make_settings("file")
     job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
     with pytest.raises(SnapshotProcessError,
@@ -198,7 +202,7 @@ def test_the_childs_requests_count_in_the_writers_figures(
 
 
 def test_a_snapshot_child_killed_mid_upload_loses_nothing(
-    tmp_path: Any, make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
+    tmp_path: Any, make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn]
 ) -> None:
     settings = make_settings("file", snapshot_interval_commits=0, snapshot_interval_mb=4,
                              snapshot_part_mb=1, parallelism=1)
@@ -214,7 +218,7 @@ def test_a_snapshot_child_killed_mid_upload_loses_nothing(
     deadline = time.monotonic() + 30
     while not store.list_keys(parts) and time.monotonic() < deadline:
         time.sleep(0.001)  # until the child has stored a part
-    [child] = spied_popen.seen
+    [child] = spied_spawn.seen
     os.kill(child["pid"], signal.SIGKILL)
     replicator(path).wait_snapshot(60)
     if bottomless.status(db)["last_error"] is None:  # it was faster than the kill
@@ -269,6 +273,7 @@ def test_relative_paths_mean_what_they_meant_when_the_store_was_opened(
     home.mkdir()
     elsewhere.mkdir()
     monkeypatch.chdir(home)
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)  # in the child only
     settings = bottomless.Settings(backend="file", bucket="objects", snapshot_interval_commits=10)
     db = bottomless.connect(str(home / "rel.db"), settings)
     monkeypatch.chdir(elsewhere)  # the application moves on; its store stays where it was
@@ -364,21 +369,24 @@ def test_a_snapshot_child_exits_when_its_writer_dies(tmp_path: Any) -> None:
     assert not list(objects.glob(f"orphan.db/generations/*/snapshots/{2:016d}"))
 
 
-#: a stand-in child: chatter on stdout, then a valid answer of ~1 MiB (16 pipes' worth)
+#: a stand-in child: chatter on stdout and stderr, then a valid answer of ~1 MiB (16 pipes'
+#: worth), with or without its newline (END)
 LONG_ANSWER = """
 import json, os, sys
 print("chatter from a library" * 1000)
+sys.stderr.write("warnings galore " * 10000)
 answer = {"objects": 3, "bytes": 30, "requests": {"put": 3}, "failures": {},
           "bytes_read": 0, "log": [["bottomless.test", 20, "x" * 1000]] * 1000}
 with os.fdopen(int(sys.argv[-1]), "w") as out:
-    out.write(json.dumps(answer))
+    out.write(json.dumps(answer) + END)
 """
 
 
+@pytest.mark.parametrize("end", ["", "\n"])
 def test_a_long_answer_and_stdout_chatter_do_not_spoil_the_report(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], end: str
 ) -> None:
-    spied_popen.script = LONG_ANSWER
+    spied_spawn.script = LONG_ANSWER.replace("END", repr(end))
     settings = make_settings("file")
     job = SnapshotJob("absent.db", "g", 5, "w", parallelism=1)
     reports: list[Any] = []
@@ -397,9 +405,9 @@ def test_a_child_that_cannot_start_hands_snapshots_to_a_thread(
 ) -> None:
     starts: list[list[str]] = []
 
-    def cannot_start(args: list[str], **kwargs: Any) -> Any:
+    def cannot_start(args: list[str]) -> Any:
         starts.append(args)
-        raise OSError(7, "Argument list too long")
+        raise SpawnError(errno.E2BIG, "Argument list too long")
 
     monkeypatch.setattr(snapshot_worker, "_spawn", cannot_start)
     settings = make_settings("file", snapshot_interval_commits=10)
@@ -428,7 +436,7 @@ def _fork_a_bystander(lifetime: float, bystanders: list[int]) -> None:
 
 
 def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # forks land where they hurt most: once every pipe exists but the child does not, and once
     # the child has started but has not been sent its job; each copy holds those pipes' ends
@@ -436,11 +444,11 @@ def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
     bystanders: list[int] = []
     spawn = snapshot_worker._spawn
 
-    def fork_around_the_start(argv: list[str], **fds: int) -> int:
+    def fork_around_the_start(argv: list[str]) -> Any:
         _fork_a_bystander(30, bystanders)
-        pid = spawn(argv, **fds)
+        child = spawn(argv)
         _fork_a_bystander(30, bystanders)
-        return pid
+        return child
 
     monkeypatch.setattr(snapshot_worker, "_spawn", fork_around_the_start)
     settings = make_settings("file")
@@ -476,9 +484,9 @@ def test_the_child_is_not_started_through_subprocess_popen(
 
 
 def test_a_child_that_cannot_load_bottomless_is_a_failure_to_set_up(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn]
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn]
 ) -> None:
-    spied_popen.script = snapshot_worker._BOOTSTRAP.replace(
+    spied_spawn.script = snapshot_worker._BOOTSTRAP.replace(
         "bottomless.engine.snapshot_worker", "bottomless_gone.engine.snapshot_worker")
     settings = make_settings("file")
     job = SnapshotJob("absent.db", "g", 5, "w", parallelism=1)
@@ -504,6 +512,7 @@ def test_a_removed_working_directory_stops_neither_opening_nor_snapshots(
     monkeypatch.chdir(gone)
     monkeypatch.setattr(sys, "path", ["", *sys.path])  # as under python -c, or a REPL
     gone.rmdir()  # a deploy swapped the release directory away
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)  # in the child only
     settings = make_settings("file", snapshot_interval_commits=10)
     path = str(tmp_path / "cwdless.db")
     db = bottomless.connect(path, settings)
@@ -563,23 +572,211 @@ def test_a_store_that_fails_once_in_the_child_fails_one_snapshot_only(
     assert "built in a thread from now on" not in caplog.text
 
 
-def test_the_child_is_in_a_process_group_of_its_own(
-    make_settings: MakeSettings, spied_popen: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
+def test_the_child_is_in_a_session_of_its_own(
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a Ctrl-C at the terminal goes to the foreground process group: not to the snapshot
-    groups: list[int] = []
+    # a Ctrl-C at the terminal goes to the foreground process group: not to the snapshot; and
+    # with no terminal of its own, the child cannot stop on reading one
+    sessions: list[tuple[int, int]] = []
     spawn = snapshot_worker._spawn
 
-    def start_and_look(argv: list[str], **fds: int) -> int:
-        pid = spawn(argv, **fds)
-        groups.append(os.getpgid(pid))
-        return pid
+    def start_and_look(argv: list[str]) -> Any:
+        child = spawn(argv)
+        sessions.append((os.getpgid(child.pid), os.getsid(child.pid)))
+        return child
 
     monkeypatch.setattr(snapshot_worker, "_spawn", start_and_look)
     settings = make_settings("file")
     with pytest.raises(SnapshotProcessError):
         build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,
                        open_store(settings))
-    [seen] = spied_popen.seen
-    assert groups == [seen["pid"]] and groups[0] != os.getpgrp()
-    assert "-I" not in seen["args"] and {"-s", "-P"} <= set(seen["args"])
+    [seen] = spied_spawn.seen
+    assert sessions == [(seen["pid"], seen["pid"])] and seen["pid"] != os.getpgrp()
+    assert {"-s", "-P"} <= set(seen["args"])
+
+
+def test_descriptors_above_1023_do_not_stop_the_child(
+    make_settings: MakeSettings,
+) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"cannot open 1,100 descriptors here (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    busy = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # a busy server's sockets
+    try:
+        settings = make_settings("file")
+        job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+        with pytest.raises(SnapshotProcessError, match="no-such-generation has no snapshot"):
+            build_in_child(job, settings, open_store(settings))
+    finally:
+        for fd in busy:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+#: a stand-in for the snapshot child, after the bootstrap's first lines: it answers the list of
+#: its open descriptors as its error
+FDS_CHILD = snapshot_worker._BOOTSTRAP.replace(
+    "from bottomless.engine.snapshot_worker import main",
+    "main = lambda: os.write(3, (json.dumps({'kind': 'Fds', 'error': json.dumps(sorted(map("
+    "int, os.listdir('/proc/self/fd'))))}) + chr(10)).encode()) and 0")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists descriptors in /proc")
+def test_the_child_keeps_no_descriptor_of_the_application(
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn]
+) -> None:
+    # a listening port or a pipe somebody waits on, left inheritable by the application
+    leaked = os.dup2(os.open(os.devnull, os.O_RDONLY), 200, inheritable=True)
+    spied_spawn.script = FDS_CHILD
+    try:
+        settings = make_settings("file")
+        with pytest.raises(SnapshotProcessError) as failure:
+            build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,
+                           open_store(settings))
+    finally:
+        os.close(leaked)
+    assert failure.value.kind == "Fds"
+    fds = json.loads(str(failure.value))
+    assert fds[:4] == [0, 1, 2, 3] and len(fds) <= 5  # and the listing's own descriptor
+
+
+def test_a_removed_working_directory_after_opening_keeps_the_child(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = tmp_path / "release-2"
+    release.mkdir()
+    monkeypatch.chdir(release)
+    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)  # in the child only
+    settings = make_settings("file", snapshot_interval_commits=10)
+    path = str(tmp_path / "moved.db")
+    db = bottomless.connect(path, settings)
+    release.rmdir()  # swapped away once the application runs
+    _commit(db, 10)
+    replicator(path).wait_snapshot(60)
+    status = bottomless.status(db)
+    seqs = snapshot_seqs(replicator(path).store, "moved.db", status["generation"])
+    db.close()
+    assert status["last_error"] is None and seqs[-1] == 10
+    assert "built in a thread from now on" not in caplog.text
+
+
+def test_a_job_longer_than_a_pipe_holds_reaches_the_child_despite_a_fork(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a long sys.path (zipapps, Bazel), and a copy of this process holding the child's stdin
+    path = snapshot_worker._child_path()
+    monkeypatch.setattr(snapshot_worker, "_child_path",
+                        lambda: path + [f"/no/such/dir/{i:06d}" + "x" * 80 for i in range(3000)])
+    bystanders: list[int] = []
+    spawn = snapshot_worker._spawn
+
+    def start_then_fork(argv: list[str]) -> Any:
+        child = spawn(argv)
+        _fork_a_bystander(30, bystanders)
+        return child
+
+    monkeypatch.setattr(snapshot_worker, "_spawn", start_then_fork)
+    settings = make_settings("file")
+    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SnapshotProcessError, match="no-such-generation has no snapshot"):
+            build_in_child(job, settings, open_store(settings))
+        took = time.monotonic() - started
+    finally:
+        for pid in bystanders:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert took < 15
+
+
+def test_children_that_die_without_a_word_send_snapshots_to_a_thread_after_three(
+    tmp_path: Any, make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spied_spawn.script = "import sys; sys.exit(1)"  # as a Python that cannot start here
+    settings = make_settings("file", snapshot_interval_commits=5)
+    path = str(tmp_path / "silent.db")
+    db = bottomless.connect(path, settings)
+    for _ in range(3):
+        _commit(db, 5)
+        replicator(path).wait_snapshot(60)
+    status = bottomless.status(db)
+    seqs = snapshot_seqs(replicator(path).store, "silent.db", status["generation"])
+    db.close()
+    assert len(spied_spawn.seen) == 3
+    assert 5 not in seqs and 10 not in seqs and seqs[-1] == 15  # the third, in a thread
+    assert caplog.text.count("built in a thread from now on") == 1
+
+
+def test_a_child_collected_by_the_application_is_reported_as_such(
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn]
+) -> None:
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
+    try:
+        settings = make_settings("file")
+        job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
+        with pytest.raises(SnapshotProcessError, match="no-such-generation has no snapshot"):
+            build_in_child(job, settings, open_store(settings))  # its answer still counts
+        spied_spawn.script = "import sys; sys.exit(1)"
+        with pytest.raises(SnapshotProcessError) as failure:
+            build_in_child(job, settings, open_store(settings))
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    # its status is unknown here: neither a success (0) nor a reason to give up on children
+    assert "its status collected by another part of this process" in str(failure.value)
+    assert failure.value.returncode is None and not failure.value.silent
+    assert not failure.value.at_start
+
+
+@pytest.mark.parametrize(("error", "at_start"), [(errno.EAGAIN, False), (errno.EMFILE, False),
+                                                 (errno.ENOENT, True), (errno.EACCES, True)])
+def test_only_lasting_start_errors_send_snapshots_to_a_thread(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, error: int, at_start: bool
+) -> None:
+    def fails(argv: list[str]) -> Any:
+        raise SpawnError(error, os.strerror(error))
+
+    monkeypatch.setattr(snapshot_worker, "_spawn", fails)
+    settings = make_settings("file")
+    with pytest.raises(SnapshotProcessError, match="cannot start the snapshot process") as failure:
+        build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,
+                       open_store(settings))
+    assert failure.value.at_start is at_start
+
+
+SIGPIPE_APP = """
+import signal, sys, time
+from bottomless.engine import snapshot_worker
+from bottomless.engine.child_process import ChildProcess
+from bottomless.errors import SnapshotProcessError
+import bottomless
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as some applications do
+
+def spawn(argv):
+    child = ChildProcess.start([argv[0], "-c", "pass", argv[-1]])
+    time.sleep(1)  # gone before its job is sent
+    return child
+
+snapshot_worker._spawn = spawn
+settings = bottomless.Settings(backend="file", bucket=sys.argv[1])
+job = snapshot_worker.SnapshotJob("absent.db", "g", 5, "w", parallelism=1)
+try:
+    snapshot_worker.build_in_child(job, settings, bottomless.backends.registry.open_store(settings))
+except SnapshotProcessError as e:
+    print("survived:", e)
+"""
+
+
+def test_a_child_gone_before_its_job_does_not_kill_an_application_without_sigpipe_handling(
+    tmp_path: Any,
+) -> None:
+    app = subprocess.run([sys.executable, "-c", SIGPIPE_APP, str(tmp_path / "objects")],
+                         capture_output=True, text=True, timeout=60)
+    assert app.returncode == 0, app.stderr
+    assert "survived: the snapshot process exited with status 0 without an answer" in app.stdout

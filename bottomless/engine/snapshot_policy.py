@@ -20,6 +20,10 @@ from bottomless.errors import ObjectExistsError, SnapshotProcessError
 from bottomless.local.files import LocalState
 from bottomless.settings import Settings
 
+#: this many children in a row that exit with an error status before they answer (a Python that
+#: cannot start here, say) send snapshots to a thread
+SILENT_FAILURES = 3
+
 
 class SnapshotPolicy:
     """Counts the log since the newest snapshot and starts one when it is due."""
@@ -35,6 +39,8 @@ class SnapshotPolicy:
         self._thread: threading.Thread | None = None
         #: build snapshots in a child process (until a child cannot even start here)
         self._use_child = settings.snapshot_worker == "process"
+        #: children in a row that exited with an error status and no answer
+        self._silent = 0
         #: where relative paths in the settings were resolved when the store was opened (None:
         #: nowhere any more, the working directory was removed)
         self._cwd = working_directory() if self._use_child else None
@@ -72,11 +78,13 @@ class SnapshotPolicy:
                 try:
                     report = build_in_child(job, self.settings, self.store, cwd=self._cwd)
                 except SnapshotProcessError as e:
-                    if not e.at_start:
+                    self._silent = self._silent + 1 if e.silent else 0
+                    if not e.at_start and self._silent < SILENT_FAILURES:
                         raise
                     self._use_child = False  # it never will: build them here from now on
                     self.log.warning("snapshots are built in a thread from now on: %s", e)
                 else:
+                    self._silent = 0
                     self.stats.count_objects(report.objects, report.bytes)
                     return
             job.run(self.store, self.settings, self.stats.count_object)

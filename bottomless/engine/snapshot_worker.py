@@ -8,33 +8,24 @@ not: the parent's thread only waits for the child.
 
 The child is this interpreter again (its interpreter flags, without the user site directory
 or the script's directory on its path), given the parent's ``sys.path`` and working directory,
-so it imports the same code and resolves the same relative paths. It runs in a process group
-of its own, so a Ctrl-C at the terminal interrupts the application, not its snapshot. The
-job, settings and secrets included, goes to it through a pipe as JSON lines (never argv or the
-environment, where other users of the machine could read the secrets). It answers with one
-JSON line on a pipe of its own (what it wrote, its requests, its log records, or its error),
-so nothing a library prints can spoil the answer; its stdout is discarded, and its stderr goes
-to a temporary file, kept for the message when it dies. It exits if its parent dies.
-
-A process forked from the parent while a child starts (a worker pool, a forking server) holds
-copies of every pipe end open at that moment, for as long as it lives. So nothing here waits
-for a pipe's end of file, and the child is started with ``posix_spawn`` rather than
-``subprocess.Popen``, whose start waits for the end of a pipe of its own.
+so it imports the same code and resolves the same relative paths. It is started and talked to
+as :mod:`bottomless.engine.child_process` says: in a session of its own, through descriptors
+that no process forked meanwhile can hold up. The job, settings and secrets included, goes to
+it on its stdin as JSON lines (never argv or the environment, where other users of the machine
+could read the secrets). It answers with one JSON line on a descriptor of its own (what it
+wrote, its requests, its log records, or its error), so nothing a library prints can spoil the
+answer. It exits if its parent dies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
-import select
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,42 +35,50 @@ from typing import Any
 from bottomless.backends.base import PageStore
 from bottomless.backends.counting import CountingStore
 from bottomless.backends.registry import backend_registry, open_store
+from bottomless.engine.child_process import (
+    ANSWER_FD,
+    ChildProcess,
+    Conversation,
+    SpawnError,
+    can_spawn,
+)
 from bottomless.errors import BottomlessError, ObjectExistsError, SnapshotProcessError, StoreError
 from bottomless.ops.snapshots import compact
 from bottomless.settings import Settings
 
 #: how much lower than its parent the child runs (``os.nice``): commits come first
 NICENESS = 5
-#: the child's entry point, run with ``-c``; its first stdin line is the parent's sys.path. A
-#: child that cannot import bottomless says so on the answer descriptor (its last argument),
-#: as a failure to set up: snapshots then go to a thread
+#: the child's entry point, run with ``-c``. It keeps no descriptor but 0 to 3 (others the
+#: application let it inherit might be ports or pipes somebody waits on). Its first stdin line
+#: is the parent's sys.path. A child that cannot import bottomless says so on the answer
+#: descriptor (its last argument), as a failure to set up: snapshots then go to a thread
 _BOOTSTRAP = """
-import json, os, sys
+import os
+os.closerange(4, max(4, os.sysconf("SC_OPEN_MAX")))
+import json, sys
+def answer(setup, e):
+    doc = {"setup": setup, "kind": type(e).__name__,
+           "error": f"the snapshot process cannot load bottomless: {e!r}"}
+    os.write(int(sys.argv[-1]), json.dumps(doc).encode() + b"\\n")
+    raise SystemExit(1)
 try:
     sys.path[:] = json.loads(sys.stdin.buffer.readline())
     from bottomless.engine.snapshot_worker import main
+except ImportError as e:
+    answer(True, e)
 except BaseException as e:
-    answer = {"setup": True, "kind": type(e).__name__,
-              "error": f"the snapshot process cannot load bottomless: {e!r}"}
-    os.write(int(sys.argv[-1]), json.dumps(answer).encode() + b"\\n")
-    raise SystemExit(1)
+    answer(False, e)
 sys.exit(main())
 """
 #: at most this many log records go back to the parent
 _RELAYED_RECORDS = 200
 #: the level of the third-party records the child relays (its own follow the parent's level)
 _OTHERS_LEVEL = logging.WARNING
+#: at most this many characters of each of the last lines a dying child wrote to stderr go into
+#: the error
+_LINE = 500
 #: seconds the parent waits for the child to exit once it has answered
 _EXIT_GRACE = 30.0
-#: the child's descriptor for its answer
-_ANSWER_FD = 3
-#: signals the child starts with at their default disposition, whatever this process did with
-#: them (as subprocess does), as it starts with none blocked
-_DEFAULT_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
-)
-#: how much of a dying child's stderr is kept for its message
-_STDERR_TAIL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ def can_use_child(store: PageStore) -> bool:
     application server embedding Python has its own binary as ``sys.executable``."""
     inner = store.inner if isinstance(store, CountingStore) else store
     interpreter = os.path.basename(sys.executable or "").lower()
-    return (os.name == "posix" and interpreter.startswith(("python", "pypy"))
+    return (can_spawn() and interpreter.startswith(("python", "pypy"))
             and backend_registry.portable(inner) is not None)
 
 
@@ -132,7 +131,7 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
     log records are logged here. ``cwd``: the directory relative paths in ``settings`` were
     resolved against (default: the current one). Raises SnapshotProcessError with the child's
     own message when the snapshot failed, or with the tail of its stderr when the child died;
-    its ``at_start`` is true when the child could not be started or set up at all.
+    its ``at_start`` is true when the child cannot be started or set up here at all.
     """
     inner = store.inner if isinstance(store, CountingStore) else store
     registration = backend_registry.portable(inner)
@@ -145,29 +144,24 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
         "log_level": logging.getLogger("bottomless").getEffectiveLevel(),
         "cwd": cwd if cwd is not None else working_directory(),
     }) + "\n"
-    argv = [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, str(_ANSWER_FD)]
-    with tempfile.TemporaryFile() as stderr:
-        ends: list[int] = []  # descriptors still to close here
-        try:
-            for fd in (*os.pipe(), *os.pipe(), os.dup(stderr.fileno())):
-                ends.append(_high(fd))
-            stdin_read, stdin_write, answer_read, answer_write, stderr_fd = ends
-            try:
-                child = _Child(_spawn(argv, stdin=stdin_read, stderr=stderr_fd,
-                                      answer=answer_write))
-            except OSError as e:
-                raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
-                                           at_start=True) from e
-            for fd in (stdin_read, answer_write, stderr_fd):  # the child has its copies
-                ends.remove(fd)
-                os.close(fd)
-            answer, returncode = _converse(child, stdin_write, answer_read, request.encode())
-        finally:
-            for fd in ends:
-                os.close(fd)
-        stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - _STDERR_TAIL))
-        last_words = stderr.read()
-    return _report(_answer(answer), returncode, last_words, store, job.db_name)
+    argv = [sys.executable, *_interpreter_flags(), "-c", _BOOTSTRAP, str(ANSWER_FD)]
+    try:
+        child = _spawn(argv)
+    except SpawnError as e:
+        raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
+                                   at_start=not e.transient) from e
+    talk = _converse(child, request.encode())
+    return _report(_answer(talk.answer), talk.returncode, talk.stderr, store, job.db_name)
+
+
+def _spawn(argv: list[str]) -> ChildProcess:
+    """Start the child (a seam for tests)."""
+    return ChildProcess.start(argv)
+
+
+def _converse(child: ChildProcess, request: bytes) -> Conversation:
+    """Hand the child its job and collect its answer (a seam for tests)."""
+    return child.converse(request, exit_grace=_EXIT_GRACE)
 
 
 def working_directory() -> str | None:
@@ -202,127 +196,17 @@ def _interpreter_flags() -> list[str]:
     return [*flags, "-s", "-P"]
 
 
-def _high(fd: int) -> int:
-    """``fd`` moved to a number of at least 10 (closing it): the child's descriptors 0 to 3
-    are made from these, and none may be overwritten before it is copied, which could happen
-    were the parent's own 0, 1 or 2 closed and reused."""
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(fd)
-    return moved
-
-
-def _spawn(argv: list[str], *, stdin: int, stderr: int, answer: int) -> int:
-    """Start the child with ``posix_spawn``: stdin from ``stdin``, stdout to the null device,
-    stderr to ``stderr``, the answer descriptor as ``_ANSWER_FD``, in a process group of its
-    own. Unlike ``subprocess.Popen``, no pipe tells whether the program started, so a process
-    forked from this one meanwhile cannot hold the start up for as long as it lives."""
-    devnull = _high(os.open(os.devnull, os.O_WRONLY))
-    try:
-        return os.posix_spawn(argv[0], argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, stdin, 0),
-            (os.POSIX_SPAWN_DUP2, devnull, 1),
-            (os.POSIX_SPAWN_DUP2, stderr, 2),
-            (os.POSIX_SPAWN_DUP2, answer, _ANSWER_FD),
-        ], setpgroup=0, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
-    finally:
-        os.close(devnull)
-
-
-class _Child:
-    """A started snapshot process: its pid, and its exit status once it has been reaped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        """The exit status (negative: the signal that killed it), or None while it runs."""
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored, or a handler)
-                self.returncode = 0
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for it to exit; whether it did."""
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def kill(self) -> int:
-        """Kill it if it still runs, reap it, and return its exit status."""
-        status = self.poll()
-        if status is not None:
-            return status
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        try:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            self.returncode = -signal.SIGKILL
-        return self.returncode
-
-
-def _send(fd: int, data: bytes) -> None:
-    """Write ``data`` to the child's stdin (all of it, or until the child is gone)."""
-    view = memoryview(data)
-    with contextlib.suppress(OSError):  # gone before reading: its status and stderr say why
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def _converse(child: _Child, stdin: int, answers: int, request: bytes) -> tuple[bytes, int]:
-    """Send ``request``, then read the answer line (as it comes: an answer longer than the pipe
-    holds would block the child) until it is complete, the pipe ends, or the child has exited
-    and nothing more is there to read; wait for the child to exit and kill it on the way out.
-    Returns the answer and the child's exit status.
-
-    Nothing here waits for an end of file that a forked copy of the parent could hold back."""
-    answer = bytearray()
-    try:
-        _send(stdin, request)
-        os.set_blocking(answers, False)
-        exited = False
-        while b"\n" not in answer:
-            ready, _, _ = select.select([answers], [], [], 0 if exited else 0.2)
-            chunk = b""
-            if ready:
-                with contextlib.suppress(BlockingIOError):
-                    chunk = os.read(answers, 1 << 16)
-                if not chunk:
-                    break  # the end of the pipe
-                answer += chunk
-            elif exited:
-                break  # the child is gone and left nothing more
-            else:
-                exited = child.poll() is not None
-        child.wait(_EXIT_GRACE)  # it answered: it exits at once, else it is killed below
-    finally:
-        returncode = child.kill()
-    return bytes(answer), returncode
-
-
-def _report(answer: dict[str, Any] | None, returncode: int, stderr: bytes,
+def _report(answer: dict[str, Any] | None, returncode: int | None, stderr: bytes,
             store: PageStore, db_name: str) -> ChildReport:
-    """Turn the child's answer into a report (relaying its counts and log), or raise.
-
-    A child that exited with a status above 0 and no answer failed before it could answer at
-    all (a snapshot that fails is answered; a child killed by a signal has a negative status):
-    that counts as a child that cannot be set up here."""
+    """Turn the child's answer into a report (relaying its counts and log), or raise."""
     if answer is None:
-        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = [line[-_LINE:] for line in
+                stderr.decode(errors="replace").strip().splitlines()[-3:]]
+        status = ("(its status collected by another part of this process)"
+                  if returncode is None else f"with status {returncode}")
         raise SnapshotProcessError(
-            f"the snapshot process exited with status {returncode} without an answer: "
+            f"the snapshot process exited {status} without an answer: "
             + (" | ".join(tail) or "no message"), returncode=returncode,
-            at_start=returncode > 0,
         )
     report = ChildReport(
         int(answer.get("objects", 0)), int(answer.get("bytes", 0)),
@@ -404,7 +288,8 @@ def main() -> int:
     store: CountingStore | None = None
     try:
         if request.get("cwd") is not None:  # where relative paths in the settings lead
-            os.chdir(request["cwd"])
+            with contextlib.suppress(OSError):  # gone: a relative path fails to open, if any
+                os.chdir(request["cwd"])
         name, target, extra = request["backend"]
         backend_registry.register(name, target, extra=extra, clobber=True)
         settings = Settings(**request["settings"])
