@@ -35,9 +35,13 @@ STDERR_TAIL = 64 * 1024
 #: errors of a start that may well succeed next time: the machine is short of something
 TRANSIENT_ERRORS = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 #: signals the child starts with at their default disposition, whatever this process did with
-#: them (as subprocess does)
+#: them (subprocess does so for the first three; an ignored SIGCHLD would also break the
+#: child's own subprocesses)
 _DEFAULT_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+    getattr(signal, name)
+    for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ", "SIGCHLD", "SIGHUP", "SIGINT", "SIGTERM",
+                 "SIGQUIT")
+    if hasattr(signal, name)
 )
 #: without a pidfd, how often (seconds) to look whether the child has exited
 _POLL = 0.05
@@ -89,8 +93,8 @@ class ChildProcess:
         self.pid = pid
         self._pidfd = pidfd
         self._stdin = stdin
-        self._answers = answers
-        self._stderr = stderr
+        self._answers: int | None = answers
+        self._stderr: int | None = stderr
         self._exited = False
         self.returncode: int | None = None
 
@@ -98,24 +102,20 @@ class ChildProcess:
     def start(cls, argv: list[str], env: dict[str, str] | None = None) -> ChildProcess:
         """Start ``argv`` (``argv[0]`` a path). Raises :class:`SpawnError`."""
         with contextlib.ExitStack() as cleanup:
-            def kept(fd: int) -> int:
-                cleanup.callback(os.close, fd)
-                return fd
-
             try:
                 parent_end, child_end = socket.socketpair()
                 cleanup.enter_context(parent_end)
                 cleanup.enter_context(child_end)
-                stdin = kept(_high(os.dup(child_end.fileno())))
-                answer_read, answer_write = os.pipe()
-                answers = _high(answer_read)
+                stdin = _high(os.dup(child_end.fileno()))
+                cleanup.callback(os.close, stdin)
+                answers, answer_end = _high_pipe()
                 cleanup.callback(os.close, answers)
-                answer_end = kept(_high(answer_write))
-                stderr_read, stderr_write = os.pipe()
-                stderr = _high(stderr_read)
+                cleanup.callback(os.close, answer_end)
+                stderr, stderr_end = _high_pipe()
                 cleanup.callback(os.close, stderr)
-                stderr_end = kept(_high(stderr_write))
-                devnull = kept(_high(os.open(os.devnull, os.O_WRONLY)))
+                cleanup.callback(os.close, stderr_end)
+                devnull = _high(os.open(os.devnull, os.O_WRONLY))
+                cleanup.callback(os.close, devnull)
                 actions = [(os.POSIX_SPAWN_DUP2, stdin, 0),
                            (os.POSIX_SPAWN_DUP2, devnull, 1),
                            (os.POSIX_SPAWN_DUP2, stderr_end, 2),
@@ -124,17 +124,23 @@ class ChildProcess:
             except OSError as e:
                 raise SpawnError(e.errno, f"cannot start {os.path.basename(argv[0])}:"
                                  f" {e.strerror or e}") from e
-            pidfd = _pidfd(pid)
-            cleanup.pop_all()  # from here on the child object owns what it keeps
-        for fd in (stdin, answer_end, stderr_end, devnull):  # the child has its copies
-            os.close(fd)
-        child_end.close()
-        parent_end.setblocking(False)
-        if hasattr(socket, "SO_NOSIGPIPE"):  # where there is no MSG_NOSIGNAL (macOS)
-            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
-        os.set_blocking(answers, False)
-        os.set_blocking(stderr, False)
-        return cls(pid, pidfd, parent_end, answers, stderr)
+            # from here the child owns the descriptors this process keeps for it, and
+            # whatever goes wrong kills and collects it
+            child = cls(pid, None, parent_end, answers, stderr)
+            cleanup.pop_all()
+            with contextlib.ExitStack() as on_error:
+                on_error.callback(child.close)
+                for fd in (stdin, answer_end, stderr_end, devnull):  # the child has copies
+                    os.close(fd)
+                child_end.close()
+                child._pidfd = _pidfd(pid)
+                parent_end.setblocking(False)
+                if hasattr(socket, "SO_NOSIGPIPE"):  # where there is no MSG_NOSIGNAL (macOS)
+                    parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
+                os.set_blocking(answers, False)
+                os.set_blocking(stderr, False)
+                on_error.pop_all()
+        return child
 
     # ------------------------------------------------------------------ its end
 
@@ -144,7 +150,13 @@ class ChildProcess:
             return True
         try:
             if self._pidfd is not None:
-                info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+                try:
+                    info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+                except ChildProcessError:
+                    raise
+                except OSError:  # a kernel with pidfds but no waitid on them: by pid
+                    self._drop_pidfd()
+                    return self.poll()
                 if info is None:
                     return False
                 self.returncode = (info.si_status if info.si_code == os.CLD_EXITED
@@ -160,8 +172,10 @@ class ChildProcess:
         return True
 
     def kill(self) -> None:
-        """Kill the child if it still runs, and collect it. Never signals a process that is
-        not the child: through its pidfd, or only while it is known not to be collected."""
+        """Kill the child if it still runs, and collect it. Through its pidfd, a signal can
+        only reach the child; by pid, a child that another part of this process collects
+        in the moment between the look and the signal could, in theory, have had its pid
+        reused."""
         if self.poll():
             return
         with contextlib.suppress(ProcessLookupError):
@@ -173,15 +187,23 @@ class ChildProcess:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Kill the child if it still runs and release every descriptor kept for it."""
+        """Kill the child if it still runs and release every descriptor kept for it (once:
+        a second call does nothing)."""
         try:
             self.kill()
         finally:
             self._stdin.close()
-            for fd in (self._answers, self._stderr, self._pidfd):
+            for fd in (self._answers, self._stderr):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+            self._answers = self._stderr = None
+            self._drop_pidfd()
+
+    def _drop_pidfd(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
             self._pidfd = None
 
     # ------------------------------------------------------------------ talking to it
@@ -194,11 +216,15 @@ class ChildProcess:
         answer = bytearray()
         errors = bytearray()
         pending = memoryview(request)
-        selector = selectors.DefaultSelector()
+        selector: selectors.BaseSelector | None = None
+        answers, stderr = self._answers, self._stderr
+        if answers is None or stderr is None:
+            raise ValueError("this child was closed already")
         try:
+            selector = selectors.DefaultSelector()
             selector.register(self._stdin, selectors.EVENT_WRITE, "stdin")
-            selector.register(self._answers, selectors.EVENT_READ, "answer")
-            selector.register(self._stderr, selectors.EVENT_READ, "stderr")
+            selector.register(answers, selectors.EVENT_READ, "answer")
+            selector.register(stderr, selectors.EVENT_READ, "stderr")
             if self._pidfd is not None:
                 selector.register(self._pidfd, selectors.EVENT_READ, "exit")
             answered_at: float | None = None
@@ -218,18 +244,18 @@ class ChildProcess:
                         if not pending:
                             selector.unregister(self._stdin)
                     elif key.data == "answer":
-                        if not _read_into(self._answers, answer, None):
-                            selector.unregister(self._answers)
-                    elif key.data == "stderr" and not _read_into(self._stderr, errors,
-                                                                 STDERR_TAIL):
-                        selector.unregister(self._stderr)
+                        if not _read_into(answers, answer, None):
+                            selector.unregister(answers)
+                    elif key.data == "stderr" and not _read_into(stderr, errors, STDERR_TAIL):
+                        selector.unregister(stderr)
             # what it wrote before it exited is in the pipes already: take it, never wait
-            while _read_into(self._answers, answer, None, wait=False):
+            while _read_into(answers, answer, None, wait=False):
                 pass
-            while _read_into(self._stderr, errors, STDERR_TAIL, wait=False):
+            while _read_into(stderr, errors, STDERR_TAIL, wait=False):
                 pass
         finally:
-            selector.close()
+            if selector is not None:
+                selector.close()
             self.close()
         line = bytes(answer).split(b"\n", 1)[0]
         return Conversation(line, bytes(errors), self.returncode)
@@ -278,10 +304,34 @@ def _spawn(argv: list[str], env: Mapping[str, str], actions: list[tuple[int, int
 
 
 def _pidfd(pid: int) -> int | None:
-    """A pidfd of ``pid`` where the system has them (Linux 5.3 and later), else None."""
+    """A pidfd of ``pid`` that ``waitid`` takes, where the system has them (Linux 5.4 and
+    later; 5.3 opens pidfds but cannot wait on them), else None."""
     if not hasattr(os, "pidfd_open") or not hasattr(os, "P_PIDFD"):
         return None
     try:
-        return os.pidfd_open(pid)
+        fd = os.pidfd_open(pid)
     except OSError:
         return None
+    try:  # a look that collects nothing (WNOWAIT)
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        pass  # collected elsewhere already: poll() says so
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe, both ends moved as :func:`_high` moves them; nothing left open on failure."""
+    read_end, write_end = os.pipe()
+    try:
+        read_end = _high(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    try:
+        return read_end, _high(write_end)
+    except BaseException:
+        os.close(read_end)
+        raise

@@ -46,7 +46,8 @@ from bottomless.errors import BottomlessError, ObjectExistsError, SnapshotProces
 from bottomless.ops.snapshots import compact
 from bottomless.settings import Settings
 
-#: how much lower than its parent the child runs (``os.nice``): commits come first
+#: how much lower than its parent the child runs (``os.nice``, its first step): commits come
+#: first
 NICENESS = 5
 #: the child's entry point, run with ``-c``. It keeps no descriptor but 0 to 3 (others the
 #: application let it inherit might be ports or pipes somebody waits on). Its first stdin line
@@ -54,7 +55,24 @@ NICENESS = 5
 #: descriptor (its last argument), as a failure to set up: snapshots then go to a thread
 _BOOTSTRAP = """
 import os
-os.closerange(4, max(4, os.sysconf("SC_OPEN_MAX")))
+try:
+    os.nice(NICENESS)
+except (OSError, AttributeError):
+    pass
+for listing in ("/proc/self/fd", "/dev/fd"):  # the open ones: a loop to the limit is slow
+    try:
+        open_fds = [int(name) for name in os.listdir(listing)]
+    except (OSError, ValueError):
+        continue
+    for fd in open_fds:
+        if fd > 3:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    break
+else:
+    os.closerange(4, max(4, os.sysconf("SC_OPEN_MAX")))
 import json, sys
 def answer(setup, e):
     doc = {"setup": setup, "kind": type(e).__name__,
@@ -69,7 +87,7 @@ except ImportError as e:
 except BaseException as e:
     answer(False, e)
 sys.exit(main())
-"""
+""".replace("NICENESS", str(NICENESS))
 #: at most this many log records go back to the parent
 _RELAYED_RECORDS = 200
 #: the level of the third-party records the child relays (its own follow the parent's level)
@@ -150,7 +168,10 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
     except SpawnError as e:
         raise SnapshotProcessError(f"cannot start the snapshot process: {e}",
                                    at_start=not e.transient) from e
-    talk = _converse(child, request.encode())
+    try:
+        talk = _converse(child, request.encode())
+    except OSError as e:  # short of descriptors to watch it with, say: it was killed
+        raise SnapshotProcessError(f"lost touch with the snapshot process: {e}") from e
     return _report(_answer(talk.answer), talk.returncode, talk.stderr, store, job.db_name)
 
 
@@ -272,8 +293,6 @@ def main() -> int:
     answers = os.fdopen(fd, "w")
     request = json.loads(sys.stdin.buffer.readline())  # a line: never wait for end of file
     _exit_with_parent(int(request["parent"]))
-    with contextlib.suppress(OSError, AttributeError):  # not here: the parent's priority
-        os.nice(NICENESS)
     relay = _Relay()
     logging.getLogger().addHandler(relay)
     logging.getLogger().setLevel(_OTHERS_LEVEL)
