@@ -43,7 +43,7 @@ from bottomless.testing.seaweed import SeaweedServer, start_seaweed  # noqa: E40
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: sizes of the full Litestream part (under ~10 minutes) and of --quick
-FULL = {"commits": 300, "rounds": 5, "window_s": 60.0, "restore_mb": [32, 256, 1024],
+FULL = {"commits": 1000, "rounds": 7, "window_s": 60.0, "restore_mb": [32, 256, 1024],
         "restore_rounds": 2, "updates": 10_000, "update_rows": 10_000, "cli_repeats": 10}
 QUICK = {"commits": 50, "rounds": 2, "window_s": 10.0, "restore_mb": [32],
          "restore_rounds": 1, "updates": 1_000, "update_rows": 2_000, "cli_repeats": 5}
