@@ -52,13 +52,13 @@ def test_a_conversation_leaves_nothing_open_and_nothing_behind() -> None:
 def test_running_out_of_descriptors_at_start_leaks_none(free: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = max(max(_open_fds()) + 1, 10)
+    if hard != resource.RLIM_INFINITY and top + free > hard:
+        pytest.skip("cannot set the descriptor limit that low here")
     fillers = []  # every free number below ``top`` taken: the next ones handed out are known
     while (fd := os.open(os.devnull, os.O_RDONLY)) < top:
         fillers.append(fd)
     os.close(fd)
     before = _open_fds()
-    if hard != resource.RLIM_INFINITY and top + free > hard:
-        pytest.skip("cannot set the descriptor limit that low here")
     resource.setrlimit(resource.RLIMIT_NOFILE, (top + free, hard))  # ``free`` numbers left
     try:
         child = ChildProcess.start([sys.executable, "-c", ECHO])

@@ -780,3 +780,20 @@ def test_a_child_gone_before_its_job_does_not_kill_an_application_without_sigpip
                          capture_output=True, text=True, timeout=60)
     assert app.returncode == 0, app.stderr
     assert "survived: the snapshot process exited with status 0 without an answer" in app.stdout
+
+
+def test_losing_sight_of_the_child_is_a_failed_snapshot(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import selectors
+
+    def no_selector() -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(selectors, "DefaultSelector", no_selector)
+    settings = make_settings("file")
+    with pytest.raises(SnapshotProcessError, match="lost touch with the snapshot process"
+                       ) as failure:
+        build_in_child(SnapshotJob("absent.db", "g", 5, "w", parallelism=1), settings,
+                       open_store(settings))
+    assert not failure.value.at_start and not failure.value.silent  # the next one tries again

@@ -43,6 +43,8 @@ _DEFAULT_SIGNALS = tuple(
                  "SIGQUIT")
     if hasattr(signal, name)
 )
+#: what waitid says of a pidfd on a kernel or sandbox that cannot wait on one
+_NO_PIDFD_WAIT = frozenset({errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP})
 #: without a pidfd, how often (seconds) to look whether the child has exited
 _POLL = 0.05
 #: MSG_NOSIGNAL where there is one: a write to a child that is gone fails instead of killing
@@ -121,25 +123,28 @@ class ChildProcess:
                            (os.POSIX_SPAWN_DUP2, stderr_end, 2),
                            (os.POSIX_SPAWN_DUP2, answer_end, ANSWER_FD)]
                 pid = _spawn(argv, os.environ if env is None else env, actions)
+                cleanup.callback(_collect, pid)  # until the child object owns it
+                # from here the child owns what this process keeps for it, and whatever goes
+                # wrong kills and collects it
+                child = cls(pid, None, parent_end, answers, stderr)
+                cleanup.pop_all()
+                with contextlib.ExitStack() as on_error:
+                    on_error.callback(child.close)
+                    for fd in (stdin, answer_end, stderr_end, devnull):  # the child has copies
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                    with contextlib.suppress(OSError):
+                        child_end.close()
+                    child._pidfd = _pidfd(pid)
+                    parent_end.setblocking(False)
+                    if hasattr(socket, "SO_NOSIGPIPE"):  # no MSG_NOSIGNAL there (macOS)
+                        parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
+                    os.set_blocking(answers, False)
+                    os.set_blocking(stderr, False)
+                    on_error.pop_all()
             except OSError as e:
                 raise SpawnError(e.errno, f"cannot start {os.path.basename(argv[0])}:"
                                  f" {e.strerror or e}") from e
-            # from here the child owns the descriptors this process keeps for it, and
-            # whatever goes wrong kills and collects it
-            child = cls(pid, None, parent_end, answers, stderr)
-            cleanup.pop_all()
-            with contextlib.ExitStack() as on_error:
-                on_error.callback(child.close)
-                for fd in (stdin, answer_end, stderr_end, devnull):  # the child has copies
-                    os.close(fd)
-                child_end.close()
-                child._pidfd = _pidfd(pid)
-                parent_end.setblocking(False)
-                if hasattr(socket, "SO_NOSIGPIPE"):  # where there is no MSG_NOSIGNAL (macOS)
-                    parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
-                os.set_blocking(answers, False)
-                os.set_blocking(stderr, False)
-                on_error.pop_all()
         return child
 
     # ------------------------------------------------------------------ its end
@@ -154,7 +159,9 @@ class ChildProcess:
                     info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
                 except ChildProcessError:
                     raise
-                except OSError:  # a kernel with pidfds but no waitid on them: by pid
+                except OSError as e:  # a kernel with pidfds but no waitid on them: by pid
+                    if e.errno not in _NO_PIDFD_WAIT:
+                        raise
                     self._drop_pidfd()
                     return self.poll()
                 if info is None:
@@ -320,6 +327,14 @@ def _pidfd(pid: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _collect(pid: int) -> None:
+    """Kill and collect ``pid``, a child this process just started (and nothing owns yet)."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _high_pipe() -> tuple[int, int]:

@@ -54,26 +54,28 @@ NICENESS = 5
 #: is the parent's sys.path. A child that cannot import bottomless says so on the answer
 #: descriptor (its last argument), as a failure to set up: snapshots then go to a thread
 _BOOTSTRAP = """
-import os
+import os, sys
 try:
     os.nice(NICENESS)
 except (OSError, AttributeError):
     pass
-for listing in ("/proc/self/fd", "/dev/fd"):  # the open ones: a loop to the limit is slow
-    try:
-        open_fds = [int(name) for name in os.listdir(listing)]
-    except (OSError, ValueError):
-        continue
+# the open ones, where a listing is sure to name them all (a loop to the limit is slow where
+# closerange has no close_range or closefrom; elsewhere /dev/fd may list 0-2 only)
+listing = {"linux": "/proc/self/fd", "darwin": "/dev/fd"}.get(sys.platform)
+try:
+    open_fds = [int(name) for name in os.listdir(listing)] if listing else None
+except (OSError, ValueError):
+    open_fds = None
+if open_fds is None:
+    os.closerange(4, max(4, os.sysconf("SC_OPEN_MAX")))
+else:
     for fd in open_fds:
         if fd > 3:
             try:
                 os.close(fd)
             except OSError:
                 pass
-    break
-else:
-    os.closerange(4, max(4, os.sysconf("SC_OPEN_MAX")))
-import json, sys
+import json
 def answer(setup, e):
     doc = {"setup": setup, "kind": type(e).__name__,
            "error": f"the snapshot process cannot load bottomless: {e!r}"}
