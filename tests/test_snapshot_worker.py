@@ -435,17 +435,19 @@ def _fork_a_bystander(lifetime: float, bystanders: list[int]) -> None:
     bystanders.append(pid)
 
 
-def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
-    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # forks land where they hurt most: once every pipe exists but the child does not, and once
-    # the child has started but has not been sent its job; each copy holds those pipes' ends
-    # for 30 s
+def _failing_job_among_bystanders(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, *, fork_before: bool
+) -> tuple[SnapshotProcessError, float, int]:
+    """Build a snapshot that fails in the child, with copies of this process forked around
+    the child's start (before it, if ``fork_before``, and after it), each living 30 s and
+    holding every descriptor open at that moment: the failure, the seconds it took, and how
+    many copies were forked."""
     bystanders: list[int] = []
     spawn = snapshot_worker._spawn
 
     def fork_around_the_start(argv: list[str]) -> Any:
-        _fork_a_bystander(30, bystanders)
+        if fork_before:
+            _fork_a_bystander(30, bystanders)
         child = spawn(argv)
         _fork_a_bystander(30, bystanders)
         return child
@@ -457,14 +459,23 @@ def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
     try:
         with pytest.raises(SnapshotProcessError) as failure:
             build_in_child(job, settings, open_store(settings))
-        took = time.monotonic() - started
+        return failure.value, time.monotonic() - started, len(bystanders)
     finally:
         for pid in bystanders:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-    assert len(bystanders) == 2
+
+
+def test_a_process_forked_meanwhile_does_not_hold_up_the_snapshot(
+    make_settings: MakeSettings, spied_spawn: type[_SpiedSpawn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # forks land where they hurt most: once every pipe exists but the child does not, and once
+    # the child has started but has not been sent its job
+    failure, took, forked = _failing_job_among_bystanders(make_settings, monkeypatch,
+                                                          fork_before=True)
+    assert forked == 2
     # the child read its job and answered: its own message, long before the copies exit
-    assert "no-such-generation has no snapshot at or before 5" in str(failure.value)
+    assert "no-such-generation has no snapshot at or before 5" in str(failure)
     assert took < 15
 
 
@@ -504,24 +515,30 @@ def test_the_child_finds_the_parents_bottomless_even_off_the_path(
     assert snapshot_worker._child_path()[-1] == home
 
 
+@pytest.mark.parametrize("removed", ["before opening", "after opening"])
 def test_a_removed_working_directory_stops_neither_opening_nor_snapshots(
-    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, removed: str,
 ) -> None:
-    gone = tmp_path / "release-1"
-    gone.mkdir()
-    monkeypatch.chdir(gone)
+    release = tmp_path / "release"  # a deploy swaps the release directory away
+    release.mkdir()
+    monkeypatch.chdir(release)
     monkeypatch.setattr(sys, "path", ["", *sys.path])  # as under python -c, or a REPL
-    gone.rmdir()  # a deploy swapped the release directory away
     monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)  # in the child only
+    if removed == "before opening":
+        release.rmdir()
     settings = make_settings("file", snapshot_interval_commits=10)
     path = str(tmp_path / "cwdless.db")
     db = bottomless.connect(path, settings)
+    if removed == "after opening":
+        release.rmdir()
     _commit(db, 10)
     replicator(path).wait_snapshot(60)
     status = bottomless.status(db)
     seqs = snapshot_seqs(replicator(path).store, "cwdless.db", status["generation"])
     db.close()
     assert status["last_error"] is None and seqs[-1] == 10
+    assert "built in a thread from now on" not in caplog.text
 
 
 FLAKY_STORES = """
@@ -643,27 +660,6 @@ def test_the_child_keeps_no_descriptor_of_the_application(
     assert fds[:4] == [0, 1, 2, 3] and len(fds) <= 5  # and the listing's own descriptor
 
 
-def test_a_removed_working_directory_after_opening_keeps_the_child(
-    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    release = tmp_path / "release-2"
-    release.mkdir()
-    monkeypatch.chdir(release)
-    monkeypatch.setattr(snapshot_worker, "compact", _no_compaction_here)  # in the child only
-    settings = make_settings("file", snapshot_interval_commits=10)
-    path = str(tmp_path / "moved.db")
-    db = bottomless.connect(path, settings)
-    release.rmdir()  # swapped away once the application runs
-    _commit(db, 10)
-    replicator(path).wait_snapshot(60)
-    status = bottomless.status(db)
-    seqs = snapshot_seqs(replicator(path).store, "moved.db", status["generation"])
-    db.close()
-    assert status["last_error"] is None and seqs[-1] == 10
-    assert "built in a thread from now on" not in caplog.text
-
-
 def test_a_job_longer_than_a_pipe_holds_reaches_the_child_despite_a_fork(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -671,26 +667,9 @@ def test_a_job_longer_than_a_pipe_holds_reaches_the_child_despite_a_fork(
     path = snapshot_worker._child_path()
     monkeypatch.setattr(snapshot_worker, "_child_path",
                         lambda: path + [f"/no/such/dir/{i:06d}" + "x" * 80 for i in range(3000)])
-    bystanders: list[int] = []
-    spawn = snapshot_worker._spawn
-
-    def start_then_fork(argv: list[str]) -> Any:
-        child = spawn(argv)
-        _fork_a_bystander(30, bystanders)
-        return child
-
-    monkeypatch.setattr(snapshot_worker, "_spawn", start_then_fork)
-    settings = make_settings("file")
-    job = SnapshotJob("absent.db", "no-such-generation", 5, "w", parallelism=1)
-    started = time.monotonic()
-    try:
-        with pytest.raises(SnapshotProcessError, match="no-such-generation has no snapshot"):
-            build_in_child(job, settings, open_store(settings))
-        took = time.monotonic() - started
-    finally:
-        for pid in bystanders:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    failure, took, _ = _failing_job_among_bystanders(make_settings, monkeypatch,
+                                                     fork_before=False)
+    assert "no-such-generation has no snapshot at or before 5" in str(failure)
     assert took < 15
 
 
