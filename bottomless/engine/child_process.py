@@ -25,7 +25,6 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: the child's descriptor for its answer
@@ -101,8 +100,9 @@ class ChildProcess:
         self.returncode: int | None = None
 
     @classmethod
-    def start(cls, argv: list[str], env: dict[str, str] | None = None) -> ChildProcess:
-        """Start ``argv`` (``argv[0]`` a path). Raises :class:`SpawnError`."""
+    def start(cls, argv: list[str]) -> ChildProcess:
+        """Start ``argv`` (``argv[0]`` a path) with this process's environment. Raises
+        :class:`SpawnError`."""
         with contextlib.ExitStack() as cleanup:
             try:
                 parent_end, child_end = socket.socketpair()
@@ -122,7 +122,7 @@ class ChildProcess:
                            (os.POSIX_SPAWN_DUP2, devnull, 1),
                            (os.POSIX_SPAWN_DUP2, stderr_end, 2),
                            (os.POSIX_SPAWN_DUP2, answer_end, ANSWER_FD)]
-                pid = _spawn(argv, os.environ if env is None else env, actions)
+                pid = _spawn(argv, actions)
                 cleanup.callback(_collect, pid)  # until the child object owns it
                 # from here the child owns what this process keeps for it, and whatever goes
                 # wrong kills and collects it
@@ -299,14 +299,14 @@ def _read_into(fd: int, buffer: bytearray, keep: int | None, *, wait: bool = Tru
     return True
 
 
-def _spawn(argv: list[str], env: Mapping[str, str], actions: list[tuple[int, int, int]]) -> int:
+def _spawn(argv: list[str], actions: list[tuple[int, int, int]]) -> int:
     """``posix_spawn`` in a new session, with no signal blocked; where a new session cannot
     be asked for, in a new process group."""
     try:
-        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
+        return os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=True,
                               setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
     except NotImplementedError:
-        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0,
+        return os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setpgroup=0,
                               setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
 
 

@@ -133,14 +133,20 @@ class ChildReport:
     bytes_read: int
 
 
+def _registration(store: PageStore) -> tuple[PageStore, tuple[str, str | None] | None]:
+    """The store a CountingStore wraps (or ``store`` itself), and how another process can
+    open it (:meth:`~bottomless.backends.registry.BackendRegistry.portable`)."""
+    inner = store.inner if isinstance(store, CountingStore) else store
+    return inner, backend_registry.portable(inner)
+
+
 def can_use_child(store: PageStore) -> bool:
     """Whether a child process can open ``store`` (or the store a CountingStore wraps) from
     its settings and see its objects, and this interpreter can be started again: an
     application server embedding Python has its own binary as ``sys.executable``."""
-    inner = store.inner if isinstance(store, CountingStore) else store
     interpreter = os.path.basename(sys.executable or "").lower()
     return (can_spawn() and interpreter.startswith(("python", "pypy"))
-            and backend_registry.portable(inner) is not None)
+            and _registration(store)[1] is not None)
 
 
 def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
@@ -153,8 +159,7 @@ def build_in_child(job: SnapshotJob, settings: Settings, store: PageStore, *,
     own message when the snapshot failed, or with the tail of its stderr when the child died;
     its ``at_start`` is true when the child cannot be started or set up here at all.
     """
-    inner = store.inner if isinstance(store, CountingStore) else store
-    registration = backend_registry.portable(inner)
+    inner, registration = _registration(store)
     if registration is None:
         raise SnapshotProcessError(
             f"backend {inner.backend!r} cannot be opened by a child", at_start=True)
