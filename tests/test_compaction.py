@@ -250,3 +250,40 @@ def test_the_counter_is_never_called_by_two_threads_at_once(
         generation, _ = _bucket(store, 512, 16, [(512, 16, list(range(1, 17)))])
         _compact(store, generation, 1, parallelism=4, counter=counter)
     assert counter.waited and counter.most == 1
+
+
+class _Zeros:
+    """A database of zeroed pages: a large one costs little to store (zstd)."""
+
+    def __init__(self, page_size: int, db_size: int) -> None:
+        self.page_size, self.db_size = page_size, db_size
+
+    def page(self, pgno: int) -> bytes:
+        return bytes(self.page_size)
+
+
+def test_a_database_grown_past_1_gib_compacts_without_its_lock_byte_page(
+    store: MemoryPageStore,
+) -> None:
+    """SQLite never writes the page that holds byte 2**30 (the lock-byte page), so the commit
+    that grows a database past 1 GiB lacks it: the snapshot built from the bucket holds it as
+    zeros, as a restore leaves it, instead of refusing for good."""
+    page_size = 65536
+    lock_page = fmt.lock_byte_page(page_size)
+    assert lock_page == 16385
+    generation = fmt.new_generation_id()
+    first = upload_snapshot(
+        store, db_name=DB, generation=generation, seq=0, source=_Zeros(page_size, lock_page - 1),
+        part_mb=16, parallelism=2, compression="zstd", writer="00" * 16, reason="test",
+    )
+    grown = {lock_page + 1: _content(lock_page + 1, 1, page_size)}
+    batch = fmt.PageBatch(fmt.KIND_COMMIT, generation, 1, page_size, lock_page + 1, grown,
+                          prev=first.chain_digest)
+    store.put_once(fmt.commit_key(DB, generation, 1), fmt.encode_batch(batch))
+    built = compact(store, db_name=DB, generation=generation, seq=1, compression="zstd",
+                    parallelism=2, writer="11" * 16)
+    assert built.db_size == lock_page + 1
+    assert [p["key"] for p in built.parts[:-1]] == [p["key"] for p in first.parts]
+    last = built.parts[-1]
+    pages = fmt.decode_batch(store.get(str(last["key"])), str(last["key"])).pages
+    assert pages == {lock_page: bytes(page_size), lock_page + 1: grown[lock_page + 1]}

@@ -282,7 +282,10 @@ class LineageCheck:
         self, image: LocalImage, snapshot: fmt.Manifest, touched: dict[int, bytes], size: int
     ) -> bool:
         """Whether every page up to ``size`` that is not in ``touched`` is the snapshot's."""
-        if any(n not in touched for n in range(snapshot.db_size + 1, size + 1)):
+        # never written by SQLite, so held by no commit (a file past 1 GiB)
+        lock_page = fmt.lock_byte_page(image.page_size) if image.page_size else 0
+        if any(n not in touched and n != lock_page
+               for n in range(snapshot.db_size + 1, size + 1)):
             return False  # a page neither the snapshot nor a later commit holds
         for part in snapshot.parts:
             first, count = int(part["first"]), int(part["pages"])

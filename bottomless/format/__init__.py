@@ -33,6 +33,7 @@ from bottomless.format.batch import (
     decode_raw,
     encode_batch,
     encode_successor,
+    lock_byte_page,
     payload_v2,
 )
 from bottomless.format.keys import (
@@ -94,7 +95,7 @@ __all__ = [
     "BATCH_VERSION", "BATCH_VERSIONS", "KIND_SNAPSHOT", "KIND_COMMIT", "KIND_SUCCESSOR",
     "COMPRESSION_NONE", "COMPRESSION_ZSTD", "COMPRESSION_CODES", "HEADER_SIZE", "MAX_WINDOW",
     "PageBatch", "BatchHeader", "RawBatch", "encode_batch", "encode_successor", "decode_header",
-    "decode_raw", "decode_batch", "payload_v2",
+    "decode_raw", "decode_batch", "payload_v2", "lock_byte_page",
     # manifest: snapshot manifests
     "MANIFEST_VERSION", "Manifest", "encode_manifest", "decode_manifest",
 ]

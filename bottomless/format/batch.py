@@ -46,6 +46,18 @@ _local = threading.local()
 #: the largest zstd window a page batch is decoded with as it streams in: bottomless writes
 #: level 3 (a 2 MiB window at most); a frame asking for more is decoded whole instead
 MAX_WINDOW = 32 * 1024 * 1024
+#: SQLite's pending byte: the page holding this file offset is the lock-byte page
+_PENDING_BYTE = 0x40000000
+
+
+def lock_byte_page(page_size: int) -> int:
+    """The number of the lock-byte page of a database of ``page_size`` pages.
+
+    SQLite never writes the page that holds byte 2**30 of the file (its locks live there), so
+    no commit of a database larger than 1 GiB holds it; it reads as zeros, which is what a
+    restore leaves there (the file is extended past it).
+    """
+    return _PENDING_BYTE // page_size + 1
 
 
 def _compressor() -> zstandard.ZstdCompressor:

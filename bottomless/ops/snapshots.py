@@ -381,6 +381,9 @@ class _PartBuild:
             check_part(raw, key, old, self.base_page_size)
             pages.update((n, p) for n, p in raw.to_batch().pages.items() if n <= last)
         pages.update(changed)
+        lock_page = fmt.lock_byte_page(self.page_size)
+        if first <= lock_page <= last and lock_page not in pages:
+            pages[lock_page] = bytes(self.page_size)  # SQLite never writes it (> 1 GiB)
         missing = [n for n in range(first, last + 1) if n not in pages]
         if missing:
             raise CorruptObjectError(
