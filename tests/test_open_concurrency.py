@@ -1,4 +1,5 @@
-"""Opening and closing databases from several threads: one slow database stalls no other.
+"""Opening and closing databases from several threads: one slow database stalls no other;
+and an open in another process while this one's uploader is in the middle of an upload.
 
 A store whose calls block on an event stands in for a long restore (at open) or a long flush
 (at close); the other database opens meanwhile. Timeouts are generous and only bound a failure.
@@ -6,13 +7,18 @@ A store whose calls block on an event stands in for a long restore (at open) or 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import apsw
 import pytest
-from helpers import ForwardingStore, replicator
+from helpers import ForwardingStore, replicator, rows
 
 import bottomless
 from bottomless.backends.base import PageStore
@@ -272,3 +278,63 @@ def _entered(stores: Stores) -> bool:
             return stores.opened[0].entered.wait(WAIT)
         threading.Event().wait(0.1)
     return False
+
+
+_OPEN_ELSEWHERE = """
+import json, sys, bottomless
+settings = bottomless.Settings(**json.loads(sys.argv[2]))
+db = bottomless.connect(sys.argv[1], settings)
+status = bottomless.status(db)
+db.close()
+print(json.dumps([status["generation"], status["last_replicated_commit"]]))
+"""
+
+
+def test_an_open_elsewhere_waits_for_an_upload_in_flight(tmp_path: Any) -> None:
+    """Process A's uploader has put commit N+1 in the bucket but not recorded it yet, and A has
+    spooled another commit since; process B opens the database meanwhile. B waits for A's
+    upload to be recorded, ships what is spooled and continues the lineage. Before, B judged
+    the local file against the older state, branched a new generation from commit N and the
+    bucket lost N+1's changes for good."""
+    values = {"backend": "file", "bucket": str(tmp_path / "bucket"), "durability": "async",
+              "max_lag": 2.0}
+    settings = bottomless.Settings(**values)  # type: ignore[arg-type]
+    path = str(tmp_path / "two.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE x(a)")
+    db.execute("CREATE TABLE y(a)")
+    db.execute("INSERT INTO x VALUES ('n')")
+    bottomless.wait_durable(db, WAIT)
+    generation = bottomless.status(db)["generation"]
+    store = replicator(path).shipper.store
+    real_put = store.put_once
+    landed = threading.Event()
+
+    def slow_reply(key: str, data: bytes) -> None:
+        real_put(key, data)
+        if not landed.is_set():
+            landed.set()
+            time.sleep(2.0)  # in the bucket, the reply not back yet: B opens meanwhile
+
+    store.put_once = slow_reply
+    db.execute("BEGIN; INSERT INTO x VALUES ('e1'); INSERT INTO y VALUES ('e1'); COMMIT")
+    assert landed.wait(WAIT), "the uploader never shipped"
+    db.execute("INSERT INTO x VALUES ('e2')")  # spooled while e1's upload is in flight
+    other = subprocess.run(
+        [sys.executable, "-c", _OPEN_ELSEWHERE, path, json.dumps(values)],
+        capture_output=True, text=True, timeout=3 * WAIT, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")},
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    opened_at = json.loads(other.stdout.splitlines()[-1])
+    bottomless.wait_durable(db, WAIT)
+    status = bottomless.status(db)
+    db.close()
+    assert opened_at == [generation, status["last_replicated_commit"]], other.stderr[-3000:]
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="two.db")
+    for table in ("x", "y"):
+        query = f"SELECT a FROM {table} ORDER BY a"
+        assert rows(copy, query) == rows(path, query)
+    assert rows(copy, "SELECT a FROM y") == [("e1",)]

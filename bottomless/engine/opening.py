@@ -72,7 +72,8 @@ class Opening:
         if empty:
             self._open_empty(state)
         else:
-            with self._write_lock():
+            # the write lock keeps commits out; the upload lock, another process's uploader
+            with self._write_lock(), self.shipper.sole_uploader():
                 self.shipper.holds_write_lock = True
                 try:
                     if interrupted == "async":

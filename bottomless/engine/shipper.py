@@ -97,6 +97,7 @@ class AsyncShipper:
         self.uploader: Uploader | None = None
         self._uploaded = threading.Condition()
         self._room_checked = 0.0
+        self._sole_uploader = False  # the upload lock is held by sole_uploader()
 
     # ------------------------------------------------------------ the uploader thread
 
@@ -214,28 +215,37 @@ class AsyncShipper:
             yield None  # the common case: no async replication of this database anywhere
             return
         fork = _ForkFrom(image, True) if image is not None else None
+        # SQLite's write lock is held by the committing connection
+        with self._patient_upload_lock("commit refused"):
+            forked = None
+            while (drained := self._drain_locked(True, fork)).shipped:
+                forked = drained.forked or forked
+            if not self.nothing_spooled():
+                why = ("the bottomless state file is missing"
+                       if read_state(self.db_path) is None else "the spool is damaged")
+                raise ReplicaConflictError(
+                    f"{self.db_path}: commits spooled by an async process cannot be"
+                    f" uploaded ({why}); commit refused", db_name=self.db_name,
+                )
+            yield forked
+
+    @contextlib.contextmanager
+    def _patient_upload_lock(self, refused: str) -> Iterator[None]:
+        """The spool's upload lock, waiting for another process's uploader for as long as it
+        ships something every ``request_budget`` seconds. Raises StoreError, its message
+        ending in ``refused``, if it holds the lock that long without shipping anything."""
         budget = self.settings.request_budget
         head = self.spool.head_number()
         while True:
             with self.spool.upload_lock(wait=budget) as mine:
-                if mine:  # SQLite's write lock is held by the committing connection
-                    forked = None
-                    while (drained := self._drain_locked(True, fork)).shipped:
-                        forked = drained.forked or forked
-                    if not self.nothing_spooled():
-                        why = ("the bottomless state file is missing"
-                               if read_state(self.db_path) is None else "the spool is damaged")
-                        raise ReplicaConflictError(
-                            f"{self.db_path}: commits spooled by an async process cannot be"
-                            f" uploaded ({why}); commit refused", db_name=self.db_name,
-                        )
-                    yield forked
+                if mine:
+                    yield
                     return
             progress, head = head, self.spool.head_number()
-            if progress == head:  # the other uploader holds the lock but ships nothing
+            if progress == head:
                 raise StoreError(
                     f"{self.db_name}: another process's async uploader held the spool for"
-                    f" {budget:.0f}s without uploading anything; commit refused"
+                    f" {budget:.0f}s without uploading anything; {refused}"
                 )
 
     # ------------------------------------------------------------ shipping
@@ -260,14 +270,41 @@ class AsyncShipper:
                 state_required, _ForkFrom(self._committed_image, False)
             ).shipped
 
+    @contextlib.contextmanager
+    def sole_uploader(self) -> Iterator[None]:
+        """Hold the spool's upload lock while this database opens, SQLite's write lock held.
+
+        Another process's uploader may be between uploading a commit and recording it: an open
+        that read the state file meanwhile would judge the local file against a position that
+        is about to move (and could branch a new generation without that commit). So the open
+        waits for it, as :meth:`shipped_first` does; :meth:`drain_leftovers` then ships what is
+        spooled through the lock held here. Raises StoreError if that uploader holds the lock
+        for longer than an upload may take without shipping anything.
+        """
+        if not self.spool.exists():
+            yield  # no async replication of this database anywhere: nothing can be in flight
+            return
+        with self._patient_upload_lock(f"cannot open {self.db_path}"):
+            self._sole_uploader = True
+            try:
+                yield
+            finally:
+                self._sole_uploader = False
+
     def drain_leftovers(self) -> None:
-        """Upload what an earlier process spooled but did not ship (async mode, or a switch)."""
+        """Upload what an earlier process spooled but did not ship (async mode, or a switch),
+        or what another process spooled and has not shipped yet (inside
+        :meth:`sole_uploader`, whose lock it uses)."""
         state = read_state(self.db_path)
         if state is None or state.db_name != self.db_name:
             return
         self.spool.migrate_legacy()
         while self.spool.read_intent() is not None or self.spool.entries():
-            if not self.drain_once(state_required=True):
+            if self._sole_uploader:
+                fork = _ForkFrom(self._committed_image, False)
+                if not self._drain_locked(True, fork).shipped:
+                    break
+            elif not self.drain_once(state_required=True):
                 break
 
     def _committed_image(self) -> LocalImage:
