@@ -83,3 +83,35 @@ def test_a_writer_left_on_the_old_generation_is_refused(
         "shared", old, 4)
     assert first.execute("SELECT count(*) FROM t WHERE x = 99").fetchall() == [(0,)]
     first.close()
+
+
+def test_an_interrupted_generation_start_is_passed_over_by_the_successor(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A generation start that died before its snapshot was written leaves an incomplete
+    generation, the newest in the bucket. The next new generation ends the last complete one
+    (which holds the last state) with its successor object, not the incomplete one."""
+    settings = make_settings("memory")
+    db = bottomless.connect(str(tmp_path / "a.db"), settings.model_copy(
+        update={"db_name": "shared"}))
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    db.close()
+    store = bottomless.open_store(settings)
+    (old,) = generations(store, "shared")
+    stray = fmt.new_generation_id()
+    part = fmt.PageBatch(fmt.KIND_SNAPSHOT, stray, 0, 4096, 1, {1: bytes(4096)})
+    store.put_once(fmt.part_key("shared", stray, 0, 0), fmt.encode_batch(part))
+    other = apsw.Connection(str(tmp_path / "b.db"))  # a conflicting local file
+    other.execute("CREATE TABLE u(y)")
+    other.close()
+    forced = bottomless.connect(str(tmp_path / "b.db"), settings.model_copy(
+        update={"db_name": "shared", "initial_replication": "force"}))
+    forced.close()
+    assert generations(store, "shared")[:2] == [old, stray]
+    new = generations(store, "shared")[-1]
+    last = commit_numbers(store, "shared", old)[-1]
+    key = fmt.commit_key("shared", old, last)
+    marker = fmt.decode_raw(store.get(key), key)
+    assert marker.head.kind == fmt.KIND_SUCCESSOR and marker.head.generation == new
+    store.close()

@@ -56,13 +56,23 @@ class Generations:
         self.progress: ProgressFactory | None = None
 
     def new_id(self) -> tuple[str, str | None]:
-        """A generation id greater than every one in the bucket, and the newest one there."""
-        latest = max(generations(self.store, self.db_name), default=None)
+        """A generation id greater than every one in the bucket, and the newest complete one
+        there (the one the new generation follows; ``None`` if there is none).
+
+        Incomplete generations (a start interrupted before its snapshot was written) are
+        passed over for the second: ending one of them would leave the generation that holds
+        the last state without its successor object.
+        """
+        known = generations(self.store, self.db_name)
+        latest = known[-1] if known else ""
         generation = fmt.new_generation_id()
-        while generation <= (latest or ""):  # a clock behind the bucket's newest generation
+        while generation <= latest:  # a clock behind the bucket's newest generation
             time.sleep(0.002)
             generation = fmt.new_generation_id()
-        return generation, latest
+        previous = next(
+            (g for g in reversed(known) if snapshot_seqs(self.store, self.db_name, g)), None
+        )
+        return generation, previous
 
     def _end(self, previous: str | None, successor: str, writer: bytes) -> None:
         """Put the successor object after the last commit of ``previous``, so that a replica
