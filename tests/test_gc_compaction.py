@@ -23,8 +23,8 @@ import bottomless
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.ops import retention
-from bottomless.ops.restore import commit_header, commit_numbers
-from bottomless.ops.snapshots import compact, snapshot_seqs
+from bottomless.ops.restore import commit_header, commit_numbers, generations
+from bottomless.ops.snapshots import compact, read_manifest, snapshot_seqs
 
 MakeSettings = Callable[..., bottomless.Settings]
 #: what the bucket may hold after gc, as a multiple of the database's size (issue #15)
@@ -102,6 +102,17 @@ def restore_rows(tmp_path: Any, settings: bottomless.Settings, db_name: str,
         os.unlink(out)
 
 
+def unreferenced_parts(store: PageStore, db_name: str) -> set[str]:
+    """The snapshot parts of ``db_name`` that no snapshot lists."""
+    listed, parts = set(), set()
+    for generation in generations(store, db_name):
+        parts.update(store.list_keys(fmt.parts_prefix(db_name, generation)))
+        for seq in snapshot_seqs(store, db_name, generation):
+            listed.update(str(p["key"]) for p in read_manifest(store, db_name, generation,
+                                                                seq).parts)
+    return parts - listed
+
+
 def window_points(store: PageStore, db_name: str, generation: str, boundary: int,
                   window_ms: int) -> list[dict[str, Any]]:
     """Restore targets inside the window: its start and the first commit after it, by time,
@@ -148,23 +159,38 @@ def test_gc_snapshots_the_boundary_and_trims_the_log(
     assert report.snapshot_built == boundary
     assert report.deleted == plan.deleted
     assert snapshot_seqs(store, "app.db", generation) == [boundary]
-    ratio = bucket_bytes(settings, "app.db") / db_bytes(path)
-    print(f"\n{durability}, {updates} updates: bucket/db {ratio_before:.2f} before gc,"
-          f" {ratio:.2f} after")
-    assert ratio <= MAX_RATIO, f"bucket holds {ratio:.2f} times the database after gc"
+    spared = unreferenced_parts(store, "app.db")
+    ratio_spared = bucket_bytes(settings, "app.db") / db_bytes(path)
     after = [restore_rows(tmp_path, settings, "app.db", **point) for point in points]
     assert after == before
     assert before[-1] == db.execute(SELECT).fetchall()
     verified = bottomless.verify("app.db", settings)
     assert verified.ok, verified.problems
 
-    # the writer goes on; a second gc at the same moment has nothing left to do
+    # the writer goes on; a second gc at the same moment has nothing left to do: the parts
+    # of the snapshots the first one deleted stay while a snapshot built from them may
+    # still be on its way
     update(db, rng, 20)
     settle(db, path)
     again = retention.collect_garbage(store, "app.db", older_than=dt.timedelta(seconds=1),
                                       now=gc_at)
     assert again.snapshot_built is None and again.deleted == []
     assert restore_rows(tmp_path, settings, "app.db") == db.execute(SELECT).fetchall()
+
+    # a gc past the grace period (same window) deletes them: only unreferenced parts go
+    late = retention.collect_garbage(
+        store, "app.db", older_than=dt.timedelta(seconds=1 + retention.GRACE_SECONDS + 1),
+        now=gc_at + retention.GRACE_SECONDS + 1,
+    )
+    assert late.snapshot_built is None and set(late.deleted) == spared
+    ratio = bucket_bytes(settings, "app.db") / db_bytes(path)
+    print(f"\n{durability}, {updates} updates: bucket/db {ratio_before:.2f} before gc,"
+          f" {ratio_spared:.2f} after, {ratio:.2f} after the grace period")
+    assert ratio <= MAX_RATIO, f"bucket holds {ratio:.2f} times the database after gc"
+    assert [restore_rows(tmp_path, settings, "app.db", **point) for point in points] == before
+    assert restore_rows(tmp_path, settings, "app.db") == db.execute(SELECT).fetchall()
+    verified = bottomless.verify("app.db", settings)
+    assert verified.ok, verified.problems
     db.close()
     store.close()
 

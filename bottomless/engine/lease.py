@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
@@ -29,32 +27,9 @@ from bottomless.errors import (
     ReplicaConflictError,
     StoreError,
 )
+from bottomless.format.lease import LeaseRecord
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LeaseRecord:
-    """The content of the lease object."""
-
-    writer: str
-    holder: str
-    epoch: int
-    expires_ms: int
-
-    def encode(self) -> bytes:
-        """JSON bytes."""
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> LeaseRecord:
-        """Parse; an unreadable lease counts as expired."""
-        try:
-            doc = json.loads(data)
-            return cls(str(doc["writer"]), str(doc["holder"]), int(doc["epoch"]),
-                       int(doc["expires_ms"]))
-        except (ValueError, KeyError, TypeError):
-            return cls("", "unreadable lease", 0, 0)
 
 
 class WriterLease:

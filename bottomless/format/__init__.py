@@ -7,6 +7,7 @@ in ``docs/format.md``. It has no I/O of its own. Its rooms:
 * :mod:`~bottomless.format.seal`: the checksum trailer every object ends with;
 * :mod:`~bottomless.format.batch`: page batches (commits and snapshot parts);
 * :mod:`~bottomless.format.manifest`: snapshot manifests;
+* :mod:`~bottomless.format.lease`: the single-writer lease object;
 * :mod:`~bottomless.format.stream`: decoding a page batch while it downloads.
 
 Callers use the names re-exported here (``from bottomless import format as fmt``).
@@ -62,6 +63,7 @@ from bottomless.format.keys import (
     snapshots_prefix,
     validate_db_name,
 )
+from bottomless.format.lease import LeaseRecord
 from bottomless.format.manifest import (
     MANIFEST_VERSION,
     Manifest,
@@ -96,6 +98,8 @@ __all__ = [
     "COMPRESSION_NONE", "COMPRESSION_ZSTD", "COMPRESSION_CODES", "HEADER_SIZE", "MAX_WINDOW",
     "PageBatch", "BatchHeader", "RawBatch", "encode_batch", "encode_successor", "decode_header",
     "decode_raw", "decode_batch", "payload_v2", "lock_byte_page",
+    # lease: the single-writer lease object
+    "LeaseRecord",
     # manifest: snapshot manifests
     "MANIFEST_VERSION", "Manifest", "encode_manifest", "decode_manifest",
 ]

@@ -172,18 +172,27 @@ class _Listing:
         return (g for g in reversed(self.generations()) if self.snapshots(g))
 
 
-def _restorable(snapshots: list[int], commits: list[int]) -> tuple[int, int] | None:
-    """First and last restorable commit of a generation, given what is stored."""
-    if not snapshots:
-        return None
-    last = snapshots[-1]
-    for seq in commits:
-        if seq <= last:
-            continue
-        if seq != last + 1:
-            break
-        last = seq
-    return snapshots[0], last
+Span = tuple[int, int]  # first and last commit of a run of restorable commits
+
+
+def _restorable(snapshots: list[int], commits: list[int]) -> list[Span]:
+    """The restorable commits of a generation, given what is stored: each snapshot and the
+    commits that follow it without a gap, as spans ``(first, last)``, ascending, apart from
+    each other. Every commit in a span but its first is stored; its first is a snapshot."""
+    stored = set(commits)
+    spans: list[Span] = []
+    for start in snapshots:
+        if spans and start <= spans[-1][1]:
+            continue  # within the previous span: its commits run on to the same end
+        last = start
+        while last + 1 in stored:
+            last += 1
+        spans.append((start, last))
+    return spans
+
+
+def _describe(spans: list[Span]) -> str:
+    return ", ".join(f"{first}..{last}" for first, last in spans)
 
 
 def resolve_target(
@@ -207,21 +216,21 @@ def resolve_target(
                           newest)
     gen = generation or newest
     commits = bucket.history(gen, newest)
-    span = _restorable(bucket.snapshots(gen), commits)
-    assert span is not None
+    spans = _restorable(bucket.snapshots(gen), commits)
+    last = spans[-1][1]
     if seq is None:
-        later = [c for c in commits if c > span[1]]
+        later = [c for c in commits if c > last]
         if later:
             raise RestoreError(
-                f"{db_name}: generation {gen} is missing commit {span[1] + 1} while later"
-                f" commits exist; the last consistent point is commit {span[1]}; pass"
-                f" --commit {span[1]} to restore it"
+                f"{db_name}: generation {gen} is missing commit {last + 1} while later"
+                f" commits exist; the last consistent point is commit {last}; pass"
+                f" --commit {last} to restore it"
             )
-        return _target(bucket, gen, span[1])
-    if not span[0] <= seq <= span[1]:
+        return _target(bucket, gen, last)
+    if not any(first <= seq <= end for first, end in spans):
         raise RestoreError(
             f"{db_name}: commit {seq} of generation {gen} cannot be restored; restorable"
-            f" commits are {span[0]}..{span[1]}"
+            f" commits are {_describe(spans)}"
         )
     return _target(bucket, gen, seq)
 
@@ -236,27 +245,66 @@ def _target_at(
     oldest = newest
     for gen in candidates:
         oldest = gen
-        span = _restorable(bucket.snapshots(gen), bucket.history(gen, newest))
-        assert span is not None
-        first_ms = read_manifest(store, db_name, gen, span[0]).created_ms
-        if span[0] > 0:  # gc may have removed the commit the oldest snapshot stands for
-            with contextlib.suppress(ObjectNotFoundError):
-                first_ms = commit_header(store, db_name, gen, span[0]).created_ms
-        if first_ms > wanted_ms:
-            continue
-        low, high = span  # last commit with created_ms <= wanted, by bisection
-        while low < high:
-            middle = (low + high + 1) // 2
-            if commit_header(store, db_name, gen, middle).created_ms <= wanted_ms:
-                low = middle
-            else:
-                high = middle - 1
-        return _target(bucket, gen, low)
+        seq = _commit_at(bucket, gen, bucket.history(gen, newest), wanted_ms, timestamp)
+        if seq is not None:
+            return _target(bucket, gen, seq)
     earliest = read_manifest(store, db_name, oldest, bucket.snapshots(oldest)[0])
     raise RestoreError(
         f"{db_name}: nothing restorable at or before {timestamp.isoformat()}; the earliest"
         f" restorable point is generation {oldest} as of {fmt.iso_time(earliest.created_ms)}"
     )
+
+
+def _commit_at(
+    bucket: _Listing, gen: str, commits: list[int], wanted_ms: int, timestamp: dt.datetime
+) -> int | None:
+    """The last restorable commit of ``gen`` made at or before ``wanted_ms``, found by
+    bisection over commit headers; None if its first restorable point is later. Raises
+    RestoreError if ``timestamp`` falls where commits are missing, or a commit is gone."""
+    spans = _restorable(bucket.snapshots(gen), commits)
+    for index in reversed(range(len(spans))):
+        first, last = spans[index]
+        if _point_ms(bucket, gen, first, commits) > wanted_ms:
+            continue
+        low, high = first, last  # last commit with created_ms <= wanted, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if _commit_ms(bucket, gen, middle, spans) <= wanted_ms:
+                low = middle
+            else:
+                high = middle - 1
+        missing = spans[index + 1][0] > last + 1 if index + 1 < len(spans) else (
+            bool(commits) and commits[-1] > last
+        )
+        if low == last and missing:
+            raise RestoreError(
+                f"{bucket.db_name}: {timestamp.isoformat()} falls after commit {last} of"
+                f" generation {gen}, where commit {last + 1} and maybe later ones are missing;"
+                f" restorable commits are {_describe(spans)}"
+            )
+        return low
+    return None
+
+
+def _point_ms(bucket: _Listing, gen: str, seq: int, commits: list[int]) -> int:
+    """When the state of commit ``seq`` began, for a span's first point: the commit's time, or
+    its snapshot's once the commit is gone (gc deletes the commit an old snapshot stands
+    for)."""
+    if seq > 0 and seq in commits:
+        with contextlib.suppress(ObjectNotFoundError):
+            return commit_header(bucket.store, bucket.db_name, gen, seq).created_ms
+    return read_manifest(bucket.store, bucket.db_name, gen, seq).created_ms
+
+
+def _commit_ms(bucket: _Listing, gen: str, seq: int, spans: list[Span]) -> int:
+    """The time of a commit a span holds; RestoreError if it is gone since it was listed."""
+    try:
+        return commit_header(bucket.store, bucket.db_name, gen, seq).created_ms
+    except ObjectNotFoundError:
+        raise RestoreError(
+            f"{bucket.db_name}: commit {seq} of generation {gen} is gone (deleted by hand, or"
+            f" by a gc running meanwhile); restorable commits were {_describe(spans)}"
+        ) from None
 
 
 def _target(bucket: _Listing, generation: str, seq: int) -> Target:
@@ -333,7 +381,7 @@ def _write_snapshot(
     )
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
         jobs = [
-            functools.partial(_fetch_part, store, p, fd, snapshot.page_size, whole_parts)
+            functools.partial(_fetch_part, store, snapshot, p, fd, whole_parts)
             for p in snapshot.parts
         ]
         for size in in_order(pool, jobs, window_for(parallelism, STREAMED_PART_BYTES)):
@@ -341,16 +389,18 @@ def _write_snapshot(
 
 
 def _fetch_part(
-    store: PageStore, part: dict[str, Any], fd: int, page_size: int,
+    store: PageStore, snapshot: fmt.Manifest, part: dict[str, Any], fd: int,
     whole_parts: threading.BoundedSemaphore,
 ) -> int:
-    """Download one snapshot part into ``fd`` at its place; return the bytes received.
+    """Download one part of ``snapshot`` into ``fd`` at its place; return the bytes received.
 
     In a download thread, page by page as the object arrives: hashing, decompressing and
     pwrite release the GIL. Its pages are consecutive (checked before the first is written);
-    nothing is trusted before the digest is, as the file is thrown away on error.
+    nothing is trusted before the digest is, as the file is thrown away on error. A missing
+    part raises ObjectNotFoundError naming the snapshot that lists it.
     """
     key = str(part["key"])
+    page_size = snapshot.page_size
     base = (int(part["first"]) - 1) * page_size
     received = 0
 
@@ -367,10 +417,18 @@ def _fetch_part(
         pwrite_all(fd, data, base + offset)
         _start_writeback(fd, base + offset, len(data))
 
-    # closing: a part that fails half-way lets go of its connection at once
-    with contextlib.closing(store.get_chunks(key)) as stream:
-        digest = decode_stream(chunks(stream), key, begin, write,
-                               max_pages=int(part["pages"]), buffering=lambda: whole_parts)
+    try:
+        # closing: a part that fails half-way lets go of its connection at once
+        with contextlib.closing(store.get_chunks(key)) as stream:
+            digest = decode_stream(chunks(stream), key, begin, write,
+                                   max_pages=int(part["pages"]), buffering=lambda: whole_parts)
+    except ObjectNotFoundError as e:
+        raise ObjectNotFoundError(
+            f"{store.location}: {key} does not exist, yet snapshot {snapshot.seq} of generation"
+            f" {snapshot.generation} lists it (deleted by hand, or by a gc that ran while that"
+            " snapshot was being built)",
+            key=key,
+        ) from e
     check_part_digest(digest, key, part)
     return received
 

@@ -17,6 +17,14 @@ compaction: the anchor plus the commits since, unchanged parts listed again), wh
 the anchor; its time is its commit's. Snapshots are create-only objects: if another process
 (the writer's own background snapshot, another gc) builds the same one at the same time, gc
 uses theirs once it is complete, and otherwise leaves the log for a later run.
+
+Uploads in progress are left alone: gc judges an incomplete generation, or the unreferenced
+parts written for one snapshot, by the newest object among them, and deletes them only once
+that is older than the grace period. When gc builds the anchor while a writer holds the
+database (its lease has not expired), that writer may be building its own background snapshot
+from the anchor before, and lists that snapshot's parts again: so in that run gc deletes the
+snapshot it built over but not its parts; a later run finds them unreferenced, and deletes
+them once they are older than the grace period.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bottomless import format as fmt
@@ -34,8 +43,8 @@ from bottomless.ops.snapshots import compact, planned_parts, read_manifest, snap
 
 logger = logging.getLogger(__name__)
 
-#: an unreferenced part or an incomplete generation younger than this may be an upload in
-#: progress, so gc leaves it alone
+#: unreferenced parts of a snapshot, or an incomplete generation, whose newest object is
+#: younger than this may be an upload in progress, so gc leaves them alone
 GRACE_SECONDS = 3600
 
 Snapshot = tuple[str, int]  # (generation, commit number)
@@ -71,6 +80,37 @@ class GcReport:
     dry_run: bool = False
     temporaries: list[str] = field(default_factory=list)
     snapshot_built: int | None = None
+
+
+class _Ages:
+    """How long ago objects were written, each read once from its header (a ranged GET)."""
+
+    def __init__(self, store: PageStore, now: float) -> None:
+        self.store = store
+        self.now = now
+        self._created_ms: dict[str, int] = {}
+
+    def of(self, key: str) -> float:
+        """Seconds since ``key`` (a page batch: a part or a commit) was written."""
+        if key not in self._created_ms:
+            head = fmt.decode_header(self.store.get_range(key, 0, fmt.HEADER_SIZE), key)
+            self._created_ms[key] = head.created_ms
+        return self.now - self._created_ms[key] / 1000
+
+    def newest(self, keys: Iterable[str]) -> float:
+        """Seconds since the newest of ``keys`` was written, reading only the header of the
+        highest-numbered part of each snapshot (parts go up roughly in order) and of the
+        highest-numbered commit."""
+        latest: dict[tuple[str, int], str] = {}
+        for key in keys:
+            if fmt.is_part_key(key):
+                group = ("part", fmt.part_snapshot_seq(key))
+            elif fmt.is_commit_key(key):
+                group = ("commit", 0)
+            else:
+                continue
+            latest[group] = max(latest.get(group, key), key)  # zero-padded: sorts by number
+        return min((self.of(key) for key in latest.values()), default=float("inf"))
 
 
 @dataclass
@@ -123,19 +163,27 @@ def collect_garbage(
     report = GcReport(db_name, fmt.iso_time(window_ms, timespec="seconds"), dry_run=dry_run)
     histories = _histories(store, db_name, listed, manifests, window_ms)
     known = {snapshot: _listed(m) for snapshot, m in manifests.items()}
+    ages = _Ages(store, now)
     cleared: list[str] = []
+    based_on: list[Snapshot] = []  # what a writer may be building a snapshot from
     if histories:
+        newest = histories[-1]
+        anchor = newest.anchor(keep)
         cleared = _snapshot_boundary(
-            store, db_name, histories[-1], keep, known, now, report,
+            store, db_name, newest, keep, known, ages, report,
             _BuildOptions(compression, parallelism, part_mb),
         )
+        if report.snapshot_built is not None and _writer_may_be_live(store, db_name, now):
+            based_on.append((newest.generation, anchor))
     doomed, kept = _doomed_history(
-        store, db_name, listed, histories, keep, known, window_ms, now, report
+        store, db_name, listed, histories, keep, known, window_ms, ages, report
     )
-    needed = {key for snapshot in kept for key in known[snapshot].parts}
-    doomed.extend(_doomed_parts(store, db_name, listed, needed, doomed, now))
-    # a part a kept snapshot lists is never deleted, whichever generation it sits in
-    report.deleted = sorted(set(doomed) - needed | set(cleared), key=_deletion_order)
+    # a part a kept snapshot lists is never deleted, whichever generation it sits in; nor,
+    # in this run, one that the anchor gc just built over lists, while a writer may be
+    # building a snapshot from that anchor (which lists it too)
+    spared = {key for snapshot in [*kept, *based_on] for key in known[snapshot].parts}
+    doomed.extend(_doomed_parts(store, db_name, listed, spared, set(doomed), ages))
+    report.deleted = sorted(set(doomed) - spared | set(cleared), key=_deletion_order)
     report.temporaries = store.stale_temporaries(
         fmt.db_prefix(db_name), older_than=GRACE_SECONDS, now=now
     )
@@ -217,7 +265,7 @@ def _listed(manifest: fmt.Manifest) -> _Listed:
 
 def _snapshot_boundary(
     store: PageStore, db_name: str, history: _History, keep: set[Snapshot],
-    known: dict[Snapshot, _Listed], now: float, report: GcReport, options: _BuildOptions,
+    known: dict[Snapshot, _Listed], ages: _Ages, report: GcReport, options: _BuildOptions,
 ) -> list[str]:
     """Build the snapshot at the newest generation's boundary if its anchor is older (in a dry
     run: plan it), and add it to ``history`` and ``known``; record it in ``report``.
@@ -233,7 +281,7 @@ def _snapshot_boundary(
         key for key in store.list_keys(fmt.parts_prefix(db_name, generation))
         if fmt.part_snapshot_seq(key) == seq
     ]
-    if any(k in referenced or _part_age(store, k, now) <= GRACE_SECONDS for k in leftovers):
+    if any(k in referenced for k in leftovers) or ages.newest(leftovers) <= GRACE_SECONDS:
         logger.info("%s: the snapshot at commit %d of %s is being built by another process;"
                     " gc leaves the log before it to a later run", db_name, seq, generation)
         return []
@@ -272,7 +320,7 @@ def _snapshot_boundary(
 
 def _doomed_history(
     store: PageStore, db_name: str, listed: dict[str, list[int]], histories: list[_History],
-    keep: set[Snapshot], known: dict[Snapshot, _Listed], window_ms: int, now: float,
+    keep: set[Snapshot], known: dict[Snapshot, _Listed], window_ms: int, ages: _Ages,
     report: GcReport,
 ) -> tuple[list[str], list[Snapshot]]:
     """The snapshots, commits and whole generations (but their parts) that can go, and the
@@ -284,8 +332,12 @@ def _doomed_history(
         prefix = fmt.generation_prefix(db_name, generation)
         history = complete.get(generation)
         if history is None:
-            if _age_seconds(generation, now) > GRACE_SECONDS:
-                doomed.extend(store.list_keys(prefix))  # an interrupted initial upload
+            # an interrupted initial upload, unless its newest object is recent: one that is
+            # still going (a large database, a slow link) may have started long ago
+            keys = store.list_keys(prefix)
+            started = ages.now - fmt.generation_time(generation)
+            if started > GRACE_SECONDS and ages.newest(keys) > GRACE_SECONDS:
+                doomed.extend(keys)
             continue
         if not history.kept:
             doomed.extend(k for k in store.list_keys(prefix) if not fmt.is_part_key(k))
@@ -307,32 +359,37 @@ def _doomed_history(
 
 
 def _doomed_parts(
-    store: PageStore, db_name: str, listed: dict[str, list[int]], needed: set[str],
-    doomed: list[str], now: float,
+    store: PageStore, db_name: str, listed: dict[str, list[int]], spared: set[str],
+    doomed: set[str], ages: _Ages,
 ) -> list[str]:
-    """The parts that no kept snapshot lists (nor ``doomed`` holds already): those of the
-    snapshots listed when gc started, and any other once it is older than the grace period
-    (its snapshot may be being built, by the writer or by another gc)."""
+    """The parts that ``spared`` does not hold (nor ``doomed`` already): those written for
+    the snapshots listed when gc started, and those written for any other snapshot once the
+    newest of them is older than the grace period (that snapshot may be being built, by the
+    writer or by another gc, its early parts long written)."""
     parts: list[str] = []
     for generation, seqs in listed.items():
         written = set(seqs)
+        groups: dict[int, list[str]] = {}
         for key in store.list_keys(fmt.parts_prefix(db_name, generation)):
-            if key in needed or key in doomed:
-                continue
-            if fmt.part_snapshot_seq(key) in written or _part_age(store, key, now) > GRACE_SECONDS:
-                parts.append(key)
+            groups.setdefault(fmt.part_snapshot_seq(key), []).append(key)
+        for seq, keys in groups.items():
+            loose = [k for k in keys if k not in spared and k not in doomed]
+            if loose and (seq in written or ages.newest(keys) > GRACE_SECONDS):
+                parts.extend(loose)
     return parts
+
+
+def _writer_may_be_live(store: PageStore, db_name: str, now: float) -> bool:
+    """Whether a writer may hold ``db_name`` now: its lease has not expired (a writer that
+    closed expired it), or there is no lease to tell (``lease_ttl=0``)."""
+    try:
+        lease = fmt.LeaseRecord.decode(store.get(fmt.lease_key(db_name)))
+    except ObjectNotFoundError:
+        return True
+    return lease.expires_ms > now * 1000
 
 
 def _deletion_order(key: str) -> tuple[int, str]:
     rank = 0 if fmt.is_snapshot_key(key) else 1 if fmt.is_commit_key(key) else 2
     return rank, key
 
-
-def _age_seconds(generation: str, now: float) -> float:
-    return now - fmt.generation_time(generation)
-
-
-def _part_age(store: PageStore, key: str, now: float) -> float:
-    head = fmt.decode_header(store.get_range(key, 0, fmt.HEADER_SIZE), key)
-    return now - head.created_ms / 1000
