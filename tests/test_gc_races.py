@@ -298,6 +298,26 @@ def test_gc_spares_the_anchor_it_builds_over_only_while_a_writer_may_hold_the_da
     store.close()
 
 
+def test_a_generation_without_its_successor_lasts_until_the_next_one_begins(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """Its last commit is 10 minutes before the next generation began, and no successor object
+    marks that beginning: a window that starts in between still needs its last state, so gc
+    keeps it, and a restore at the window's start gives that state."""
+    store = bottomless.open_store(make_settings("file"))
+    states = sqlite_states(tmp_path, ["UPDATE t SET v = randomblob(200) WHERE id = 1"])
+    now = time.time()
+    first, second = fmt.new_generation_id(now - 2 * HOUR), fmt.new_generation_id(now - 1200)
+    put_history(store, first, states, [now - 2 * HOUR, now - 1800])
+    put_history(store, second, states[1:], [now - 1200])
+    window = dt.timedelta(seconds=1500)  # starts 5 minutes after the first one's last commit
+    report = retention.collect_garbage(store, DB, older_than=window, now=now)
+    assert first in report.kept_generations
+    at_start = dt.datetime.fromtimestamp(now - 1500, dt.UTC)
+    assert restored(store, tmp_path, timestamp=at_start) == states[1]
+    store.close()
+
+
 # ------------------------------------------------------------------ restoring around gaps
 
 

@@ -220,15 +220,22 @@ def _histories(
     store: PageStore, db_name: str, listed: dict[str, list[int]],
     manifests: dict[Snapshot, fmt.Manifest], window_ms: int,
 ) -> list[_History]:
-    """The complete generations, oldest first; the last one is the newest."""
+    """The complete generations, oldest first; the last one is the newest.
+
+    A generation's state holds until the next complete generation begins, so one ends at the
+    later of its last object and that beginning: without its successor object (a start that
+    failed to write it), its last commit may be well before the next generation.
+    """
     complete = [g for g, seqs in listed.items() if seqs]
     histories = []
-    for generation in complete:
+    for generation, following in zip(complete, [*complete[1:], None], strict=True):
         seqs = listed[generation]
         commits = commit_numbers(store, db_name, generation)
         last = commit_header(store, db_name, generation, commits[-1]) if commits else None
         last_ms = last.created_ms if last else manifests[(generation, seqs[-1])].created_ms
-        kept = generation == complete[-1] or last_ms >= window_ms
+        if following is not None:
+            last_ms = max(last_ms, manifests[(following, listed[following][0])].created_ms)
+        kept = following is None or last_ms >= window_ms
         replayed = commits[:-1] if last and last.kind == fmt.KIND_SUCCESSOR else commits
         boundary = (
             _boundary(store, db_name, generation, seqs, replayed, window_ms) if kept else seqs[0]
