@@ -5,6 +5,7 @@ This module sits at the bottom with ``errors.py`` and imports nothing of bottoml
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -22,4 +23,6 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
+        if written == 0:  # no progress (never seen on a regular file): fail, never spin
+            raise OSError(errno.EIO, f"pwrite wrote nothing at offset {offset}")
         view, offset = view[written:], offset + written

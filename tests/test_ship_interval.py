@@ -23,7 +23,7 @@ from helpers import (
 
 import bottomless
 from bottomless import format as fmt
-from bottomless.engine.spool import Backlog, Uploader
+from bottomless.engine.uploader import Backlog, Uploader
 
 MakeSettings = Callable[..., bottomless.Settings]
 

@@ -1,17 +1,20 @@
 """The async spool (``bottomless/spool.py``): an append-only queue file of committed transactions.
 
 Entries must come back exactly, in order, numbered without gaps; a torn append must stay
-invisible; damage must be reported with the file's name; consumed space must be given back; and
-a spool left by bottomless 0.1 (an SQLite database) must be carried over, not stranded.
+invisible, and a short write or a full disk must never publish one; damage must be reported
+with the file's name; consumed space must be given back; and a spool left by bottomless 0.1
+(an SQLite database) must be carried over, not stranded.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sqlite3
 import struct
 import time
+import types
 from typing import Any
 
 import pytest
@@ -237,3 +240,99 @@ def test_record_layout_is_length_number_time_crc(tmp_path: Any) -> None:
     length, number, created, _ = struct.unpack_from("<IQdI", raw, spool_module._DATA_START)
     assert number == 1 and abs(created - time.time()) < 60
     assert length == 12 + 4 + PAGE
+
+
+# ---------------------------------------------------------------- faults of the file system
+
+
+def test_short_writes_are_completed_never_published_torn(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pwrite`` may write less than it was given; an append (and a compaction) must write
+    the rest before the header makes the record visible."""
+    monkeypatch.setattr(spool_module, "_COMPACT_BYTES", 64 * 1024)
+    monkeypatch.setattr(spool_module, "_PREALLOCATE", 16 * 1024)
+    real_pwrite = os.pwrite
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, memoryview(data)[:1000], offset)
+
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    spool = Spool(str(tmp_path / "a.db"))
+    for i in range(1, 41):
+        spool.append(txn(i))  # about 8 KiB each: eight or nine short writes
+    spool.remove_through(30)  # compacted to the front, by short writes too
+    group = spool.read_group(1 << 24)
+    assert [n for n, _ in group] == list(range(31, 41))
+    assert all(batch.pages == txn(n).pages for n, batch in group)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_no_room_on_disk_fails_the_append_and_publishes_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    monkeypatch.setattr(spool_module, "_PREALLOCATE", 0)  # every append allocates
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    real_fallocate = os.posix_fallocate
+    full = True
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full:
+            raise OSError(code, os.strerror(code))
+        real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    with pytest.raises(OSError) as info:
+        spool.append(txn(2))
+    assert info.value.errno == code
+    assert spool.entries() == [1]
+    full = False
+    assert spool.append(txn(3)) == 2
+    assert [b.pages for _, b in spool.read_group(1 << 24)] == [txn(1).pages, txn(3).pages]
+
+
+def test_an_append_fits_where_the_step_ahead_does_not(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nearly full disk: allocating the record alone still works."""
+    real_fallocate = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if length > spool_module._PREALLOCATE:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    spool = Spool(str(tmp_path / "a.db"))
+    assert spool.append(txn(1)) == 1
+    assert [b.pages for _, b in spool.read_group(1 << 24)] == [txn(1).pages]
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS])
+def test_a_file_system_without_fallocate_still_takes_appends(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    spool = Spool(str(tmp_path / "a.db"))
+    assert [spool.append(txn(i)) for i in (1, 2)] == [1, 2]
+    assert [b.pages for _, b in spool.read_group(1 << 24)] == [txn(1).pages, txn(2).pages]
+
+
+def test_an_entry_stamped_in_the_future_is_due_not_absent(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock stepped back after an append: the entry's age would be negative."""
+    ahead = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic)
+    monkeypatch.setattr(spool_module, "time", ahead)
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    monkeypatch.setattr(spool_module, "time", time)
+    assert spool.oldest_age(if_future=2.5) == 2.5  # due, for a caller whose bound is 2.5 s
+    assert spool.oldest_age() == 0.0  # a caller without a bound: no age to speak of
+    assert spool.size_bytes() > 0 and spool.entries() == [1]  # spooled all the same
+    spool.remove_through(1)
+    assert spool.oldest_age(if_future=2.5) == 0.0 and spool.size_bytes() == 0

@@ -50,6 +50,12 @@ class WriterLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def lost(self) -> str | None:
+        """Why this writer knows it lost the lease (taken over, deleted), or ``None``: what it
+        has learnt so far, without asking the store."""
+        return self._lost
+
     def _record(self) -> LeaseRecord:
         return LeaseRecord(self.writer, self.holder, self._epoch,
                            int((time.time() + self.ttl) * 1000))

@@ -85,7 +85,7 @@ class Replicator:
         self.shipper = AsyncShipper(
             db_path, self.db_name, settings, store, self.stats, self.generations,
             self.snapshots, record=self._record, check_lease=self._check_lease,
-            write_lock=write_lock,
+            lease_lost=self._lease_lost, write_lock=write_lock,
         )
         self._last_object_size = 0
         self._closing = False
@@ -112,6 +112,11 @@ class Replicator:
     def _check_lease(self) -> None:
         if self.lease is not None:
             self.lease.check()
+
+    def _lease_lost(self) -> bool:
+        """Whether this writer already knows it lost its lease (asks nothing of the store,
+        unlike :meth:`_check_lease`, which may renew the lease)."""
+        return self.lease is not None and self.lease.lost is not None
 
     # ------------------------------------------------------------ open
 
@@ -168,6 +173,10 @@ class Replicator:
             if self.paused:
                 return
             if self.settings.durability == "async":
+                if self._lease_lost():
+                    # refused as a sync commit is, with the lease's own error; nothing spooled
+                    # now could ever be uploaded
+                    self._check_lease()
                 if resync:
                     writer = self.state.writer_bytes if self.state else self.writer
                     self.shipper.resync_from_local(writer)

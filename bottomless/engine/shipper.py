@@ -20,9 +20,10 @@ from bottomless.backends.base import PageStore
 from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.snapshot_policy import SnapshotPolicy
-from bottomless.engine.spool import Backlog, Intent, Spool, Uploader
+from bottomless.engine.spool import Intent, Spool
 from bottomless.engine.stats import Stats
 from bottomless.engine.transaction import Transaction
+from bottomless.engine.uploader import Backlog, Uploader
 from bottomless.errors import (
     CorruptObjectError,
     DurabilityTimeoutError,
@@ -40,6 +41,9 @@ GROUP_BYTES = 16 * 1024 * 1024
 #: 16 MiB groups, the crash soak lost commits older than ``max_lag`` on a loaded machine),
 #: while small commits still share one upload per interval
 SHIP_AT_ONCE_BYTES = 1024 * 1024
+#: an upload failure that retrying cannot fix is logged as an error once, then again at most
+#: this often (seconds) while it lasts
+REPORT_STUCK_EVERY = 300.0
 
 #: builds the local content a new generation starts from
 ImageSource = Callable[[], LocalImage]
@@ -78,7 +82,7 @@ class AsyncShipper:
         self, db_path: str, db_name: str, settings: Settings, store: PageStore, stats: Stats,
         generations: Generations, policy: SnapshotPolicy, *,
         record: Callable[[LocalState], None], check_lease: Callable[[], None],
-        write_lock: WriteLock,
+        lease_lost: Callable[[], bool], write_lock: WriteLock,
     ) -> None:
         self.db_path = db_path
         self.db_name = db_name
@@ -91,12 +95,15 @@ class AsyncShipper:
         self.log = log.for_database(__name__, db_name)
         self._record = record
         self._check_lease = check_lease
+        self._lease_lost = lease_lost
         self._write_lock = write_lock
         #: set while this thread holds SQLite's write lock outside a commit (during open)
         self.holds_write_lock = False
         self.uploader: Uploader | None = None
         self._uploaded = threading.Condition()
         self._room_checked = 0.0
+        self._failure: Exception | None = None  # the uploader's, until an upload succeeds
+        self._reported: tuple[str, float] | None = None  # a stuck failure logged, and when
         self._sole_uploader = False  # the upload lock is held by sole_uploader()
 
     # ------------------------------------------------------------ the uploader thread
@@ -104,9 +111,10 @@ class AsyncShipper:
     def start(self) -> None:
         """Start the uploader thread."""
         self.uploader = Uploader(
-            f"bottomless-upload-{self.db_name}", self._drain_guarded, self._backlog,
+            f"bottomless-upload-{self.db_name}", self.drain_once, self._backlog,
             interval=self.settings.shipping_interval, bound=self.settings.max_lag,
             gather=min(0.05, self.settings.max_lag / 10), full=SHIP_AT_ONCE_BYTES,
+            failed=self._upload_failed,
         )
         self.uploader.start()
 
@@ -137,22 +145,42 @@ class AsyncShipper:
             self.uploader.wake.set()
 
     def _backlog(self) -> Backlog:
-        age = self.spool.oldest_age()
-        return Backlog(age, self.spool.head_number(), self.spool.size_bytes() if age else 0)
+        age = self.spool.oldest_age(if_future=self.settings.max_lag)
+        return Backlog(age, self.spool.head_number(), self.spool.size_bytes())
 
-    def _drain_guarded(self) -> bool:
-        try:
-            return self.drain_once()
-        except Exception as e:  # noqa: BLE001 - the uploader thread must survive store errors
-            self.stats.error(f"async upload failed: {e}")
-            self.log.warning("async upload failed, will retry: %s", e)
-            time.sleep(min(1.0, self.settings.max_lag / 2))
-            return False
+    def _upload_failed(self, error: Exception) -> None:
+        """The uploader's turn failed (it tries again after a pause): remember why, for
+        status and back-pressure, and say so; once, as an error, if retrying cannot help."""
+        self._failure = error
+        self.stats.error(f"async upload failed: {error}")
+        if not self._is_permanent(error):
+            self.log.warning("async upload failed, will retry: %s", error)
+            return
+        now, last = time.monotonic(), self._reported
+        if last is not None and last[0] == str(error) and now - last[1] < REPORT_STUCK_EVERY:
+            return
+        self._reported = (str(error), now)
+        self.log.error(
+            "async uploads are stuck: %s. Retrying cannot fix this; the spooled commits stay"
+            " in %s, and commits are refused once replication is max_lag (%gs) behind",
+            error, self.spool.path, self.settings.max_lag,
+        )
+
+    def _is_permanent(self, error: Exception) -> bool:
+        """Whether retrying cannot help: a conflict or damage, or a lease known lost (not one
+        that merely cannot be confirmed: the store may answer again)."""
+        if isinstance(error, CorruptObjectError):
+            return True
+        if isinstance(error, ReplicaConflictError):
+            return error.key != fmt.lease_key(self.db_name) or self._lease_lost()
+        return False
 
     # ------------------------------------------------------------ the commit path
 
     def wait_for_room(self) -> None:
-        """Back-pressure: hold a commit while the spool is too old or too big."""
+        """Back-pressure: hold a commit while the spool is too old or too big. Raises
+        StoreError if the uploader does not catch up within ``max_lag`` + ``request_budget``;
+        at once, the error of a lost lease or of an upload that retrying cannot fix."""
         now = time.monotonic()
         if now - self._room_checked < 0.01:
             return  # checked a moment ago: the bound is in seconds, not microseconds
@@ -161,19 +189,39 @@ class AsyncShipper:
         deadline = now + limit + self.settings.request_budget
         max_bytes = self.settings.max_spool_mb * 1024 * 1024
         # the uploader starts in time to end within the bound on its own (Uploader.ship_by):
-        # hurrying it any earlier would only cost requests
-        while self.spool.oldest_age() > limit or self.spool.size_bytes() > max_bytes:
-            self._hurry()
-            if self.spool.oldest_age() <= limit and self.spool.size_bytes() <= max_bytes:
+        # hurrying it any earlier would only cost requests. An entry stamped in the future
+        # (the wall clock stepped back) counts as at the bound: due now, and held to it
+        while True:
+            age, size = self.spool.oldest_age(if_future=limit), self.spool.size_bytes()
+            if age < limit and size <= max_bytes:
                 return
+            self._refuse_if_stuck(age, size)
+            self._hurry()
             if time.monotonic() > deadline:
                 raise StoreError(
-                    f"{self.db_name}: replication is {self.spool.oldest_age():.1f}s behind"
+                    f"{self.db_name}: replication is {age:.1f}s behind"
                     f" (max_lag {limit}s) and the store is not catching up"
                     f" ({self.stats.last_error or 'no error recorded'}); commit refused"
                 )
             with self._uploaded:
                 self._uploaded.wait(0.02)
+
+    def _refuse_if_stuck(self, age: float, size: int) -> None:
+        """The spool is at its bound: refuse the commit now if waiting cannot help."""
+        if self._lease_lost():
+            self._check_lease()  # a loss already known: raises without asking the store
+        failure = self._failure
+        if failure is None or not self._is_permanent(failure):
+            return
+        message = (
+            f"{self.db_name}: async uploads cannot go on ({failure}) and the spool is at its"
+            f" bound ({age:.1f}s behind, max_lag {self.settings.max_lag}s; {size / 2**20:.1f}"
+            f" MiB, max_spool_mb {self.settings.max_spool_mb}); commit refused"
+        )
+        if isinstance(failure, CorruptObjectError):
+            raise CorruptObjectError(message, key=failure.key) from failure
+        key = failure.key if isinstance(failure, ReplicaConflictError) else None
+        raise ReplicaConflictError(message, db_name=self.db_name, key=key) from failure
 
     def append(self, txn: Transaction) -> None:
         """Spool a commit at its commit point (the uploader polls: no wake-up per commit)."""
@@ -385,6 +433,7 @@ class AsyncShipper:
         self.spool.remove_through(intent.through)
         self.spool.clear_intent()
         self.stats.commit_recorded(recorded.seq, clear_error=True)
+        self._failure = self._reported = None
         self.policy.commit_added(recorded, len(intent.data))
         with self._uploaded:
             self._uploaded.notify_all()
@@ -411,6 +460,7 @@ class AsyncShipper:
         self.spool.remove_through(through)
         self.spool.clear_intent()
         self.stats.error(None)
+        self._failure = self._reported = None
         with self._uploaded:
             self._uploaded.notify_all()
         return forked

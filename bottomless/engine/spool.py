@@ -1,4 +1,4 @@
-"""Asynchronous durability: a local spool of committed transactions and its uploader.
+"""Asynchronous durability: a local spool of committed transactions.
 
 With ``durability="async"`` a commit only appends its pages to ``<db>-bottomless-queue``
 (after SQLite committed locally, under SQLite's write lock, so entries are numbered in commit
@@ -6,29 +6,30 @@ order across processes). An uploader thread merges consecutive entries into one 
 (the restore then lands on the last of them: still a commit boundary), uploads it, records it,
 and deletes the entries. Before the PUT it writes the exact object to an *intent* file, so an
 upload interrupted by a crash is finished, byte for byte, by whoever opens the database next.
-One process uploads at a time (``flock`` on the spool's lock file).
+One process uploads at a time (``flock`` on the spool's lock file); when, is the
+:mod:`uploader <bottomless.engine.uploader>`'s business.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import errno
 import fcntl
 import logging
-import math
 import os
 import sqlite3
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bottomless import format as fmt
 from bottomless.engine.transaction import Transaction
 from bottomless.errors import CorruptObjectError
 from bottomless.local.files import FileIdentity, file_identity, still_named
+from bottomless.osutil import pwrite_all
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +127,23 @@ class Spool:
         return self._fd
 
     def _reserve(self, fd: int, end: int) -> None:
-        """Make sure the file is allocated up to ``end``, growing it in big steps."""
+        """Make sure the file is allocated up to ``end``, growing it in big steps. Raises
+        OSError (ENOSPC, EFBIG …) if not even ``end`` can be: then the append must fail."""
         if end <= self._size:
             return
         self._size = os.fstat(fd).st_size
-        if end > self._size:
+        needed = end - self._size
+        for length in (needed + _PREALLOCATE, needed) if needed > 0 else ():
             try:
-                os.posix_fallocate(fd, self._size, end - self._size + _PREALLOCATE)
-            except OSError:  # a filesystem without it: the append grows the file instead
-                return
-            self._size = end + _PREALLOCATE
+                os.posix_fallocate(fd, self._size, length)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    return  # not supported here: the append grows the file instead
+                if e.errno in (errno.ENOSPC, errno.EFBIG) and length > needed:
+                    continue  # no room for the step ahead: the record alone may still fit
+                raise
+            self._size += length
+            return
 
     def _header(self, fd: int) -> _Header:
         raw = os.pread(fd, _HEADER.size, 0)
@@ -151,14 +159,15 @@ class Spool:
         return _Header(head, end, head_number, next_number)
 
     def _write_header(self, fd: int, header: _Header) -> None:
-        os.pwrite(fd, _HEADER.pack(
+        pwrite_all(fd, _HEADER.pack(
             _MAGIC, _VERSION, 0, header.head, header.end, header.head_number, header.next_number
         ), 0)
 
     # ---------------------------------------------------------------- entries
 
     def append(self, txn: Transaction) -> int:
-        """Spool a committed transaction; call with SQLite's write lock held."""
+        """Spool a committed transaction; call with SQLite's write lock held. Raises OSError
+        if the record cannot be written whole (a full disk): the spool is then unchanged."""
         numbers = sorted(txn.pages)
         body = b"".join([
             _BODY.pack(txn.page_size, txn.db_size, len(numbers)),
@@ -171,7 +180,7 @@ class Spool:
             number = header.next_number
             record = _RECORD.pack(len(body), number, time.time(), zlib.crc32(body))
             self._reserve(fd, header.end + len(record) + len(body))
-            os.pwrite(fd, record + body, header.end)
+            pwrite_all(fd, record + body, header.end)
             header.end += len(record) + len(body)
             header.next_number += 1
             self._write_header(fd, header)  # the record exists from here on
@@ -197,8 +206,9 @@ class Spool:
         header = self._peek()
         return 0 if header is None else header.next_number - 1
 
-    def oldest_age(self) -> float:
-        """Seconds since the oldest entry was spooled (0 if the spool is empty)."""
+    def oldest_age(self, *, if_future: float = 0.0) -> float:
+        """Seconds since the oldest entry was spooled (0: none is, or see :meth:`size_bytes`);
+        ``if_future`` if it is stamped later than now, the wall clock having stepped back."""
         with self._locked(create=False) as fd:
             if fd is None:
                 return 0.0
@@ -206,7 +216,8 @@ class Spool:
             if header.head == header.end:
                 return 0.0
             created: float = _RECORD.unpack(os.pread(fd, _RECORD.size, header.head))[2]
-        return max(0.0, time.time() - created)
+        age = time.time() - created
+        return age if age >= 0 else if_future
 
     def size_bytes(self) -> int:
         """Bytes held by the spooled entries."""
@@ -269,7 +280,7 @@ class Spool:
             elif header.head - _DATA_START >= max(live, _COMPACT_BYTES):
                 # move the live records to the front; they do not overlap where they were, so a
                 # crash before the header names their new place leaves the old copy in force
-                os.pwrite(fd, os.pread(fd, live, header.head), _DATA_START)
+                pwrite_all(fd, os.pread(fd, live, header.head), _DATA_START)
                 header.head, header.end = _DATA_START, _DATA_START + live
                 self._write_header(fd, header)
                 if os.fstat(fd).st_size > header.end + keep:
@@ -407,94 +418,3 @@ def _decode_body(
     return fmt.PageBatch(
         fmt.KIND_COMMIT, "spool", 0, page_size, db_size, pages, created_ms=int(created * 1000)
     )
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """What is waiting in the spool, as the uploader sees it."""
-
-    #: seconds since the oldest entry was spooled (0: nothing is spooled)
-    age: float
-    #: number of the oldest entry: it grows whenever any process uploads
-    head: int
-    #: bytes of the spooled entries
-    size: int
-
-
-class Uploader(threading.Thread):
-    """Background thread that ships the spool by calling ``drain_once``.
-
-    When to upload is a trade of requests against lag. Uploads take turns (*slots*) at least
-    ``interval`` seconds apart, so that while commits keep coming, a burst or a steady stream
-    shares objects. A commit after a quiet spell finds its slot open and waits only ``gather``
-    seconds for company. Whatever the interval, an upload starts early enough to end before
-    the oldest commit is ``bound`` (``max_lag``) seconds old, allowing twice the slowest
-    recent upload. ``hurry`` ships at once; so do ``full`` bytes of spooled pages.
-    """
-
-    def __init__(
-        self, name: str, drain_once: Callable[[], bool], backlog: Callable[[], Backlog], *,
-        interval: float, bound: float, gather: float, full: int,
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self._drain_once = drain_once
-        self._backlog = backlog
-        self.interval = interval
-        self.bound = bound
-        self.gather = gather
-        self._full = full
-        self.wake = threading.Event()
-        self.hurry = threading.Event()
-        self.stopping = threading.Event()
-        # time.monotonic() of the last slot used: when the last upload was due (not when it
-        # began: a late start would push every later slot back), of any process as far as seen
-        self._last_slot = -math.inf
-        self._slot = 0.0  # the slot of the upload about to start
-        self._own_start = -math.inf  # when this thread's last upload began
-        self._head: int | None = None  # the spool's head when last seen (None: look again)
-        self._durations: collections.deque[float] = collections.deque(maxlen=16)
-
-    def ship_by(self) -> float:
-        """The age of the oldest commit at which an upload starts, interval or not: a fifth
-        of ``bound`` before it, or twice the slowest recent upload if that is more (at most
-        half of it). A thinner margin lost commits in the crash soak: on a loaded machine the
-        thread's wake-up and the object's encoding alone can take tens of milliseconds."""
-        slowest = max(self._durations, default=0.0)
-        return self.bound - min(self.bound / 2, max(self.bound / 5, 2 * slowest))
-
-    def delay(self) -> float:
-        """Seconds until the next upload is due (0: now, and its slot is noted)."""
-        now = self._slot = time.monotonic()
-        if self.hurry.is_set():
-            return 0.0
-        backlog = self._backlog()
-        if self._head is None:
-            self._head = backlog.head
-        elif backlog.head != self._head:  # another process uploaded: its turn counts as ours
-            self._head, self._last_slot = backlog.head, now
-        if not backlog.age:
-            return self.gather  # nothing spooled: look again soon
-        if backlog.age >= now - self._own_start or backlog.size >= self._full:
-            return 0.0  # left over by this thread's last upload, or enough to ship now
-        spooled = now - backlog.age
-        due = max(spooled + self.gather,
-                  min(self._last_slot + self.interval, spooled + self.ship_by()))
-        self._slot = min(now, due)
-        return max(0.0, due - now)
-
-    def run(self) -> None:
-        """Upload whenever :meth:`delay` says so, until stopped."""
-        while not self.stopping.is_set():
-            delay = self.delay()
-            if delay > 0:
-                self.wake.wait(delay)
-                self.wake.clear()
-                continue
-            self.hurry.clear()  # a hurry from now on asks for another upload after this one
-            started = time.monotonic()
-            if self._drain_once():
-                self._last_slot, self._own_start, self._head = self._slot, started, None
-                self._durations.append(time.monotonic() - started)
-            else:  # nothing to upload, another process is uploading, or the upload failed
-                self.wake.wait(self.gather)
-                self.wake.clear()
