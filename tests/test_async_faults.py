@@ -106,8 +106,9 @@ def test_a_full_disk_at_the_spool_fails_a_wal_commit_cleanly(
     db.execute("CREATE TABLE t(x)")
     bottomless.wait_durable(db, 30)
     full = True
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(apsw.IOError) as raised:
         db.execute("INSERT INTO t VALUES(1)")
+    assert "No space left" in str(raised.value.__cause__)
     assert db.execute("SELECT x FROM t").fetchall() == [], "the commit was rolled back"
     assert bottomless.status(db)["pending_commits"] == 0
     full = False
@@ -242,3 +243,107 @@ def test_the_uploader_outlives_a_failure_to_read_its_spool(
     db.close()
     copy = restored(tmp_path, settings, "emfile.db")
     assert rows(copy) == [(1,)]
+
+
+# ------------------------------------------------------------ a commit that cannot be spooled
+
+
+def fail_appends(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
+    """The next ``times`` spool appends fail as a full disk makes them fail."""
+    real = Spool.append
+    left = [times]
+
+    def append(self: Spool, txn: Any) -> int:
+        if left[0] > 0:
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        return real(self, txn)
+
+    monkeypatch.setattr(Spool, "append", append)
+
+
+def two_tables(path: str, settings: bottomless.Settings, mode: str) -> Any:
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE t(a)")
+    db.execute("CREATE TABLE u(a)")
+    bottomless.wait_durable(db, 30)
+    return db
+
+
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist"])
+def test_a_commit_in_place_that_cannot_be_spooled_goes_up_in_a_new_generation(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """In a rollback journal mode the commit point is in the database file, so a commit whose
+    spooling fails is committed locally all the same. It stands, and a new generation made
+    from the committed file at once holds it; before, it was silently never uploaded."""
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "j.db")
+    db = two_tables(path, settings, mode)
+    generation = bottomless.status(db)["generation"]
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('in place')")
+    db.execute("INSERT INTO u VALUES ('later')")
+    bottomless.wait_durable(db, 30)
+    assert bottomless.status(db)["generation"] != generation
+    db.close()
+    copy = restored(tmp_path, settings, "j.db")
+    assert integrity(copy) == "ok"
+    assert rows(copy, "SELECT a FROM t") == [("in place",)] == rows(path, "SELECT a FROM t")
+    assert rows(copy, "SELECT a FROM u") == [("later",)]
+
+
+def test_a_wal_commit_that_cannot_be_spooled_fails_and_the_next_one_resyncs(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "w.db")
+    db = two_tables(path, settings, "wal")
+    fail_appends(monkeypatch)
+    with pytest.raises(apsw.IOError) as raised:
+        db.execute("INSERT INTO t VALUES ('failed')")
+    assert "could not be spooled" in str(raised.value.__cause__)
+    assert db.execute("SELECT a FROM t").fetchall() == []
+    db.execute("INSERT INTO u VALUES ('later')")
+    bottomless.wait_durable(db, 30)
+    db.close()
+    copy = restored(tmp_path, settings, "w.db")
+    assert rows(copy, "SELECT a FROM t") == [] and rows(copy, "SELECT a FROM u") == [("later",)]
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_a_commit_left_unspooled_by_a_process_that_ended_is_resynced_at_open(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The spooling fails and so does the new generation that should hold the commit (a
+    rollback journal mode), or the process ends before its next commit (WAL): the spool's
+    header says so, and the next open makes that generation from the local file, before
+    anything else is uploaded on top of the gap."""
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "e.db")
+    db = two_tables(path, settings, mode)
+    fail_appends(monkeypatch)
+    rep = replicator(path)
+    monkeypatch.setattr(rep.shipper, "resync_from_local",
+                        lambda writer: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(apsw.IOError):
+        db.execute("INSERT INTO t VALUES ('unspooled')")
+    if mode == "delete":  # committed in place: later commits are refused until a new open
+        assert rows(path, "SELECT a FROM t") == [("unspooled",)]
+        with pytest.raises(apsw.IOError) as refused:
+            db.execute("INSERT INTO u VALUES ('refused')")
+        assert "opened again" in str(refused.value.__cause__)
+    else:  # WAL recovery after a crash may still bring the commit back: the open resyncs
+        assert rows(path, "SELECT a FROM t") == []
+    assert rep.spool.resync_needed()
+    abandon(db, path)
+    db = bottomless.connect(path, settings)
+    assert not replicator(path).spool.resync_needed()
+    db.execute("INSERT INTO u VALUES ('after')")
+    bottomless.wait_durable(db, 30)
+    local = db.execute("SELECT a FROM t").fetchall(), db.execute("SELECT a FROM u").fetchall()
+    db.close()
+    copy = restored(tmp_path, settings, "e.db")
+    assert (rows(copy, "SELECT a FROM t"), rows(copy, "SELECT a FROM u")) == local
+    assert local[1] == [("after",)]

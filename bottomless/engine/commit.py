@@ -17,6 +17,7 @@ be preparing its own commit when the first one's end arrives.
     QUEUED / AWAITING_FIXUP(async) ──commit point──> SPOOLED
     RECORDED ──WAL sync failed──> IDLE (the record is taken back)
     SPOOLED ──WAL sync failed──> RESYNC (the next commit starts a new generation)
+    QUEUED / AWAITING_FIXUP(async) ──commit point passed, spooling failed──> RESYNC
     any prepared step ──commit point failed──> IDLE;   RESYNC ──resynced──> IDLE
 
 ``RESYNC`` outlives transactions: only a successful new generation from the local file ends
@@ -53,8 +54,8 @@ _ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.IDLE: frozenset({Phase.UPLOADED, Phase.FORKED, Phase.QUEUED, Phase.IDLE}),
     Phase.UPLOADED: frozenset({Phase.AWAITING_FIXUP, Phase.RECORDED, Phase.IDLE}),
     Phase.FORKED: frozenset({Phase.AWAITING_FIXUP, Phase.RECORDED, Phase.IDLE}),
-    Phase.QUEUED: frozenset({Phase.AWAITING_FIXUP, Phase.SPOOLED, Phase.IDLE}),
-    Phase.AWAITING_FIXUP: frozenset({Phase.RECORDED, Phase.SPOOLED, Phase.IDLE}),
+    Phase.QUEUED: frozenset({Phase.AWAITING_FIXUP, Phase.SPOOLED, Phase.RESYNC, Phase.IDLE}),
+    Phase.AWAITING_FIXUP: frozenset({Phase.RECORDED, Phase.SPOOLED, Phase.RESYNC, Phase.IDLE}),
     Phase.RECORDED: frozenset({Phase.IDLE}),
     Phase.SPOOLED: frozenset({Phase.RESYNC, Phase.IDLE}),
     Phase.RESYNC: frozenset({Phase.IDLE}),
@@ -152,6 +153,11 @@ class CommitProtocol:
     def spooled(self) -> None:
         """Async: the commit is in the spool."""
         self._move(Step(Phase.SPOOLED, thread=self.step.thread))
+
+    def spool_failed(self) -> None:
+        """Async: the commit point passed but the commit could not be spooled, so the local
+        file may hold a commit the spool does not: the next commit starts a new generation."""
+        self._move(Step(Phase.RESYNC, thread=self.step.thread))
 
     def failed(self) -> None:
         """The commit point failed: drop what was prepared (a stored object is an orphan)."""

@@ -80,7 +80,10 @@ class Opening:
                         self._discard_spool()
                     else:
                         self.shipper.drain_leftovers()
-                    self._open_existing(interrupted)
+                    if self.shipper.spool.resync_needed():
+                        self._resync()
+                    else:
+                        self._open_existing(interrupted)
                 finally:
                     self.shipper.holds_write_lock = False
         # only now: a failed open leaves an interrupted session's record for the next
@@ -89,6 +92,14 @@ class Opening:
         else:
             self.session.begin(self.settings.durability == "async")
         return self.paused
+
+    def _resync(self) -> None:
+        """A commit reached the local file but not the spool before this open (its spooling
+        failed, and the process ended before the next commit resynced): the bucket lacks it,
+        so the local file becomes a new generation."""
+        self.log.warning("a commit of the last session reached the local file but not the"
+                         " bucket; starting a new generation from the local file")
+        self.shipper.restart_from_local(self.writer)
 
     def _discard_spool(self) -> None:
         """Drop the spool of a session that a machine restart interrupted: it may have lost

@@ -14,6 +14,7 @@ write lock through the :data:`WriteLock` it is given. The work is done by its pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -36,7 +37,12 @@ from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Spool
 from bottomless.engine.stats import Stats
 from bottomless.engine.transaction import Transaction
-from bottomless.errors import BottomlessError, ObjectExistsError, ReplicaConflictError
+from bottomless.errors import (
+    BottomlessError,
+    ObjectExistsError,
+    ReplicaConflictError,
+    StoreError,
+)
 from bottomless.local.files import (
     LocalImage,
     LocalState,
@@ -89,6 +95,8 @@ class Replicator:
         )
         self._last_object_size = 0
         self._closing = False
+        #: why commits are refused until the next open (a commit is in the local file only)
+        self._unspooled: str | None = None
 
     @property
     def progress(self) -> ProgressFactory | None:
@@ -173,6 +181,8 @@ class Replicator:
             if self.paused:
                 return
             if self.settings.durability == "async":
+                if self._unspooled is not None:
+                    raise StoreError(self._unspooled)
                 if self._lease_lost():
                     # refused as a sync commit is, with the lease's own error; nothing spooled
                     # now could ever be uploaded
@@ -260,14 +270,21 @@ class Replicator:
         step = self.commit.step
         return step.phase is Phase.AWAITING_FIXUP and step.thread == threading.get_ident()
 
-    def commit_done(self) -> None:
-        """SQLite committed locally: record the replicated position, or spool the commit."""
+    def commit_done(self, *, in_place: bool = False) -> None:
+        """SQLite committed locally: record the replicated position, or spool the commit.
+        ``in_place``: the commit point was in the database file (a rollback journal mode), so
+        it is committed there already. Raises StoreError if the commit cannot be spooled and
+        the local file may hold it nonetheless (see :meth:`_spooling_failed`)."""
         with self.lock:
             step = self.commit.take_prepared()
             if step is None:
                 return
             if step.txn is not None:
-                self.shipper.append(step.txn)
+                try:
+                    self.shipper.append(step.txn)
+                except (OSError, BottomlessError) as e:
+                    self._spooling_failed(e, in_place)
+                    return
                 self.commit.spooled()
                 return
             assert step.state is not None
@@ -278,6 +295,45 @@ class Replicator:
                 return  # a new generation over an orphan: its snapshot holds the commit
             self.stats.commit_recorded(step.state.seq)
             self.snapshots.commit_added(step.state, self._last_object_size)
+
+    def _spooling_failed(self, error: Exception, in_place: bool) -> None:
+        """A commit passed its commit point but could not be spooled (a full disk, say), so
+        the local file may hold a commit the bucket will not get from the spool.
+
+        The spool's header records that a new generation from the local file must come next,
+        so that the next open makes one if the process ends first. In WAL mode SQLite reports
+        the commit failed and rolls it back, and the next commit makes the new generation. In
+        a rollback journal mode the commit is in the database file already: the new generation
+        is made now, from the committed file, and the commit stands if that works; if not,
+        commits are refused until the database is opened again. Raises StoreError but when
+        the new generation was made.
+        """
+        message = f"{self.db_name}: a commit could not be spooled for upload ({error})"
+        try:
+            self.spool.mark_resync()
+        except (OSError, BottomlessError) as e:
+            message += f" (nor could the spool record that: {e})"
+        if not in_place:
+            self.commit.spool_failed()
+            message += "; the next commit starts a new generation from the local file"
+        else:
+            self.commit.failed()  # what was prepared is not spooled: forget it
+            writer = self.state.writer_bytes if self.state else self.writer
+            try:
+                self.shipper.resync_from_local(writer)
+            except (OSError, BottomlessError) as e:
+                message += (
+                    "; it is in the local file, and a new generation from that file failed"
+                    f" too ({e}): commits are refused until the database is opened again,"
+                    " which makes that generation"
+                )
+                self._unspooled = message
+            else:
+                self.log.warning("%s; a new generation from the local file holds it", message)
+                return
+        self.stats.error(message)
+        self.log.error("%s", message)
+        raise StoreError(message) from error
 
     def commit_failed(self) -> None:
         """SQLite's commit point failed after :meth:`replicate` (a full disk, say): forget what
@@ -311,6 +367,8 @@ class Replicator:
             elif phase is Phase.SPOOLED:
                 self.log.error("the WAL sync after a commit failed; the next commit starts a"
                                " new generation from the local file")
+                with contextlib.suppress(OSError, BottomlessError):  # the next commit resyncs
+                    self.spool.mark_resync()
 
     def wait_durable(self, timeout: float | None = None) -> None:
         """Block until everything committed so far is in the store (no-op in sync mode).

@@ -237,14 +237,20 @@ class AsyncShipper:
                     f"{self.db_name}: the uploader held the spool for {budget:.0f}s; cannot"
                     " start the new generation a failed WAL sync calls for; commit refused"
                 )
-            through = self.spool.last_number()
-            image = LocalImage(self.db_path)
-            try:
-                self._record(self.generations.start(image, "restart", writer=writer))
-            finally:
-                image.close()
-            self.spool.remove_through(through)
-            self.spool.clear_intent()
+            self.restart_from_local(writer)
+
+    def restart_from_local(self, writer: bytes) -> None:
+        """Replace what is spooled by a new generation from the committed local content, and
+        clear the spool's resync flag; call with SQLite's write lock and the upload lock held."""
+        through = self.spool.last_number()
+        image = LocalImage(self.db_path)
+        try:
+            self._record(self.generations.start(image, "restart", writer=writer))
+        finally:
+            image.close()
+        self.spool.remove_through(through)
+        self.spool.clear_intent()
+        self.spool.mark_resync(False)
 
     @contextlib.contextmanager
     def shipped_first(self, image: ImageSource | None) -> Iterator[LocalState | None]:

@@ -46,8 +46,11 @@ class Intent:
 # The queue file: a fixed header, then records appended back to back.
 _MAGIC = b"BTLQ"
 _VERSION = 1
-# magic, version, reserved, head offset, end offset, number at head, next number
+# magic, version, flags, head offset, end offset, number at head, next number
 _HEADER = struct.Struct("<4sHHQQQQ")
+#: flag: a commit reached the local file but not the spool (or was spooled, then reported
+#: failed): what is uploaded next must be a new generation from the local file
+_RESYNC = 1
 _DATA_START = 64
 # body length, number, created (Unix seconds), CRC-32 of the body
 _RECORD = struct.Struct("<IQdI")
@@ -69,6 +72,7 @@ class _Header:
     end: int
     head_number: int
     next_number: int
+    flags: int = 0
 
 
 class Spool:
@@ -153,15 +157,31 @@ class Spool:
             return header
         if len(raw) < _HEADER.size:
             raise CorruptObjectError(f"{self.path}: spool header is truncated")
-        magic, version, _, head, end, head_number, next_number = _HEADER.unpack(raw)
+        magic, version, flags, head, end, head_number, next_number = _HEADER.unpack(raw)
         if magic != _MAGIC or version != _VERSION or not _DATA_START <= head <= end:
             raise CorruptObjectError(f"{self.path}: not a bottomless spool (or a damaged one)")
-        return _Header(head, end, head_number, next_number)
+        return _Header(head, end, head_number, next_number, flags)
 
     def _write_header(self, fd: int, header: _Header) -> None:
         pwrite_all(fd, _HEADER.pack(
-            _MAGIC, _VERSION, 0, header.head, header.end, header.head_number, header.next_number
+            _MAGIC, _VERSION, header.flags, header.head, header.end, header.head_number,
+            header.next_number,
         ), 0)
+
+    def mark_resync(self, needed: bool = True) -> None:
+        """Record (``needed``) or clear, in the header, that what is uploaded next must be a new
+        generation from the local file: a commit reached the local file but not the spool. The
+        header is rewritten in place, so a full disk does not stop it; it outlives a crash."""
+        with self._locked(create=needed) as fd:
+            if fd is not None:
+                header = self._header(fd)
+                header.flags = header.flags | _RESYNC if needed else header.flags & ~_RESYNC
+                self._write_header(fd, header)
+
+    def resync_needed(self) -> bool:
+        """Whether :meth:`mark_resync` recorded that a new generation must come next."""
+        header = self._peek()
+        return header is not None and bool(header.flags & _RESYNC)
 
     # ---------------------------------------------------------------- entries
 

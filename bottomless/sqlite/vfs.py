@@ -193,7 +193,7 @@ class BottomlessVFS(apsw.VFS):
         finalize_journal(entry, apsw.SQLITE_IOERR_DELETE)
         with _failing_commit(entry.replicator):
             super().xDelete(filename, syncdir)
-        entry.replicator.commit_done()  # still under SQLite's lock
+        _committed(entry.replicator, apsw.SQLITE_IOERR_DELETE, in_place=True)  # still locked
 
 
 def _raise_io(code: int, error: BottomlessError) -> None:
@@ -300,7 +300,7 @@ class JournalFile(apsw.VFSFile):
         finalize_journal(self._entry, apsw.SQLITE_IOERR_TRUNCATE)
         with _failing_commit(self._entry.replicator):
             super().xTruncate(newsize)
-        self._entry.replicator.commit_done()
+        _committed(self._entry.replicator, apsw.SQLITE_IOERR_TRUNCATE, in_place=True)
 
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
         """Zeroing the journal header finalizes it."""
@@ -310,7 +310,7 @@ class JournalFile(apsw.VFSFile):
         finalize_journal(self._entry, apsw.SQLITE_IOERR_WRITE)
         with _failing_commit(self._entry.replicator):
             super().xWrite(data, offset)
-        self._entry.replicator.commit_done()
+        _committed(self._entry.replicator, apsw.SQLITE_IOERR_WRITE, in_place=True)
 
 
 class WalFile(apsw.VFSFile):
@@ -341,7 +341,7 @@ class WalFile(apsw.VFSFile):
             if self._capture.is_commit_header(data, offset):
                 with _failing_commit(replicator):
                     super().xWrite(data, offset)
-                replicator.commit_done()
+                _committed(replicator, apsw.SQLITE_IOERR_WRITE)
                 return
             if len(data) != WAL_FRAME_HEADER_SIZE:
                 # SQLite fixes checksums with frame headers only: anything else starts another
@@ -364,8 +364,11 @@ class WalFile(apsw.VFSFile):
             _raise_io(apsw.SQLITE_IOERR_WRITE, e)
         with _failing_commit(replicator):  # the commit point: if it fails, no commit
             super().xWrite(data, offset)
-        replicator.commit_written(fixup_follows=self._capture.rewrote_in_place)
-        self._capture.rewrote_in_place = False
+        fixup_follows, self._capture.rewrote_in_place = self._capture.rewrote_in_place, False
+        try:
+            replicator.commit_written(fixup_follows=fixup_follows)
+        except BottomlessError as e:
+            _raise_io(apsw.SQLITE_IOERR_WRITE, e)
 
     def xSync(self, flags: int) -> None:  # noqa: N802
         """Sync; a failure right after a commit makes SQLite report that commit as failed."""
@@ -374,6 +377,16 @@ class WalFile(apsw.VFSFile):
         except BaseException:
             self._entry.replicator.sync_failed()
             raise
+
+
+def _committed(replicator: Replicator, code: int, *, in_place: bool = False) -> None:
+    """SQLite passed a transaction's commit point (``in_place``: in the database file, a
+    rollback journal mode): record or spool it; if it cannot be spooled, SQLite gets the I/O
+    error ``code`` (the replicator resyncs)."""
+    try:
+        replicator.commit_done(in_place=in_place)
+    except BottomlessError as e:
+        _raise_io(code, e)
 
 
 @contextlib.contextmanager
