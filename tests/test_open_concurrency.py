@@ -283,6 +283,7 @@ def _entered(stores: Stores) -> bool:
 _OPEN_ELSEWHERE = """
 import json, sys, bottomless
 settings = bottomless.Settings(**json.loads(sys.argv[2]))
+open(sys.argv[3], "w").close()  # about to open: the other process's upload reply may come
 db = bottomless.connect(sys.argv[1], settings)
 status = bottomless.status(db)
 db.close()
@@ -310,19 +311,24 @@ def test_an_open_elsewhere_waits_for_an_upload_in_flight(tmp_path: Any) -> None:
     store = replicator(path).shipper.store
     real_put = store.put_once
     landed = threading.Event()
+    opening = str(tmp_path / "b-opens")
 
     def slow_reply(key: str, data: bytes) -> None:
         real_put(key, data)
         if not landed.is_set():
             landed.set()
-            time.sleep(2.0)  # in the bucket, the reply not back yet: B opens meanwhile
+            # in the bucket, the reply not back yet: until B is well into its open
+            deadline = time.monotonic() + WAIT
+            while not os.path.exists(opening) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)
 
     store.put_once = slow_reply
     db.execute("BEGIN; INSERT INTO x VALUES ('e1'); INSERT INTO y VALUES ('e1'); COMMIT")
     assert landed.wait(WAIT), "the uploader never shipped"
     db.execute("INSERT INTO x VALUES ('e2')")  # spooled while e1's upload is in flight
     other = subprocess.run(
-        [sys.executable, "-c", _OPEN_ELSEWHERE, path, json.dumps(values)],
+        [sys.executable, "-c", _OPEN_ELSEWHERE, path, json.dumps(values), opening],
         capture_output=True, text=True, timeout=3 * WAIT, check=False,
         env={k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")},
     )

@@ -78,11 +78,11 @@ class Opening:
                 try:
                     if interrupted == "async":
                         self._discard_spool()
+                        self._open_existing(interrupted)
+                    elif self.shipper.spool.resync_needed():
+                        self._resync()  # before anything spooled goes up on top of the gap
                     else:
                         self.shipper.drain_leftovers()
-                    if self.shipper.spool.resync_needed():
-                        self._resync()
-                    else:
                         self._open_existing(interrupted)
                 finally:
                     self.shipper.holds_write_lock = False

@@ -95,8 +95,6 @@ class Replicator:
         )
         self._last_object_size = 0
         self._closing = False
-        #: why commits are refused until the next open (a commit is in the local file only)
-        self._unspooled: str | None = None
 
     @property
     def progress(self) -> ProgressFactory | None:
@@ -181,15 +179,14 @@ class Replicator:
             if self.paused:
                 return
             if self.settings.durability == "async":
-                if self._unspooled is not None:
-                    raise StoreError(self._unspooled)
                 if self._lease_lost():
                     # refused as a sync commit is, with the lease's own error; nothing spooled
                     # now could ever be uploaded
                     self._check_lease()
-                if resync:
-                    writer = self.state.writer_bytes if self.state else self.writer
-                    self.shipper.resync_from_local(writer)
+                if resync:  # unless the uploader has made the new generation meanwhile
+                    if self.shipper.resync_pending or self.spool.resync_needed():
+                        writer = self.state.writer_bytes if self.state else self.writer
+                        self.shipper.resync_from_local(writer)
                     self.commit.resynced()
                 self.shipper.wait_for_room()
                 self.commit.queued(txn)
@@ -298,42 +295,52 @@ class Replicator:
 
     def _spooling_failed(self, error: Exception, in_place: bool) -> None:
         """A commit passed its commit point but could not be spooled (a full disk, say), so
-        the local file may hold a commit the bucket will not get from the spool.
+        the local file may hold a commit the spool does not.
 
-        The spool's header records that a new generation from the local file must come next,
-        so that the next open makes one if the process ends first. In WAL mode SQLite reports
-        the commit failed and rolls it back, and the next commit makes the new generation. In
-        a rollback journal mode the commit is in the database file already: the new generation
-        is made now, from the committed file, and the commit stands if that works; if not,
-        commits are refused until the database is opened again. Raises StoreError but when
-        the new generation was made.
+        Nothing may then ship before a new generation from the local file holds it: the
+        spool's header records that (its resync mark, rewritten in place, which a full disk
+        does not stop), so that every process's uploader, and an open after a crash, makes
+        that generation first. In WAL mode SQLite reports the commit failed and rolls it back
+        (raises StoreError); the mark covers a crash whose recovery brings it back. In a
+        rollback journal mode the commit is in the database file already, so it stands: this
+        process's uploader makes the generation under SQLite's write lock. Only if the mark
+        cannot be written either, and a new generation cannot be made now, does the commit
+        report an I/O error (raises StoreError); it stands all the same, and this process
+        still makes that generation before it ships anything.
         """
-        message = f"{self.db_name}: a commit could not be spooled for upload ({error})"
+        message = f"a commit could not be spooled for upload ({error})"
+        self.shipper.resync_pending = True
         try:
             self.spool.mark_resync()
         except (OSError, BottomlessError) as e:
-            message += f" (nor could the spool record that: {e})"
+            marked: Exception | None = e
+        else:
+            marked = None
         if not in_place:
             self.commit.spool_failed()
             message += "; the next commit starts a new generation from the local file"
         else:
-            self.commit.failed()  # what was prepared is not spooled: forget it
+            self.commit.failed()  # nothing of it to spool any more: the generation holds it
+            if marked is None:
+                message += "; a new generation from the local file will hold it"
+                self.stats.error(message)
+                self.log.error("%s", message)
+                return
             writer = self.state.writer_bytes if self.state else self.writer
             try:
                 self.shipper.resync_from_local(writer)
             except (OSError, BottomlessError) as e:
                 message += (
-                    "; it is in the local file, and a new generation from that file failed"
-                    f" too ({e}): commits are refused until the database is opened again,"
-                    " which makes that generation"
+                    f"; nor could the spool record it ({marked}), nor a new generation be made"
+                    f" now ({e}): it is in the local file only, and this process makes that"
+                    " generation before it uploads anything else"
                 )
-                self._unspooled = message
             else:
                 self.log.warning("%s; a new generation from the local file holds it", message)
                 return
         self.stats.error(message)
         self.log.error("%s", message)
-        raise StoreError(message) from error
+        raise StoreError(f"{self.db_name}: {message}") from error
 
     def commit_failed(self) -> None:
         """SQLite's commit point failed after :meth:`replicate` (a full disk, say): forget what
@@ -367,6 +374,7 @@ class Replicator:
             elif phase is Phase.SPOOLED:
                 self.log.error("the WAL sync after a commit failed; the next commit starts a"
                                " new generation from the local file")
+                self.shipper.resync_pending = True
                 with contextlib.suppress(OSError, BottomlessError):  # the next commit resyncs
                     self.spool.mark_resync()
 

@@ -70,9 +70,10 @@ class _Drained:
     forked: LocalState | None = None
 
 
-class _OrphanInTheWayError(ReplicaConflictError):
-    """An orphan of this writer holds the next position; settling it needs SQLite's write
-    lock, which the caller does not hold."""
+class _NeedsWriteLockError(ReplicaConflictError):
+    """Shipping needs SQLite's write lock, which the caller does not hold: an orphan of this
+    writer holds the next position, or the spool must give way to a new generation from the
+    local file (its resync mark); either is settled from the committed local content."""
 
 
 class AsyncShipper:
@@ -105,6 +106,9 @@ class AsyncShipper:
         self._failure: Exception | None = None  # the uploader's, until an upload succeeds
         self._reported: tuple[str, float] | None = None  # a stuck failure logged, and when
         self._sole_uploader = False  # the upload lock is held by sole_uploader()
+        #: a commit reached the local file but not the spool, and the spool could not record
+        #: it (its resync mark): nothing ships before a new generation from the local file
+        self.resync_pending = False
 
     # ------------------------------------------------------------ the uploader thread
 
@@ -240,17 +244,9 @@ class AsyncShipper:
             self.restart_from_local(writer)
 
     def restart_from_local(self, writer: bytes) -> None:
-        """Replace what is spooled by a new generation from the committed local content, and
-        clear the spool's resync flag; call with SQLite's write lock and the upload lock held."""
-        through = self.spool.last_number()
-        image = LocalImage(self.db_path)
-        try:
-            self._record(self.generations.start(image, "restart", writer=writer))
-        finally:
-            image.close()
-        self.spool.remove_through(through)
-        self.spool.clear_intent()
-        self.spool.mark_resync(False)
+        """Replace what is spooled by a new generation from the committed local content (call
+        with SQLite's write lock and the upload lock held, no transaction in flight)."""
+        self._start_over(_ForkFrom(self._committed_image, False), writer, "restart")
 
     @contextlib.contextmanager
     def shipped_first(self, image: ImageSource | None) -> Iterator[LocalState | None]:
@@ -286,9 +282,11 @@ class AsyncShipper:
     @contextlib.contextmanager
     def _patient_upload_lock(self, refused: str) -> Iterator[None]:
         """The spool's upload lock, waiting for another process's uploader for as long as it
-        ships something every ``request_budget`` seconds. Raises StoreError, its message
-        ending in ``refused``, if it holds the lock that long without shipping anything."""
-        budget = self.settings.request_budget
+        ships something every two ``request_budget``s (a lease renewal, then an upload).
+        Raises StoreError, its message ending in ``refused``, if it holds the lock that long
+        without shipping anything."""
+        # one turn of an uploader may take two budgets: renewing the lease, then the upload
+        budget = 2 * self.settings.request_budget
         head = self.spool.head_number()
         while True:
             with self.spool.upload_lock(wait=budget) as mine:
@@ -315,7 +313,7 @@ class AsyncShipper:
             try:
                 fork = _ForkFrom(self._committed_image, False) if self.holds_write_lock else None
                 return self._drain_locked(state_required, fork).shipped
-            except _OrphanInTheWayError:
+            except _NeedsWriteLockError:
                 pass
         # settled under SQLite's write lock, so that no commit lands meanwhile; it is taken
         # before the upload lock, in the order a sync commit takes them
@@ -373,6 +371,16 @@ class AsyncShipper:
                 return _Drained(False)
             raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing",
                                        db_name=self.db_name)
+        if self.resync_pending or self.spool.resync_needed():
+            # a commit is in the local file but not the spool: shipping what is spooled would
+            # leave it out; the local content under SQLite's write lock holds it and the spool
+            if fork is None:
+                raise _NeedsWriteLockError(f"{self.db_path}: the spool awaits a new generation"
+                                           " from the local file")
+            self.log.warning("a commit reached the local file but not the spool; starting a"
+                             " new generation from the local file, which holds it and the %d"
+                             " spooled commit(s)", len(self.spool.entries()))
+            return _Drained(True, self._start_over(fork, state.writer_bytes, "restart"))
         intent = self.spool.read_intent()
         if intent is None:
             intent = self._next_intent(state)
@@ -428,11 +436,16 @@ class AsyncShipper:
                         db_name=self.db_name, key=intent.key,
                     ) from None
                 if fork is None:
-                    raise _OrphanInTheWayError(
+                    raise _NeedsWriteLockError(
                         f"{intent.key} is an orphan of this writer; settling it needs SQLite's"
                         " write lock"
                     ) from None
-                return self._fork_over_orphan(intent.key, state, fork)
+                self.log.warning(
+                    "%s is an orphan of a process killed between its upload and its local"
+                    " commit; starting a new generation from the local file, which holds the"
+                    " %d spooled commit(s)", intent.key, len(self.spool.entries()),
+                )
+                return self._start_over(fork, state.writer_bytes, "fork")
         recorded = replace(state, seq=state.seq + 1, digest=digest.hex(),
                            spooled_through=intent.through)
         self._record(recorded)
@@ -445,26 +458,22 @@ class AsyncShipper:
             self._uploaded.notify_all()
         return None
 
-    def _fork_over_orphan(self, key: str, state: LocalState, fork: _ForkFrom) -> LocalState:
-        """``key`` holds a commit of this writer that no local commit matches: a process of
-        this database (in sync mode) was killed between its upload and its local commit.
-        Start a new generation from the local content, which, under SQLite's write lock,
-        holds every spooled commit; the spool is then empty."""
-        self.log.warning(
-            "%s is an orphan of a process killed between its upload and its local commit;"
-            " starting a new generation from the local file, which holds the %d spooled"
-            " commit(s)", key, len(self.spool.entries()),
-        )
+    def _start_over(self, fork: _ForkFrom, writer: bytes, reason: str) -> LocalState:
+        """Start a new generation from the local content, which, under SQLite's write lock,
+        holds every spooled commit (an orphan of a killed process is in the way, or the spool
+        awaits a resync); the spool is then empty, its resync mark cleared."""
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
-            forked = self.generations.start(image, "fork", writer=state.writer_bytes)
+            forked = self.generations.start(image, reason, writer=writer)
         finally:
             image.close()
         if not fork.in_commit:
             self._record(forked)
         self.spool.remove_through(through)
         self.spool.clear_intent()
+        self.spool.mark_resync(False)
+        self.resync_pending = False
         self.stats.error(None)
         self._failure = self._reported = None
         with self._uploaded:

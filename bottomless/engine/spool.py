@@ -45,6 +45,9 @@ class Intent:
 
 # The queue file: a fixed header, then records appended back to back.
 _MAGIC = b"BTLQ"
+#: written while the resync mark is set, so that a bottomless older than the mark refuses the
+#: spool instead of shipping it, and the mark with it, unseen
+_VERSION_RESYNC = 2
 _VERSION = 1
 # magic, version, flags, head offset, end offset, number at head, next number
 _HEADER = struct.Struct("<4sHHQQQQ")
@@ -158,13 +161,16 @@ class Spool:
         if len(raw) < _HEADER.size:
             raise CorruptObjectError(f"{self.path}: spool header is truncated")
         magic, version, flags, head, end, head_number, next_number = _HEADER.unpack(raw)
-        if magic != _MAGIC or version != _VERSION or not _DATA_START <= head <= end:
+        if magic != _MAGIC or version not in (_VERSION, _VERSION_RESYNC) or not (
+            _DATA_START <= head <= end
+        ):
             raise CorruptObjectError(f"{self.path}: not a bottomless spool (or a damaged one)")
         return _Header(head, end, head_number, next_number, flags)
 
     def _write_header(self, fd: int, header: _Header) -> None:
+        version = _VERSION_RESYNC if header.flags & _RESYNC else _VERSION
         pwrite_all(fd, _HEADER.pack(
-            _MAGIC, _VERSION, header.flags, header.head, header.end, header.head_number,
+            _MAGIC, version, header.flags, header.head, header.end, header.head_number,
             header.next_number,
         ), 0)
 
