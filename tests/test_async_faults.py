@@ -212,8 +212,8 @@ def test_a_lease_that_cannot_be_confirmed_is_not_a_failure_for_good(
     shipper = replicator(path).shipper
     unconfirmed = ReplicaConflictError("'lease.db': cannot confirm the lease; commit refused",
                                        db_name="lease.db", key=lease_key("lease.db"))
-    assert not shipper._is_permanent(unconfirmed)
-    assert shipper._is_permanent(ReplicaConflictError("another writer", db_name="lease.db",
+    assert not shipper.failures.is_permanent(unconfirmed)
+    assert shipper.failures.is_permanent(ReplicaConflictError("another writer", db_name="lease.db",
                                                       key="lease.db/generations/x"))
     db.close()
 
@@ -284,6 +284,7 @@ def fail_appends(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
 
 def two_tables(path: str, settings: bottomless.Settings, mode: str) -> Any:
     db = bottomless.connect(path, settings)
+    db.setbusytimeout(10_000)  # the uploader takes SQLite's write lock to make a generation
     db.execute(f"PRAGMA journal_mode={mode}")
     db.execute("CREATE TABLE t(a)")
     db.execute("CREATE TABLE u(a)")
@@ -336,11 +337,9 @@ def test_a_wal_commit_that_cannot_be_spooled_fails_and_the_next_one_resyncs(
 def test_a_commit_left_unspooled_by_a_process_that_ended_is_resynced_at_open(
     tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    """The process ends before its uploader made the new generation that the commit it could
-    not spool calls for, with a later commit spooled on top (a rollback journal mode: the
-    first one stands), or with nothing more (WAL: it failed, but recovery after a crash may
-    bring it back). The spool's mark makes the next open start that generation before it
-    ships anything; before, the open shipped the later commit on top of the gap."""
+    """The process ends before anything made the new generation that a commit it could not
+    spool calls for (a rollback journal mode: the commit stands; WAL: it failed, but recovery
+    after a crash may bring it back). The spool's mark makes the next open start it."""
     settings = make_settings("file", durability="async")
     path = str(tmp_path / "e.db")
     db = two_tables(path, settings, mode)
@@ -349,7 +348,6 @@ def test_a_commit_left_unspooled_by_a_process_that_ended_is_resynced_at_open(
     fail_appends(monkeypatch)
     if mode == "delete":
         db.execute("INSERT INTO t VALUES ('unspooled')")  # committed in place: it stands
-        db.execute("INSERT INTO u VALUES ('spooled on top')")
         assert rows(path, "SELECT a FROM t") == [("unspooled",)]
     else:
         with pytest.raises(apsw.IOError):
@@ -446,3 +444,65 @@ def test_another_process_never_ships_on_top_of_a_commit_left_unspooled(
     copy = restored(tmp_path, settings, "g.db")
     assert rows(copy, "SELECT a FROM t") == [("A, in place",)]
     assert rows(copy, "SELECT a FROM u") == [("other process",)]
+
+
+def test_a_lone_commit_left_unspooled_is_in_the_bucket_once_durable(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else spooled and nothing committed after it: wait_durable still waits for the
+    new generation that holds the commit, instead of finding the spool empty."""
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "l.db")
+    db = two_tables(path, settings, "delete")
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('lone')")
+    bottomless.wait_durable(db, 30)
+    assert bottomless.status(db)["pending_commits"] == 0
+    assert rows(restored(tmp_path, settings, "l.db"), "SELECT a FROM t") == [("lone",)]
+    db.close()
+
+
+def test_the_next_commit_makes_the_new_generation_itself(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a commit left unspooled, the next commit does not wait for the uploader (which
+    needs SQLite's write lock, held by that very commit): it makes the new generation itself,
+    holding both commits. The uploader is stopped here to show it."""
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "n.db")
+    db = two_tables(path, settings, "delete")
+    generation = bottomless.status(db)["generation"]
+    replicator(path).shipper.halt()
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('unspooled')")
+    db.execute("INSERT INTO u VALUES ('next')")
+    status = bottomless.status(db)
+    assert status["generation"] != generation and status["pending_commits"] == 0
+    assert not replicator(path).spool.resync_needed()
+    copy = restored(tmp_path, settings, "n.db")
+    assert rows(copy, "SELECT a FROM t") == [("unspooled",)]
+    assert rows(copy, "SELECT a FROM u") == [("next",)]
+    abandon(db, path)
+
+
+def test_an_open_that_finds_another_writer_since_the_gap_is_a_conflict(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process left a commit unspooled and ended; another machine then restored the
+    database and wrote to it. The next open of the old file must not replace that newer
+    history with a generation from its own file: it is a conflict, as without the mark."""
+    settings = make_settings("file", durability="async", lease_ttl=0)
+    path = str(tmp_path / "a.db")
+    db = two_tables(path, settings, "delete")
+    replicator(path).shipper.halt()
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('unspooled')")
+    abandon(db, path)
+    other_path = str(tmp_path / "elsewhere.db")
+    other = bottomless.connect(other_path, settings.model_copy(update={"db_name": "a.db"}))
+    other.execute("INSERT INTO u VALUES ('after the failover')")
+    other.close()
+    with pytest.raises(ReplicaConflictError, match="another writer"):
+        bottomless.connect(path, settings)
+    copy = restored(tmp_path, settings, "a.db")
+    assert rows(copy, "SELECT a FROM u") == [("after the failover",)]

@@ -336,3 +336,15 @@ def test_an_entry_stamped_in_the_future_is_due_not_absent(
     assert spool.size_bytes() > 0 and spool.entries() == [1]  # spooled all the same
     spool.remove_through(1)
     assert spool.oldest_age(if_future=2.5) == 0.0 and spool.size_bytes() == 0
+
+
+def test_nothing_is_read_for_upload_while_the_resync_mark_is_set(tmp_path: Any) -> None:
+    """The mark and the entries are read under one lock: what was spooled after a commit that
+    could not be spooled never ships before the new generation that holds that commit."""
+    spool = Spool(str(tmp_path / "m.db"))
+    spool.append(Transaction({1: b"a" * 512}, 1, 512))
+    spool.mark_resync()
+    assert spool.resync_needed() and spool.read_group(1 << 20) == []
+    spool.mark_resync(False)
+    assert not spool.resync_needed() and len(spool.read_group(1 << 20)) == 1
+    spool.close()

@@ -28,8 +28,13 @@ from bottomless.local.files import (
 )
 from bottomless.local.session import Interrupted, SessionMarker
 from bottomless.log import DatabaseLogger
-from bottomless.ops.restore import latest_generation, restore_file
-from bottomless.ops.snapshots import snapshot_seqs
+from bottomless.ops.restore import (
+    commit_header,
+    commit_numbers,
+    latest_generation,
+    restore_file,
+)
+from bottomless.ops.snapshots import read_manifest, snapshot_seqs
 from bottomless.settings import Settings
 
 
@@ -95,11 +100,38 @@ class Opening:
 
     def _resync(self) -> None:
         """A commit reached the local file but not the spool before this open (its spooling
-        failed, and the process ended before the next commit resynced): the bucket lacks it,
-        so the local file becomes a new generation."""
+        failed, and the process ended before anything resynced): the bucket lacks it, so the
+        local file becomes a new generation, unless another writer has written the bucket
+        since (a failover): then it is a conflict, settled by ``initial_replication``."""
+        manifest = latest_generation(self.store, self.db_name)
+        if manifest is not None and not self._newest_is_ours(manifest):
+            image = LocalImage(self.db_path)
+            try:
+                self._apply_policy(
+                    "another writer has written the bucket since this file's last session, which"
+                    " left a commit in the local file that it could not spool", manifest, image,
+                )
+            finally:
+                image.close()
+            if not self.paused:  # forced: the new generation holds what was spooled
+                spool = self.shipper.spool
+                spool.remove_through(spool.last_number())
+                spool.clear_intent()
+                spool.mark_resync(False)
+            return
         self.log.warning("a commit of the last session reached the local file but not the"
                          " bucket; starting a new generation from the local file")
         self.shipper.restart_from_local(self.writer)
+
+    def _newest_is_ours(self, manifest: fmt.Manifest) -> bool:
+        """Whether the newest object of the bucket's newest generation is this writer's."""
+        commits = commit_numbers(self.store, self.db_name, manifest.generation)
+        if not commits:
+            newest = max(snapshot_seqs(self.store, self.db_name, manifest.generation))
+            return read_manifest(self.store, self.db_name, manifest.generation,
+                                 newest).writer == self.writer.hex()
+        head = commit_header(self.store, self.db_name, manifest.generation, commits[-1])
+        return head.writer == self.writer
 
     def _discard_spool(self) -> None:
         """Drop the spool of a session that a machine restart interrupted: it may have lost

@@ -183,11 +183,10 @@ class Replicator:
                     # refused as a sync commit is, with the lease's own error; nothing spooled
                     # now could ever be uploaded
                     self._check_lease()
-                if resync:  # unless the uploader has made the new generation meanwhile
-                    if self.shipper.resync_pending or self.spool.resync_needed():
-                        writer = self.state.writer_bytes if self.state else self.writer
-                        self.shipper.resync_from_local(writer)
-                    self.commit.resynced()
+                if resync:
+                    self.commit.resynced()  # due now, in memory and by the spool's mark
+                if self.shipper.resync_due() and self._resync_in_commit(txn, image):
+                    return
                 self.shipper.wait_for_room()
                 self.commit.queued(txn)
                 return
@@ -203,6 +202,29 @@ class Replicator:
                     self.stats.error(str(e))
                     self.log.error("commit not replicated, rolling back: %s", e)
                 raise
+
+    def _resync_in_commit(
+        self, txn: Transaction, image: Callable[[], LocalImage] | None
+    ) -> bool:
+        """A commit reached the local file but not the spool earlier: make the new generation
+        that must come before anything else ships, here, under SQLite's write lock, from the
+        content this commit leaves (recorded at its commit point, as a sync commit's fork
+        is). The uploader would need this very lock to do it. False if it was not made here
+        (no image to make it from, or no spool to replace): the commit is queued, and the
+        uploader makes it."""
+        if image is None:
+            writer = self.state.writer_bytes if self.state else self.writer
+            self.shipper.resync_from_local(writer)  # WAL: the committed content, without txn
+            return False
+        try:
+            with self.shipper.shipped_first(image) as forked:
+                if forked is None:
+                    return False
+                self.commit.forked(forked)
+                return True
+        except BaseException:
+            self.commit.failed()
+            raise
 
     def _replicate(self, txn: Transaction, image: Callable[[], LocalImage] | None) -> None:
         state = read_state(self.db_path) or self.state

@@ -23,6 +23,7 @@ from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Intent, Spool
 from bottomless.engine.stats import Stats
 from bottomless.engine.transaction import Transaction
+from bottomless.engine.upload_failures import UploadFailures
 from bottomless.engine.uploader import Backlog, Uploader
 from bottomless.errors import (
     CorruptObjectError,
@@ -41,9 +42,6 @@ GROUP_BYTES = 16 * 1024 * 1024
 #: 16 MiB groups, the crash soak lost commits older than ``max_lag`` on a loaded machine),
 #: while small commits still share one upload per interval
 SHIP_AT_ONCE_BYTES = 1024 * 1024
-#: an upload failure that retrying cannot fix is logged as an error once, then again at most
-#: this often (seconds) while it lasts
-REPORT_STUCK_EVERY = 300.0
 
 #: builds the local content a new generation starts from
 ImageSource = Callable[[], LocalImage]
@@ -96,15 +94,14 @@ class AsyncShipper:
         self.log = log.for_database(__name__, db_name)
         self._record = record
         self._check_lease = check_lease
-        self._lease_lost = lease_lost
         self._write_lock = write_lock
         #: set while this thread holds SQLite's write lock outside a commit (during open)
         self.holds_write_lock = False
         self.uploader: Uploader | None = None
         self._uploaded = threading.Condition()
         self._room_checked = 0.0
-        self._failure: Exception | None = None  # the uploader's, until an upload succeeds
-        self._reported: tuple[str, float] | None = None  # a stuck failure logged, and when
+        self.failures = UploadFailures(db_name, settings, stats, self.log, self.spool.path,
+                                       lease_lost=lease_lost, check_lease=check_lease)
         self._sole_uploader = False  # the upload lock is held by sole_uploader()
         #: a commit reached the local file but not the spool, and the spool could not record
         #: it (its resync mark): nothing ships before a new generation from the local file
@@ -118,7 +115,7 @@ class AsyncShipper:
             f"bottomless-upload-{self.db_name}", self.drain_once, self._backlog,
             interval=self.settings.shipping_interval, bound=self.settings.max_lag,
             gather=min(0.05, self.settings.max_lag / 10), full=SHIP_AT_ONCE_BYTES,
-            failed=self._upload_failed,
+            failed=self.failures.failed,
         )
         self.uploader.start()
 
@@ -143,41 +140,24 @@ class AsyncShipper:
         self.uploader.join(5)
         self.uploader = None
 
-    def _hurry(self) -> None:
+    def hurry(self) -> None:
+        """Ask the uploader to ship now."""
         if self.uploader is not None:
             self.uploader.hurry.set()
             self.uploader.wake.set()
 
     def _backlog(self) -> Backlog:
+        if self.resync_due():  # spooled entries or not, a commit is not in the bucket: due at
+            # the next slot, so that a commit meanwhile makes the generation in its own path
+            return Backlog(0.0, self.spool.head_number(), 1)
         age = self.spool.oldest_age(if_future=self.settings.max_lag)
         return Backlog(age, self.spool.head_number(), self.spool.size_bytes())
 
-    def _upload_failed(self, error: Exception) -> None:
-        """The uploader's turn failed (it tries again after a pause): remember why, for
-        status and back-pressure, and say so; once, as an error, if retrying cannot help."""
-        self._failure = error
-        self.stats.error(f"async upload failed: {error}")
-        if not self._is_permanent(error):
-            self.log.warning("async upload failed, will retry: %s", error)
-            return
-        now, last = time.monotonic(), self._reported
-        if last is not None and last[0] == str(error) and now - last[1] < REPORT_STUCK_EVERY:
-            return
-        self._reported = (str(error), now)
-        self.log.error(
-            "async uploads are stuck: %s. Retrying cannot fix this; the spooled commits stay"
-            " in %s, and commits are refused once replication is max_lag (%gs) behind",
-            error, self.spool.path, self.settings.max_lag,
-        )
-
-    def _is_permanent(self, error: Exception) -> bool:
-        """Whether retrying cannot help: a conflict or damage, or a lease known lost (not one
-        that merely cannot be confirmed: the store may answer again)."""
-        if isinstance(error, CorruptObjectError):
-            return True
-        if isinstance(error, ReplicaConflictError):
-            return error.key != fmt.lease_key(self.db_name) or self._lease_lost()
-        return False
+    def resync_due(self) -> bool:
+        """Whether a commit is in the local file but not the spool (in memory, or by the
+        spool's mark, which any process may have set): a new generation from the local file
+        must come before anything else ships."""
+        return self.resync_pending or self.spool.resync_needed()
 
     # ------------------------------------------------------------ the commit path
 
@@ -199,8 +179,8 @@ class AsyncShipper:
             age, size = self.spool.oldest_age(if_future=limit), self.spool.size_bytes()
             if age < limit and size <= max_bytes:
                 return
-            self._refuse_if_stuck(age, size)
-            self._hurry()
+            self.failures.refuse_if_stuck(age, size)
+            self.hurry()
             if time.monotonic() > deadline:
                 raise StoreError(
                     f"{self.db_name}: replication is {age:.1f}s behind"
@@ -209,23 +189,6 @@ class AsyncShipper:
                 )
             with self._uploaded:
                 self._uploaded.wait(0.02)
-
-    def _refuse_if_stuck(self, age: float, size: int) -> None:
-        """The spool is at its bound: refuse the commit now if waiting cannot help."""
-        if self._lease_lost():
-            self._check_lease()  # a loss already known: raises without asking the store
-        failure = self._failure
-        if failure is None or not self._is_permanent(failure):
-            return
-        message = (
-            f"{self.db_name}: async uploads cannot go on ({failure}) and the spool is at its"
-            f" bound ({age:.1f}s behind, max_lag {self.settings.max_lag}s; {size / 2**20:.1f}"
-            f" MiB, max_spool_mb {self.settings.max_spool_mb}); commit refused"
-        )
-        if isinstance(failure, CorruptObjectError):
-            raise CorruptObjectError(message, key=failure.key) from failure
-        key = failure.key if isinstance(failure, ReplicaConflictError) else None
-        raise ReplicaConflictError(message, db_name=self.db_name, key=key) from failure
 
     def append(self, txn: Transaction) -> None:
         """Spool a commit at its commit point (the uploader polls: no wake-up per commit)."""
@@ -371,7 +334,7 @@ class AsyncShipper:
                 return _Drained(False)
             raise ReplicaConflictError(f"{self.db_path}: bottomless state file is missing",
                                        db_name=self.db_name)
-        if self.resync_pending or self.spool.resync_needed():
+        if self.resync_due():
             # a commit is in the local file but not the spool: shipping what is spooled would
             # leave it out; the local content under SQLite's write lock holds it and the spool
             if fork is None:
@@ -452,7 +415,7 @@ class AsyncShipper:
         self.spool.remove_through(intent.through)
         self.spool.clear_intent()
         self.stats.commit_recorded(recorded.seq, clear_error=True)
-        self._failure = self._reported = None
+        self.failures.succeeded()
         self.policy.commit_added(recorded, len(intent.data))
         with self._uploaded:
             self._uploaded.notify_all()
@@ -475,7 +438,7 @@ class AsyncShipper:
         self.spool.mark_resync(False)
         self.resync_pending = False
         self.stats.error(None)
-        self._failure = self._reported = None
+        self.failures.succeeded()
         with self._uploaded:
             self._uploaded.notify_all()
         return forked
@@ -485,7 +448,8 @@ class AsyncShipper:
     def nothing_spooled(self) -> bool:
         """Whether every spooled commit is uploaded (a damaged spool counts as not)."""
         try:
-            return not self.spool.entries() and self.spool.read_intent() is None
+            return (not self.spool.entries() and self.spool.read_intent() is None
+                    and not self.resync_due())
         except CorruptObjectError:
             return False
 
@@ -504,7 +468,9 @@ class AsyncShipper:
         while True:
             state = read_state(self.db_path)
             remaining = [n for n in self.spool.entries() if n <= target]
-            if not remaining and (state is None or self.spool.read_intent() is None):
+            if not remaining and (state is None or self.spool.read_intent() is None) and not (
+                self.resync_due()  # a commit that is in the local file only
+            ):
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise DurabilityTimeoutError(
@@ -512,7 +478,7 @@ class AsyncShipper:
                     f" {timeout}s (last error: {self.stats.last_error or 'none'})"
                 )
             if self.uploader is not None:
-                self._hurry()
+                self.hurry()
             elif not self.drain_once():
                 time.sleep(0.01)
             with self._uploaded:

@@ -251,12 +251,15 @@ class Spool:
         return 0 if header is None else header.end - header.head
 
     def read_group(self, max_bytes: int) -> list[tuple[int, fmt.PageBatch]]:
-        """The oldest entries, in order, up to about ``max_bytes`` (at least one)."""
+        """The oldest entries, in order, up to about ``max_bytes`` (at least one); none while
+        the resync mark is set (read with them: nothing spooled after it may ship)."""
         group: list[tuple[int, fmt.PageBatch]] = []
         with self._locked(create=False) as fd:
             if fd is None:
                 return group
             header = self._header(fd)
+            if header.flags & _RESYNC:
+                return group
             # one read for the whole group (the uploader runs beside commits: keep it lean)
             head = header.head
             data = memoryview(os.pread(fd, min(header.end - head, max_bytes + _RECORD.size), head))
