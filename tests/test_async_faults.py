@@ -506,3 +506,66 @@ def test_an_open_that_finds_another_writer_since_the_gap_is_a_conflict(
         bottomless.connect(path, settings)
     copy = restored(tmp_path, settings, "a.db")
     assert rows(copy, "SELECT a FROM u") == [("after the failover",)]
+
+
+def test_the_uploader_makes_the_new_generation_on_its_own(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No later commit, no wait_durable, no close: the uploader alone puts a commit left
+    unspooled in the bucket, within about max_lag."""
+    settings = make_settings("file", durability="async", max_lag=0.5)
+    path = str(tmp_path / "u.db")
+    db = two_tables(path, settings, "delete")
+    generation = bottomless.status(db)["generation"]
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('alone')")
+    wait_for(lambda: bottomless.status(db)["generation"] != generation, timeout=20)
+    assert not replicator(path).spool.resync_needed()
+    assert rows(restored(tmp_path, settings, "u.db"), "SELECT a FROM t") == [("alone",)]
+    db.close()
+
+
+def left_unspooled(tmp_path: Any, settings: bottomless.Settings,
+                   monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database whose last process left a commit in the local file but not the spool (its
+    mark set), then died."""
+    path = str(tmp_path / "a.db")
+    db = two_tables(path, settings, "delete")
+    replicator(path).shipper.halt()
+    fail_appends(monkeypatch)
+    db.execute("INSERT INTO t VALUES ('unspooled')")
+    abandon(db, path)
+    return path
+
+
+def test_a_paused_open_leaves_the_other_writers_history_alone(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened with initial_replication=skip after another writer took over, the old file
+    replicates nothing: waiting for durability must not make a generation from it."""
+    settings = make_settings("file", durability="async", lease_ttl=0)
+    path = left_unspooled(tmp_path, settings, monkeypatch)
+    other = bottomless.connect(str(tmp_path / "elsewhere.db"),
+                               settings.model_copy(update={"db_name": "a.db"}))
+    other.execute("INSERT INTO u VALUES ('after the failover')")
+    other.close()
+    db = bottomless.connect(path, settings.model_copy(update={"initial_replication": "skip"}))
+    bottomless.wait_durable(db, 5)
+    db.close()
+    copy = restored(tmp_path, settings, "a.db")
+    assert rows(copy, "SELECT a FROM u") == [("after the failover",)]
+    assert rows(copy, "SELECT a FROM t") == []
+
+
+def test_an_open_after_gc_built_the_newest_snapshot_still_resyncs(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc builds snapshots under writer ids of its own and deletes the commits before them:
+    the newest generation then ends where this file's state does, and is still ours."""
+    settings = make_settings("file", durability="async", lease_ttl=0)
+    path = left_unspooled(tmp_path, settings, monkeypatch)
+    bottomless.gc("a.db", settings, older_than="0s")
+    db = bottomless.connect(path, settings)
+    bottomless.wait_durable(db, 30)
+    db.close()
+    assert rows(restored(tmp_path, settings, "a.db"), "SELECT a FROM t") == [("unspooled",)]

@@ -124,14 +124,22 @@ class Opening:
         self.shipper.restart_from_local(self.writer)
 
     def _newest_is_ours(self, manifest: fmt.Manifest) -> bool:
-        """Whether the newest object of the bucket's newest generation is this writer's."""
-        commits = commit_numbers(self.store, self.db_name, manifest.generation)
-        if not commits:
-            newest = max(snapshot_seqs(self.store, self.db_name, manifest.generation))
-            return read_manifest(self.store, self.db_name, manifest.generation,
-                                 newest).writer == self.writer.hex()
-        head = commit_header(self.store, self.db_name, manifest.generation, commits[-1])
-        return head.writer == self.writer
+        """Whether the bucket's newest generation ends where this writer left it: its newest
+        commit is this writer's, or, with none (gc may have removed them), its newest
+        snapshot was made by this writer or stands at the state file's commit (gc builds
+        snapshots under writer ids of its own)."""
+        generation = manifest.generation
+        commits = commit_numbers(self.store, self.db_name, generation)
+        if commits:
+            return commit_header(self.store, self.db_name, generation,
+                                 commits[-1]).writer == self.writer
+        newest = read_manifest(self.store, self.db_name, generation,
+                               max(snapshot_seqs(self.store, self.db_name, generation)))
+        state = read_state(self.db_path)
+        return newest.writer == self.writer.hex() or (
+            state is not None and state.generation == generation
+            and newest.commit_digest == state.digest
+        )
 
     def _discard_spool(self) -> None:
         """Drop the spool of a session that a machine restart interrupted: it may have lost

@@ -222,6 +222,10 @@ class Replicator:
                     return False
                 self.commit.forked(forked)
                 return True
+        except StoreError as e:  # the store may answer again: queued, back-pressure bounds it
+            self.stats.error(f"a new generation from the local file failed: {e}")
+            self.log.warning("a new generation from the local file failed, will retry: %s", e)
+            return False
         except BaseException:
             self.commit.failed()
             raise
@@ -310,8 +314,9 @@ class Replicator:
             previous = self.state
             self._record(step.state)
             self.commit.recorded(previous)
-            if step.state.seq == 0:
-                return  # a new generation over an orphan: its snapshot holds the commit
+            if step.state.seq == 0:  # a new generation holds the commit (and what was spooled)
+                self.shipper.generation_recorded()
+                return
             self.stats.commit_recorded(step.state.seq)
             self.snapshots.commit_added(step.state, self._last_object_size)
 
@@ -393,6 +398,10 @@ class Replicator:
             if phase is Phase.RECORDED and previous is not None:
                 self._record(previous)
                 self.log.error("the WAL sync after a commit failed; its record is taken back")
+                if self.settings.durability == "async":  # a generation may hold it: redo it
+                    self.shipper.resync_pending = True
+                    with contextlib.suppress(OSError, BottomlessError):
+                        self.spool.mark_resync()
             elif phase is Phase.SPOOLED:
                 self.log.error("the WAL sync after a commit failed; the next commit starts a"
                                " new generation from the local file")
@@ -403,13 +412,16 @@ class Replicator:
     def wait_durable(self, timeout: float | None = None) -> None:
         """Block until everything committed so far is in the store (no-op in sync mode).
 
-        Raises DurabilityTimeoutError if ``timeout`` seconds pass first.
+        Raises DurabilityTimeoutError if ``timeout`` seconds pass first. A paused replicator
+        (``initial_replication=skip``) uploads nothing, so there is nothing to wait for.
         """
-        self.shipper.wait_durable(timeout)
+        if not self.paused:
+            self.shipper.wait_durable(timeout)
 
     def drain_once(self) -> bool:
-        """Upload the oldest spooled commits as one object now; False if there were none."""
-        return self.shipper.drain_once()
+        """Upload the oldest spooled commits as one object now; False if there were none (or
+        replication is paused)."""
+        return not self.paused and self.shipper.drain_once()
 
     def wait_snapshot(self, timeout: float | None = None) -> None:
         """Wait for a background snapshot in progress, if any."""

@@ -106,6 +106,7 @@ class AsyncShipper:
         #: a commit reached the local file but not the spool, and the spool could not record
         #: it (its resync mark): nothing ships before a new generation from the local file
         self.resync_pending = False
+        self._resync_seen = 0.0  # when the uploader first saw a resync due
 
     # ------------------------------------------------------------ the uploader thread
 
@@ -147,11 +148,21 @@ class AsyncShipper:
             self.uploader.wake.set()
 
     def _backlog(self) -> Backlog:
-        if self.resync_due():  # spooled entries or not, a commit is not in the bucket: due at
-            # the next slot, so that a commit meanwhile makes the generation in its own path
-            return Backlog(0.0, self.spool.head_number(), 1)
+        if self.resync_due():  # spooled entries or not, a commit is not in the bucket: aged
+            # from when it was first seen, so that a commit meanwhile may make the generation
+            # in its own path, and the uploader does within max_lag otherwise
+            now = time.monotonic()
+            self._resync_seen = self._resync_seen or now
+            return Backlog(now - self._resync_seen, self.spool.head_number(), 1)
         age = self.spool.oldest_age(if_future=self.settings.max_lag)
         return Backlog(age, self.spool.head_number(), self.spool.size_bytes())
+
+    def generation_recorded(self) -> None:
+        """A new generation from the local file holds every commit: clear the resync mark."""
+        if self.resync_due():
+            self.spool.mark_resync(False)
+        self.resync_pending = False
+        self._resync_seen = 0.0
 
     def resync_due(self) -> bool:
         """Whether a commit is in the local file but not the spool (in memory, or by the
@@ -231,9 +242,9 @@ class AsyncShipper:
         # SQLite's write lock is held by the committing connection
         with self._patient_upload_lock("commit refused"):
             forked = None
-            while (drained := self._drain_locked(True, fork)).shipped:
-                forked = drained.forked or forked
-            if not self.nothing_spooled():
+            while forked is None and (drained := self._drain_locked(True, fork)).shipped:
+                forked = drained.forked
+            if forked is None and not self.nothing_spooled():
                 why = ("the bottomless state file is missing"
                        if read_state(self.db_path) is None else "the spool is damaged")
                 raise ReplicaConflictError(
@@ -340,6 +351,7 @@ class AsyncShipper:
             if fork is None:
                 raise _NeedsWriteLockError(f"{self.db_path}: the spool awaits a new generation"
                                            " from the local file")
+            self._check_lease()
             self.log.warning("a commit reached the local file but not the spool; starting a"
                              " new generation from the local file, which holds it and the %d"
                              " spooled commit(s)", len(self.spool.entries()))
@@ -424,7 +436,10 @@ class AsyncShipper:
     def _start_over(self, fork: _ForkFrom, writer: bytes, reason: str) -> LocalState:
         """Start a new generation from the local content, which, under SQLite's write lock,
         holds every spooled commit (an orphan of a killed process is in the way, or the spool
-        awaits a resync); the spool is then empty, its resync mark cleared."""
+        awaits a resync); the spool is then empty. Its resync mark is cleared, unless the
+        content holds a commit not yet at its commit point (``fork.in_commit``): the commit
+        clears it when it gets there (:meth:`generation_recorded`), and if it never does,
+        the mark calls for another generation, without that commit."""
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
@@ -435,8 +450,8 @@ class AsyncShipper:
             self._record(forked)
         self.spool.remove_through(through)
         self.spool.clear_intent()
-        self.spool.mark_resync(False)
-        self.resync_pending = False
+        if not fork.in_commit:
+            self.generation_recorded()
         self.stats.error(None)
         self.failures.succeeded()
         with self._uploaded:
@@ -474,8 +489,9 @@ class AsyncShipper:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise DurabilityTimeoutError(
-                    f"{self.db_name}: {len(remaining)} commit(s) still waiting for upload after"
-                    f" {timeout}s (last error: {self.stats.last_error or 'none'})"
+                    f"{self.db_name}: {len(remaining)} commit(s) still waiting for upload"
+                    f"{' and one awaiting a new generation' if self.resync_due() else ''}"
+                    f" after {timeout}s (last error: {self.stats.last_error or 'none'})"
                 )
             if self.uploader is not None:
                 self.hurry()
