@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -154,3 +155,12 @@ def commits_are_refused_while_nothing_ships(db: apsw.Connection) -> None:
     assert "behind" in str(info.value.__cause__)
     assert time.monotonic() - started < 5, "commits must be refused, not queued forever"
 
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, poll: float = 0.005) -> float:
+    """Seconds until ``condition`` holds; fails after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(poll)
+    return time.monotonic() - started

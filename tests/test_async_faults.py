@@ -29,6 +29,7 @@ from helpers import (
     replicator,
     restored,
     rows,
+    wait_for,
 )
 
 import bottomless
@@ -41,15 +42,6 @@ from bottomless.format import lease_key
 from bottomless.local.files import read_state
 
 MakeSettings = Callable[..., bottomless.Settings]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``condition`` holds; fails after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 @contextlib.contextmanager
@@ -492,12 +484,7 @@ def test_an_open_that_finds_another_writer_since_the_gap_is_a_conflict(
     database and wrote to it. The next open of the old file must not replace that newer
     history with a generation from its own file: it is a conflict, as without the mark."""
     settings = make_settings("file", durability="async", lease_ttl=0)
-    path = str(tmp_path / "a.db")
-    db = two_tables(path, settings, "delete")
-    replicator(path).shipper.halt()
-    fail_appends(monkeypatch)
-    db.execute("INSERT INTO t VALUES ('unspooled')")
-    abandon(db, path)
+    path = left_unspooled(tmp_path, settings, monkeypatch)
     other_path = str(tmp_path / "elsewhere.db")
     other = bottomless.connect(other_path, settings.model_copy(update={"db_name": "a.db"}))
     other.execute("INSERT INTO u VALUES ('after the failover')")

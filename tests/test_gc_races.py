@@ -321,12 +321,9 @@ def test_a_generation_without_its_successor_lasts_until_the_next_one_begins(
 # ------------------------------------------------------------------ restoring around gaps
 
 
-def test_restore_names_the_restorable_commits_around_missing_ones(
-    tmp_path: Any, make_settings: MakeSettings
-) -> None:
-    """Snapshots at 1 and 5, and commits 6..8: commits 2..4 are restorable from nothing (what
-    a snapshot published after gc deleted the commits after it leaves)."""
-    store = bottomless.open_store(make_settings("file"))
+def eight_commits(store: PageStore, tmp_path: Any) -> tuple[str, list[bytes], list[float]]:
+    """Snapshot 0 and commits 1..8 of a new generation, a minute apart from an hour ago:
+    the generation, the states and their times."""
     states = sqlite_states(tmp_path, [
         f"UPDATE t SET v = randomblob(200) WHERE id = {50 * i}" for i in range(1, 9)
     ])
@@ -334,6 +331,16 @@ def test_restore_names_the_restorable_commits_around_missing_ones(
     times = [now - HOUR + 60 * seq for seq in range(9)]
     generation = fmt.new_generation_id(times[0])
     put_history(store, generation, states, times)
+    return generation, states, times
+
+
+def test_restore_names_the_restorable_commits_around_missing_ones(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """Snapshots at 1 and 5, and commits 6..8: commits 2..4 are restorable from nothing (what
+    a snapshot published after gc deleted the commits after it leaves)."""
+    store = bottomless.open_store(make_settings("file"))
+    generation, states, times = eight_commits(store, tmp_path)
     for seq in (1, 5):
         compact(store, db_name=DB, generation=generation, seq=seq, compression="zstd",
                 parallelism=2, writer=WRITER, created_ms=ms(times[seq]))
@@ -355,7 +362,7 @@ def test_restore_names_the_restorable_commits_around_missing_ones(
     assert restored(store, tmp_path, timestamp=dt.datetime.now(dt.UTC)) == states[8]
 
     # commit 9 missing and 10 stored: after commit 8, the state at a moment is unknown
-    put_commit(store, generation, 10, states[8], states[8], bytes(32), now)
+    put_commit(store, generation, 10, states[8], states[8], bytes(32), times[8] + 60)
     with pytest.raises(RestoreError, match=r"commit 9 and maybe later ones are missing"):
         resolve_target(store, DB, timestamp=dt.datetime.now(dt.UTC))
     at = dt.datetime.fromtimestamp(times[7], dt.UTC)
@@ -383,13 +390,7 @@ def test_restore_by_timestamp_reports_a_commit_deleted_while_it_looks(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:
     store = bottomless.open_store(make_settings("file"))
-    states = sqlite_states(tmp_path, [
-        f"UPDATE t SET v = randomblob(200) WHERE id = {50 * i}" for i in range(1, 9)
-    ])
-    now = time.time()
-    times = [now - HOUR + 60 * seq for seq in range(9)]
-    generation = fmt.new_generation_id(times[0])
-    put_history(store, generation, states, times)
+    generation, _, times = eight_commits(store, tmp_path)
     at = dt.datetime.fromtimestamp(times[7], dt.UTC)
     with pytest.raises(RestoreError, match=f"commit 6 of generation {generation} is gone"):
         resolve_target(DeletesCommit(store, 6), DB, timestamp=at)

@@ -19,6 +19,7 @@ from helpers import (
     replicator,
     restored,
     rows,
+    wait_for,
 )
 
 import bottomless
@@ -55,13 +56,6 @@ def counted(path: str) -> CommitLog:
     return log
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``condition`` holds; fails after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.005)
-    return time.monotonic() - started
 
 
 def test_a_steady_stream_shares_uploads(tmp_path: Any, backend: str,
