@@ -136,7 +136,8 @@ def restored(store: PageStore, tmp_path: Any, **target: Any) -> bytes:
 
 def unreferenced_parts(store: PageStore) -> set[str]:
     """The parts of ``DB`` that no snapshot lists."""
-    listed, parts = set(), set()
+    listed: set[str] = set()
+    parts: set[str] = set()
     for generation in generations(store, DB):
         parts.update(store.list_keys(fmt.parts_prefix(DB, generation)))
         for seq in snapshot_seqs(store, DB, generation):
