@@ -144,9 +144,11 @@ def restore(
     moment (a datetime, or ISO 8601 text such as ``2026-11-25T10:00:00Z``). ``db_name``
     defaults to ``settings.db_name``, then to the base name of ``path``. The store is only
     read. An existing non-empty ``path`` is replaced only with ``overwrite=True``, else
-    LocalFileExistsError. Raises ConfigError (bad db_name or timestamp, or both commit and
-    timestamp), ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target
-    outside what the bucket holds fails with the nearest restorable points in the message.
+    LocalFileExistsError (raised too if another connection uses it); its WAL or hot journal
+    is first folded into it, so that a crash before the replacement leaves it whole. Raises
+    ConfigError (bad db_name or timestamp, or both commit and timestamp),
+    ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target outside
+    what the bucket holds fails with the nearest restorable points in the message.
     """
     settings = resolve(settings)
     name = validate_db_name(db_name or settings.db_name or default_db_name(path))
@@ -155,6 +157,8 @@ def restore(
             f"{path} exists; pass overwrite=True (CLI: --force) to replace it", path=path
         )
     moment = _moment(commit, timestamp)
+    if overwrite:
+        _fold_into_file(path)
     store = open_store(settings)
     try:
         return restore_file(
@@ -163,6 +167,40 @@ def restore(
         )
     finally:
         store.close()
+
+
+def _fold_into_file(path: str) -> None:
+    """Before ``path`` is replaced: fold its WAL, or roll back its hot journal, into the file.
+
+    The replacement deletes them first (an old WAL beside the restored file would be replayed
+    into it), so a crash before the restored file takes its place would otherwise leave the
+    old database without the commits its WAL held, or a hot journal's half-written
+    transaction without the journal that undoes it. Raises LocalFileExistsError if another
+    connection uses the database. A file SQLite cannot read is left as it is.
+    """
+    if file_size(path + "-wal") == 0 and file_size(path + "-journal") == 0:
+        return
+    import apsw
+
+    try:
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    except apsw.Error:
+        return  # not openable: nothing SQLite could fold
+    try:
+        db.setbusytimeout(1000)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchall()  # recovers either
+        wal = db.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+        busy = wal and bool(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0])
+    except apsw.BusyError:
+        busy = True
+    except (apsw.NotADBError, apsw.CorruptError):
+        busy = False  # not a database SQLite can read: replaced as it is
+    finally:
+        db.close()
+    if busy:
+        raise LocalFileExistsError(
+            f"{path} is in use by another connection; close it before replacing it", path=path
+        )
 
 
 def parse_timestamp(text: str) -> dt.datetime:

@@ -557,3 +557,66 @@ def test_an_open_after_gc_built_the_newest_snapshot_still_resyncs(
     bottomless.wait_durable(db, 30)
     db.close()
     assert rows(restored(tmp_path, settings, "a.db"), "SELECT a FROM t") == [("unspooled",)]
+
+
+class _KilledError(BaseException):
+    """Stands for the process being killed at that point."""
+
+
+def test_a_fork_killed_before_the_spool_was_emptied_replays_nothing(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploader meets an orphan of this writer and starts a new generation from the local
+    file, which holds every spooled commit; the process dies after recording it, before the
+    spool is emptied. The next open must not ship those commits again on top of the new
+    generation's snapshot: replayed one by one, the first would make a point that never
+    existed (``x`` back at 2 while ``u`` already holds the row of the commit after it)."""
+    from bottomless.engine import shipper as shipper_module
+
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "k.db")
+    db = two_tables(path, settings, "wal")
+    db.execute("INSERT INTO t VALUES (0)")
+    bottomless.wait_durable(db, 30)
+    rep = replicator(path)
+    rep.shipper.halt()
+    state = read_state(path)
+    assert state is not None
+    plant_commit(path, state.seq + 1, prev=state.digest_bytes)  # an orphan of this writer
+    for statement in ("UPDATE t SET a = 1", "UPDATE t SET a = 2",
+                      "UPDATE t SET a = 3; INSERT INTO u VALUES ('c')"):
+        db.execute(statement)
+    existed = {(1, ()), (2, ()), (3, ("c",))}
+    monkeypatch.setattr(shipper_module, "GROUP_BYTES", 1)  # one commit per object
+    real_remove = Spool.remove_through
+
+    def killed(self: Spool, number: int) -> None:
+        if read_state(path).generation != state.generation:  # type: ignore[union-attr]
+            raise _KilledError
+        real_remove(self, number)
+
+    monkeypatch.setattr(Spool, "remove_through", killed)
+    with pytest.raises(_KilledError):
+        rep.shipper.drain_once()
+    forked = read_state(path)
+    assert forked is not None and forked.generation != state.generation
+    monkeypatch.setattr(Spool, "remove_through", real_remove)
+    abandon(db, path)
+
+    db = bottomless.connect(path, settings)
+    bottomless.wait_durable(db, 30)
+    db.close()
+    later = [g.generation for g in bottomless.ls("k.db", settings)
+             if g.generation >= forked.generation]
+    for generation in later:
+        commits = [c.seq for c in bottomless.ls("k.db", settings, generation=generation)]
+        for seq in [0, *commits]:
+            target = str(tmp_path / f"{generation}-{seq}.db")
+            bottomless.restore(target, settings, db_name="k.db", generation=generation,
+                               commit=seq)
+            point = (rows(target, "SELECT a FROM t")[0][0],
+                     tuple(r[0] for r in rows(target, "SELECT a FROM u")))
+            assert point in existed, f"{generation}/{seq} never existed: {point}"
+    assert len(later) >= 2, "the interrupted fork is followed by a new generation"
+    newest = restored(tmp_path, settings, "k.db")
+    assert rows(newest, "SELECT a FROM t") == [(3,)] and integrity(newest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import apsw
 import pydantic
 import pytest
-from helpers import remove_db
+from helpers import integrity, remove_db, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -233,3 +234,55 @@ def test_status_of_a_connection_bottomless_does_not_replicate_names_the_problem(
             call(plain)
     with pytest.raises(ValueError):
         bottomless.status(plain)
+
+
+def _crashed_wal_database(path: str) -> None:
+    """A WAL database as a crash leaves it: its newest commits in the -wal file only."""
+    live = apsw.Connection(path + ".live")
+    for pragma in ("journal_mode=wal", "wal_autocheckpoint=0"):
+        live.execute(f"PRAGMA {pragma}").fetchall()  # apsw runs a statement as it is read
+    live.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('in the file')")
+    live.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    live.execute("INSERT INTO t VALUES ('in the WAL only')")
+    for suffix in ("", "-wal"):
+        shutil.copyfile(path + ".live" + suffix, path + suffix)
+    live.close()
+
+
+def test_a_crash_while_restore_replaces_a_file_leaves_the_old_one_whole(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overwrite=True deletes the old file's WAL before the restored file takes its place (an
+    old WAL would be replayed into the new file). A crash in between must not cost the old
+    database the commits its WAL held: they are folded into the file first."""
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    path = str(tmp_path / "old.db")
+    _crashed_wal_database(path)
+
+    def crash(src: str, dst: str) -> None:
+        raise KeyboardInterrupt  # the process dies before the restored file is in place
+
+    monkeypatch.setattr("bottomless.ops.restore.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bottomless.restore(path, settings, db_name="e.db", overwrite=True)
+    monkeypatch.undo()
+    assert rows(path, "SELECT x FROM t") == [("in the file",), ("in the WAL only",)]
+    assert integrity(path) == "ok"
+
+
+def test_restore_refuses_to_replace_a_database_in_use(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    path = str(tmp_path / "busy.db")
+    _crashed_wal_database(path)
+    reader = apsw.Connection(path)
+    reader.execute("BEGIN; SELECT * FROM t")  # a read transaction pins the WAL
+    try:
+        with pytest.raises(bottomless.LocalFileExistsError, match="in use"):
+            bottomless.restore(path, settings, db_name="e.db", overwrite=True)
+    finally:
+        reader.close()
+    assert rows(path, "SELECT count(*) FROM t") == [(2,)]

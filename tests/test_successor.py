@@ -57,6 +57,10 @@ def test_a_new_generation_ends_the_old_one_with_its_successor(
     last = fmt.decode_raw(store.get(fmt.commit_key("shared", old, 3)), "3")
     assert marker.head.kind == fmt.KIND_SUCCESSOR and marker.head.generation == new
     assert marker.head.prev == last.digest and marker.numbers == []
+    # ls lists the commits a restore can land on, not the object that ends the generation
+    assert [c.seq for c in bottomless.ls("shared", settings, generation=old)] == [1, 2, 3]
+    listed = {g.generation: g for g in bottomless.ls("shared", settings)}
+    assert (listed[old].commits, listed[old].last_commit) == (3, 3)
     first.close()
 
     copy = str(tmp_path / "old.db")

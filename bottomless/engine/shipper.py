@@ -352,9 +352,10 @@ class AsyncShipper:
                 raise _NeedsWriteLockError(f"{self.db_path}: the spool awaits a new generation"
                                            " from the local file")
             self._check_lease()
-            self.log.warning("a commit reached the local file but not the spool; starting a"
-                             " new generation from the local file, which holds it and the %d"
-                             " spooled commit(s)", len(self.spool.entries()))
+            self.log.warning("a commit reached the local file but not the spool (or a new"
+                             " generation was interrupted); starting a new generation from the"
+                             " local file, which holds every commit and the %d spooled"
+                             " one(s)", len(self.spool.entries()))
             return _Drained(True, self._start_over(fork, state.writer_bytes, "restart"))
         intent = self.spool.read_intent()
         if intent is None:
@@ -439,7 +440,14 @@ class AsyncShipper:
         awaits a resync); the spool is then empty. Its resync mark is cleared, unless the
         content holds a commit not yet at its commit point (``fork.in_commit``): the commit
         clears it when it gets there (:meth:`generation_recorded`), and if it never does,
-        the mark calls for another generation, without that commit."""
+        the mark calls for another generation, without that commit.
+
+        The mark is set first, so that a crash before the spool is emptied leaves it: the next
+        open (or uploader) then starts yet another generation from the local file. Without it,
+        the entries the new generation already holds would ship again on top of its snapshot,
+        each a point of it that never existed."""
+        if not self.spool.resync_needed():
+            self.spool.mark_resync()
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:

@@ -91,15 +91,17 @@ def describe_generations(store: PageStore, db_name: str) -> list[GenerationInfo]
             info.snapshot_bytes = newest.db_size * newest.page_size
             info.snapshots = snapshots
         commits = commit_numbers(store, db_name, generation)
+        last = commit_header(store, db_name, generation, commits[-1]) if commits else None
+        if last is not None and last.kind == fmt.KIND_SUCCESSOR:
+            commits.pop()  # it ends the generation: not a commit
+            last = commit_header(store, db_name, generation, commits[-1]) if commits else None
         info.commits = len(commits)
-        if commits:
+        if commits and last is not None:
             info.first_commit, info.last_commit = commits[0], commits[-1]
             info.first_commit_time = fmt.iso_time(
                 commit_header(store, db_name, generation, commits[0]).created_ms
             )
-            info.last_commit_time = fmt.iso_time(
-                commit_header(store, db_name, generation, commits[-1]).created_ms
-            )
+            info.last_commit_time = fmt.iso_time(last.created_ms)
         result.append(info)
     return result
 
@@ -126,18 +128,22 @@ class CommitInfo:
 def describe_commits(
     store: PageStore, db_name: str, generation: str, parallelism: int = 8
 ) -> list[CommitInfo]:
-    """Every stored commit of a generation, in order."""
+    """Every stored commit of a generation, in order (not the successor object that ends a
+    superseded generation: it names the next generation, and holds no state to restore)."""
     seqs = commit_numbers(store, db_name, generation)
 
-    def one(seq: int) -> CommitInfo:
+    def one(seq: int) -> CommitInfo | None:
         key = fmt.commit_key(db_name, generation, seq)
         data = store.get(key)
         head = fmt.decode_header(data, key)
+        if head.kind == fmt.KIND_SUCCESSOR:
+            return None
         created = fmt.iso_time(head.created_ms)
         return CommitInfo(seq, created, head.page_count, len(data), head.db_size)
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
-        return list(in_order(pool, [functools.partial(one, s) for s in seqs], parallelism))
+        found = in_order(pool, [functools.partial(one, s) for s in seqs], parallelism)
+        return [info for info in found if info is not None]
 
 
 @dataclass
