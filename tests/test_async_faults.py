@@ -130,6 +130,20 @@ def test_a_commit_stamped_in_the_future_still_ships_within_max_lag(
     db.close()
 
 
+def test_status_counts_a_commit_stamped_in_the_future_as_max_lag_old(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not as no lag at all, while it waits: its age is unknown, and due, as the uploader
+    and back-pressure see it."""
+    _, path, db = open_async(tmp_path, make_settings, "clocks.db", max_lag=30)
+    replicator(path).shipper.halt()
+    with wall_clock_ahead(monkeypatch, 3600):
+        db.execute("INSERT INTO t VALUES(1)")
+    status = bottomless.status(db)
+    assert (status["pending_commits"], status["lag_seconds"]) == (1, 30)
+    abandon(db, path)
+
+
 def test_back_pressure_holds_with_a_commit_stamped_in_the_future(
     tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -443,7 +443,7 @@ class Replicator:
             "durability": self.settings.durability,
             "pending_commits": len(self.spool.entries()),
             "pending_bytes": self.spool.size_bytes(),
-            "lag_seconds": round(self.spool.oldest_age(), 3),
+            "lag_seconds": round(self.shipper.lag(), 3),
             "commits": self.stats.commits,
             "objects_written": self.stats.objects_written,
             "bytes_written": self.stats.bytes_written,

@@ -157,6 +157,12 @@ class AsyncShipper:
         age = self.spool.oldest_age(if_future=self.settings.max_lag)
         return Backlog(age, self.spool.head_number(), self.spool.size_bytes())
 
+    def lag(self) -> float:
+        """Seconds the oldest commit not yet in the store has waited (0: none), as the
+        uploader sees it: a commit awaiting a new generation counts from when it was first
+        seen, an entry stamped in the future (the wall clock stepped back) as ``max_lag``."""
+        return self._backlog().age
+
     def generation_recorded(self) -> None:
         """A new generation from the local file holds every commit: clear the resync mark."""
         if self.resync_due():
@@ -442,12 +448,16 @@ class AsyncShipper:
         clears it when it gets there (:meth:`generation_recorded`), and if it never does,
         the mark calls for another generation, without that commit.
 
-        The mark is set first, so that a crash before the spool is emptied leaves it: the next
-        open (or uploader) then starts yet another generation from the local file. Without it,
+        The mark is set first (if it can be), so that a crash before the spool is emptied
+        leaves it: the next open (or uploader) then starts yet another generation from the
+        local file. Without it,
         the entries the new generation already holds would ship again on top of its snapshot,
         each a point of it that never existed."""
         if not self.spool.resync_needed():
-            self.spool.mark_resync()
+            try:
+                self.spool.mark_resync()
+            except OSError as e:  # only a crash in the next moments would need it
+                self.log.warning("could not mark the spool before a new generation: %s", e)
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
