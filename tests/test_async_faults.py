@@ -405,6 +405,68 @@ def test_a_commit_neither_spooled_nor_marked_reports_an_error_but_is_not_lost(
     assert rows(copy, "SELECT a FROM u") == [("next",)]
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["commits", "fails-while-fixing"])
+def test_a_wal_commit_that_fixes_its_checksums_can_make_the_new_generation(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """The commit that makes the new generation a failed spooling calls for rewrites WAL frames
+    in place, so its commit point comes only after SQLite fixes their checksums. If it gets
+    there, the generation holds it; if SQLite fails first, the generation is never recorded
+    and the next commit makes another one, without the failed transaction."""
+    from bottomless.engine.replicator import Replicator
+    from bottomless.sqlite import vfs
+
+    settings = make_settings("file", durability="async")
+    path = str(tmp_path / "f.db")
+    db = two_tables(path, settings, "wal")
+    generation = bottomless.status(db)["generation"]
+    replicator(path).shipper.halt()  # the commits make the generation themselves
+    fail_appends(monkeypatch)
+    with pytest.raises(apsw.IOError):
+        db.execute("INSERT INTO t VALUES ('failed')")
+    assert replicator(path).spool.resync_needed()
+    written: list[bool] = []
+    real_written = Replicator.commit_written
+
+    def commit_written(self: Replicator, *, fixup_follows: bool) -> None:
+        written.append(fixup_follows)
+        real_written(self, fixup_follows=fixup_follows)
+
+    def read_failing_while_fixing(self: Any, amount: int, offset: int) -> bytes:
+        if self.awaiting_fixup:
+            raise apsw.IOError("the WAL cannot be read back")
+        return bytes(apsw.VFSFile.xRead(self, amount, offset))
+
+    monkeypatch.setattr(Replicator, "commit_written", commit_written)
+    if fails:
+        monkeypatch.setattr(vfs.WalFile, "xRead", read_failing_while_fixing, raising=False)
+    db.execute("PRAGMA cache_size=2")  # spills: pages written again are rewritten in place
+    with contextlib.ExitStack() as failing:
+        if fails:
+            failing.enter_context(pytest.raises(apsw.Error))
+        with db:
+            db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                       " WHERE i < 1000) INSERT INTO u SELECT randomblob(300) FROM n")
+            for j in range(5):
+                db.execute("UPDATE u SET a = randomblob(300) WHERE rowid % 7 = ?", (j,))
+    monkeypatch.undo()
+    assert written == [True], "the commit did not wait for its checksums"
+    # recorded only at its commit point
+    assert (bottomless.status(db)["generation"] == generation) is fails
+    assert replicator(path).spool.resync_needed() is fails
+    if fails:
+        db.execute("BEGIN IMMEDIATE; COMMIT")
+        db.execute("INSERT INTO t VALUES ('after')")
+        assert bottomless.status(db)["generation"] != generation
+        assert not replicator(path).spool.resync_needed()
+    local = rows(path, "SELECT a FROM t"), rows(path, "SELECT count(*) FROM u")
+    assert local == (([("after",)], [(0,)]) if fails else ([], [(1000,)]))
+    copy = restored(tmp_path, settings, "f.db")
+    assert integrity(copy) == "ok"
+    assert (rows(copy, "SELECT a FROM t"), rows(copy, "SELECT count(*) FROM u")) == local
+    abandon(db, path)
+
+
 _OTHER_WRITER = """
 import json, sys, bottomless
 db = bottomless.connect(sys.argv[1], bottomless.Settings(**json.loads(sys.argv[2])))
