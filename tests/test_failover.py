@@ -160,6 +160,30 @@ def test_promotion_needs_a_lease(tmp_path: Any, make_settings: MakeSettings) -> 
         replica.promote()
 
 
+def test_a_replica_promotes_after_gc_folded_the_last_commits_into_a_snapshot(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """gc deletes the commits a snapshot it builds stands for, the newest one included: the
+    bucket's newest point is then that snapshot, not a commit object."""
+    import datetime as dt
+
+    settings = make_settings("file", lease_ttl=2)
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    for i in range(3):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    db.close()
+    report = bottomless.gc("w.db", settings, older_than=dt.timedelta(0))
+    assert report.snapshot_built == 4 and report.deleted
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings, db_name="w.db")
+    promoted = replica.promote(timeout=20)
+    assert promoted.seq == 4
+    db = bottomless.connect(str(tmp_path / "r.db"), settings)
+    db.execute("INSERT INTO t VALUES(3)")
+    assert db.execute("SELECT x FROM t ORDER BY x").fetchall() == [(0,), (1,), (2,), (3,)]
+    db.close()
+
+
 def test_the_promote_command_takes_over_at_once_with_force(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:

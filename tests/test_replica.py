@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import apsw
 import pytest
+from helpers import integrity, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -338,6 +339,35 @@ def test_refuses_a_file_that_is_not_its_replica(bank: Bank) -> None:
     writer.close()
 
 
+def test_a_replacement_interrupted_before_its_rename_is_done_again(
+    bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower told to replace a foreign file dies after recording the replacement but
+    before the rename: the next one must not take the foreign file for the restored one."""
+    from bottomless.replica import local
+
+    _primary, path, settings, writer = bank
+    plain = sqlite3.connect(path)
+    plain.execute("CREATE TABLE mine(x)")
+    plain.commit()
+    plain.close()
+    real_replace = os.replace
+
+    def dies_before_the_rename(src: str, dst: str) -> None:
+        if dst == path:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(local.os, "replace", dies_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        Replica(path, settings, overwrite=True).start()
+    monkeypatch.undo()
+    with Replica(path, settings) as replica:
+        replica.wait_for(bookmark(writer), timeout=10)
+    assert content(path) == content(bank.primary)
+    assert rows(path, "SELECT name FROM sqlite_master WHERE name = 'mine'") == []
+
+
 def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -> None:
     _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:
@@ -544,3 +574,26 @@ def test_generations_listing_is_left_to_one_function(make_settings: MakeSettings
     store = open_store(settings)
     assert generations(store, "x.db") == []
     store.close()
+
+
+def test_a_replica_of_a_database_not_written_yet_follows_its_first_commits(
+    make_settings: MakeSettings, paths: tuple[str, str]
+) -> None:
+    """The writer has opened the database but committed nothing: its snapshot has no pages.
+    The replica is then a database with no tables (a file of no pages cannot be in WAL
+    mode), readable at once, and it follows the first commits."""
+    primary, path = paths
+    settings = make_settings("file", db_name="new.db")
+    writer = bottomless.connect(primary, settings)
+    try:
+        with Replica(path, settings, poll_interval=0.02) as replica:
+            reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            assert reader.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+            writer.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            writer.execute("INSERT INTO t VALUES (2)")
+            replica.wait_for(bookmark(writer), timeout=10)
+            assert reader.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
+            reader.close()
+        assert integrity(path) == "ok"
+    finally:
+        writer.close()

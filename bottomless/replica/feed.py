@@ -17,13 +17,14 @@ import os
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bottomless import format as fmt
 from bottomless.errors import CorruptObjectError, ObjectNotFoundError
 from bottomless.ops.restore import RestoreResult, generations, restore_file
 from bottomless.ops.snapshots import iter_commits, snapshot_seqs
 from bottomless.replica.counting import CountingStore
+from bottomless.replica.local import EMPTY_PAGE_SIZE, write_empty_database
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,11 @@ class Feed:
         path = f"{beside}.bottomless-replica-restore-{secrets.token_hex(4)}"
         result = restore_file(self.store, self.db_name, path, generation=generation, seq=seq,
                               parallelism=self.parallelism)
+        if result.db_size == 0:
+            # a database the writer has not written yet: readers see it as a database with
+            # no tables, which a file of no pages cannot be in WAL mode
+            result = replace(result, page_size=EMPTY_PAGE_SIZE, db_size=1)
+            write_empty_database(path, EMPTY_PAGE_SIZE)
         return Restored(path, result)
 
     def close(self) -> None:

@@ -61,6 +61,35 @@ def set_wal_mode(path: str) -> None:
         os.close(fd)
 
 
+_SCHEMA_COOKIE_OFFSET = 40  # in the database header
+#: page size of the one-page database a replica holds while the writer's has no pages yet
+EMPTY_PAGE_SIZE = 4096
+
+
+def write_empty_database(path: str, page_size: int) -> None:
+    """Make ``path`` a database of one page and no tables (SQLite's own, as ``VACUUM`` of a
+    new database writes it), and sync it. Its schema cookie is 0, a database's before its
+    first schema change, so that a reader that opened it notices the writer's first table."""
+    connection = apsw.Connection(path)
+    try:
+        connection.execute(f"PRAGMA page_size={int(page_size)}").fetchall()
+        connection.execute("VACUUM")
+    finally:
+        connection.close()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes(4), _SCHEMA_COOKIE_OFFSET)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_id(path: str) -> str:
+    """The identity of a file, which a rename keeps: device and inode."""
+    stat = os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
 def wal_mode_page(pgno: int, page: bytes | memoryview) -> bytes | memoryview:
     """``page`` as the replica stores it: page 1 always says WAL mode, so that no reader or
     checkpoint ever has to change the journal mode (a write the follower did not make)."""
@@ -96,7 +125,8 @@ class ReplicaFile:
         Only for a path no reader uses yet: the file is renamed into place.
         """
         set_wal_mode(restored)
-        self.records.create(Position(self.db_name, page_size, point, kind="replace"))
+        self.records.create(Position(self.db_name, page_size, point, kind="replace",
+                                     extra={"file": _file_id(restored)}))
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path + suffix)
@@ -104,6 +134,17 @@ class ReplicaFile:
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         self.position = Position(self.db_name, page_size, replace(point, wal=None))
         self.records.write(self.position)
+
+    def installed(self, position: Position) -> bool:
+        """Whether the file at ``path`` is the one ``position`` describes: not so if an
+        :meth:`install` was interrupted before its rename (the record names the restored file,
+        and the file in place is still the one it was to replace, or none)."""
+        if position.kind != "replace" or "file" not in position.extra:
+            return True
+        try:
+            return _file_id(self.path) == str(position.extra["file"])
+        except FileNotFoundError:
+            return False
 
     def open(self) -> Resumed:
         """Open the follower's connection and find which commit the file holds.

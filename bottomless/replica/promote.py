@@ -28,6 +28,7 @@ from bottomless.local.files import LocalState, sync_state, write_state
 from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
 from bottomless.ops.restore import commit_numbers, complete_generations
+from bottomless.ops.snapshots import snapshot_seqs
 from bottomless.replica.bookmark import format_bookmark
 from bottomless.replica.position import Point, position_path
 from bottomless.settings import Settings
@@ -152,9 +153,14 @@ def _take_lease(lease: WriterLease, *, force: bool, deadline: float) -> None:
 
 
 def _newest(store: PageStore, db_name: str) -> tuple[str, int]:
-    """The newest generation and its last commit (0: its snapshot), by listing."""
+    """The newest generation and its last commit, by listing: its last commit object, or its
+    newest snapshot if that is later (gc deletes the commits a snapshot it built stands for,
+    the last one included)."""
     generation = complete_generations(store, db_name)[-1]
-    return generation, max(commit_numbers(store, db_name, generation), default=0)
+    return generation, max(
+        max(commit_numbers(store, db_name, generation), default=0),
+        max(snapshot_seqs(store, db_name, generation), default=0),
+    )
 
 
 def _catch_up(replica: Replica, store: PageStore, deadline: float) -> None:
