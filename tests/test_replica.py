@@ -368,6 +368,19 @@ def test_a_replacement_interrupted_before_its_rename_is_done_again(
     assert rows(path, "SELECT name FROM sqlite_master WHERE name = 'mine'") == []
 
 
+def test_a_replica_file_has_one_follower(bank: Bank, tmp_path: Any) -> None:
+    """A second follower, here promote while the first still follows, is refused with a
+    clear error instead of writing the file under the first one's feet."""
+    _primary, path, settings, writer = bank
+    with Replica(path, settings, poll_interval=0.05) as first:
+        first.wait_for(bookmark(writer), timeout=10)
+        with pytest.raises(bottomless.ReplicaConflictError, match="another follower"):
+            Replica(path, settings).promote(force=True, timeout=10)
+        assert first.error is None
+    with Replica(path, settings) as again:  # free once the first has stopped
+        again.wait_for(bookmark(writer), timeout=10)
+
+
 def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -> None:
     _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:

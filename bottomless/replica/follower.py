@@ -43,7 +43,7 @@ from bottomless.replica.bookmark import Bookmark
 from bottomless.replica.feed import Feed, Restored, check_next, successor_of
 from bottomless.replica.live import live_replicas
 from bottomless.replica.local import ReplicaFile, WalNotEmptyError
-from bottomless.replica.position import Point, Position, read_position
+from bottomless.replica.position import Point, Position, hold_follower_lock, read_position
 from bottomless.replica.progress import Progress
 from bottomless.replica.promote import Promotion, promote
 from bottomless.settings import Settings, resolve
@@ -107,6 +107,7 @@ class Replica:
         self._check_generations_now = False  # a waiter holds a bookmark of a newer generation
         self._last_lineage_check = float("-inf")
         self._lineage_checks = 0
+        self._lock_fd: int | None = None  # held while following: one follower per file
 
     # ------------------------------------------------------------ lifecycle
 
@@ -118,6 +119,7 @@ class Replica:
         """
         if self._thread is not None:
             raise BottomlessError(f"{self.path}: this replica has already been started")
+        self._lock_fd = hold_follower_lock(self.path)
         self._feed = Feed(CountingStore(open_store(self.settings)), self.db_name,
                           max_window=self._max_window, parallelism=self.settings.parallelism)
         try:
@@ -125,6 +127,7 @@ class Replica:
         except BaseException:
             self._file.close()
             self._feed.close()
+            self._release_lock()
             raise
         self._thread = threading.Thread(target=self._run, name=f"bottomless-follow-{self.db_name}",
                                         daemon=True)
@@ -206,7 +209,14 @@ class Replica:
             self._feed.close()
         if self._held_cleanup is not None:  # a restored file waiting to be applied
             self._held_cleanup()
+        if self._thread is None or not self._thread.is_alive():  # else it may still write
+            self._release_lock()
         self._progress.wake_waiters()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Replica:
         if self._thread is None:

@@ -20,6 +20,7 @@ has no such record.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -230,3 +231,25 @@ def read_position(db_path: str) -> Position | None:
     Raises ReplicaConflictError if the file exists but holds no valid record.
     """
     return PositionFile(db_path).read()
+
+
+def follower_lock_path(db_path: str) -> str:
+    """Path of the lock a follower of ``db_path`` holds while it runs."""
+    return position_path(db_path) + ".lock"
+
+
+def hold_follower_lock(db_path: str) -> int:
+    """Become the one follower of the replica at ``db_path``: an exclusive ``flock``, held
+    until the returned descriptor is closed (or the process ends). Raises
+    ReplicaConflictError if another follower, in this process or another, holds it."""
+    fd = os.open(follower_lock_path(db_path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ReplicaConflictError(
+            f"{db_path}: another follower (in this process or another) keeps this replica up"
+            " to date; stop it first (a replica file has one follower, and promoting it needs"
+            " that follower stopped)"
+        ) from None
+    return fd

@@ -15,6 +15,7 @@ history never forks silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from bottomless.log import for_database
 from bottomless.ops.restore import commit_numbers, complete_generations
 from bottomless.ops.snapshots import snapshot_seqs
 from bottomless.replica.bookmark import format_bookmark
-from bottomless.replica.position import Point, position_path
+from bottomless.replica.position import Point, follower_lock_path, position_path
 from bottomless.settings import Settings
 
 
@@ -121,6 +122,8 @@ def promote(
         write_state(replica.path, state)
         sync_state(replica.path)
         os.unlink(position_path(replica.path))  # no longer a replica: the writer's file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(follower_lock_path(replica.path))
     except BaseException:
         lease.release()  # a later promotion (or the old writer) need not wait for it
         raise
