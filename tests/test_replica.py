@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 import apsw
 import pytest
-from helpers import integrity, rows
+from helpers import integrity, rows, wait_for
+from helpers import replicator as helpers_replicator
 
 import bottomless
 from bottomless import format as fmt
@@ -610,3 +611,49 @@ def test_a_replica_of_a_database_not_written_yet_follows_its_first_commits(
         assert integrity(path) == "ok"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("following", [False, True], ids=["resumed", "following"])
+def test_orphans_of_a_killed_writer_are_left_out_and_named(
+    make_settings: MakeSettings, paths: tuple[str, str], following: bool
+) -> None:
+    """A sync writer's upload succeeded but its local commit did not (here: the store's answer
+    was lost); its next open branches a generation at the commit before. A replica that finds
+    that orphan and the generation's end together never applies it; one that applied it
+    already says its readers go back. Either way the replica ends as the writer's file."""
+    from test_snapshots import LostAckStore
+
+    primary, path = paths
+    settings = make_settings("file", db_name="o.db")
+    writer = bottomless.connect(primary, settings)
+    writer.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('acknowledged')")
+    replica = Replica(path, settings, poll_interval=0.02, generation_check_interval=0.05)
+    replica.start()
+    replica.wait_for(bookmark(writer), timeout=10)
+    acknowledged = [("acknowledged",)]
+    if not following:
+        replica.stop()
+        for i in range(8):  # the resumed follower's fetch rounds grow: 1, 1, 2, 4, then 8
+            writer.execute("INSERT INTO t VALUES (?)", (i,))
+            acknowledged.append((i,))
+    orphan = helpers_replicator(primary).state.seq + 1
+    lossy = LostAckStore(helpers_replicator(primary).store)
+    helpers_replicator(primary).store = lossy
+    lossy.armed = True
+    with pytest.raises(apsw.IOError):
+        writer.execute("INSERT INTO t VALUES ('orphan')")
+    if following:
+        wait_for(lambda: replica.status()["seq"] == orphan, timeout=10)  # it applied it
+    writer.close()
+    writer = bottomless.connect(primary, settings)  # branches at the commit before
+    writer.execute("INSERT INTO t VALUES ('after')")
+    if not following:
+        replica = Replica(path, settings, poll_interval=0.02, generation_check_interval=0.05)
+        replica.start()
+    with replica:
+        replica.wait_for(bookmark(writer), timeout=10)
+        reason = replica.status()["last_restore"]["reason"]
+    assert f"commit(s) {orphan}..{orphan} were uploaded by a writer killed" in reason
+    assert (f"readers go back to commit {orphan - 1}" in reason) is following
+    assert rows(path, "SELECT x FROM t") == [*acknowledged, ("after",)]
+    writer.close()

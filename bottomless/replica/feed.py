@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from bottomless import format as fmt
 from bottomless.errors import CorruptObjectError, ObjectNotFoundError
 from bottomless.ops.restore import RestoreResult, generations, restore_file
-from bottomless.ops.snapshots import iter_commits, snapshot_seqs
+from bottomless.ops.snapshots import iter_commits, read_manifest, snapshot_seqs
 from bottomless.replica.counting import CountingStore
 from bottomless.replica.local import EMPTY_PAGE_SIZE, write_empty_database
 
@@ -114,6 +114,18 @@ class Feed:
             if snapshot_seqs(self.store, self.db_name, candidate):
                 return candidate
         return None
+
+    def branched_at(self, generation: str, parent: str) -> int | None:
+        """The commit of ``parent`` that ``generation`` branched from, if it is a branch of it
+        (the writer reopened after a crash and went on from the last commit its local file
+        holds: later commits of ``parent`` are orphans it never committed). One GET."""
+        try:
+            base = read_manifest(self.store, self.db_name, generation, 0).base
+        except ObjectNotFoundError:
+            return None  # gc removed it: a newer snapshot stands for the start
+        if not base or base.get("generation") != parent:
+            return None
+        return int(base["seq"])
 
     def commits_gone(self, generation: str, seq: int) -> bool:
         """Whether commit ``seq + 1`` of ``generation`` was deleted (by gc): a later snapshot

@@ -295,12 +295,33 @@ class Replica:
             if not groups or raw.head.page_size != groups[-1][-1].head.page_size:
                 groups.append([])
             groups[-1].append(raw)
+        branched = None
+        if successor is not None:
+            assert self._feed is not None
+            branched = self._feed.branched_at(successor, point.generation)
+            if branched is not None and branched < seq - 1:
+                # the commits after the branch point are orphans: the writer did not commit them
+                groups = [g for g in ([r for r in group if r.head.seq <= branched]
+                                      for group in groups) if g]
+            else:
+                branched = None
         for group in groups:
             if not self._apply_group(point.generation, group):
                 return  # held until the WAL is empty; the rest is fetched again
-        if successor is not None:
-            self._switch(f"generation {point.generation} ended at commit {seq - 1}; it"
-                         f" continues as generation {successor}", generation=successor)
+        if successor is None:
+            return
+        if branched is None:
+            reason = (f"generation {point.generation} ended at commit {seq - 1}; it continues"
+                      f" as generation {successor}")
+        else:
+            reason = (f"generation {point.generation} continues as {successor} from commit"
+                      f" {branched}; its commit(s) {branched + 1}..{seq - 1} were uploaded by a"
+                      " writer killed before it committed them locally, and are left out")
+            applied = self._progress.point
+            if applied is not None and applied.seq > branched:
+                reason += (f" (this replica had applied them up to commit {applied.seq}: its"
+                           f" readers go back to commit {branched})")
+        self._switch(reason, generation=successor)
 
     def _apply_group(self, generation: str, group: list[fmt.RawBatch]) -> bool:
         pages: dict[int, memoryview] = {}
