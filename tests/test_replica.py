@@ -382,6 +382,19 @@ def test_a_replica_file_has_one_follower(bank: Bank, tmp_path: Any) -> None:
         again.wait_for(bookmark(writer), timeout=10)
 
 
+def test_a_restore_left_by_a_killed_follower_is_removed_at_start(bank: Bank) -> None:
+    _primary, path, settings, writer = bank
+    with Replica(path, settings) as replica:
+        replica.wait_for(bookmark(writer), timeout=10)
+    leftovers = [path + ".bottomless-replica-restore-0badf00d",
+                 path + ".bottomless-replica-restore-0badf00d.bottomless-restore-12345678"]
+    for leftover in leftovers:
+        pathlib.Path(leftover).write_bytes(b"\0" * 4096)
+    with Replica(path, settings) as replica:
+        replica.wait_for(bookmark(writer), timeout=10)
+    assert not any(os.path.exists(leftover) for leftover in leftovers)
+
+
 def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -> None:
     _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:

@@ -15,6 +15,8 @@ the newest state and write the pages that differ into the WAL.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import threading
 import time
@@ -136,6 +138,10 @@ class Replica:
         return self
 
     def _bring_up(self) -> None:
+        for leftover in glob.glob(glob.escape(self.path) + ".bottomless-replica-restore-*"):
+            # a restore of a follower killed meanwhile (this one holds the follower lock)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         if os.path.exists(state_path(self.path)):
             raise ReplicaConflictError(
                 f"{self.path} is replicated by the bottomless writer (it has a"
