@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import os
+import sys
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, overload
@@ -26,6 +27,8 @@ from bottomless.ops.restore import RestoreResult, restore_file
 from bottomless.ops.retention import GcReport, collect_garbage
 from bottomless.replica.bookmark import bookmark_from_status
 from bottomless.settings import SETTINGS_TOKEN_PARAMETER, Settings, parse_duration, resolve
+
+logger = logging.getLogger(__name__)
 
 # apsw and the VFS (the engine under it) are imported by the calls that open databases, not
 # here: restore, ls, verify and gc (and the CLI's start-up) never load them
@@ -144,8 +147,9 @@ def restore(
     moment (a datetime, or ISO 8601 text such as ``2026-11-25T10:00:00Z``). ``db_name``
     defaults to ``settings.db_name``, then to the base name of ``path``. The store is only
     read. An existing non-empty ``path`` is replaced only with ``overwrite=True``, else
-    LocalFileExistsError (raised too if another connection uses it); its WAL or hot journal
-    is first folded into it, so that a crash before the replacement leaves it whole. Raises
+    LocalFileExistsError (raised too if another connection writes it, or reads its WAL, as
+    the restore starts, or it is open through bottomless in this process); its WAL or hot
+    journal is first folded into it, so that a crash before the replacement leaves it whole. Raises
     ConfigError (bad db_name or timestamp, or both commit and timestamp),
     ReplicaNotFoundError, CorruptObjectError, RestoreError or StoreError; a target outside
     what the bucket holds fails with the nearest restorable points in the message.
@@ -158,6 +162,11 @@ def restore(
         )
     moment = _moment(commit, timestamp)
     if overwrite:
+        if _open_here(path):
+            raise LocalFileExistsError(
+                f"{path} is open through bottomless in this process; close its connections"
+                " before replacing it", path=path,
+            )
         _fold_into_file(path)
     store = open_store(settings)
     try:
@@ -169,6 +178,14 @@ def restore(
         store.close()
 
 
+def _open_here(path: str) -> bool:
+    """Whether ``path`` is open through the bottomless VFS in this process (never, if that
+    was never imported: a restore does not import it)."""
+    vfs = sys.modules.get("bottomless.sqlite.vfs")
+    current = vfs.registration.current if vfs is not None else None
+    return current is not None and current.replicator_for(os.path.abspath(path)) is not None
+
+
 def _fold_into_file(path: str) -> None:
     """Before ``path`` is replaced: fold its WAL, or roll back its hot journal, into the file.
 
@@ -176,7 +193,8 @@ def _fold_into_file(path: str) -> None:
     into it), so a crash before the restored file takes its place would otherwise leave the
     old database without the commits its WAL held, or a hot journal's half-written
     transaction without the journal that undoes it. Raises LocalFileExistsError if another
-    connection uses the database. A file SQLite cannot read is left as it is.
+    connection is writing the database, or reading its WAL, at that moment. A file SQLite
+    cannot read or fold (not a database, read-only) is left as it is, and replaced whole.
     """
     if file_size(path + "-wal") == 0 and file_size(path + "-journal") == 0:
         return
@@ -191,10 +209,14 @@ def _fold_into_file(path: str) -> None:
         db.execute("SELECT count(*) FROM sqlite_master").fetchall()  # recovers either
         wal = db.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
         busy = wal and bool(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0])
+        if not busy:
+            db.execute("BEGIN IMMEDIATE; ROLLBACK")  # BusyError while another one writes
     except apsw.BusyError:
         busy = True
-    except (apsw.NotADBError, apsw.CorruptError):
-        busy = False  # not a database SQLite can read: replaced as it is
+    except apsw.Error as e:  # not a database, read-only …: replaced as it is
+        logger.warning("%s: could not fold its %s into it before replacing it (%s)", path,
+                       "WAL" if file_size(path + "-wal") else "journal", e)
+        busy = False
     finally:
         db.close()
     if busy:

@@ -696,3 +696,38 @@ def test_a_fork_killed_before_the_spool_was_emptied_replays_nothing(
     assert len(later) >= 2, "the interrupted fork is followed by a new generation"
     newest = restored(tmp_path, settings, "k.db")
     assert rows(newest, "SELECT a FROM t") == [(3,)] and integrity(newest)
+
+
+def test_a_new_generation_the_store_refuses_leaves_commits_queued_as_before(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploader meets an orphan of this writer and the new generation's upload fails: the
+    spool is not marked for a resync, which would make every commit meanwhile try the upload
+    itself, under SQLite's write lock; the uploader settles the orphan once the store
+    answers."""
+    from bottomless.engine.generations import Generations
+    from bottomless.errors import StoreError
+
+    settings, path, db = open_async(tmp_path, make_settings, "o.db")
+    rep = replicator(path)
+    rep.shipper.halt()
+    state = read_state(path)
+    assert state is not None
+    plant_commit(path, state.seq + 1, prev=state.digest_bytes)  # an orphan of this writer
+    db.execute("INSERT INTO t VALUES (1)")
+    real_start = Generations.start
+
+    def unreachable(self: Generations, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError("the store is unreachable (injected)")
+
+    monkeypatch.setattr(Generations, "start", unreachable)
+    with pytest.raises(StoreError):
+        rep.shipper.drain_once()
+    assert not rep.spool.resync_needed()
+    db.execute("INSERT INTO t VALUES (2)")  # queued, not a generation attempt of its own
+    assert bottomless.status(db)["pending_commits"] == 2
+    monkeypatch.setattr(Generations, "start", real_start)
+    assert rep.shipper.drain_once()
+    bottomless.wait_durable(db, 30)
+    db.close()
+    assert rows(restored(tmp_path, settings, "o.db"), "SELECT x FROM t") == [(1,), (2,)]

@@ -6,6 +6,8 @@ import datetime as dt
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -286,3 +288,47 @@ def test_restore_refuses_to_replace_a_database_in_use(
     finally:
         reader.close()
     assert rows(path, "SELECT count(*) FROM t") == [(2,)]
+
+
+def test_restore_refuses_a_database_another_process_is_writing(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A rollback journal writer in the middle of its transaction: its journal is live, not
+    hot, and deleting it would make that writer's commit fail."""
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    path = str(tmp_path / "written.db")
+    setup = apsw.Connection(path)
+    setup.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('old')")
+    setup.close()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import apsw, sys\n"
+         f"c = apsw.Connection({path!r})\n"
+         "c.execute(\"BEGIN IMMEDIATE; INSERT INTO t VALUES ('in flight')\")\n"
+         "print('ready', flush=True); sys.stdin.readline(); c.execute('COMMIT')\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        with pytest.raises(bottomless.LocalFileExistsError, match="in use"):
+            bottomless.restore(path, settings, db_name="e.db", overwrite=True)
+    finally:
+        writer.stdin.write("\n")
+        writer.stdin.close()
+        assert writer.wait(30) == 0
+    assert rows(path, "SELECT x FROM t") == [("old",), ("in flight",)]
+
+
+def test_restore_refuses_a_database_open_through_bottomless_here(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "e.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    try:
+        with pytest.raises(bottomless.LocalFileExistsError, match="open through bottomless"):
+            bottomless.restore(path, settings, db_name="e.db", overwrite=True)
+    finally:
+        db.close()

@@ -154,6 +154,7 @@ class AsyncShipper:
             now = time.monotonic()
             self._resync_seen = self._resync_seen or now
             return Backlog(now - self._resync_seen, self.spool.head_number(), 1)
+        self._resync_seen = 0.0  # made meanwhile, maybe by another process
         age = self.spool.oldest_age(if_future=self.settings.max_lag)
         return Backlog(age, self.spool.head_number(), self.spool.size_bytes())
 
@@ -448,22 +449,24 @@ class AsyncShipper:
         clears it when it gets there (:meth:`generation_recorded`), and if it never does,
         the mark calls for another generation, without that commit.
 
-        The mark is set first (if it can be), so that a crash before the spool is emptied
-        leaves it: the next open (or uploader) then starts yet another generation from the
-        local file. Without it,
-        the entries the new generation already holds would ship again on top of its snapshot,
-        each a point of it that never existed."""
-        if not self.spool.resync_needed():
-            try:
-                self.spool.mark_resync()
-            except OSError as e:  # only a crash in the next moments would need it
-                self.log.warning("could not mark the spool before a new generation: %s", e)
+        The mark is set once the generation is uploaded, before it is recorded and the spool
+        emptied, so that a crash in between leaves it: the next open (or uploader) then starts
+        yet another generation from the local file, rather than ship again, on top of the new
+        snapshot, entries it already holds (each a point that never existed). It is set no
+        earlier: while it is set, every commit tries to make a generation itself, which must
+        not go on for as long as the store fails the upload."""
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
             forked = self.generations.start(image, reason, writer=writer)
         finally:
             image.close()
+        if not self.spool.resync_needed():
+            try:
+                self.spool.mark_resync()
+            except OSError as e:  # only a crash in the next moments would need it
+                self.log.warning("could not mark the spool before recording a new"
+                                 " generation: %s", e)
         if not fork.in_commit:
             self._record(forked)
         self.spool.remove_through(through)
