@@ -444,17 +444,12 @@ class AsyncShipper:
     def _start_over(self, fork: _ForkFrom, writer: bytes, reason: str) -> LocalState:
         """Start a new generation from the local content, which, under SQLite's write lock,
         holds every spooled commit (an orphan of a killed process is in the way, or the spool
-        awaits a resync); the spool is then empty. Its resync mark is cleared, unless the
-        content holds a commit not yet at its commit point (``fork.in_commit``): the commit
-        clears it when it gets there (:meth:`generation_recorded`), and if it never does,
-        the mark calls for another generation, without that commit.
-
-        The mark is set once the generation is uploaded, before it is recorded and the spool
-        emptied, so that a crash in between leaves it: the next open (or uploader) then starts
-        yet another generation from the local file, rather than ship again, on top of the new
-        snapshot, entries it already holds (each a point that never existed). It is set no
-        earlier: while it is set, every commit tries to make a generation itself, which must
-        not go on for as long as the store fails the upload."""
+        awaits a resync); the spool is then empty. The resync mark is set once it is uploaded
+        (no earlier: while set, every commit tries to make a generation itself), so that a
+        crash before the spool is emptied makes the next open start another one rather than
+        ship entries it holds again (each a point that never existed). It is cleared at the
+        end, or, if the content holds a commit not yet at its commit point
+        (``fork.in_commit``), when that commit gets there (:meth:`generation_recorded`)."""
         through = self.spool.last_number()  # all in the local content: appends need the lock
         image = fork.image()
         try:
