@@ -184,6 +184,45 @@ def test_a_replica_promotes_after_gc_folded_the_last_commits_into_a_snapshot(
     db.close()
 
 
+def test_a_running_replica_behind_gc_promotes_without_waiting_for_its_next_check(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """The follower looks for commits gc deleted only now and then; a promotion waiting for
+    the bucket's newest point makes it look at once."""
+    import datetime as dt
+
+    settings = make_settings("file", lease_ttl=1)
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings, db_name="w.db",
+                                 poll_interval=0.05, generation_check_interval=0.05)
+    replica.start()
+    replica.wait_for(bottomless.position(db), timeout=10)
+    time.sleep(0.3)  # past its first checks, which include the one for deleted commits
+    replica.generation_check_interval = 3600
+    replica._feed.fetch = lambda generation, first: []  # type: ignore[union-attr]  # behind
+    for i in range(3):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    db.close()
+    assert bottomless.gc("w.db", settings, older_than=dt.timedelta(0)).snapshot_built == 4
+    assert replica.promote(timeout=10).seq == 4
+
+
+def test_a_failed_promotion_leaves_no_follower_behind(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """The lease is still the live writer's: promotion fails, and the follower it started
+    stops, so that the next attempt (here with force) is not refused as a second one."""
+    settings = make_settings("file", lease_ttl=30)
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    path = str(tmp_path / "r.db")
+    with pytest.raises(bottomless.ReplicaConflictError, match="lease"):
+        bottomless.Replica(path, settings, db_name="w.db").promote(timeout=1)
+    assert bottomless.Replica(path, settings, db_name="w.db").promote(force=True).seq == 1
+    db.close()
+
+
 def test_the_promote_command_takes_over_at_once_with_force(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:

@@ -395,6 +395,24 @@ def test_a_restore_left_by_a_killed_follower_is_removed_at_start(bank: Bank) -> 
     assert not any(os.path.exists(leftover) for leftover in leftovers)
 
 
+def test_a_start_that_fails_lets_go_of_the_file(
+    bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bottomless.replica import follower
+
+    _primary, path, settings, writer = bank
+
+    def unreachable(settings: bottomless.Settings) -> Any:
+        raise bottomless.StoreError("the endpoint is unreachable (injected)")
+
+    monkeypatch.setattr(follower, "open_store", unreachable)
+    with pytest.raises(bottomless.StoreError):
+        Replica(path, settings).start()
+    monkeypatch.undo()
+    with Replica(path, settings) as replica:  # the same file, a follower again at once
+        replica.wait_for(bookmark(writer), timeout=10)
+
+
 def test_a_write_to_the_replica_by_someone_else_stops_the_follower(bank: Bank) -> None:
     _primary, path, settings, writer = bank
     with Replica(path, settings, poll_interval=0.05) as replica:

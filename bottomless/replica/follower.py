@@ -15,8 +15,6 @@ the newest state and write the pages that differ into the WAL.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
 import threading
 import time
@@ -45,7 +43,7 @@ from bottomless.replica.bookmark import Bookmark
 from bottomless.replica.feed import Feed, Restored, check_next, successor_of
 from bottomless.replica.live import live_replicas
 from bottomless.replica.local import ReplicaFile, WalNotEmptyError
-from bottomless.replica.position import Point, Position, hold_follower_lock, read_position
+from bottomless.replica.position import FollowerLock, Point, Position, read_position
 from bottomless.replica.progress import Progress
 from bottomless.replica.promote import Promotion, promote
 from bottomless.settings import Settings, resolve
@@ -106,10 +104,10 @@ class Replica:
         self._redo: Position | None = None
         self._held: Callable[[], None] | None = None  # an apply waiting for an empty WAL
         self._held_cleanup: Callable[[], None] | None = None
-        self._check_generations_now = False  # a waiter holds a bookmark of a newer generation
+        self._check_generations_now = False  # a waiter holds a bookmark the file is behind
         self._last_lineage_check = float("-inf")
         self._lineage_checks = 0
-        self._lock_fd: int | None = None  # held while following: one follower per file
+        self._lock = FollowerLock(self.path)  # held while following: one follower per file
 
     # ------------------------------------------------------------ lifecycle
 
@@ -121,15 +119,16 @@ class Replica:
         """
         if self._thread is not None:
             raise BottomlessError(f"{self.path}: this replica has already been started")
-        self._lock_fd = hold_follower_lock(self.path)
-        self._feed = Feed(CountingStore(open_store(self.settings)), self.db_name,
-                          max_window=self._max_window, parallelism=self.settings.parallelism)
+        self._lock.acquire()
         try:
+            self._feed = Feed(CountingStore(open_store(self.settings)), self.db_name,
+                              max_window=self._max_window, parallelism=self.settings.parallelism)
             self._bring_up()
         except BaseException:
             self._file.close()
-            self._feed.close()
-            self._release_lock()
+            if self._feed is not None:
+                self._feed.close()
+            self._lock.release()
             raise
         self._thread = threading.Thread(target=self._run, name=f"bottomless-follow-{self.db_name}",
                                         daemon=True)
@@ -138,10 +137,7 @@ class Replica:
         return self
 
     def _bring_up(self) -> None:
-        for leftover in glob.glob(glob.escape(self.path) + ".bottomless-replica-restore-*"):
-            # a restore of a follower killed meanwhile (this one holds the follower lock)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        self._file.remove_leftover_restores()  # this follower holds the follower lock
         if os.path.exists(state_path(self.path)):
             raise ReplicaConflictError(
                 f"{self.path} is replicated by the bottomless writer (it has a"
@@ -200,7 +196,18 @@ class Replica:
         the writer's lease to expire (or take it at once with ``force``, after a human
         decision), apply every commit in the bucket, and leave ``path`` ready for
         ``bottomless.connect(path, settings)`` to continue the lineage. The follower stops."""
-        return promote(self, force=force, timeout=timeout)
+        started_here = self._thread is None
+        self._lock.kept = True  # until the file is the writer's: no follower may start
+        try:
+            return promote(self, force=force, timeout=timeout)
+        except BaseException:
+            if started_here:
+                self.stop()  # no follower of its own left running
+            raise
+        finally:
+            self._lock.kept = False
+            if self._stopping.is_set():
+                self._lock.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop following and close the replica's connection. The file stays at the last
@@ -215,14 +222,9 @@ class Replica:
             self._feed.close()
         if self._held_cleanup is not None:  # a restored file waiting to be applied
             self._held_cleanup()
-        if self._thread is None or not self._thread.is_alive():  # else it may still write
-            self._release_lock()
+        if self._thread is None or not self._thread.is_alive():  # else it does, at its end
+            self._lock.release()
         self._progress.wake_waiters()
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def __enter__(self) -> Replica:
         if self._thread is None:
@@ -241,6 +243,13 @@ class Replica:
     # ------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            if self._stopping.is_set():  # stop() may have given up waiting for this thread
+                self._lock.release()
+
+    def _follow(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -401,7 +410,7 @@ class Replica:
         if newer is not None:
             self._switch(f"the writer started generation {newer}", generation=newer)
             return True
-        if self._lineage_checks % GC_CHECK_EVERY == 1 and self._feed.commits_gone(
+        if (early or self._lineage_checks % GC_CHECK_EVERY == 1) and self._feed.commits_gone(
             point.generation, point.seq
         ):
             self._switch(f"commit {point.seq + 1} of generation {point.generation} is gone"
@@ -501,8 +510,9 @@ class Replica:
 
         def nudge(mark: Bookmark) -> None:  # poll now, not at the end of the current pause
             point = self._progress.point
-            if point is not None and mark.generation > point.generation:
-                self._check_generations_now = True  # once per call
+            if point is not None and (mark.generation, mark.seq) > (point.generation,
+                                                                    point.seq):
+                self._check_generations_now = True  # once per call: a new one, or gc
             self._wake.set()
 
         self._progress.wait_for(bookmark, timeout, running=self._running, nudge=nudge)

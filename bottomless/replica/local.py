@@ -21,6 +21,7 @@ Nothing here talks to the store.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -85,9 +86,9 @@ def write_empty_database(path: str, page_size: int) -> None:
 
 
 def _file_id(path: str) -> str:
-    """The identity of a file, which a rename keeps: device and inode."""
-    stat = os.stat(path)
-    return f"{stat.st_dev}:{stat.st_ino}"
+    """The identity of a file, which a rename keeps: its inode (not the device, whose number
+    may change across a reboot)."""
+    return str(os.stat(path).st_ino)
 
 
 def wal_mode_page(pgno: int, page: bytes | memoryview) -> bytes | memoryview:
@@ -134,6 +135,13 @@ class ReplicaFile:
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         self.position = Position(self.db_name, page_size, replace(point, wal=None))
         self.records.write(self.position)
+
+    def remove_leftover_restores(self) -> None:
+        """Delete the temporary restores of a follower killed meanwhile (call as the one
+        follower of the file)."""
+        for leftover in glob.glob(glob.escape(self.path) + ".bottomless-replica-restore-*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
     def installed(self, position: Position) -> bool:
         """Whether the file at ``path`` is the one ``position`` describes: not so if an

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,18 +239,57 @@ def follower_lock_path(db_path: str) -> str:
     return position_path(db_path) + ".lock"
 
 
-def hold_follower_lock(db_path: str) -> int:
-    """Become the one follower of the replica at ``db_path``: an exclusive ``flock``, held
-    until the returned descriptor is closed (or the process ends). Raises
-    ReplicaConflictError if another follower, in this process or another, holds it."""
-    fd = os.open(follower_lock_path(db_path), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ReplicaConflictError(
-            f"{db_path}: another follower (in this process or another) keeps this replica up"
-            " to date; stop it first (a replica file has one follower, and promoting it needs"
-            " that follower stopped)"
-        ) from None
-    return fd
+class FollowerLock:
+    """The lock a follower of the replica at ``db_path`` holds while it runs: an exclusive
+    ``flock``, so that the file has one follower. A process forked meanwhile does not keep it
+    (its copy of the descriptor is closed in the child)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        #: while set, :meth:`release` leaves the lock held (a promotion in progress)
+        self.kept = False
+        self._fd: int | None = None
+        self._guard = threading.Lock()
+
+    def acquire(self) -> None:
+        """Take the lock. Raises ReplicaConflictError if another follower, in this process or
+        another, holds it."""
+        fd = os.open(follower_lock_path(self.db_path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ReplicaConflictError(
+                f"{self.db_path}: another follower (in this process or another) keeps this"
+                " replica up to date; stop it first (a replica file has one follower, and"
+                " promoting it needs that follower stopped)"
+            ) from None
+        with self._guard:
+            self._fd = fd
+        _HELD.add(self)
+
+    def release(self) -> None:
+        """Let go of the lock (unless :attr:`kept`); again is harmless."""
+        with self._guard:
+            if self._fd is None or self.kept:
+                return
+            os.close(self._fd)
+            self._fd = None
+        _HELD.discard(self)
+
+    def _forget_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the child's copy only: the parent keeps the lock
+            self._fd = None
+
+
+_HELD: weakref.WeakSet[FollowerLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget_in_child()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
