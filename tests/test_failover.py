@@ -167,20 +167,22 @@ def test_a_replica_promotes_after_gc_folded_the_last_commits_into_a_snapshot(
     bucket's newest point is then that snapshot, not a commit object."""
     import datetime as dt
 
-    settings = make_settings("file", lease_ttl=2)
+    settings = make_settings("file", lease_ttl=2, db_name="w.db")
     db = bottomless.connect(str(tmp_path / "w.db"), settings)
     db.execute("CREATE TABLE t(x)")
     for i in range(3):
         db.execute("INSERT INTO t VALUES(?)", (i,))
+    generation = bottomless.status(db)["generation"]
     db.close()
     report = bottomless.gc("w.db", settings, older_than=dt.timedelta(0))
     assert report.snapshot_built == 4 and report.deleted
-    replica = bottomless.Replica(str(tmp_path / "r.db"), settings, db_name="w.db")
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings)
     promoted = replica.promote(timeout=20)
     assert promoted.seq == 4
     db = bottomless.connect(str(tmp_path / "r.db"), settings)
     db.execute("INSERT INTO t VALUES(3)")
     assert db.execute("SELECT x FROM t ORDER BY x").fetchall() == [(0,), (1,), (2,), (3,)]
+    assert bottomless.status(db)["generation"] == generation  # the lineage continues
     db.close()
 
 
@@ -206,6 +208,22 @@ def test_a_running_replica_behind_gc_promotes_without_waiting_for_its_next_check
     db.close()
     assert bottomless.gc("w.db", settings, older_than=dt.timedelta(0)).snapshot_built == 4
     assert replica.promote(timeout=10).seq == 4
+
+
+def test_a_replica_of_a_database_not_written_yet_promotes_onto_the_same_generation(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file", lease_ttl=1, db_name="w.db")
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("SELECT 1").fetchall()
+    generation = bottomless.status(db)["generation"]
+    db.close()
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings)
+    assert replica.promote(timeout=10).seq == 0
+    db = bottomless.connect(str(tmp_path / "r.db"), settings)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    assert bottomless.status(db)["generation"] == generation  # continued, not started anew
+    db.close()
 
 
 def test_a_failed_promotion_leaves_no_follower_behind(

@@ -25,11 +25,11 @@ from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.engine.lease import WriterLease
 from bottomless.errors import ConfigError, ReplicaConflictError
-from bottomless.local.files import LocalState, sync_state, write_state
+from bottomless.local.files import LocalState, remove_local_files, sync_state, write_state
 from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
 from bottomless.ops.restore import commit_numbers, complete_generations
-from bottomless.ops.snapshots import snapshot_seqs
+from bottomless.ops.snapshots import read_manifest, snapshot_seqs
 from bottomless.replica.bookmark import format_bookmark
 from bottomless.replica.position import Point, follower_lock_path, position_path
 from bottomless.settings import Settings
@@ -117,6 +117,12 @@ def promote(
                 f" {newest[0]}: another writer is still running; promotion abandoned",
                 db_name=replica.db_name,
             )
+        if point.seq == 0 and not read_manifest(store, replica.db_name, point.generation,
+                                                0).db_size:
+            # the writer had no pages yet, and the replica stood in for that with one: the
+            # writer's file has none either, or its first open takes it for a changed file
+            remove_local_files(replica.path, include_db=False)
+            os.truncate(replica.path, 0)
         state = LocalState(replica.db_name, point.generation, point.seq, point.digest,
                            page_size, writer.hex(), store.location)
         write_state(replica.path, state)
