@@ -332,3 +332,30 @@ def test_restore_refuses_a_database_open_through_bottomless_here(
             bottomless.restore(path, settings, db_name="e.db", overwrite=True)
     finally:
         db.close()
+
+
+def test_a_restore_removes_what_killed_restores_left_and_nothing_else(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A killed restore leaves its temporary file beside the target. The next restore there
+    removes it, but not one a live restore holds (its lock), nor one written a moment ago."""
+    import fcntl
+
+    settings = make_settings("file")
+    _replicate(tmp_path, settings)
+    target = str(tmp_path / "copy.db")
+    abandoned, live, fresh = (f"{target}.bottomless-restore-{n}" for n in ("dead", "live", "new"))
+    for leftover in (abandoned, live, fresh):
+        with open(leftover, "wb") as out:
+            out.write(bytes(4096))
+    for old in (abandoned, live):
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        bottomless.restore(target, settings, db_name="e.db")
+    finally:
+        os.close(holder)
+    assert rows(target, "SELECT count(*) FROM t") == [(3,)]
+    assert (os.path.exists(abandoned), os.path.exists(live), os.path.exists(fresh)) == (
+        False, True, True)

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
+import fcntl
 import functools
 import logging
 import os
@@ -41,7 +42,7 @@ from bottomless.ops.snapshots import (
     snapshot_seqs,
 )
 from bottomless.ops.transfer import STREAMED_PART_BYTES, in_order, window_for
-from bottomless.osutil import fsync_dir, pwrite_all
+from bottomless.osutil import fsync_dir, pwrite_all, remove_abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -325,10 +326,13 @@ def restore_file(
     """
     started = time.monotonic()
     target = resolve_target(store, db_name, generation=generation, seq=seq, timestamp=timestamp)
-    tmp = f"{path}.bottomless-restore-{secrets.token_hex(4)}"
+    tmp = f"{path}{_TMP_INFIX}{secrets.token_hex(4)}"
     tally = _Tally(progress)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: not to be taken for one a killed restore left
+        for leftover in remove_abandoned(path + _TMP_INFIX, _ABANDONED_SECONDS):
+            logger.info("removed %s, left by a restore that did not finish", leftover)
         _write_snapshot(store, target.snapshot, fd, parallelism, tally)
         page_size, db_size, digest, created_ms = _apply_commits(
             store, db_name, target, fd, parallelism, tally
@@ -461,6 +465,11 @@ def _apply_commits(
             pwrite_all(fd, run, (first - 1) * page_size)
         db_size, digest, created_ms = head.db_size, raw.digest, head.created_ms
     return page_size, db_size, digest, created_ms
+
+
+_TMP_INFIX = ".bottomless-restore-"
+#: a temporary file this much older than now, and unlocked, was left by a killed restore
+_ABANDONED_SECONDS = 60.0
 
 
 def _move_into_place(tmp: str, path: str) -> None:
