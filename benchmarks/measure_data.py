@@ -35,8 +35,8 @@ from common import (
 
 import bottomless
 from bottomless.backends.registry import open_store
-from bottomless.ops.restore import resolve_target
 from bottomless.ops.retention import collect_garbage
+from bottomless.ops.targets import resolve_target
 from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -22,7 +22,7 @@ from helpers import (
 )
 
 import bottomless
-from bottomless.ops.restore import commit_numbers, resolve_target
+from bottomless.ops.targets import commit_numbers, resolve_target
 
 MakeSettings = Callable[..., bottomless.Settings]
 

@@ -27,8 +27,8 @@ from pydantic import SecretStr
 import bottomless
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.ops.restore import generations
 from bottomless.ops.snapshots import snapshot_seqs
+from bottomless.ops.targets import generations
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MakeSettings = Callable[..., bottomless.Settings]

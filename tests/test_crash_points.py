@@ -52,7 +52,7 @@ from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.errors import ReplicaNotFoundError
 from bottomless.ops import catalog, retention
-from bottomless.ops.restore import complete_generations, generations
+from bottomless.ops.targets import complete_generations, generations
 
 MakeSettings = Callable[..., bottomless.Settings]
 WRITER = os.path.join(HERE, "crash_writer.py")

@@ -23,8 +23,8 @@ import bottomless
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.ops import retention
-from bottomless.ops.restore import commit_header, commit_numbers, generations
 from bottomless.ops.snapshots import compact, read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_header, commit_numbers, generations
 
 MakeSettings = Callable[..., bottomless.Settings]
 #: what the bucket may hold after gc, as a multiple of the database's size (issue #15)

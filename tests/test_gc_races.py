@@ -26,8 +26,9 @@ from bottomless.backends.base import PageStore
 from bottomless.errors import ObjectNotFoundError, RestoreError
 from bottomless.ops import retention
 from bottomless.ops.catalog import verify
-from bottomless.ops.restore import generations, resolve_target, restore_file
+from bottomless.ops.restore import restore_file
 from bottomless.ops.snapshots import compact, read_manifest, snapshot_seqs
+from bottomless.ops.targets import generations, resolve_target
 
 MakeSettings = Callable[..., bottomless.Settings]
 PAGE = 512

@@ -299,7 +299,7 @@ def test_a_gap_in_the_commits_is_reported_as_such(
     shutil.copyfile(early + "-bottomless", path + "-bottomless")
     from bottomless.backends.registry import open_store
     from bottomless.local import files as localdb
-    from bottomless.ops.restore import resolve_target
+    from bottomless.ops.targets import resolve_target
 
     localdb.STATE_FILES.close_all()  # as a new process would find them
     store = open_store(settings)

@@ -29,8 +29,8 @@ from helpers import replicator as helpers_replicator
 import bottomless
 from bottomless import format as fmt
 from bottomless.backends.registry import open_store
-from bottomless.ops.restore import generations
 from bottomless.ops.snapshots import compact
+from bottomless.ops.targets import generations
 from bottomless.replica import Replica, bookmark_from_status
 from bottomless.replica.position import read_position
 

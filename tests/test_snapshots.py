@@ -17,8 +17,8 @@ import bottomless
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.errors import StoreError
-from bottomless.ops.restore import commit_numbers, generations, resolve_target
 from bottomless.ops.snapshots import read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_numbers, generations, resolve_target
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -418,3 +418,42 @@ def test_a_commit_whose_wal_sync_fails_is_taken_back(
     db.close()
     assert integrity(copy) == "ok" and rows(copy, "SELECT x FROM t ORDER BY x") == local
     assert rows(copy, "SELECT * FROM u") == [], "a transaction SQLite reported as failed"
+
+
+def test_restores_of_a_branched_generation_leave_its_orphan_out(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A commit whose upload stood but whose local commit did not (the store's answer was
+    lost) is an orphan: the writer's next open branches a generation at the commit before.
+    A restore by time, or of that generation's newest commit, must not land on the orphan,
+    a state the surviving history never had."""
+    from bottomless.ops.targets import commit_header
+
+    settings = make_settings("file")
+    path = str(tmp_path / "b.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('acknowledged')")
+    status = bottomless.status(db)
+    first, kept = status["generation"], status["last_replicated_commit"]
+    lossy = LostAckStore(replicator(path).store)
+    replicator(path).store = lossy
+    lossy.armed = True
+    with pytest.raises(apsw.IOError):
+        db.execute("INSERT INTO t VALUES ('orphan')")
+    db.close()
+    store = bottomless.open_store(settings)
+    orphan_ms = commit_header(store, "b.db", first, kept + 1).created_ms
+    store.close()
+    time.sleep(0.05)
+    db = bottomless.connect(path, settings)  # branches at the commit before
+    assert bottomless.status(db)["generation"] != first
+    db.close()
+    moment = dt.datetime.fromtimestamp((orphan_ms + 10) / 1000, dt.UTC)
+    for how in ({"timestamp": moment}, {"generation": first}):
+        target = str(tmp_path / f"at-{len(how)}-{'timestamp' in how}.db")
+        result = bottomless.restore(target, settings, db_name="b.db", **how)
+        assert (result.generation, result.seq) == (first, kept), how
+        assert rows(target, "SELECT x FROM t") == [("acknowledged",)]
+    with pytest.raises(bottomless.RestoreError, match=f"restorable commits are 0..{kept}"):
+        bottomless.restore(str(tmp_path / "orphan.db"), settings, db_name="b.db",
+                           generation=first, commit=kept + 1)

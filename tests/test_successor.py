@@ -16,7 +16,7 @@ from helpers import integrity, restored, rows
 
 import bottomless
 from bottomless import format as fmt
-from bottomless.ops.restore import commit_numbers, generations
+from bottomless.ops.targets import commit_numbers, generations
 
 MakeSettings = Callable[..., bottomless.Settings]
 

@@ -14,7 +14,6 @@ from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.stats import Stats
 from bottomless.errors import BottomlessError, ObjectExistsError
 from bottomless.local.files import LocalImage, LocalState
-from bottomless.ops.restore import commit_numbers, generations
 from bottomless.ops.snapshots import (
     PageSource,
     compact,
@@ -22,6 +21,7 @@ from bottomless.ops.snapshots import (
     snapshot_seqs,
     upload_snapshot,
 )
+from bottomless.ops.targets import commit_numbers, generations
 from bottomless.settings import Settings
 
 #: makes a byte-count callback for a long upload, given a label and the total bytes (the CLI

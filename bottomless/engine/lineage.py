@@ -15,8 +15,8 @@ from bottomless.backends.base import PageStore
 from bottomless.errors import CorruptObjectError, ObjectNotFoundError, RestoreError
 from bottomless.local.files import LocalImage, LocalState
 from bottomless.local.session import Interrupted
-from bottomless.ops.restore import commit_numbers
 from bottomless.ops.snapshots import check_part, iter_commits, read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_numbers
 
 
 class Verdict(enum.Enum):

@@ -28,13 +28,9 @@ from bottomless.local.files import (
 )
 from bottomless.local.session import Interrupted, SessionMarker
 from bottomless.log import DatabaseLogger
-from bottomless.ops.restore import (
-    commit_header,
-    commit_numbers,
-    latest_generation,
-    restore_file,
-)
+from bottomless.ops.restore import restore_file
 from bottomless.ops.snapshots import read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_header, commit_numbers, latest_generation
 from bottomless.settings import Settings
 
 

@@ -19,13 +19,9 @@ import apsw
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.errors import BottomlessError, ObjectNotFoundError
-from bottomless.ops.restore import (
-    commit_header,
-    commit_numbers,
-    generations,
-    restore_file,
-)
+from bottomless.ops.restore import restore_file
 from bottomless.ops.snapshots import check_part, read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_header, commit_numbers, generations
 from bottomless.ops.transfer import in_order, window_for
 
 #: fetches one object for verify: its key and bytes, or ``None`` when it is gone

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.errors import ObjectExistsError, ObjectNotFoundError
-from bottomless.ops.restore import commit_header, commit_numbers, generations
 from bottomless.ops.snapshots import compact, planned_parts, read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_header, commit_numbers, generations
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 
 from bottomless import format as fmt
 from bottomless.errors import CorruptObjectError, ObjectNotFoundError
-from bottomless.ops.restore import RestoreResult, generations, restore_file
+from bottomless.ops.restore import RestoreResult, restore_file
 from bottomless.ops.snapshots import iter_commits, read_manifest, snapshot_seqs
+from bottomless.ops.targets import generations
 from bottomless.replica.counting import CountingStore
 from bottomless.replica.local import EMPTY_PAGE_SIZE, write_empty_database
 

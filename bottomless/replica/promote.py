@@ -28,8 +28,8 @@ from bottomless.errors import ConfigError, ReplicaConflictError
 from bottomless.local.files import LocalState, remove_local_files, sync_state, write_state
 from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
-from bottomless.ops.restore import commit_numbers, complete_generations
 from bottomless.ops.snapshots import read_manifest, snapshot_seqs
+from bottomless.ops.targets import commit_numbers, complete_generations
 from bottomless.replica.bookmark import format_bookmark
 from bottomless.replica.position import Point, follower_lock_path, position_path
 from bottomless.settings import Settings
