@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from bottomless.backends.registry import open_store, register_backend
     from bottomless.errors import (
         BottomlessError,
+        BucketNotFoundError,
         ConfigError,
         ConfigProblem,
         CorruptObjectError,
@@ -71,9 +72,10 @@ _HOMES: dict[str, str] = {
     # imported: bring the registry in with Settings (it imports Settings itself)
     "Settings": "bottomless.backends.registry",
     **dict.fromkeys(
-        ["BottomlessError", "ConfigError", "ConfigProblem", "CorruptObjectError",
-         "DurabilityTimeoutError", "GenerationEndedError", "LocalFileExistsError",
-         "NotReplicatedError", "ObjectChangedError", "ObjectExistsError", "ObjectNotFoundError",
+        ["BottomlessError", "BucketNotFoundError", "ConfigError", "ConfigProblem",
+         "CorruptObjectError", "DurabilityTimeoutError", "GenerationEndedError",
+         "LocalFileExistsError", "NotReplicatedError", "ObjectChangedError", "ObjectExistsError",
+         "ObjectNotFoundError",
          "ReplicaConflictError", "ReplicaNotFoundError", "ReplicaTimeoutError", "RestoreError",
          "SnapshotProcessError", "StoreError"],
         "bottomless.errors",
@@ -107,6 +109,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BottomlessError",
+    "BucketNotFoundError",
     "CommitInfo",
     "ConfigError",
     "ConfigProblem",

@@ -156,6 +156,8 @@ def restore(
     """
     settings = resolve(settings)
     name = validate_db_name(db_name or settings.db_name or default_db_name(path))
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise LocalFileExistsError(f"{path} exists and is not a regular file", path=path)
     if file_size(path) > 0 and not overwrite:
         raise LocalFileExistsError(
             f"{path} exists; pass overwrite=True (CLI: --force) to replace it", path=path
@@ -168,7 +170,7 @@ def restore(
                 " before replacing it", path=path,
             )
         _fold_into_file(path)
-    store = open_store(settings)
+    store = open_store(settings, read_only=True)
     try:
         return restore_file(
             store, name, path, generation=generation, seq=commit, timestamp=moment,
@@ -248,9 +250,10 @@ def _moment(commit: int | None, timestamp: dt.datetime | str | None) -> dt.datet
 
 @contextlib.contextmanager
 def _opened_store(settings: Settings | None) -> Iterator[tuple[Settings, PageStore]]:
-    """The resolved settings and their store, closed afterwards."""
+    """The resolved settings and their store, closed afterwards; for ls, verify and gc, which
+    never create a missing bucket."""
     resolved = resolve(settings)
-    store = open_store(resolved)
+    store = open_store(resolved, read_only=True)
     try:
         yield resolved, store
     finally:

@@ -196,8 +196,11 @@ def cli(verbose: int) -> None:
     if verbose:
         level = logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if level > logging.DEBUG:  # botocore's own debug output is noise at info level
-        logging.getLogger("botocore").setLevel(logging.WARNING)
+    # the S3 libraries' debug output prints request headers, credentials and session tokens
+    # among them: never below info, and at info only with -vv (it is noise otherwise)
+    for name in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG
+                                          else logging.WARNING)
 
 
 @cli.command()
@@ -363,8 +366,15 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)  # Ctrl-C
         sys.exit(1)
     except BottomlessError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as e:  # a local file: a missing directory, no permission, a full disk
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
 

@@ -93,6 +93,12 @@ class StoreError(BottomlessError, OSError):
         self.key = key
 
 
+class BucketNotFoundError(StoreError):
+    """The bucket (the file backend's directory) does not exist, and was not to be created:
+    ``create_bucket`` is off. An operation that only reads (restore, ls, verify, gc, a
+    replica) never creates one, and raises :class:`ReplicaNotFoundError` instead."""
+
+
 class ObjectNotFoundError(StoreError, FileNotFoundError):
     """The requested key (attribute ``key``) does not exist in the store."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
 
@@ -165,10 +166,13 @@ class Settings(BaseSettings):
     if not TYPE_CHECKING:  # type checkers keep the per-field signature pydantic gives them
 
         def __init__(self, **values: Any) -> None:
+            problem = None
             try:
                 super().__init__(**values)
             except ValidationError as e:
-                raise config_error(e) from None
+                problem = config_error(e)
+            if problem is not None:  # raised here, so that pydantic's error (which quotes
+                raise problem  # every input, secrets included) is not even its context
 
     @field_validator("backend")
     @classmethod
@@ -209,6 +213,9 @@ class Settings(BaseSettings):
     def _check_endpoint(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "@" in urllib.parse.urlsplit(value).netloc:
+            raise ValueError("must not carry credentials (user:password@host): set"
+                             " access_key_id and secret_access_key instead")
         return value
 
     def portable(self) -> dict[str, Any]:
@@ -242,6 +249,13 @@ def env_var(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def _without_userinfo(value: Any) -> Any:
+    """``value``, with the credentials of a URL (``user:password@``) masked."""
+    if isinstance(value, str) and "@" in value:
+        return re.sub(r"(?<=://)[^/@]*@", "***@", value)
+    return value
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     loc = error.get("loc") or ("?",)
     field = str(loc[0])
@@ -249,7 +263,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if field in Settings.model_fields:
-        shown = "" if field in SECRET_FIELDS else f" (got {error.get('input')!r})"
+        shown = ("" if field in SECRET_FIELDS
+                 else f" (got {_without_userinfo(error.get('input'))!r})")
         where = f"env {env_var(field)} / URI parameter {field}"
         return f"{field}: {message}{shown} [{where}]"
     return f"{field}: unknown setting; known settings: {', '.join(Settings.model_fields)}"

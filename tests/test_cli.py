@@ -81,6 +81,38 @@ def test_clear_errors_not_tracebacks(tmp_path: Any, replica: tuple[str, list[Any
     assert name.returncode == 1 and "db_name" in name.stderr
 
 
+def test_local_file_errors_and_odd_targets_are_one_line(
+    tmp_path: Any, replica: tuple[str, list[Any]]
+) -> None:
+    replicas, _ = replica
+    store = ("--backend", "file", "--bucket", replicas)
+    for output in (str(tmp_path / "no" / "such" / "dir.db"),):
+        result = _cli("restore", "app.db", "-o", output, *store)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and "No such file" in result.stderr
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    result = _cli("restore", "app.db", "-o", fifo, "--force", *store)
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+    assert not os.path.isfile(fifo)
+    gone = _cli("gc", "nope.db", *store)
+    assert gone.returncode == 1 and "no replica of 'nope.db'" in gone.stderr
+
+
+@pytest.mark.s3
+def test_debug_logging_never_shows_credentials(
+    tmp_path: Any, s3_settings: dict[str, Any]
+) -> None:
+    """botocore's own debug output prints request headers: the session token among them."""
+    env = {"LIBSQL_BOTTOMLESS_" + k.upper(): str(v) for k, v in s3_settings.items()}
+    env["LIBSQL_BOTTOMLESS_SESSION_TOKEN"] = "TOKEN-never-printed"
+    result = _cli("-vv", "ls", env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in ("TOKEN-never-printed", s3_settings["secret_access_key"],
+                   s3_settings["access_key_id"]):
+        assert secret not in result.stderr
+
+
 def test_console_script_and_help() -> None:
     result = _cli("--help")
     assert result.returncode == 0 and "restore" in result.stdout

@@ -111,8 +111,23 @@ def test_object_from_elsewhere_is_refused(tmp_path: Any, make_settings: MakeSett
 
 
 def test_missing_replica(tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    os.makedirs(settings.bucket)
     with pytest.raises(bottomless.ReplicaNotFoundError, match=r"no replica of 'ghost\.db'"):
-        bottomless.restore(str(tmp_path / "ghost.db"), make_settings("file"))
+        bottomless.restore(str(tmp_path / "ghost.db"), settings)
+
+
+def test_commands_that_only_read_never_create_the_bucket(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A mistyped bucket must not turn into a new, empty one that reports nothing to do."""
+    settings = make_settings("file")
+    for read in (lambda: bottomless.restore(str(tmp_path / "ghost.db"), settings),
+                 lambda: bottomless.ls(None, settings), lambda: bottomless.verify("g", settings),
+                 lambda: bottomless.gc("g", settings)):
+        with pytest.raises(bottomless.ReplicaNotFoundError, match="does not exist"):
+            read()
+    assert not os.path.exists(settings.bucket)
 
 
 @pytest.mark.s3

@@ -402,7 +402,7 @@ def test_a_start_that_fails_lets_go_of_the_file(
 
     _primary, path, settings, writer = bank
 
-    def unreachable(settings: bottomless.Settings) -> Any:
+    def unreachable(settings: bottomless.Settings, **options: Any) -> Any:
         raise bottomless.StoreError("the endpoint is unreachable (injected)")
 
     monkeypatch.setattr(follower, "open_store", unreachable)

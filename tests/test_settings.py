@@ -139,3 +139,20 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(bottomless.ConfigError) as info:
         resolve(None, {"session_token": secret, "parallelism": "x"})
     assert secret not in str(info.value)
+
+
+def test_an_endpoint_with_credentials_is_refused_without_showing_them() -> None:
+    """They would reach error messages and repr; the s3 path cannot use them anyway."""
+    for endpoint in ("http://user:p4ssw0rd@127.0.0.1:9", "ftp://user:p4ssw0rd@host"):
+        with pytest.raises(bottomless.ConfigError) as info:
+            Settings(endpoint=endpoint)
+        assert "p4ssw0rd" not in str(info.value) and "endpoint" in str(info.value)
+        assert info.value.__context__ is None  # pydantic's error quotes every input
+
+
+def test_a_uri_parameter_given_twice_is_refused(tmp_path: Any) -> None:
+    bottomless.register(Settings(backend="memory"))
+    uri = f"file:{tmp_path / 'twice.db'}?vfs=bottomless&durability=sync&durability=async"
+    with pytest.raises(bottomless.ConfigError, match="durability is given more than once"):
+        apsw.Connection(uri, flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE
+                        | apsw.SQLITE_OPEN_CREATE)

@@ -13,6 +13,7 @@ import fsspec
 
 from bottomless.backends._fsspec import FsspecPageStore
 from bottomless.errors import (
+    BucketNotFoundError,
     ObjectChangedError,
     ObjectExistsError,
     StoreError,
@@ -32,8 +33,14 @@ class FilePageStore(FsspecPageStore):
 
     backend = "file"
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, create: bool = True) -> None:
         directory = os.path.abspath(directory)
+        if not create and not os.path.isdir(directory):
+            raise BucketNotFoundError(
+                f"replica directory {directory} does not exist (check the bucket setting;"
+                " a writer creates it unless create_bucket is off, env"
+                " LIBSQL_BOTTOMLESS_CREATE_BUCKET, URI parameter create_bucket)"
+            )
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -42,8 +49,9 @@ class FilePageStore(FsspecPageStore):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FilePageStore:
-        """Build the store that ``settings`` describes (``bucket`` is the directory)."""
-        return cls(settings.bucket)
+        """Build the store that ``settings`` describes (``bucket`` is the directory, created
+        if missing unless ``create_bucket`` is off)."""
+        return cls(settings.bucket, create=settings.create_bucket)
 
     @property
     def location(self) -> str:

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, TypeAlias, cast
 
 from bottomless.backends.base import PageStore
-from bottomless.errors import ConfigError
+from bottomless.errors import BucketNotFoundError, ConfigError, ReplicaNotFoundError
 from bottomless.settings import Settings, env_var
 
 #: what :meth:`BackendRegistry.register` accepts: a class with ``from_settings(settings)``, any
@@ -255,11 +255,19 @@ def register_backend(
     backend_registry.register(name, factory, extra=extra, clobber=clobber)
 
 
-def open_store(settings: Settings) -> PageStore:
+def open_store(settings: Settings, *, read_only: bool = False) -> PageStore:
     """Build the backend that ``settings.backend`` names, from the process's registry.
 
     Backends are imported lazily, so a missing optional dependency only matters for the backend
     that needs it; the error says what to install. Raises ConfigError for a backend that is not
     registered or cannot be imported (see :meth:`~bottomless.backends.BackendRegistry.open`).
+    ``read_only``: for an operation that only reads, which must not create a missing bucket
+    (a mistyped name would then look like an empty bucket): ReplicaNotFoundError says that it
+    does not exist.
     """
-    return backend_registry.open(settings)
+    if not read_only:
+        return backend_registry.open(settings)
+    try:
+        return backend_registry.open(settings.model_copy(update={"create_bucket": False}))
+    except BucketNotFoundError as e:  # nothing to read: as for a bucket without the database
+        raise ReplicaNotFoundError(f"no replica: {e}") from None

@@ -41,6 +41,7 @@ from botocore.exceptions import (
 from bottomless.backends._fsspec import FsspecPageStore
 from bottomless.backends._s3_clients import botocore_client, read_on_loop, s3fs_filesystem
 from bottomless.errors import (
+    BucketNotFoundError,
     ObjectChangedError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -145,9 +146,10 @@ class S3PageStore(FsspecPageStore):
             ):
                 raise self._translate(e, "HEAD bucket", "") from e
         if not create:
-            raise StoreError(
-                f"{self.location}: bucket {self.bucket!r} does not exist; create it, or set"
-                " LIBSQL_BOTTOMLESS_CREATE_BUCKET=true (URI parameter create_bucket=true)"
+            raise BucketNotFoundError(
+                f"{self.location}: bucket {self.bucket!r} does not exist (check its name; a"
+                " writer creates it unless create_bucket is off, env"
+                " LIBSQL_BOTTOMLESS_CREATE_BUCKET, URI parameter create_bucket)"
             )
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
@@ -164,6 +166,9 @@ class S3PageStore(FsspecPageStore):
         if isinstance(error, FileNotFoundError) or code in ("NoSuchKey", "404"):
             if code == "NoSuchBucket":
                 return StoreError(f"{where} failed: bucket {self.bucket!r} does not exist")
+            if not key:  # the bucket itself: a 404 for creating it too is not S3 speaking
+                return StoreError(f"{where} failed: not found (404); check that the endpoint"
+                                  " is an S3 API endpoint")
             return ObjectNotFoundError(f"{self.location}: {key} does not exist", key=key)
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StoreError(f"{where} failed: access denied ({code}); check the credentials")

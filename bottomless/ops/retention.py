@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.errors import ObjectExistsError, ObjectNotFoundError
+from bottomless.errors import ObjectExistsError, ObjectNotFoundError, ReplicaNotFoundError
 from bottomless.ops.snapshots import compact, planned_parts, read_manifest, snapshot_seqs
 from bottomless.ops.targets import commit_header, commit_numbers, generations
 
@@ -154,6 +154,8 @@ def collect_garbage(
     """
     now = time.time() if now is None else now
     gens = generations(store, db_name)
+    if not gens and not store.list_keys(fmt.db_prefix(db_name)):
+        raise ReplicaNotFoundError(f"{store.location} holds no replica of {db_name!r}")
     listed = {g: snapshot_seqs(store, db_name, g) for g in gens}
     manifests = {
         (g, s): read_manifest(store, db_name, g, s) for g in gens for s in listed[g]
@@ -227,6 +229,8 @@ def _histories(
     failed to write it), its last commit may be well before the next generation.
     """
     complete = [g for g, seqs in listed.items() if seqs]
+    if not complete:
+        return []
     histories = []
     for generation, following in zip(complete, [*complete[1:], None], strict=True):
         seqs = listed[generation]

@@ -121,8 +121,9 @@ class Replica:
             raise BottomlessError(f"{self.path}: this replica has already been started")
         self._lock.acquire()
         try:
-            self._feed = Feed(CountingStore(open_store(self.settings)), self.db_name,
-                              max_window=self._max_window, parallelism=self.settings.parallelism)
+            store = CountingStore(open_store(self.settings, read_only=True))
+            self._feed = Feed(store, self.db_name, max_window=self._max_window,
+                              parallelism=self.settings.parallelism)
             self._bring_up()
         except BaseException:
             self._file.close()

@@ -23,7 +23,7 @@ import apsw
 
 from bottomless.backends.registry import open_store
 from bottomless.engine.replicator import ProgressFactory, Replicator
-from bottomless.errors import BottomlessError
+from bottomless.errors import BottomlessError, ConfigError
 from bottomless.local.files import WAL_FRAME_HEADER_SIZE, LocalImage, file_size, read_db
 from bottomless.settings import (
     SETTINGS_TOKEN_PARAMETER,
@@ -160,7 +160,16 @@ class BottomlessVFS(apsw.VFS):
             assert isinstance(name, apsw.URIFilename)
             path = name.filename()
             settings = self._settings_for(name)
-            entry = self.databases.acquire(path, settings)
+            try:
+                entry = self.databases.acquire(path, settings)
+            except OSError as e:
+                if isinstance(e, BottomlessError):
+                    raise
+                # as SQLite says it (a missing directory, no permission), with the cause
+                cant_open = apsw.CantOpenError(f"unable to open database file {path}: {e}")
+                for code in ("result", "extendedresult"):  # as apsw's own carry them
+                    setattr(cant_open, code, apsw.SQLITE_CANTOPEN)
+                raise cant_open from e
             try:
                 return MainDbFile(self, entry, path, name, flags)
             except BaseException:
@@ -175,6 +184,10 @@ class BottomlessVFS(apsw.VFS):
         return apsw.VFSFile("", name, flags)
 
     def _settings_for(self, name: apsw.URIFilename) -> Settings:
+        repeated = sorted({key for key in name.parameters if name.parameters.count(key) > 1})
+        if repeated:  # SQLite would read the first and ignore the rest: say so instead
+            raise ConfigError(f"URI parameter {repeated[0]} is given more than once in"
+                              f" {name.filename()}'s URI; give it once", field=repeated[0])
         params = {key: name.uri_parameter(key) or "" for key in name.parameters}
         token = params.pop(SETTINGS_TOKEN_PARAMETER, None)
         base = settings_tokens.take(token) if token else None
