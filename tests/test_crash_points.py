@@ -429,8 +429,8 @@ import bottomless.cli as cli
 opened = api.open_store
 
 
-def open_store(settings):
-    store = opened(settings)
+def open_store(settings, **options):
+    store = opened(settings, **options)
     delete = store.delete
 
     def announced_delete(key):

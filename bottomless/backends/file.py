@@ -33,14 +33,8 @@ class FilePageStore(FsspecPageStore):
 
     backend = "file"
 
-    def __init__(self, directory: str, *, create: bool = True) -> None:
+    def __init__(self, directory: str) -> None:
         directory = os.path.abspath(directory)
-        if not create and not os.path.isdir(directory):
-            raise BucketNotFoundError(
-                f"replica directory {directory} does not exist (check the bucket setting;"
-                " a writer creates it unless create_bucket is off, env"
-                " LIBSQL_BOTTOMLESS_CREATE_BUCKET, URI parameter create_bucket)"
-            )
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -51,7 +45,13 @@ class FilePageStore(FsspecPageStore):
     def from_settings(cls, settings: Settings) -> FilePageStore:
         """Build the store that ``settings`` describes (``bucket`` is the directory, created
         if missing unless ``create_bucket`` is off)."""
-        return cls(settings.bucket, create=settings.create_bucket)
+        if not settings.create_bucket and not os.path.isdir(settings.bucket):
+            raise BucketNotFoundError(
+                f"replica directory {os.path.abspath(settings.bucket)} does not exist (check"
+                " the bucket setting; a writer creates it unless create_bucket is off, env"
+                " LIBSQL_BOTTOMLESS_CREATE_BUCKET, URI parameter create_bucket)"
+            )
+        return cls(settings.bucket)
 
     @property
     def location(self) -> str:
