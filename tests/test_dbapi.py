@@ -175,6 +175,48 @@ def test_a_failed_upload_in_a_with_block_raises_and_keeps_nothing(
     assert rows(path) == rows(restored(tmp_path, settings, "w.db")) == []
 
 
+def test_with_autocommit_false_a_failed_commit_leaves_a_transaction_open(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """PEP 249's mode, which SQLAlchemy recommends: always in a transaction. After a commit
+    whose upload failed, the app's retry must not run statement by statement, each statement
+    committed on its own."""
+    settings = make_settings("file")
+    path = str(tmp_path / "ac.db")
+    conn = dbapi.connect(path, settings=settings, autocommit=False)
+    conn.execute("CREATE TABLE t(x UNIQUE)")
+    conn.commit()
+    failing = _break_store(path)
+    failing.down = True
+    conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(dbapi.OperationalError):
+        conn.commit()
+    assert conn.in_transaction
+    failing.down = False
+    conn.execute("INSERT INTO t VALUES (2)")  # the retry fails half-way: nothing of it stays
+    with pytest.raises(dbapi.IntegrityError):
+        conn.execute("INSERT INTO t VALUES (2)")
+    conn.rollback()
+    conn.close()
+    assert rows(path) == rows(restored(tmp_path, settings, "ac.db")) == []
+
+
+def test_a_blob_write_whose_commit_cannot_upload_raises_a_dbapi_error(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """Outside a transaction, closing the blob is the commit of what was written."""
+    settings = make_settings("file")
+    path = str(tmp_path / "blob.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)")
+    conn.execute("INSERT INTO t VALUES (1, zeroblob(4))")
+    conn.commit()
+    _break_store(path).down = True
+    with pytest.raises(dbapi.OperationalError) as info, conn.blobopen("t", "b", 1) as blob:
+        blob.write(b"ABCD")
+    assert isinstance(info.value, StoreError)
+    assert conn.execute("SELECT b FROM t").fetchone() == (bytes(4),)
+    conn.close()
+
+
 def test_an_autocommit_statement_that_cannot_upload_fails_itself(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     settings = make_settings("memory")
@@ -395,3 +437,16 @@ def test_a_file_name_that_is_no_valid_db_name_replicates_under_a_derived_one(
     back = dbapi.connect(path, settings=settings)  # the same name again: restored
     assert back.execute("SELECT x FROM t").fetchall() == [(1,)]
     back.close()
+
+
+def test_fetchmany_of_zero_or_less_fetches_every_row(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "m.db"), settings=make_settings("memory"))
+    conn.execute("CREATE TABLE t(x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(5)])
+    for size in (0, -1):
+        assert len(conn.execute("SELECT x FROM t").fetchmany(size)) == 5
+    cursor = conn.execute("SELECT x FROM t")
+    cursor.arraysize = 0
+    assert len(cursor.fetchmany()) == 5
+    conn.close()

@@ -377,3 +377,20 @@ def test_a_busy_wait_lets_the_lock_holder_run(tmp_path: Any, make_settings: Make
     holder.close()
     expected = sorted([(f"holder {i}",) for i in range(20)] + [("waiter",)])
     assert sorted(rows(restored(tmp_path, settings, "busy.db"))) == expected
+
+
+def test_paths_through_symbolic_links_open(tmp_path: Any, make_settings: MakeSettings) -> None:
+    """A linked directory (a deploy's ``current``) or a link to the file: SQLite resolves
+    them, and so must the VFS (apsw's inherited method failed with "not an error")."""
+    settings = make_settings("file")
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "current")
+    db = bottomless.connect(str(tmp_path / "current" / "app.db"), settings)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    db.close()
+    os.symlink(tmp_path / "real" / "app.db", tmp_path / "link.db")
+    db = bottomless.connect(str(tmp_path / "link.db"), settings)
+    db.execute("INSERT INTO t VALUES (2)")
+    db.close()
+    assert rows(str(tmp_path / "real" / "app.db")) == [(1,), (2,)]
+    assert rows(restored(tmp_path, settings, "app.db")) == [(1,), (2,)]

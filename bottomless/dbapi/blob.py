@@ -49,7 +49,10 @@ class Blob:
         self._connection._check()
         if self._blob is not None:
             blob, self._blob = self._blob, None
-            blob.close(True)  # like sqlite3: an error already raised is not raised again
+            try:  # outside a transaction, this is the commit of what was written
+                blob.close(True)  # like sqlite3: an error already raised is not raised again
+            except apsw.Error as e:
+                raise_translated(e)
 
     def __len__(self) -> int:
         return int(self._open().length())

@@ -7,6 +7,7 @@ tools.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -247,8 +248,17 @@ class Connection(ConnectionCore):
         if self._autocommit is True:
             return
         with self._lock:
-            if self._live.in_transaction:
-                self._run(verb)
+            try:
+                if self._live.in_transaction:
+                    self._run(verb)
+            except BaseException:
+                # a failed COMMIT (an upload that failed) rolled the transaction back: with
+                # autocommit=False the connection must still be in one, or the app's retry
+                # would run statement by statement, each committed on its own
+                if self._autocommit is False and not self._live.in_transaction:
+                    with contextlib.suppress(_exc.Error):
+                        self._run("BEGIN")
+                raise
             if self._autocommit is False:
                 self._run("BEGIN")
 

@@ -350,9 +350,11 @@ class Cursor:
                 self._fail(e)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
-        """Up to ``size`` (default ``arraysize``) more rows."""
+        """Up to ``size`` (default ``arraysize``) more rows; all of them if it is 0 or less,
+        as ``sqlite3`` does."""
         self._check()
-        count = self.arraysize if size is None else size
+        wanted = self.arraysize if size is None else size
+        count = wanted if wanted > 0 else None
         rows: list[Any] = []
         with self.connection._lock:
             if self._returning is not None:
@@ -360,7 +362,7 @@ class Cursor:
             try:
                 for row in self._cur:
                     rows.append(row)
-                    if len(rows) >= count:
+                    if count is not None and len(rows) >= count:
                         break
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self._fail(e)

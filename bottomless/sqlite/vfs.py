@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -138,6 +139,14 @@ class BottomlessVFS(apsw.VFS):
         return self.databases.replicator_for(db_path)
 
     # -------------------------------------------------------- VFS methods
+
+    def xFullPathname(self, name: str) -> str:  # noqa: N802
+        """The absolute path, symbolic links resolved, as SQLite's unix VFS makes it.
+
+        The inherited method fails when the path holds a symbolic link: SQLite's VFS then
+        answers SQLITE_OK_SYMLINK, which apsw reports as an error (a deploy layout with a
+        ``current`` link, or macOS's ``/tmp``, could not be opened at all)."""
+        return os.path.realpath(name)
 
     def xSleep(self, microseconds: int) -> int:  # noqa: N802
         """Sleep without the GIL (SQLite's busy handler calls this while it waits for a lock).
