@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -450,3 +452,45 @@ def test_fetchmany_of_zero_or_less_fetches_every_row(
     cursor.arraysize = 0
     assert len(cursor.fetchmany()) == 5
     conn.close()
+
+
+_GC_CLOSE = """
+import gc, os, sys, weakref
+import bottomless, bottomless.dbapi as dbapi
+import bottomless.local.files as files
+directory, bucket = sys.argv[1], sys.argv[2]
+settings = bottomless.Settings(backend="file", bucket=bucket)
+
+class Repository:  # holds its connection, which holds it: only the collector frees them
+    def __init__(self, path):
+        self.conn = dbapi.connect(path, settings=settings)
+        self.conn.owner = self
+        self.conn.execute("CREATE TABLE t(x)")
+        self.conn.commit()
+
+gone = weakref.ref(Repository(os.path.join(directory, "a.db")))
+real = files._open_identified
+
+def collecting(*args, **kwargs):  # a collection at an allocation under the state files' lock
+    gc.collect()
+    return real(*args, **kwargs)
+
+files._open_identified = collecting
+other = dbapi.connect(os.path.join(directory, "b.db"), settings=settings)
+files._open_identified = real
+other.close()
+print("collected" if gone() is None else "alive", flush=True)
+"""
+
+
+def test_a_connection_the_collector_frees_inside_bottomless_does_not_hang_it(
+        tmp_path: Any) -> None:
+    """Left unclosed in a reference cycle, a connection is closed by the garbage collector,
+    in the middle of whatever allocated: here bottomless's own code, holding a lock that
+    closing needs."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GC_CLOSE, str(tmp_path), str(tmp_path / "bucket")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "collected"

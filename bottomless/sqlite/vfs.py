@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -300,11 +301,38 @@ class MainDbFile(apsw.VFSFile):
         return result
 
     def xClose(self) -> None:  # noqa: N802
-        """Close, releasing the replicator when the last file of the database closes."""
+        """Close, releasing the replicator when the last file of the database closes.
+
+        A connection the garbage collector frees (left unclosed in a reference cycle) closes
+        in the middle of whatever code allocated at that moment, bottomless's own included,
+        which may hold a lock the release needs: then the release runs on a thread of its
+        own, once that code has let go."""
         super().xClose()
         if not self._closed:
             self._closed = True
-            self._vfs.databases.release(self._entry)
+            if _collector.running_here():
+                threading.Thread(target=self._vfs.databases.release, args=(self._entry,),
+                                 name="bottomless-close", daemon=True).start()
+            else:
+                self._vfs.databases.release(self._entry)
+
+
+class _Collector:
+    """Which thread, if any, runs a garbage collection now (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self._thread: int | None = None
+        gc.callbacks.append(self._phase)
+
+    def _phase(self, phase: str, info: dict[str, int]) -> None:
+        self._thread = threading.get_ident() if phase == "start" else None
+
+    def running_here(self) -> bool:
+        """Whether this thread is inside a collection (freeing what it found)."""
+        return self._thread == threading.get_ident()
+
+
+_collector = _Collector()
 
 
 class JournalFile(apsw.VFSFile):
