@@ -494,3 +494,24 @@ def test_a_connection_the_collector_frees_inside_bottomless_does_not_hang_it(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "collected"
+
+
+def test_a_shared_in_memory_database_is_shared_between_connections() -> None:
+    """``mode=memory&cache=shared`` (Django's default test database): apsw's SQLite has no
+    shared cache, yet connections of the process see one database, as with sqlite3."""
+    uri = f"file:shared-{os.getpid()}?mode=memory&cache=shared"
+    first = dbapi.connect(uri, uri=True)
+    first.execute("CREATE TABLE t(x)")
+    first.execute("INSERT INTO t VALUES (1)")
+    first.commit()
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(
+        dbapi.connect(uri, uri=True).execute("SELECT x FROM t").fetchall()))
+    thread.start()
+    thread.join()
+    assert seen == [[(1,)]]
+    private = dbapi.connect(f"file:private-{os.getpid()}?mode=memory", uri=True)
+    private.execute("CREATE TABLE u(x)")
+    other = dbapi.connect(f"file:private-{os.getpid()}?mode=memory", uri=True)
+    assert other.execute("SELECT name FROM sqlite_master").fetchall() == []
+    first.close()

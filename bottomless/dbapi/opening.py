@@ -17,6 +17,17 @@ def _uri_with(database: str, extra: dict[str, str]) -> str:
     return base + separator + urllib.parse.urlencode(extra) + hash_mark + fragment
 
 
+def _shared_memory(path: str, params: dict[str, str]) -> str:
+    """The ``memdb`` URI of a shared in-memory database (``mode=memory&cache=shared``, as
+    Django's test database is): apsw's SQLite has no shared cache, so each connection would
+    get a database of its own; memdb shares one between the connections of the process that
+    name it with a leading ``/``, for as long as one of them is open."""
+    rest = {k: v for k, v in params.items() if k not in ("mode", "cache", "vfs")}
+    name = "/" + (path.lstrip("/") or ":memory:")
+    return "file:" + urllib.parse.quote(name) + "?" + urllib.parse.urlencode(
+        {"vfs": "memdb", **rest})
+
+
 def open_database(database: str, uri: bool, settings: Settings | None, cache: int
                   ) -> apsw.Connection:
     """Open ``database``: files through the bottomless VFS, in-memory databases plainly.
@@ -32,6 +43,11 @@ def open_database(database: str, uri: bool, settings: Settings | None, cache: in
         parsed = urllib.parse.urlsplit(database)
         params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
         path = parsed.path if parsed.scheme == "file" else database
+        if "vfs" not in params and params.get("cache") == "shared" and (
+            params.get("mode") == "memory" or path == ":memory:"
+        ):
+            database = _shared_memory(path, params)
+            params["vfs"] = "memdb"
         if "vfs" in params or params.get("mode") == "memory" or path in ("", ":memory:"):
             return apsw.Connection(database, flags=flags | apsw.SQLITE_OPEN_URI,
                                    statementcachesize=cache)
