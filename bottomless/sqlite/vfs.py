@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -310,7 +311,7 @@ class MainDbFile(apsw.VFSFile):
         super().xClose()
         if not self._closed:
             self._closed = True
-            if _collector.running_here():
+            if _collector.running_here() and not sys.is_finalizing():  # (no new threads then)
                 threading.Thread(target=self._vfs.databases.release, args=(self._entry,),
                                  name="bottomless-close", daemon=True).start()
             else:
