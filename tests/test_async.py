@@ -136,7 +136,11 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
     assert bottomless.status(db)["pending_commits"] == 25
     abandon(db, path)  # as if the process died here: the spool stays on disk
     assert os.path.exists(path + "-bottomless-queue")
+    torn = path + "-bottomless-queue.intent.4242.tmp"  # a process killed writing an intent
+    with open(torn, "wb") as stream:
+        stream.write(b"BTLI")
     db = bottomless.connect(path, settings)  # reopening ships the spool first
+    assert not os.path.exists(torn)
     generation = bottomless.status(db)["generation"]
     db.close()
     copy = str(tmp_path / "copy.db")

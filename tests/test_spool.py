@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import signal
 import sqlite3
 import struct
 import time
@@ -115,6 +116,38 @@ def test_consumed_space_is_compacted_while_entries_remain(
     assert all(batch.pages == txn(n).pages for n, batch in group)
     assert spool.append(txn(41)) == 41
     assert spool.entries() == list(range(31, 42))
+
+
+def test_a_process_killed_while_compacting_leaves_the_live_entries(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL right after the live records were copied to the front, before the header names
+    them there: the copy overwrote consumed records, which the file must no longer name."""
+    monkeypatch.setattr(spool_module, "_COMPACT_BYTES", 64 * 1024)
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1, pages=20))  # about 80 KiB, consumed below
+    spool.append(txn(2))            # about 8 KiB, live: copied over the start of the first
+    spool.close()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child ends by SIGKILL
+        try:
+            write = spool_module.pwrite_all
+
+            def killed_after_the_copy(fd: int, data: bytes | memoryview, offset: int) -> None:
+                write(fd, data, offset)
+                if offset == spool_module._DATA_START:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            spool_module.pwrite_all = killed_after_the_copy  # type: ignore[assignment]
+            Spool(str(tmp_path / "a.db")).remove_through(1)
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    again = Spool(str(tmp_path / "a.db"))
+    assert again.entries() == [2]
+    assert [(n, b.pages) for n, b in again.read_group(1 << 24)] == [(2, txn(2).pages)]
+    again.remove_through(2)
+    assert again.entries() == []
 
 
 def test_a_record_without_its_header_update_stays_invisible(tmp_path: Any) -> None:

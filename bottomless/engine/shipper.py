@@ -328,6 +328,8 @@ class AsyncShipper:
         """Upload what an earlier process spooled but did not ship (async mode, or a switch),
         or what another process spooled and has not shipped yet (inside
         :meth:`sole_uploader`, whose lock it uses)."""
+        if self._sole_uploader:  # the upload lock is held
+            self.spool.remove_torn_intents()
         state = read_state(self.db_path)
         if state is None or state.db_name != self.db_name:
             return

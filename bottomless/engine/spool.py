@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import logging
 import os
 import sqlite3
@@ -307,8 +308,11 @@ class Spool:
                     os.ftruncate(fd, keep)
                     self._size = min(self._size, keep)
             elif header.head - _DATA_START >= max(live, _COMPACT_BYTES):
-                # move the live records to the front; they do not overlap where they were, so a
-                # crash before the header names their new place leaves the old copy in force
+                # move the live records to the front. The copy overwrites consumed records, so
+                # the header stops naming them first; the copy does not overlap where the live
+                # records are, so a crash before the header names their new place leaves the
+                # old copy in force
+                self._write_header(fd, header)
                 pwrite_all(fd, os.pread(fd, live, header.head), _DATA_START)
                 header.head, header.end = _DATA_START, _DATA_START + live
                 self._write_header(fd, header)
@@ -351,6 +355,13 @@ class Spool:
         with open(tmp, "wb") as out:
             out.write(raw + struct.pack("<I", zlib.crc32(raw)))
         os.replace(tmp, self.intent_path)
+
+    def remove_torn_intents(self) -> None:
+        """Delete what processes killed while writing an intent left (call with the upload
+        lock held: only its holder writes one, so any such file is abandoned)."""
+        for torn in glob.glob(glob.escape(self.intent_path) + ".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(torn)
 
     def read_intent(self) -> Intent | None:
         """The interrupted upload, if any."""
