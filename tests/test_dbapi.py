@@ -454,6 +454,31 @@ def test_fetchmany_of_zero_or_less_fetches_every_row(
     conn.close()
 
 
+def test_serializing_a_schema_that_is_not_attached_is_an_error_as_in_sqlite3(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "s.db"), settings=make_settings("memory"))
+    conn.execute("CREATE TABLE t(x)")
+    assert conn.serialize()[:16] == b"SQLite format 3\0"
+    with pytest.raises(dbapi.OperationalError, match="unable to serialize 'nope'"):
+        conn.serialize(name="nope")
+    conn.close()
+
+
+def test_a_converter_gets_a_real_as_sqlite_writes_it(tmp_path: Any,
+                                                     make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "f.db"), settings=make_settings("memory"),
+                         detect_types=dbapi.PARSE_DECLTYPES)
+    dbapi.register_converter("measured", bytes)
+    try:
+        conn.execute("CREATE TABLE t(x measured)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(1e20,), (float("inf"),), (0.5,)])
+        got = [x for (x,) in conn.execute("SELECT x FROM t ORDER BY rowid")]
+    finally:
+        del dbapi.converters["MEASURED"]
+        conn.close()
+    assert got == [b"1.0e+20", b"Inf", b"0.5"]  # what sqlite3 hands over; not str(1e20)
+
+
 _GC_CLOSE = """
 import gc, os, sys, weakref
 import bottomless, bottomless.dbapi as dbapi

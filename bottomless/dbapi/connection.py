@@ -427,10 +427,13 @@ class Connection(ConnectionCore):
         return int(self._live.limit(category, limit))
 
     def serialize(self, *, name: str = "main") -> bytes:
-        """The database ``name`` as bytes, as it would be written to a file."""
+        """The database ``name`` as bytes, as it would be written to a file. Raises
+        OperationalError for a schema that is not attached, as sqlite3 does."""
         self._check()
         data = self._live.serialize(name)
-        return b"" if data is None else bytes(data)
+        if data is None:
+            raise OperationalError(f"unable to serialize '{name}'")
+        return bytes(data)
 
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
         """Replace database ``name`` with an in-memory copy of ``data`` (not replicated)."""

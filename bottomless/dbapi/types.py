@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import apsw
+
 from bottomless.dbapi.exceptions import ProgrammingError
 
 PARSE_DECLTYPES = 1
@@ -112,12 +114,33 @@ def adapt_all(parameters: Any) -> Any:
 
 
 def column_bytes(value: Any) -> bytes:
-    """The bytes a converter receives for a column value, as ``sqlite3`` hands them over."""
+    """The bytes a converter receives for a column value, as ``sqlite3`` hands them over: a
+    REAL as SQLite writes it as text (``1.0e+20``, ``Inf``), which Python's ``str`` does not."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
+    if isinstance(value, float):
+        return _sqlite_text(value)
     return str(value).encode()
+
+
+class _RealAsText:
+    """SQLite's own text of a REAL, from a private in-memory connection made when first
+    needed (apsw serializes the threads that share it)."""
+
+    def __init__(self) -> None:
+        self._connection: apsw.Connection | None = None
+
+    def __call__(self, value: float) -> bytes:
+        if self._connection is None:
+            self._connection = apsw.Connection(":memory:", vfs="memdb")
+        text = self._connection.execute("SELECT CAST(? AS TEXT)", (value,)).fetchone()
+        assert text is not None
+        return str(text[0]).encode()
+
+
+_sqlite_text = _RealAsText()
 
 
 class Row:
