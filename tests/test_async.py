@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -147,6 +149,41 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
     result = bottomless.restore(copy, settings, db_name="s.db")
     assert result.generation == generation, "the spool should continue the lineage"
     assert rows(copy) == [(i,) for i in range(25)]
+
+
+@pytest.mark.parametrize("damage", ["record", "header"])
+def test_a_damaged_spool_is_set_aside_and_the_local_file_replicated(
+        tmp_path: Any, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture,
+        damage: str) -> None:
+    """Entries are spooled once committed locally, so the local file holds what a damaged
+    spool did: the open says what it found and goes on from the file, losing nothing."""
+    settings = make_settings("file", durability="async", max_lag=60)
+    path = str(tmp_path / "d.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    bottomless.wait_durable(db, 30)
+    stop_uploader(path)
+    for i in range(5):
+        db.execute("INSERT INTO t VALUES(?)", (i,))
+    abandon(db, path)
+    queue = path + "-bottomless-queue"
+    with open(queue, "r+b") as stream:
+        if damage == "record":  # a flipped byte in the first record's pages
+            stream.seek(64 + 24 + 100)
+            stream.write(b"\xff")
+        else:  # the head names the middle of a record, as a torn compaction left it
+            stream.seek(8)
+            stream.write(struct.pack("<Q", 64 + 7))
+    caplog.set_level(logging.ERROR, logger="bottomless")
+    db = bottomless.connect(path, settings)
+    assert os.path.exists(queue + ".damaged")
+    assert any("spool is set aside" in r.getMessage() for r in caplog.records)
+    db.execute("INSERT INTO t VALUES(5)")
+    bottomless.wait_durable(db, 30)
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="d.db")
+    assert rows(copy) == [(i,) for i in range(6)]
 
 
 def test_back_pressure_bounds_the_lag(tmp_path: Any, make_settings: MakeSettings) -> None:

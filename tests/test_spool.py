@@ -23,7 +23,7 @@ import pytest
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
 from bottomless.engine import spool as spool_module
-from bottomless.engine.spool import Intent, Spool
+from bottomless.engine.spool import DamagedSpoolError, Intent, Spool
 from bottomless.engine.transaction import Transaction
 
 PAGE = 4096
@@ -182,6 +182,20 @@ def test_a_file_that_is_not_a_spool_is_refused(tmp_path: Any) -> None:
         stream.write(b"SQLite format 3\0" + bytes(100))
     with pytest.raises(CorruptObjectError, match="not a bottomless spool"):
         spool.entries()
+
+
+def test_a_record_running_past_the_published_end_is_damage_not_an_os_error(
+        tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "a.db"))
+    spool.append(txn(1))
+    spool.append(txn(2))
+    with open(spool.path, "r+b") as stream:
+        (end,) = struct.unpack_from("<Q", stream.read(24), 16)
+        stream.seek(16)
+        stream.write(struct.pack("<Q", end - 5))
+    for call in (lambda: spool.remove_through(2), lambda: spool.read_group(1 << 24)):
+        with pytest.raises(DamagedSpoolError, match="bottomless-queue"):
+            call()
 
 
 def test_a_removed_spool_file_is_recreated_not_written_as_a_ghost(tmp_path: Any) -> None:

@@ -44,8 +44,8 @@ class Decision:
 
 
 INTERRUPTED_ASYNC = (
-    "a machine restart interrupted the last async session (the spool and state file are not"
-    " fsynced, so the local file may hold commits the bucket lacks)"
+    "the last async session's spool was lost (a machine restart: it is not fsynced) or"
+    " damaged, so the local file may hold commits the bucket lacks"
 )
 
 
@@ -100,9 +100,9 @@ class LineageCheck:
 
         ``interrupted``: a machine restart interrupted the last session, so the state file
         cannot be trusted. After a sync session the local file is checked page by page
-        against the bucket's two newest commits; after an async session it may be ahead of
-        the bucket, so a continue or a branch becomes a restart of our lineage. Either way
-        every commit after the state must be ours.
+        against the bucket's two newest commits; after an async session (or with its spool
+        found damaged) it may be ahead of the bucket, so a continue or a branch becomes a
+        restart of our lineage. Either way every commit after the state must be ours.
         """
         decision = self._decide(state, manifest, image, interrupted)
         if interrupted == "async" and decision.verdict in (Verdict.CONTINUE, Verdict.BRANCH):

@@ -18,6 +18,7 @@ from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import Decision, LineageCheck, Verdict
 from bottomless.engine.shipper import AsyncShipper, WriteLock
 from bottomless.engine.snapshot_policy import SnapshotPolicy
+from bottomless.engine.spool import DamagedSpoolError
 from bottomless.errors import ReplicaConflictError
 from bottomless.local.files import (
     LocalImage,
@@ -77,14 +78,12 @@ class Opening:
             with self._write_lock(), self.shipper.sole_uploader():
                 self.shipper.holds_write_lock = True
                 try:
-                    if interrupted == "async":
-                        self._discard_spool()
-                        self._open_existing(interrupted)
-                    elif self.shipper.spool.resync_needed():
-                        self._resync()  # before anything spooled goes up on top of the gap
-                    else:
-                        self.shipper.drain_leftovers()
-                        self._open_existing(interrupted)
+                    self._open_with_spool(interrupted)
+                except DamagedSpoolError as e:
+                    if interrupted == "sync":
+                        raise  # the local file may be behind the bucket: no restart from it
+                    self._set_aside(e)
+                    self._open_existing("async")
                 finally:
                     self.shipper.holds_write_lock = False
         # only now: a failed open leaves an interrupted session's record for the next
@@ -93,6 +92,24 @@ class Opening:
         else:
             self.session.begin(self.settings.durability == "async")
         return self.paused
+
+    def _open_with_spool(self, interrupted: Interrupted | None) -> None:
+        if interrupted == "async":
+            self._discard_spool()
+            self._open_existing(interrupted)
+        elif self.shipper.spool.resync_needed():
+            self._resync()  # before anything spooled goes up on top of the gap
+        else:
+            self.shipper.drain_leftovers()
+            self._open_existing(interrupted)
+
+    def _set_aside(self, damage: DamagedSpoolError) -> None:
+        """The spool is damaged: what it held is in the local file (entries are spooled once
+        committed there), which is now checked against the bucket as after a machine restart
+        (that lost spool entries): a new generation from it if it is ahead."""
+        aside = self.shipper.spool.set_aside()
+        self.log.error("%s; the spool is set aside as %s, and the local file, which holds"
+                       " every commit spooled, replicated from instead", damage, aside)
 
     def _resync(self) -> None:
         """A commit reached the local file but not the spool before this open (its spooling

@@ -35,6 +35,11 @@ from bottomless.osutil import pwrite_all
 logger = logging.getLogger(__name__)
 
 
+class DamagedSpoolError(CorruptObjectError):
+    """The queue file fails its own checks: a header or record that cannot be what was
+    written (the database's local file still holds every commit it spooled)."""
+
+
 @dataclass
 class Intent:
     """An upload that was about to happen: the object, its key, the spool entries it covers."""
@@ -160,13 +165,25 @@ class Spool:
             self._write_header(fd, header)
             return header
         if len(raw) < _HEADER.size:
-            raise CorruptObjectError(f"{self.path}: spool header is truncated")
+            raise DamagedSpoolError(f"{self.path}: spool header is truncated")
         magic, version, flags, head, end, head_number, next_number = _HEADER.unpack(raw)
-        if magic != _MAGIC or version not in (_VERSION, _VERSION_RESYNC) or not (
-            _DATA_START <= head <= end
-        ):
-            raise CorruptObjectError(f"{self.path}: not a bottomless spool (or a damaged one)")
+        if magic == _MAGIC and version not in (_VERSION, _VERSION_RESYNC):
+            raise CorruptObjectError(f"{self.path}: spool format {version} is not one this"
+                                     " bottomless reads (written by a newer version)")
+        if magic != _MAGIC or not _DATA_START <= head <= end or head_number > next_number:
+            raise DamagedSpoolError(f"{self.path}: not a bottomless spool (or a damaged one)")
         return _Header(head, end, head_number, next_number, flags)
+
+    def _record_at(self, fd: int, header: _Header) -> tuple[int, float]:
+        """Length and creation time of the record at the header's head, checked to end
+        within the live records."""
+        raw = os.pread(fd, _RECORD.size, header.head)
+        if len(raw) == _RECORD.size:
+            length, _, created, _ = _RECORD.unpack(raw)
+            if header.head + _RECORD.size + length <= header.end:
+                return length, created
+        raise DamagedSpoolError(f"{self.path}: record at {header.head} runs past the end"
+                                f" of the spooled entries ({header.end})")
 
     def _write_header(self, fd: int, header: _Header) -> None:
         version = _VERSION_RESYNC if header.flags & _RESYNC else _VERSION
@@ -242,7 +259,7 @@ class Spool:
             header = self._header(fd)
             if header.head == header.end:
                 return 0.0
-            created: float = _RECORD.unpack(os.pread(fd, _RECORD.size, header.head))[2]
+            created = self._record_at(fd, header)[1]
         age = time.time() - created
         return age if age >= 0 else if_future
 
@@ -269,8 +286,11 @@ class Spool:
                 if pos + _RECORD.size > len(data):
                     if group:
                         break  # the rest is for the next group
-                    raise CorruptObjectError(f"{self.path}: record at {head} is truncated")
+                    raise DamagedSpoolError(f"{self.path}: record at {head} is truncated")
                 length, number, created, crc = _RECORD.unpack_from(data, pos)
+                if head + pos + _RECORD.size + length > header.end:
+                    raise DamagedSpoolError(f"{self.path}: record at {head + pos} runs past the"
+                                            f" end of the spooled entries ({header.end})")
                 if group and total + length > max_bytes:
                     break
                 start = pos + _RECORD.size
@@ -281,7 +301,7 @@ class Spool:
                     data = memoryview(os.pread(fd, _RECORD.size + length, head))
                 body = data[start : start + length]
                 if len(body) != length or zlib.crc32(body) != crc:
-                    raise CorruptObjectError(
+                    raise DamagedSpoolError(
                         f"{self.path}#{number}: spooled commit is damaged (CRC mismatch)"
                     )
                 group.append((number, _decode_body(body, self.path, number, created)))
@@ -296,8 +316,7 @@ class Spool:
                 return
             header = self._header(fd)
             while header.head < header.end and header.head_number <= number:
-                length = _RECORD.unpack(os.pread(fd, _RECORD.size, header.head))[0]
-                header.head += _RECORD.size + length
+                header.head += _RECORD.size + self._record_at(fd, header)[0]
                 header.head_number += 1
             live = header.end - header.head
             keep = _DATA_START + _PREALLOCATE  # what an idle spool keeps allocated
@@ -435,6 +454,16 @@ class Spool:
                 os.close(self._fd)
                 self._fd = None
 
+    def set_aside(self) -> str:
+        """Move a damaged queue file out of the way, kept as ``…-queue.damaged`` for a look,
+        and forget the intent (call with the upload lock held); returns the new name."""
+        self.close()
+        aside = self.path + ".damaged"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+        self.clear_intent()
+        return aside
+
     def destroy(self) -> None:
         """Remove the whole spool (its database is gone)."""
         self.close()
@@ -449,7 +478,7 @@ def _decode_body(
     page_size, db_size, count = _BODY.unpack_from(body)
     start = _BODY.size + 4 * count
     if len(body) != start + count * page_size:
-        raise CorruptObjectError(f"{path}#{number}: spooled commit has the wrong length")
+        raise DamagedSpoolError(f"{path}#{number}: spooled commit has the wrong length")
     numbers = struct.unpack_from(f"<{count}I", body, _BODY.size)
     pages = {
         n: bytes(body[start + i * page_size : start + (i + 1) * page_size])
