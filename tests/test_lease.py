@@ -13,9 +13,12 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import rows
+from helpers import replicator, rows
 
 import bottomless
+from bottomless import format as fmt
+from bottomless.backends.registry import open_store
+from bottomless.engine.lease import WriterLease
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -87,17 +90,22 @@ def test_paused_writer_cannot_commit_after_losing_its_lease(tmp_path: Any) -> No
                                        lease_ttl=ttl, initial_replication="force")
         (tmp_path / "b").mkdir()
         usurper = bottomless.connect(str(tmp_path / "b" / "b.db"), settings)
-        before = usurper.execute("SELECT x FROM t").fetchall()  # restored from the bucket
-        usurper.execute("INSERT INTO t VALUES(-1)")
     finally:
         writer.send_signal(signal.SIGCONT)
-    out, _ = writer.communicate(timeout=60)
-    assert writer.returncode == 3, out
-    assert "ReplicaConflictError" in out and "lease" in out
-    acknowledged = [int(line.split()[1]) for line in out.splitlines() if line.startswith("done")]
-    assert before == [(i,) for i in acknowledged], "every acknowledged commit was restored"
-    usurper.execute("INSERT INTO t VALUES(-2)")
-    usurper.close()
+    try:
+        before = usurper.execute("SELECT x FROM t").fetchall()  # restored from the bucket
+        usurper.execute("INSERT INTO t VALUES(-1)")
+        out, _ = writer.communicate(timeout=60)
+        assert writer.returncode == 3, out
+        # the writer's commit may meet the lease, or the usurper's commit object in its way:
+        # either way it names the lease
+        assert "ReplicaConflictError" in out and "lease" in out, out
+        acknowledged = [int(line.split()[1]) for line in out.splitlines()
+                        if line.startswith("done")]
+        assert before == [(i,) for i in acknowledged], "every acknowledged commit was restored"
+        usurper.execute("INSERT INTO t VALUES(-2)")
+    finally:
+        usurper.close()
     copy = str(tmp_path / "copy.db")
     bottomless.restore(copy, settings, db_name="shared")
     assert sorted(rows(copy)) == sorted([*before, (-1,), (-2,)]), "a late commit appeared"
@@ -149,3 +157,34 @@ def test_processes_sharing_one_file_are_one_writer(tmp_path: Any) -> None:
     bottomless.restore(copy, settings, db_name="shared")
     assert sorted(rows(copy)) == local and len(local) > 20
     os.unlink(copy)
+
+
+def test_a_commit_that_meets_a_new_holders_object_says_it_lost_the_lease(
+        tmp_path: Any, make_settings: Callable[..., bottomless.Settings]) -> None:
+    """The lease was taken (a forced failover) while this writer still trusted it, and the
+    new holder's commit is at the position this one was about to use: the conditional PUT
+    refuses it, and the error says why (it said only that another writer was there)."""
+    settings = make_settings("file", lease_ttl=30)
+    path = str(tmp_path / "a.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    rep = replicator(path)
+    other = WriterLease(open_store(settings), rep.db_name, "ff" * 16, 30)
+    other.acquire(force=True)
+    try:
+        state = rep.state
+        assert state is not None
+        theirs = fmt.PageBatch(
+            fmt.KIND_COMMIT, state.generation, state.seq + 1, state.page_size, 2,
+            {2: bytes(state.page_size)}, prev=state.digest_bytes, writer=b"\xff" * 16,
+        )
+        rep.store.put_once(fmt.commit_key(rep.db_name, state.generation, state.seq + 1),
+                           fmt.encode_batch(theirs, "none"))
+        with pytest.raises(apsw.IOError) as info:
+            db.execute("INSERT INTO t VALUES(1)")
+        cause = info.value.__cause__
+        assert isinstance(cause, bottomless.ReplicaConflictError)
+        assert "lost its lease" in str(cause), cause
+    finally:
+        other.release()
+    db.close()

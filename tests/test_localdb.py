@@ -13,6 +13,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -208,14 +209,17 @@ def test_commits_stat_no_file(
             stop_uploader(path)  # the uploader's own work is not the commit path
         stats: list[Any] = []
         real_stat, real_fstat = os.stat, os.fstat
+        committer = threading.get_ident()  # not the threads a test before may have left
 
         def counting_stat(target: Any, *args: Any, **kwargs: Any) -> Any:
             found = real_stat(target, *args, **kwargs)  # a missing file has no timestamps
-            stats.append(target)
+            if threading.get_ident() == committer:
+                stats.append(target)
             return found
 
         def counting_fstat(fd: int) -> Any:
-            stats.append(fd)
+            if threading.get_ident() == committer:
+                stats.append(fd)
             return real_fstat(fd)
 
         monkeypatch.setattr(os, "stat", counting_stat)

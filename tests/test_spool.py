@@ -22,7 +22,9 @@ import pytest
 
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
+from bottomless.engine import legacy_spool
 from bottomless.engine import spool as spool_module
+from bottomless.engine.legacy_spool import migrate_legacy
 from bottomless.engine.spool import DamagedSpoolError, Intent, Spool
 from bottomless.engine.transaction import Transaction
 
@@ -247,8 +249,11 @@ def test_processes_appending_at_once_get_distinct_numbers(tmp_path: Any) -> None
     assert all(b.pages == txn(min(b.pages) // 10, pages=1).pages for _, b in group)
 
 
-def test_a_spool_of_bottomless_0_1_is_carried_over(tmp_path: Any) -> None:
-    """0.1 spooled into an SQLite database; its entries and intent must not be stranded."""
+@pytest.mark.parametrize("killed", [False, True], ids=["at-once", "killed-before-removal"])
+def test_a_spool_of_bottomless_0_1_is_carried_over_once(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, killed: bool) -> None:
+    """0.1 spooled into an SQLite database; its entries and intent must not be stranded, nor
+    carried over twice by an open after one killed before it removed the 0.1 files."""
     db_path = str(tmp_path / "a.db")
     legacy = db_path + "-bottomless-spool"
     connection = sqlite3.connect(legacy)
@@ -268,13 +273,24 @@ def test_a_spool_of_bottomless_0_1_is_carried_over(tmp_path: Any) -> None:
     connection.close()
 
     spool = Spool(db_path)
-    spool.migrate_legacy()
+    if killed:  # the entries are carried over, the 0.1 files not removed yet
+        monkeypatch.setattr(legacy_spool.os, "unlink", _interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            migrate_legacy(spool)
+        monkeypatch.undo()
+        assert os.path.exists(legacy)
+    migrate_legacy(spool)
     assert not os.path.exists(legacy)
     group = spool.read_group(1 << 24)
     assert [b.pages for _, b in group] == [txn(1).pages, txn(2).pages, txn(3).pages]
     assert spool.read_intent() == Intent("k/commits/0000000000000004", b"\1\2", 2)
-    spool.migrate_legacy()  # nothing left to move: a no-op
+    migrate_legacy(spool)  # nothing left to move: a no-op
     assert spool.entries() == [1, 2, 3]
+    assert spool.flags() == 0
+
+
+def _interrupted(path: str) -> None:
+    raise KeyboardInterrupt
 
 
 def test_record_layout_is_length_number_time_crc(tmp_path: Any) -> None:

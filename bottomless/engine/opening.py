@@ -29,7 +29,7 @@ from bottomless.local.files import (
 )
 from bottomless.local.session import Interrupted, SessionMarker
 from bottomless.log import DatabaseLogger
-from bottomless.ops.restore import restore_file
+from bottomless.ops.restore import RestoreResult, restore_file
 from bottomless.ops.snapshots import read_manifest, snapshot_seqs
 from bottomless.ops.targets import commit_header, commit_numbers, latest_generation
 from bottomless.settings import Settings
@@ -82,8 +82,8 @@ class Opening:
                 except DamagedSpoolError as e:
                     if interrupted == "sync":
                         raise  # the local file may be behind the bucket: no restart from it
+                    self._open_existing("async")  # first: a crash before it finds the damage
                     self._set_aside(e)
-                    self._open_existing("async")
                 finally:
                     self.shipper.holds_write_lock = False
         # only now: a failed open leaves an interrupted session's record for the next
@@ -97,7 +97,9 @@ class Opening:
         if interrupted == "async":
             self._discard_spool()
             self._open_existing(interrupted)
-        elif self.shipper.spool.resync_needed():
+            return
+        self.shipper.spool.settle_interrupted_commit()
+        if self.shipper.spool.resync_needed():
             self._resync()  # before anything spooled goes up on top of the gap
         else:
             self.shipper.drain_leftovers()
@@ -105,8 +107,9 @@ class Opening:
 
     def _set_aside(self, damage: DamagedSpoolError) -> None:
         """The spool is damaged: what it held is in the local file (entries are spooled once
-        committed there), which is now checked against the bucket as after a machine restart
-        (that lost spool entries): a new generation from it if it is ahead."""
+        committed there), which was checked against the bucket as after a machine restart
+        that lost spool entries (a new generation from it if it is ahead): set the spool
+        aside."""
         aside = self.shipper.spool.set_aside()
         self.log.error("%s; the spool is set aside as %s, and the local file, which holds"
                        " every commit spooled, replicated from instead", damage, aside)
@@ -180,13 +183,18 @@ class Opening:
             self._record(self.generations.start(None, "initial", writer=self.writer))
             return
         remove_local_files(self.db_path, include_db=True)
-        result = restore_file(
-            self.store, self.db_name, self.db_path, parallelism=self.settings.parallelism
-        )
-        self._record(LocalState(
-            self.db_name, result.generation, result.seq, result.digest.hex(), result.page_size,
-            self.writer.hex(), self.store.location,
-        ))
+
+        def record(result: RestoreResult) -> None:
+            # before the file takes its place: a file without its record would be a conflict
+            # at every later open; a record without its file is an empty database, restored
+            # again at the next one
+            self._record(LocalState(
+                self.db_name, result.generation, result.seq, result.digest.hex(),
+                result.page_size, self.writer.hex(), self.store.location,
+            ))
+
+        result = restore_file(self.store, self.db_name, self.db_path,
+                              parallelism=self.settings.parallelism, before_replace=record)
         self.log.info("restored %s from %s (generation %s, commit %d)", self.db_path,
                       self.store.location, result.generation, result.seq)
 

@@ -27,7 +27,7 @@ from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
 from bottomless.backends.counting import CountingStore
-from bottomless.engine.commit import CommitProtocol, Phase
+from bottomless.engine.commit import PREPARED, CommitProtocol, Phase
 from bottomless.engine.generations import Generations, ProgressFactory
 from bottomless.engine.lease import WriterLease
 from bottomless.engine.lineage import is_own_orphan
@@ -115,8 +115,13 @@ class Replicator:
         write_state(self.db_path, state)
         self.state = state
 
-    def _check_lease(self) -> None:
+    def _check_lease(self, fresh: bool = False) -> None:
+        """Raise the lease's error unless this writer surely still holds it; ``fresh``: ask
+        the store now (another writer's object is in the way: a lost lease says who)."""
         if self.lease is not None:
+            if fresh:
+                with contextlib.suppress(StoreError):
+                    self.lease.renew()
             self.lease.check()
 
     def _lease_lost(self) -> bool:
@@ -185,7 +190,9 @@ class Replicator:
                     self._check_lease()
                 if resync:
                     self.commit.resynced()  # due now, in memory and by the spool's mark
-                if self.shipper.resync_due() and self._resync_in_commit(txn, image):
+                # resync_due(), with the spool marked for this commit (Spool.begin_commit)
+                due = self.spool.begin_commit() or self.shipper.resync_pending
+                if due and self._resync_in_commit(txn, image):
                     return
                 self.shipper.wait_for_room()
                 self.commit.queued(txn)
@@ -264,6 +271,7 @@ class Replicator:
     ) -> None:
         existing = fmt.decode_header(self.store.get_range(key, 0, fmt.HEADER_SIZE), key)
         if image is None or not is_own_orphan(self.store, self.db_name, existing, state):
+            self._check_lease(fresh=True)
             raise ReplicaConflictError(
                 f"{key} was written by another writer: two writers are replicating"
                 f" {self.db_name!r} to {self.store.location}; this commit is refused",
@@ -374,6 +382,7 @@ class Replicator:
         it prepared, so that no later commit point records it. If the transaction's object was
         stored, it is an orphan, which the next commit settles."""
         with self.lock:
+            self._unmark_spool()
             self.commit.failed()
 
     def transaction_over(self) -> None:
@@ -383,7 +392,16 @@ class Replicator:
         What another connection (another thread) has prepared since is left alone.
         """
         with self.lock:
+            if self.commit.step.thread in (None, threading.get_ident()):
+                self._unmark_spool()
             self.commit.over()
+
+    def _unmark_spool(self) -> None:
+        """A commit to be spooled did not pass its commit point: take back the spool's mark
+        that it might have (a mark left would only cost a needless new generation)."""
+        if self.commit.step.phase in PREPARED and self.commit.step.txn is not None:
+            with contextlib.suppress(OSError, BottomlessError):
+                self.spool.end_commit()
 
     def sync_failed(self) -> None:
         """A WAL sync failed. Right after a recorded commit, SQLite then reports that commit as

@@ -18,6 +18,7 @@ from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
 from bottomless.engine.generations import Generations
+from bottomless.engine.legacy_spool import migrate_legacy
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Intent, Spool
@@ -80,7 +81,7 @@ class AsyncShipper:
     def __init__(
         self, db_path: str, db_name: str, settings: Settings, store: PageStore, stats: Stats,
         generations: Generations, policy: SnapshotPolicy, *,
-        record: Callable[[LocalState], None], check_lease: Callable[[], None],
+        record: Callable[[LocalState], None], check_lease: Callable[..., None],
         lease_lost: Callable[[], bool], write_lock: WriteLock,
     ) -> None:
         self.db_path = db_path
@@ -166,8 +167,7 @@ class AsyncShipper:
 
     def generation_recorded(self) -> None:
         """A new generation from the local file holds every commit: clear the resync mark."""
-        if self.resync_due():
-            self.spool.mark_resync(False)
+        self.spool.mark_resync(False)
         self.resync_pending = False
         self._resync_seen = 0.0
 
@@ -333,7 +333,7 @@ class AsyncShipper:
         state = read_state(self.db_path)
         if state is None or state.db_name != self.db_name:
             return
-        self.spool.migrate_legacy()
+        migrate_legacy(self.spool)
         while self.spool.read_intent() is not None or self.spool.entries():
             if self._sole_uploader:
                 fork = _ForkFrom(self._committed_image, False)
@@ -415,6 +415,7 @@ class AsyncShipper:
             if fmt.trailer_digest(existing) != digest:
                 header = fmt.decode_header(existing, intent.key)
                 if not is_own_orphan(self.store, self.db_name, header, state):
+                    self._check_lease(True)  # a lost lease says who wrote it
                     raise ReplicaConflictError(
                         f"{intent.key} was written by another writer: two writers are"
                         f" replicating {self.db_name!r} to {self.store.location}",

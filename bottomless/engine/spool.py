@@ -18,7 +18,6 @@ import fcntl
 import glob
 import logging
 import os
-import sqlite3
 import struct
 import threading
 import time
@@ -30,6 +29,7 @@ from bottomless import format as fmt
 from bottomless.engine.transaction import Transaction
 from bottomless.errors import CorruptObjectError
 from bottomless.local.files import FileIdentity, file_identity, still_named
+from bottomless.local.lockfile import try_flock
 from bottomless.osutil import pwrite_all
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ _HEADER = struct.Struct("<4sHHQQQQ")
 #: flag: a commit reached the local file but not the spool (or was spooled, then reported
 #: failed): what is uploaded next must be a new generation from the local file
 _RESYNC = 1
+#: flag: a commit to be spooled is passing its commit point (set under SQLite's write lock,
+#: cleared by its append). Found by the next holder of that lock, its committer was killed
+#: between the two, so the local file may hold a commit the spool lacks: it becomes _RESYNC
+_IN_COMMIT = 2
+#: flag: the entries of a bottomless 0.1 spool were carried over; its files are to be removed
+CARRIED_OVER = 4
 _DATA_START = 64
 # body length, number, created (Unix seconds), CRC-32 of the body
 _RECORD = struct.Struct("<IQdI")
@@ -195,12 +201,60 @@ class Spool:
     def mark_resync(self, needed: bool = True) -> None:
         """Record (``needed``) or clear, in the header, that what is uploaded next must be a new
         generation from the local file: a commit reached the local file but not the spool. The
-        header is rewritten in place, so a full disk does not stop it; it outlives a crash."""
+        header is rewritten in place, so a full disk does not stop it; it outlives a crash.
+        Either way the mark of :meth:`begin_commit` goes: clearing means that a generation from
+        the local file, under SQLite's write lock, holds every commit."""
         with self._locked(create=needed) as fd:
             if fd is not None:
                 header = self._header(fd)
+                header.flags &= ~_IN_COMMIT
                 header.flags = header.flags | _RESYNC if needed else header.flags & ~_RESYNC
                 self._write_header(fd, header)
+
+    def begin_commit(self) -> bool:
+        """Call under SQLite's write lock, before the commit point of a commit to be spooled;
+        returns whether the resync mark is set. If it is not, the header is marked, so that a
+        process killed between the commit point and :meth:`append` (which clears the mark)
+        leaves a spool that says so. A mark found already set was left by such a process (only
+        a holder of the write lock sets one): it becomes the resync mark."""
+        with self._locked() as fd:
+            assert fd is not None
+            header = self._header(fd)
+            flags = self._settled(header.flags)
+            if not flags & _RESYNC:
+                flags |= _IN_COMMIT
+            if flags != header.flags:
+                header.flags = flags
+                self._write_header(fd, header)
+            return bool(flags & _RESYNC)
+
+    def end_commit(self) -> None:
+        """The commit :meth:`begin_commit` marked did not pass its commit point: unmark."""
+        with self._locked(create=False) as fd:
+            if fd is not None:
+                header = self._header(fd)
+                if header.flags & _IN_COMMIT:
+                    header.flags &= ~_IN_COMMIT
+                    self._write_header(fd, header)
+
+    def settle_interrupted_commit(self) -> None:
+        """Call under SQLite's write lock, with no commit under way (an open): a mark of
+        :meth:`begin_commit` left by a killed process becomes the resync mark."""
+        with self._locked(create=False) as fd:
+            if fd is not None:
+                header = self._header(fd)
+                flags = self._settled(header.flags)
+                if flags != header.flags:
+                    header.flags = flags
+                    self._write_header(fd, header)
+
+    def _settled(self, flags: int) -> int:
+        if not flags & _IN_COMMIT:
+            return flags
+        logger.warning("%s: a process was killed between a commit and its spooling; a new"
+                       " generation from the local file, which holds that commit, comes next",
+                       self.path)
+        return flags & ~_IN_COMMIT | _RESYNC
 
     def resync_needed(self) -> bool:
         """Whether :meth:`mark_resync` recorded that a new generation must come next."""
@@ -212,23 +266,37 @@ class Spool:
     def append(self, txn: Transaction) -> int:
         """Spool a committed transaction; call with SQLite's write lock held. Raises OSError
         if the record cannot be written whole (a full disk): the spool is then unchanged."""
-        numbers = sorted(txn.pages)
-        body = b"".join([
-            _BODY.pack(txn.page_size, txn.db_size, len(numbers)),
-            struct.pack(f"<{len(numbers)}I", *numbers),
-            *(txn.pages[n] for n in numbers),
-        ])
+        return self.append_all([txn])[0]
+
+    def append_all(self, txns: list[Transaction], flags: int = 0) -> list[int]:
+        """Spool transactions, all visible at once (one header write, which also sets
+        ``flags``); returns their numbers. Raises OSError as :meth:`append` does."""
         with self._locked() as fd:
             assert fd is not None
             header = self._header(fd)
-            number = header.next_number
-            record = _RECORD.pack(len(body), number, time.time(), zlib.crc32(body))
-            self._reserve(fd, header.end + len(record) + len(body))
-            pwrite_all(fd, record + body, header.end)
-            header.end += len(record) + len(body)
-            header.next_number += 1
-            self._write_header(fd, header)  # the record exists from here on
-        return number
+            numbers = list(range(header.next_number, header.next_number + len(txns)))
+            records = b"".join(_record(txn, number) for txn, number in zip(txns, numbers,
+                                                                           strict=True))
+            self._reserve(fd, header.end + len(records))
+            pwrite_all(fd, records, header.end)
+            header.end += len(records)
+            header.next_number += len(txns)
+            header.flags = header.flags & ~_IN_COMMIT | flags
+            self._write_header(fd, header)  # the records exist from here on
+        return numbers
+
+    def flags(self) -> int:
+        """The header's flags (0: no spool)."""
+        header = self._peek()
+        return 0 if header is None else header.flags
+
+    def clear_flag(self, flag: int) -> None:
+        """Clear one of the header's flags."""
+        with self._locked(create=False) as fd:
+            if fd is not None:
+                header = self._header(fd)
+                header.flags &= ~flag
+                self._write_header(fd, header)
 
     def _peek(self) -> _Header | None:
         with self._locked(create=False) as fd:
@@ -343,28 +411,10 @@ class Spool:
 
     # ---------------------------------------------------------------- upload coordination
 
-    @contextlib.contextmanager
-    def upload_lock(self, wait: float = 0.0) -> Iterator[bool]:
+    def upload_lock(self, wait: float = 0.0) -> contextlib.AbstractContextManager[bool]:
         """Try to become the (only) uploader, for up to ``wait`` seconds; yields whether it
         succeeded."""
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.005)
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return try_flock(self.path + ".lock", wait)
 
     def write_intent(self, intent: Intent) -> None:
         """Record the object about to be uploaded (atomically: a new file renamed into place)."""
@@ -410,37 +460,6 @@ class Spool:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def migrate_legacy(self) -> None:
-        """Move what a bottomless 0.1 spool (an SQLite database) still holds into the queue."""
-        if not os.path.exists(self.legacy_path):
-            return
-        connection = sqlite3.connect(self.legacy_path, timeout=60)
-        try:
-            tables = {r[0] for r in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )}
-            rows = list(connection.execute("SELECT n, data FROM entry ORDER BY n")) if (
-                "entry" in tables) else []
-            intent = connection.execute("SELECT key, through, data FROM intent").fetchone() if (
-                "intent" in tables) else None
-        finally:
-            connection.close()
-        renumbered: dict[int, int] = {}
-        for old, data in rows:
-            batch = fmt.decode_batch(bytes(data), f"{self.legacy_path}#{old}")
-            renumbered[int(old)] = self.append(Transaction(
-                pages=batch.pages, db_size=batch.db_size, page_size=batch.page_size
-            ))
-        if intent is not None:
-            through = max((new for old, new in renumbered.items() if old <= int(intent[1])),
-                          default=0)
-            self.write_intent(Intent(str(intent[0]), bytes(intent[2]), through))
-        logger.info("%s: moved %d spooled commit(s) to %s", self.legacy_path, len(rows),
-                    self.path)
-        for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.legacy_path + suffix)
-
     def sync(self) -> None:
         """Make the queue file durable (``fsync``)."""
         with self._locked(create=False) as fd:
@@ -470,6 +489,16 @@ class Spool:
         for path in (self.path, self.path + ".lock", self.intent_path, self.legacy_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _record(txn: Transaction, number: int) -> bytes:
+    pgnos = sorted(txn.pages)
+    body = b"".join([
+        _BODY.pack(txn.page_size, txn.db_size, len(pgnos)),
+        struct.pack(f"<{len(pgnos)}I", *pgnos),
+        *(txn.pages[n] for n in pgnos),
+    ])
+    return _RECORD.pack(len(body), number, time.time(), zlib.crc32(body)) + body
 
 
 def _decode_body(

@@ -1,11 +1,13 @@
 """The ``<db>-bottomless.lock`` file: it serialises the open-time checks of one local file
-across processes, and keeps the file's writer id."""
+across processes, and keeps the file's writer id; and :func:`try_flock`, for other lock
+files."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 
 
@@ -16,6 +18,30 @@ def open_lock(db_path: str) -> Iterator[int]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def try_flock(path: str, wait: float = 0.0) -> Iterator[bool]:
+    """Try for up to ``wait`` seconds to hold an exclusive ``flock`` on the file ``path``
+    (created if missing); yields whether it is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.005)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 

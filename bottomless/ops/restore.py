@@ -64,11 +64,15 @@ def restore_file(
     store: PageStore, db_name: str, path: str, *, generation: str | None = None,
     seq: int | None = None, timestamp: dt.datetime | None = None, parallelism: int = 8,
     progress: Callable[[int], None] | None = None,
+    before_replace: Callable[[RestoreResult], None] | None = None,
 ) -> RestoreResult:
     """Write a replicated state of ``db_name`` to ``path`` (replacing it atomically).
 
     Without ``generation``/``seq``/``timestamp`` it is the newest commit. Raises
     ReplicaNotFoundError, CorruptObjectError or RestoreError; on error ``path`` is untouched.
+    ``before_replace`` is called with the result once the restored file is durable, before it
+    takes ``path``'s place (what records the restore goes first: a crash in between leaves
+    ``path`` as it was, beside a record of what is about to replace it).
     """
     started = time.monotonic()
     target = resolve_target(store, db_name, generation=generation, seq=seq, timestamp=timestamp)
@@ -91,11 +95,19 @@ def restore_file(
             os.unlink(tmp)
         raise
     os.close(fd)
-    _move_into_place(tmp, path)
     result = RestoreResult(
         db_name, target.generation, target.seq, digest, page_size, db_size, created_ms,
-        tally.objects, tally.bytes, time.monotonic() - started,
+        tally.objects, tally.bytes, 0.0,
     )
+    try:
+        if before_replace is not None:
+            before_replace(result)
+        _move_into_place(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    result.seconds = time.monotonic() - started
     logger.info(
         "restored %s generation %s commit %d (%d pages) into %s in %.2fs",
         db_name, target.generation, target.seq, db_size, path, result.seconds,
