@@ -151,7 +151,7 @@ def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
     assert rows(copy) == [(i,) for i in range(25)]
 
 
-@pytest.mark.parametrize("damage", ["record", "header"])
+@pytest.mark.parametrize("damage", ["record", "header", "magic"])
 def test_a_damaged_spool_is_set_aside_and_the_local_file_replicated(
         tmp_path: Any, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture,
         damage: str) -> None:
@@ -171,9 +171,11 @@ def test_a_damaged_spool_is_set_aside_and_the_local_file_replicated(
         if damage == "record":  # a flipped byte in the first record's pages
             stream.seek(64 + 24 + 100)
             stream.write(b"\xff")
-        else:  # the head names the middle of a record, as a torn compaction left it
-            stream.seek(8)
+        elif damage == "header":  # the head names the middle of a record, as a torn
+            stream.seek(8)        # compaction left it
             stream.write(struct.pack("<Q", 64 + 7))
+        else:  # not a spool header at all
+            stream.write(b"XXXX")
     caplog.set_level(logging.ERROR, logger="bottomless")
     db = bottomless.connect(path, settings)
     assert os.path.exists(queue + ".damaged")
@@ -198,9 +200,12 @@ def test_back_pressure_bounds_the_lag(tmp_path: Any, make_settings: MakeSettings
         commits_are_refused_while_nothing_ships(db)
     finally:
         lock.__exit__(None, None, None)
+    assert rep.spool.flags() == 0, "a refused commit left a mark: the next would resync"
     bottomless.wait_durable(db, 30)
+    generation = bottomless.status(db)["generation"]
     db.execute("INSERT INTO t VALUES(2)")
     bottomless.wait_durable(db, 30)
+    assert bottomless.status(db)["generation"] == generation
     db.close()
     remove_db(path)
 

@@ -51,7 +51,7 @@ if step == "kill-restore-moved":  # the restored file is in place, nothing recor
 if step == "kill-set-aside":
     killed_after(spool.Spool, "set_aside")
 db = bottomless.connect(path)
-db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA journal_mode=" + os.environ.get("JOURNAL", "WAL"))
 if step == "setup":
     db.execute("CREATE TABLE a(k INTEGER PRIMARY KEY, v TEXT)")
     db.execute("CREATE TABLE b(k INTEGER PRIMARY KEY, v TEXT)")
@@ -103,6 +103,25 @@ def test_a_kill_between_a_commit_point_and_its_spooling(tmp_path: Any,
     run("kill-spooling", path, env, killed=True)
     assert run("next", path, env) == "[('a2', 'b1')]"
     assert restored(tmp_path, settings) == [("a2", "b1")]
+
+
+def test_a_sync_commit_after_an_async_process_was_killed_before_spooling(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """A sync writer has the database open when an async one is killed in the same window:
+    its next commit must not ship on top of the gap either."""
+    settings = make_settings("file", durability="async", max_lag=60)
+    synchronous = settings.model_copy(update={"durability": "sync"})
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db", JOURNAL="DELETE")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    db = bottomless.connect(path, synchronous.model_copy(update={"db_name": "app.db"}))
+    try:
+        run("kill-spooling", path, env, killed=True)
+        db.execute("UPDATE a SET v = 'a2'")
+        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a2", "b1")]
+    finally:
+        db.close()
+    assert restored(tmp_path, synchronous) == [("a2", "b1")]
 
 
 def test_a_kill_after_a_damaged_spool_was_set_aside(tmp_path: Any,

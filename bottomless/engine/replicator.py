@@ -190,14 +190,24 @@ class Replicator:
                     self._check_lease()
                 if resync:
                     self.commit.resynced()  # due now, in memory and by the spool's mark
-                # resync_due(), with the spool marked for this commit (Spool.begin_commit)
-                due = self.spool.begin_commit() or self.shipper.resync_pending
-                if due and self._resync_in_commit(txn, image):
-                    return
-                self.shipper.wait_for_room()
+                try:  # resync_due(), with the spool marked for this commit (Spool.begin_commit)
+                    due = self.spool.begin_commit() or self.shipper.resync_pending
+                except OSError as e:
+                    raise StoreError(f"{self.db_name}: cannot write the spool ({e})") from e
+                try:
+                    if due and self._resync_in_commit(txn, image):
+                        return
+                    self.shipper.wait_for_room()
+                except BaseException:  # no commit point: the mark would cost a new generation
+                    with contextlib.suppress(OSError, BottomlessError):
+                        self.spool.end_commit()
+                    raise
                 self.commit.queued(txn)
                 return
             try:
+                # a mark of an async process killed between its commit point and spooling it:
+                # the commit is in the local file only, so this one must not ship on top of it
+                self.spool.settle_interrupted_commit()
                 with self.shipper.shipped_first(image) as forked:
                     if forked is not None:  # the new generation's snapshot holds this commit
                         self.commit.forked(forked)

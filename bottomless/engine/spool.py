@@ -309,9 +309,10 @@ class Spool:
 
     def head_number(self) -> int:
         """Number of the oldest entry still spooled (or of the next one when empty); 0 if there
-        is no spool. It grows as entries are uploaded."""
-        header = self._peek()
-        return 0 if header is None else header.head_number
+        is no spool, -1 if it is damaged. It grows as entries are uploaded."""
+        with contextlib.suppress(DamagedSpoolError):
+            return 0 if (header := self._peek()) is None else header.head_number
+        return -1
 
     def last_number(self) -> int:
         """Number of the newest entry ever spooled (0 if none)."""
