@@ -279,11 +279,11 @@ def fail_appends(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
     real = Spool.append
     left = [times]
 
-    def append(self: Spool, txn: Any) -> int:
+    def append(self: Spool, txn: Any, **kwargs: Any) -> int:
         if left[0] > 0:
             left[0] -= 1
             raise OSError(errno.ENOSPC, "No space left on device", self.path)
-        return real(self, txn)
+        return real(self, txn, **kwargs)
 
     monkeypatch.setattr(Spool, "append", append)
 

@@ -24,8 +24,9 @@ from bottomless import CorruptObjectError
 from bottomless import format as fmt
 from bottomless.engine import legacy_spool
 from bottomless.engine import spool as spool_module
+from bottomless.engine.intent import Intent
 from bottomless.engine.legacy_spool import migrate_legacy
-from bottomless.engine.spool import DamagedSpoolError, Intent, Spool
+from bottomless.engine.spool import DamagedSpoolError, Spool
 from bottomless.engine.transaction import Transaction
 
 PAGE = 4096
@@ -211,18 +212,18 @@ def test_a_removed_spool_file_is_recreated_not_written_as_a_ghost(tmp_path: Any)
 
 def test_intent_round_trips_and_damage_is_dropped(tmp_path: Any) -> None:
     spool = Spool(str(tmp_path / "a.db"))
-    assert spool.read_intent() is None
+    assert spool.intent.read() is None
     intent = Intent("db/generations/g/commits/0000000000000007", os.urandom(3000), 12)
-    spool.write_intent(intent)
-    assert spool.read_intent() == intent
-    with open(spool.intent_path, "r+b") as stream:
+    spool.intent.write(intent)
+    assert spool.intent.read() == intent
+    with open(spool.intent.path, "r+b") as stream:
         stream.seek(100)
         stream.write(b"\0\1\2")
-    assert spool.read_intent() is None
-    assert not os.path.exists(spool.intent_path)
-    spool.write_intent(intent)
-    spool.clear_intent()
-    assert spool.read_intent() is None
+    assert spool.intent.read() is None
+    assert not os.path.exists(spool.intent.path)
+    spool.intent.write(intent)
+    spool.intent.clear()
+    assert spool.intent.read() is None
 
 
 def _append_many(db_path: str, start: int, count: int) -> None:
@@ -283,7 +284,7 @@ def test_a_spool_of_bottomless_0_1_is_carried_over_once(
     assert not os.path.exists(legacy)
     group = spool.read_group(1 << 24)
     assert [b.pages for _, b in group] == [txn(1).pages, txn(2).pages, txn(3).pages]
-    assert spool.read_intent() == Intent("k/commits/0000000000000004", b"\1\2", 2)
+    assert spool.intent.read() == Intent("k/commits/0000000000000004", b"\1\2", 2)
     migrate_legacy(spool)  # nothing left to move: a no-op
     assert spool.entries() == [1, 2, 3]
     assert spool.flags() == 0

@@ -15,7 +15,8 @@ import os
 import sqlite3
 
 from bottomless import format as fmt
-from bottomless.engine.spool import CARRIED_OVER, Intent, Spool
+from bottomless.engine.intent import Intent
+from bottomless.engine.spool import CARRIED_OVER, Spool
 from bottomless.engine.transaction import Transaction
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def migrate_legacy(spool: Spool) -> None:
             first = spool.last_number() + 1
             key, through, data = intent
             covered = sum(1 for old, _ in rows if old <= through)
-            spool.write_intent(Intent(key, data, first + covered - 1 if covered else 0))
+            spool.intent.write(Intent(key, data, first + covered - 1 if covered else 0))
         spool.append_all(txns, CARRIED_OVER)
         logger.info("%s: moved %d spooled commit(s) to %s", legacy, len(rows), spool.path)
     if spool.flags() & CARRIED_OVER:

@@ -132,7 +132,7 @@ class Opening:
             if not self.paused:  # forced: the new generation holds what was spooled
                 spool = self.shipper.spool
                 spool.remove_through(spool.last_number())
-                spool.clear_intent()
+                spool.intent.clear()
                 spool.mark_resync(False)
             return
         self.log.warning("a commit of the last session reached the local file but not the"
@@ -160,7 +160,7 @@ class Opening:
     def _discard_spool(self) -> None:
         """Drop the spool of a session that a machine restart interrupted: it may have lost
         entries (it is not fsynced), so the local file, not the spool, is the truth now."""
-        if self.shipper.spool.exists() or os.path.exists(self.shipper.spool.intent_path):
+        if self.shipper.spool.exists() or os.path.exists(self.shipper.spool.intent.path):
             self.log.warning(
                 "dropping the async spool of a session interrupted by a machine restart;"
                 " the new generation started from the local file holds its commits"

@@ -18,10 +18,11 @@ from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
 from bottomless.engine.generations import Generations
+from bottomless.engine.intent import Intent
 from bottomless.engine.legacy_spool import migrate_legacy
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.snapshot_policy import SnapshotPolicy
-from bottomless.engine.spool import Intent, Spool
+from bottomless.engine.spool import Spool
 from bottomless.engine.stats import Stats
 from bottomless.engine.transaction import Transaction
 from bottomless.engine.upload_failures import UploadFailures
@@ -209,8 +210,8 @@ class AsyncShipper:
                 self._uploaded.wait(0.02)
 
     def append(self, txn: Transaction) -> None:
-        """Spool a commit at its commit point (the uploader polls: no wake-up per commit)."""
-        self.spool.append(txn)
+        """Spool a commit at its commit point, which Spool.begin_commit marked (no wake-up)."""
+        self.spool.append(txn, marked=True)
 
     def resync_from_local(self, writer: bytes) -> None:
         """After a failed WAL sync: replace what is spooled by a new generation from the
@@ -325,16 +326,15 @@ class AsyncShipper:
                 self._sole_uploader = False
 
     def drain_leftovers(self) -> None:
-        """Upload what an earlier process spooled but did not ship (async mode, or a switch),
-        or what another process spooled and has not shipped yet (inside
-        :meth:`sole_uploader`, whose lock it uses)."""
+        """Upload what an earlier process (async, or before a switch) or another one spooled
+        and did not ship yet (inside :meth:`sole_uploader`, whose lock it uses)."""
         if self._sole_uploader:  # the upload lock is held
-            self.spool.remove_torn_intents()
+            self.spool.intent.remove_torn()
         state = read_state(self.db_path)
         if state is None or state.db_name != self.db_name:
             return
         migrate_legacy(self.spool)
-        while self.spool.read_intent() is not None or self.spool.entries():
+        while self.spool.intent.read() is not None or self.spool.entries():
             if self._sole_uploader:
                 fork = _ForkFrom(self._committed_image, False)
                 if not self._drain_locked(True, fork).shipped:
@@ -366,7 +366,7 @@ class AsyncShipper:
                              " local file, which holds every commit and the %d spooled"
                              " one(s)", len(self.spool.entries()))
             return _Drained(True, self._start_over(fork, state.writer_bytes, "restart"))
-        intent = self.spool.read_intent()
+        intent = self.spool.intent.read()
         if intent is None:
             intent = self._next_intent(state)
             if intent is None:
@@ -392,7 +392,7 @@ class AsyncShipper:
         )
         data = fmt.encode_batch(batch, self.settings.compression)
         intent = Intent(fmt.commit_key(self.db_name, state.generation, seq), data, through)
-        self.spool.write_intent(intent)
+        self.spool.intent.write(intent)
         return intent
 
     def _ship(self, intent: Intent, state: LocalState, fork: _ForkFrom | None) -> LocalState | None:
@@ -401,7 +401,7 @@ class AsyncShipper:
         if not fmt.is_next_commit(intent.key, self.db_name, state.generation, state.seq):
             # already recorded before the crash, or from a generation that has since moved on
             self.spool.remove_through(intent.through)
-            self.spool.clear_intent()
+            self.spool.intent.clear()
             return None
         digest = fmt.trailer_digest(intent.data)
         self._check_lease()
@@ -436,7 +436,7 @@ class AsyncShipper:
                            spooled_through=intent.through)
         self._record(recorded)
         self.spool.remove_through(intent.through)
-        self.spool.clear_intent()
+        self.spool.intent.clear()
         self.stats.commit_recorded(recorded.seq, clear_error=True)
         self.failures.succeeded()
         self.policy.commit_added(recorded, len(intent.data))
@@ -468,7 +468,7 @@ class AsyncShipper:
         if not fork.in_commit:
             self._record(forked)
         self.spool.remove_through(through)
-        self.spool.clear_intent()
+        self.spool.intent.clear()
         if not fork.in_commit:
             self.generation_recorded()
         self.stats.error(None)
@@ -482,7 +482,7 @@ class AsyncShipper:
     def nothing_spooled(self) -> bool:
         """Whether every spooled commit is uploaded (a damaged spool counts as not)."""
         try:
-            return (not self.spool.entries() and self.spool.read_intent() is None
+            return (not self.spool.entries() and self.spool.intent.read() is None
                     and not self.resync_due())
         except CorruptObjectError:
             return False
@@ -502,7 +502,7 @@ class AsyncShipper:
         while True:
             state = read_state(self.db_path)
             remaining = [n for n in self.spool.entries() if n <= target]
-            if not remaining and (state is None or self.spool.read_intent() is None) and not (
+            if not remaining and (state is None or self.spool.intent.read() is None) and not (
                 self.resync_due()  # a commit that is in the local file only
             ):
                 return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import glob
 import logging
 import os
 import struct
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bottomless import format as fmt
+from bottomless.engine.intent import IntentFile
 from bottomless.engine.transaction import Transaction
 from bottomless.errors import CorruptObjectError
 from bottomless.local.files import FileIdentity, file_identity, still_named
@@ -38,15 +38,6 @@ logger = logging.getLogger(__name__)
 class DamagedSpoolError(CorruptObjectError):
     """The queue file fails its own checks: a header or record that cannot be what was
     written (the database's local file still holds every commit it spooled)."""
-
-
-@dataclass
-class Intent:
-    """An upload that was about to happen: the object, its key, the spool entries it covers."""
-
-    key: str
-    data: bytes
-    through: int
 
 
 # The queue file: a fixed header, then records appended back to back.
@@ -71,9 +62,6 @@ _DATA_START = 64
 _RECORD = struct.Struct("<IQdI")
 # page size, database size, page count; then the page numbers (u32) and the pages
 _BODY = struct.Struct("<III")
-# magic, entries covered ("through"), key length; then the key, the object, a CRC-32 of all
-_INTENT = struct.Struct("<4sQI")
-_INTENT_MAGIC = b"BTLI"
 #: compact the file once this many consumed bytes sit before the live records
 _COMPACT_BYTES = 4 * 1024 * 1024
 #: the file is grown by at least this much at a time, ahead of the appends: an append that
@@ -106,7 +94,7 @@ class Spool:
 
     def __init__(self, db_path: str) -> None:
         self.path = db_path + "-bottomless-queue"
-        self.intent_path = self.path + ".intent"
+        self.intent = IntentFile(self.path + ".intent")
         self.legacy_path = db_path + "-bottomless-spool"
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -120,10 +108,11 @@ class Spool:
     # ---------------------------------------------------------------- the locked file
 
     @contextlib.contextmanager
-    def _locked(self, create: bool = True) -> Iterator[int | None]:
-        """The queue file, locked against other threads and processes (``None``: no file)."""
+    def _locked(self, create: bool = True, checked: bool = False) -> Iterator[int | None]:
+        """The queue file, locked against other threads and processes (``None``: no file);
+        ``checked``: the descriptor is known to be the file's (see :meth:`append`)."""
         with self._lock:
-            fd = self._open(create)
+            fd = self._open(create, checked)
             if fd is None:
                 yield None
                 return
@@ -133,8 +122,9 @@ class Spool:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _open(self, create: bool) -> int | None:
-        if self._fd is not None and not still_named(self._fd, self._identity, self.path):
+    def _open(self, create: bool, checked: bool = False) -> int | None:
+        if (self._fd is not None and not checked
+                and not still_named(self._fd, self._identity, self.path)):
             os.close(self._fd)  # the file was removed (its database is gone): start afresh
             self._fd = None
         if self._fd is None:
@@ -263,15 +253,19 @@ class Spool:
 
     # ---------------------------------------------------------------- entries
 
-    def append(self, txn: Transaction) -> int:
+    def append(self, txn: Transaction, *, marked: bool = False) -> int:
         """Spool a committed transaction; call with SQLite's write lock held. Raises OSError
-        if the record cannot be written whole (a full disk): the spool is then unchanged."""
-        return self.append_all([txn])[0]
+        if the record cannot be written whole (a full disk): the spool is then unchanged.
+        ``marked``: :meth:`begin_commit` marked the spool for it under the write lock held
+        since, so the file cannot have been replaced (only an open, under that lock, does
+        it): the check that it was not is skipped."""
+        return self.append_all([txn], checked=marked)[0]
 
-    def append_all(self, txns: list[Transaction], flags: int = 0) -> list[int]:
+    def append_all(self, txns: list[Transaction], flags: int = 0, *,
+                   checked: bool = False) -> list[int]:
         """Spool transactions, all visible at once (one header write, which also sets
         ``flags``); returns their numbers. Raises OSError as :meth:`append` does."""
-        with self._locked() as fd:
+        with self._locked(checked=checked) as fd:
             assert fd is not None
             header = self._header(fd)
             numbers = list(range(header.next_number, header.next_number + len(txns)))
@@ -417,48 +411,6 @@ class Spool:
         succeeded."""
         return try_flock(self.path + ".lock", wait)
 
-    def write_intent(self, intent: Intent) -> None:
-        """Record the object about to be uploaded (atomically: a new file renamed into place)."""
-        key = intent.key.encode()
-        raw = _INTENT.pack(_INTENT_MAGIC, intent.through, len(key)) + key + intent.data
-        tmp = f"{self.intent_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(raw + struct.pack("<I", zlib.crc32(raw)))
-        os.replace(tmp, self.intent_path)
-
-    def remove_torn_intents(self) -> None:
-        """Delete what processes killed while writing an intent left (call with the upload
-        lock held: only its holder writes one, so any such file is abandoned)."""
-        for torn in glob.glob(glob.escape(self.intent_path) + ".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(torn)
-
-    def read_intent(self) -> Intent | None:
-        """The interrupted upload, if any."""
-        try:
-            with open(self.intent_path, "rb") as stream:
-                raw = stream.read()
-        except FileNotFoundError:
-            return None
-        if len(raw) >= _INTENT.size + 4 and zlib.crc32(raw[:-4]) == struct.unpack(
-            "<I", raw[-4:]
-        )[0]:
-            magic, through, size = _INTENT.unpack_from(raw)
-            if magic == _INTENT_MAGIC and _INTENT.size + size <= len(raw) - 4:
-                key = raw[_INTENT.size : _INTENT.size + size].decode("utf-8", "replace")
-                return Intent(key, raw[_INTENT.size + size : -4], through)
-        # the entries are still spooled: rebuilding the object from them is safe (a different
-        # object already in the bucket would be reported as a conflict, never overwritten)
-        logger.warning("%s is damaged; rebuilding the upload from the spooled entries",
-                       self.intent_path)
-        self.clear_intent()
-        return None
-
-    def clear_intent(self) -> None:
-        """The upload is recorded; forget it."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.intent_path)
-
     # ---------------------------------------------------------------- lifecycle
 
     def sync(self) -> None:
@@ -481,13 +433,13 @@ class Spool:
         aside = self.path + ".damaged"
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.path, aside)
-        self.clear_intent()
+        self.intent.clear()
         return aside
 
     def destroy(self) -> None:
         """Remove the whole spool (its database is gone)."""
         self.close()
-        for path in (self.path, self.path + ".lock", self.intent_path, self.legacy_path):
+        for path in (self.path, self.path + ".lock", self.intent.path, self.legacy_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
