@@ -34,6 +34,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MakeSettings = Callable[..., bottomless.Settings]
 
 
+#: how late an async upload may be, beyond ``max_lag``, before a crash test calls the commit
+#: lost: the bound holds for an uploader that gets the CPU, which a machine running the
+#: suite on two cores does not always give it (tests/test_async.py checks the bound itself)
+LAG_SLACK = 0.5
+
+
 def child_env(settings: bottomless.Settings, **extra: str) -> dict[str, str]:
     """Environment for a child process that opens the replica ``settings`` describe.
 
@@ -234,8 +240,10 @@ def crash_loop(tmp_path: Any, settings: bottomless.Settings, mode: str, kills: i
             # at most one commit past what this child printed or the last restore held
             newest = max([max(acknowledged, restored_top) + 1] + [n + 1 for n, _ in done])
             if settings.durability == "async":
-                # promised: every commit acknowledged more than max_lag before the kill
-                old_enough = [n for n, at in done if at <= killed_at - settings.max_lag]
+                # promised: every commit acknowledged more than max_lag before the kill (give
+                # or take LAG_SLACK: a loaded machine may keep the uploader off the CPU)
+                old_enough = [n for n, at in done
+                              if at <= killed_at - settings.max_lag - LAG_SLACK]
                 required = max([acknowledged_async, *old_enough])
             else:
                 required = max([acknowledged] + [n for n, _ in done])

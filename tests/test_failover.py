@@ -17,6 +17,7 @@ from typing import Any
 
 import apsw
 import pytest
+from helpers import replicator, wait_for
 from test_crash import child_env
 
 import bottomless
@@ -257,7 +258,8 @@ def test_the_promote_command_takes_over_at_once_with_force(
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert '"seq": 2' in done.stdout  # commit 1 made the table, commit 2 the row
-    time.sleep(TTL / 3 + 0.5)  # the old writer's next renewal finds the lease taken
+    # the old writer's next renewal finds the lease taken (however late its thread wakes)
+    wait_for(lambda: replicator(str(tmp_path / "old.db")).lease.lost is not None, timeout=30)
     with pytest.raises(apsw.IOError):
         old.execute("INSERT INTO t VALUES(2)")
     assert "lost its lease" in str(bottomless.status(old)["last_error"])

@@ -118,7 +118,8 @@ def test_a_sync_commit_is_one_put_and_nothing_else(tmp_path: Any, seaweed: Any,
             before = len(proxy.seen)
             for i in range(20):
                 db.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
-            during = proxy.seen[before:]
+            # a lease renewal (its own thread, every 10 s) may fall in: not the commit path
+            during = [r for r in proxy.seen[before:] if "/lease" not in r]
         finally:
             db.close()
     assert len(during) == 20, during
@@ -162,7 +163,12 @@ def test_commits_under_faults(tmp_path: Any, seaweed: Any, s3_settings: dict[str
                 acknowledged.append(i)
         elapsed = time.monotonic() - started
         proxy.faults_enabled = False
-        db.execute("INSERT INTO t VALUES(?, 'after the faults')", (commits,))  # resumes
+        for attempt in range(3):  # resumes (a 1 s timeout may meet a slow server once)
+            try:
+                db.execute("INSERT INTO t VALUES(?, 'after the faults')", (commits,))
+                break
+            except apsw.IOError:
+                assert attempt < 2, "commits did not resume after the faults"
         acknowledged.append(commits)
         db.close()
         faults = proxy.faults()

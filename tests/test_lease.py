@@ -113,7 +113,7 @@ def test_paused_writer_cannot_commit_after_losing_its_lease(tmp_path: Any) -> No
 
 def test_crashed_writers_lease_is_taken_over_after_expiry(tmp_path: Any) -> None:
     bucket = str(tmp_path / "replicas")
-    ttl = 1.5
+    ttl = 3.0  # the first open below must come before the lease expires, loaded machine or not
     writer = _child(tmp_path, "a.db", bucket, ttl)
     time.sleep(0.2)
     writer.send_signal(signal.SIGKILL)
@@ -132,7 +132,7 @@ def test_crashed_writers_lease_is_taken_over_after_expiry(tmp_path: Any) -> None
         except bottomless.ReplicaConflictError:
             assert time.monotonic() - started < ttl + 5, "the expired lease was not taken over"
             time.sleep(0.2)
-    assert time.monotonic() - started >= ttl * 0.5
+    assert time.monotonic() - started >= ttl * 0.3  # renewed up to ttl / 3 before the kill
     db.execute("CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES(42)")
     db.close()
 

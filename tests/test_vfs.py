@@ -372,7 +372,7 @@ def test_a_busy_wait_lets_the_lock_holder_run(tmp_path: Any, make_settings: Make
     thread.join(10)
     # SQLite's busy handler retries every few ms to 100 ms; a sleep holding the GIL made the
     # holder wait out a retry at each step (about 1-2 s here; threads timed out under load)
-    assert waited < 0.6, f"waited {waited:.2f} s for a lock held 0.1 s"
+    assert waited < 0.9, f"waited {waited:.2f} s for a lock held 0.1 s"
     waiter.close()
     holder.close()
     expected = sorted([(f"holder {i}",) for i in range(20)] + [("waiter",)])

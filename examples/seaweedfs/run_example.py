@@ -41,9 +41,12 @@ def main() -> None:
             [sys.executable, os.path.join(HERE, "..", "writer.py"), db_path],
             stdout=subprocess.PIPE, env=env, text=True,
         )
+        assert app.stdout is not None
+        first = app.stdout.readline()  # the first order is committed: the app is running
         time.sleep(3)
         app.send_signal(signal.SIGKILL)
         output, _ = app.communicate()
+        output = first + output
         acknowledged = [int(line.split()[1]) for line in output.splitlines() if line]
         last = acknowledged[-1] if acknowledged else 0
         print(f"3. killed the app (SIGKILL) after {last} acknowledged orders")
