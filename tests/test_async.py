@@ -125,19 +125,27 @@ def test_clean_exit_flushes(tmp_path: Any) -> None:
     assert len(rows(copy)) == 40
 
 
-def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
-                                                         make_settings: MakeSettings) -> None:
+def spooled_then_abandoned(tmp_path: Any, make_settings: MakeSettings, name: str,
+                           count: int) -> tuple[bottomless.Settings, str]:
+    """An async database with rows ``0..count-1`` in ``t`` committed and spooled, never
+    uploaded, left as a killed process leaves it."""
     settings = make_settings("file", durability="async", max_lag=60)
-    path = str(tmp_path / "s.db")
+    path = str(tmp_path / name)
     db = bottomless.connect(path, settings)
     db.execute("CREATE TABLE t(x)")
     bottomless.wait_durable(db, 30)
     stop_uploader(path)
-    for i in range(25):
+    for i in range(count):
         db.execute("INSERT INTO t VALUES(?)", (i,))
-    assert bottomless.status(db)["pending_commits"] == 25
+    assert bottomless.status(db)["pending_commits"] == count
     abandon(db, path)  # as if the process died here: the spool stays on disk
     assert os.path.exists(path + "-bottomless-queue")
+    return settings, path
+
+
+def test_spool_survives_a_crash_and_is_shipped_on_reopen(tmp_path: Any,
+                                                         make_settings: MakeSettings) -> None:
+    settings, path = spooled_then_abandoned(tmp_path, make_settings, "s.db", 25)
     torn = path + "-bottomless-queue.intent.4242.tmp"  # a process killed writing an intent
     with open(torn, "wb") as stream:
         stream.write(b"BTLI")
@@ -157,15 +165,7 @@ def test_a_damaged_spool_is_set_aside_and_the_local_file_replicated(
         damage: str) -> None:
     """Entries are spooled once committed locally, so the local file holds what a damaged
     spool did: the open says what it found and goes on from the file, losing nothing."""
-    settings = make_settings("file", durability="async", max_lag=60)
-    path = str(tmp_path / "d.db")
-    db = bottomless.connect(path, settings)
-    db.execute("CREATE TABLE t(x)")
-    bottomless.wait_durable(db, 30)
-    stop_uploader(path)
-    for i in range(5):
-        db.execute("INSERT INTO t VALUES(?)", (i,))
-    abandon(db, path)
+    settings, path = spooled_then_abandoned(tmp_path, make_settings, "d.db", 5)
     queue = path + "-bottomless-queue"
     with open(queue, "r+b") as stream:
         if damage == "record":  # a flipped byte in the first record's pages
