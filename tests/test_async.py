@@ -388,3 +388,72 @@ def test_an_object_of_this_writer_not_chained_to_its_position_stops_the_uploader
     assert bottomless.status(db)["generation"] == state.generation
     assert bottomless.status(db)["pending_commits"] == 1, "the commit stays spooled"
     abandon(db, path)  # its spooled commit cannot be shipped: leave without flushing
+
+
+def _rewrite_in_place_then_roll_back(db: Any, how: str) -> None:
+    """A transaction that spills pages to the WAL and rewrites one of its frames in place (so
+    SQLite would fix checksums at its commit), rolled back whole or to a savepoint."""
+    db.execute("PRAGMA cache_size=5")
+    db.execute("BEGIN")
+    if how == "savepoint":
+        db.execute("INSERT INTO t VALUES(2)")
+        db.execute("SAVEPOINT s")
+    for _ in range(400):
+        db.execute("INSERT INTO t VALUES(randomblob(500))")
+    db.execute("UPDATE t SET x = randomblob(500) WHERE typeof(x) = 'blob'")
+    if how == "savepoint":
+        db.execute("ROLLBACK TO s")
+        db.execute("RELEASE s")
+        db.execute("COMMIT")
+        return
+    db.execute("ROLLBACK")
+    if how == "rollback":
+        db.execute("INSERT INTO t VALUES(2)")
+
+
+@pytest.mark.parametrize("how", ["rollback", "savepoint"])
+def test_a_commit_after_a_rolled_back_rewrite_in_place_is_spooled(
+        tmp_path: Any, make_settings: MakeSettings, how: str) -> None:
+    """The rolled-back rewrite must not make the next commit wait for a checksum fix-up that
+    never comes (it was never spooled, and no restore held it)."""
+    settings = make_settings("file", durability="async", max_lag=5)
+    path = str(tmp_path / "r.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    bottomless.wait_durable(db, 30)
+    generation = bottomless.status(db)["generation"]
+    _rewrite_in_place_then_roll_back(db, how)
+    bottomless.wait_durable(db, 30)
+    assert replicator(path).spool.flags() == 0
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    result = bottomless.restore(copy, settings, db_name="r.db")
+    assert rows(copy) == [(1,), (2,)] and result.generation == generation
+
+
+def test_a_commit_seen_only_at_its_end_goes_up_in_a_new_generation(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """Another connection commits between the rolled-back rewrite and this connection's next
+    commit, so its capture cannot tell the rewrite was undone: the commit ends (COMMIT
+    PHASETWO) still awaiting a fix-up. It cannot be spooled in order then, so a new
+    generation from the local file holds it."""
+    settings = make_settings("file", durability="async", max_lag=5)
+    path = str(tmp_path / "two.db")
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    other = bottomless.connect(path, settings)
+    _rewrite_in_place_then_roll_back(db, "rollback-only")
+    for i in range(300):  # past the frames the rolled-back transaction wrote
+        other.execute("INSERT INTO t VALUES(?)", (1000 + i,))
+    other.close()
+    db.execute("INSERT INTO t VALUES(2)")  # the last commit: no later one finds its mark
+    bottomless.wait_durable(db, 30)
+    expected = rows(path)
+    db.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings, db_name="two.db")
+    assert rows(copy) == expected and (2,) in expected

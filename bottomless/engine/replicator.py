@@ -192,15 +192,14 @@ class Replicator:
                     self.commit.resynced()  # due now, in memory and by the spool's mark
                 try:  # resync_due(), with the spool marked for this commit (Spool.begin_commit)
                     due = self.spool.begin_commit() or self.shipper.resync_pending
-                except OSError as e:
-                    raise StoreError(f"{self.db_name}: cannot write the spool ({e})") from e
-                try:
                     if due and self._resync_in_commit(txn, image):
                         return
                     self.shipper.wait_for_room()
-                except BaseException:  # no commit point: the mark would cost a new generation
+                except BaseException as e:  # no commit point: a mark would cost a generation
                     with contextlib.suppress(OSError, BottomlessError):
                         self.spool.end_commit()
+                    if isinstance(e, OSError):
+                        raise StoreError(f"{self.db_name}: the spool failed ({e})") from e
                     raise
                 self.commit.queued(txn)
                 return
@@ -396,14 +395,24 @@ class Replicator:
             self.commit.failed()
 
     def transaction_over(self) -> None:
-        """SQLite finished a write transaction (``COMMIT_PHASETWO``): its commit point, if it
-        had one, is long recorded, and anything still prepared is from one that failed.
+        """SQLite committed a write transaction (``COMMIT_PHASETWO``, sent only after a commit
+        that succeeded): its commit point is long recorded, unless the commit still awaits a
+        checksum fix-up that never came, its commit point having been the commit frame.
 
-        What another connection (another thread) has prepared since is left alone.
+        Such an async commit cannot be spooled now, in order: in WAL mode SQLite has released
+        its write lock. The resync mark makes the next upload a new generation from the local
+        file, which holds it. (A sync commit's object is in the store: the next commit settles
+        it as an orphan of this writer.) What another thread has prepared since is left alone.
         """
         with self.lock:
-            if self.commit.step.thread in (None, threading.get_ident()):
-                self._unmark_spool()
+            step = self.commit.step
+            if (step.thread in (None, threading.get_ident()) and step.phase in PREPARED
+                    and step.txn is not None):
+                self.log.warning("a commit passed its commit point unseen (no checksum fix-up"
+                                 " followed); a new generation from the local file will hold it")
+                self.shipper.resync_pending = True
+                with contextlib.suppress(OSError, BottomlessError):
+                    self.spool.mark_resync()
             self.commit.over()
 
     def _unmark_spool(self) -> None:

@@ -107,6 +107,9 @@ class WalCapture:
         #: this transaction rewrote a page in place, so SQLite fixes up frame checksums (the
         #: commit frame's header last) after the commit frame: the commit is complete only then
         self.rewrote_in_place = False
+        # the lowest frame rewritten in place: a frame header written at or before it means
+        # SQLite rolled that back (a rollback, or a savepoint's), as it forgets the fix-up then
+        self._rewritten_from = 0
 
     def _frame_of(self, offset: int, header: bool) -> int | None:
         if not self.page_size or offset < WAL_HEADER_SIZE:
@@ -121,7 +124,13 @@ class WalCapture:
         self._commit = None
         self._last = None
         self._last_header = None
-        self.rewrote_in_place = False
+        self.take_rewrite()
+
+    def take_rewrite(self) -> bool:
+        """Whether the transaction rewrote a page in place (see ``rewrote_in_place``); the
+        capture forgets it."""
+        rewrote, self.rewrote_in_place, self._rewritten_from = self.rewrote_in_place, False, 0
+        return rewrote
 
     def is_commit_header(self, data: bytes, offset: int) -> bool:
         """Whether this write is the (checksum-fixed) header of the last commit frame."""
@@ -147,6 +156,8 @@ class WalCapture:
         if len(data) == WAL_FRAME_HEADER_SIZE:
             frame = self._frame_of(offset, header=True)
             if frame is not None:
+                if frame <= self._rewritten_from:
+                    self.take_rewrite()
                 pgno, db_size = struct.unpack_from(">II", data)
                 self._commit = (frame, pgno, db_size, bytes(data[8:16])) if db_size else None
                 self._last_header = frame
@@ -154,8 +165,9 @@ class WalCapture:
         frame = self._frame_of(offset, header=False)
         if frame is None or len(data) != self.page_size:
             return None
-        if self._last_header != frame:
-            self.rewrote_in_place = True  # a page written without its header: in place
+        if self._last_header != frame:  # a page written without its header: in place
+            self.rewrote_in_place = True
+            self._rewritten_from = min(self._rewritten_from or frame, frame)
         self._last_header = None
         if self._commit is None or self._commit[0] != frame:
             return None

@@ -410,12 +410,14 @@ class WalFile(apsw.VFSFile):
         image: Callable[[], LocalImage] = lambda: _image_with(path, txn)  # noqa: E731
         try:
             replicator.replicate(txn, image)
-        except BottomlessError as e:
+        except BaseException as e:
             replicator.commit_failed()
-            _raise_io(apsw.SQLITE_IOERR_WRITE, e)
+            if isinstance(e, BottomlessError):
+                _raise_io(apsw.SQLITE_IOERR_WRITE, e)
+            raise
         with _failing_commit(replicator):  # the commit point: if it fails, no commit
             super().xWrite(data, offset)
-        fixup_follows, self._capture.rewrote_in_place = self._capture.rewrote_in_place, False
+        fixup_follows = self._capture.take_rewrite()
         try:
             replicator.commit_written(fixup_follows=fixup_follows)
         except BottomlessError as e:
