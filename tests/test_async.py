@@ -411,17 +411,23 @@ def _rewrite_in_place_then_roll_back(db: Any, how: str) -> None:
         db.execute("INSERT INTO t VALUES(2)")
 
 
+def _wal_with_one_row(tmp_path: Any, make_settings: MakeSettings,
+                      name: str) -> tuple[bottomless.Settings, str, Any]:
+    settings = make_settings("file", durability="async", max_lag=5)
+    path = str(tmp_path / name)
+    db = bottomless.connect(path, settings)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES(1)")
+    return settings, path, db
+
+
 @pytest.mark.parametrize("how", ["rollback", "savepoint"])
 def test_a_commit_after_a_rolled_back_rewrite_in_place_is_spooled(
         tmp_path: Any, make_settings: MakeSettings, how: str) -> None:
     """The rolled-back rewrite must not make the next commit wait for a checksum fix-up that
     never comes (it was never spooled, and no restore held it)."""
-    settings = make_settings("file", durability="async", max_lag=5)
-    path = str(tmp_path / "r.db")
-    db = bottomless.connect(path, settings)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE t(x)")
-    db.execute("INSERT INTO t VALUES(1)")
+    settings, path, db = _wal_with_one_row(tmp_path, make_settings, "r.db")
     bottomless.wait_durable(db, 30)
     generation = bottomless.status(db)["generation"]
     _rewrite_in_place_then_roll_back(db, how)
@@ -439,12 +445,7 @@ def test_a_commit_seen_only_at_its_end_goes_up_in_a_new_generation(
     commit, so its capture cannot tell the rewrite was undone: the commit ends (COMMIT
     PHASETWO) still awaiting a fix-up. It cannot be spooled in order then, so a new
     generation from the local file holds it."""
-    settings = make_settings("file", durability="async", max_lag=5)
-    path = str(tmp_path / "two.db")
-    db = bottomless.connect(path, settings)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE t(x)")
-    db.execute("INSERT INTO t VALUES(1)")
+    settings, path, db = _wal_with_one_row(tmp_path, make_settings, "two.db")
     other = bottomless.connect(path, settings)
     _rewrite_in_place_then_roll_back(db, "rollback-only")
     for i in range(300):  # past the frames the rolled-back transaction wrote
