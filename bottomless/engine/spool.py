@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bottomless import format as fmt
@@ -194,12 +194,8 @@ class Spool:
         header is rewritten in place, so a full disk does not stop it; it outlives a crash.
         Either way the mark of :meth:`begin_commit` goes: clearing means that a generation from
         the local file, under SQLite's write lock, holds every commit."""
-        with self._locked(create=needed) as fd:
-            if fd is not None:
-                header = self._header(fd)
-                header.flags &= ~_IN_COMMIT
-                header.flags = header.flags | _RESYNC if needed else header.flags & ~_RESYNC
-                self._write_header(fd, header)
+        resync = _RESYNC if needed else 0
+        self._change_flags(lambda flags: flags & ~(_IN_COMMIT | _RESYNC) | resync, create=needed)
 
     def begin_commit(self) -> bool:
         """Call under SQLite's write lock, before the commit point of a commit to be spooled;
@@ -207,36 +203,33 @@ class Spool:
         process killed between the commit point and :meth:`append` (which clears the mark)
         leaves a spool that says so. A mark found already set was left by such a process (only
         a holder of the write lock sets one): it becomes the resync mark."""
-        with self._locked() as fd:
-            assert fd is not None
-            header = self._header(fd)
-            flags = self._settled(header.flags)
-            if not flags & _RESYNC:
-                flags |= _IN_COMMIT
-            if flags != header.flags:
-                header.flags = flags
-                self._write_header(fd, header)
-            return bool(flags & _RESYNC)
+        def marked(flags: int) -> int:
+            flags = self._settled(flags)
+            return flags if flags & _RESYNC else flags | _IN_COMMIT
+
+        return bool(self._change_flags(marked, create=True) & _RESYNC)
 
     def end_commit(self) -> None:
         """The commit :meth:`begin_commit` marked did not pass its commit point: unmark."""
-        with self._locked(create=False) as fd:
-            if fd is not None:
-                header = self._header(fd)
-                if header.flags & _IN_COMMIT:
-                    header.flags &= ~_IN_COMMIT
-                    self._write_header(fd, header)
+        self.clear_flag(_IN_COMMIT)
 
     def settle_interrupted_commit(self) -> None:
         """Call under SQLite's write lock, with no commit under way (an open): a mark of
         :meth:`begin_commit` left by a killed process becomes the resync mark."""
-        with self._locked(create=False) as fd:
-            if fd is not None:
-                header = self._header(fd)
-                flags = self._settled(header.flags)
-                if flags != header.flags:
-                    header.flags = flags
-                    self._write_header(fd, header)
+        self._change_flags(self._settled)
+
+    def _change_flags(self, change: Callable[[int], int], *, create: bool = False) -> int:
+        """Apply ``change`` to the header's flags, writing the header only if they change;
+        returns the flags now (0: no spool, unless ``create``)."""
+        with self._locked(create=create) as fd:
+            if fd is None:
+                return 0
+            header = self._header(fd)
+            flags = change(header.flags)
+            if flags != header.flags:
+                header.flags = flags
+                self._write_header(fd, header)
+            return flags
 
     def _settled(self, flags: int) -> int:
         if not flags & _IN_COMMIT:
@@ -286,11 +279,7 @@ class Spool:
 
     def clear_flag(self, flag: int) -> None:
         """Clear one of the header's flags."""
-        with self._locked(create=False) as fd:
-            if fd is not None:
-                header = self._header(fd)
-                header.flags &= ~flag
-                self._write_header(fd, header)
+        self._change_flags(lambda flags: flags & ~flag)
 
     def _peek(self) -> _Header | None:
         with self._locked(create=False) as fd:
