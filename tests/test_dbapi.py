@@ -464,6 +464,78 @@ def test_serializing_a_schema_that_is_not_attached_is_an_error_as_in_sqlite3(
     conn.close()
 
 
+def test_errors_are_also_the_standard_librarys_classes(tmp_path: Any,
+                                                      make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "e.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(x PRIMARY KEY)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # code written for sqlite3 catches it
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.rollback()
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        conn.execute("SELECT * FROM nope")
+    _break_store(path).down = True
+    conn.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(sqlite3.OperationalError) as info:
+        conn.commit()
+    assert isinstance(info.value, StoreError)
+    conn.close()
+    for name in ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
+                 "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
+                 "NotSupportedError"):
+        assert issubclass(getattr(dbapi, name), getattr(sqlite3, name)), name
+
+
+class _Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+
+def test_adapters_and_converters_registered_with_sqlite3_apply_too(
+        tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sqlite3.adapters, (_Point, sqlite3.PrepareProtocol),
+                        lambda p: f"{p.x};{p.y}")
+    monkeypatch.setitem(sqlite3.converters, "POINT",
+                        lambda b: _Point(*map(int, b.split(b";"))))
+    monkeypatch.setitem(sqlite3.converters, "SHADOWED", lambda b: "sqlite3's")
+    dbapi.register_converter("shadowed", lambda b: "ours")
+    try:
+        conn = dbapi.connect(str(tmp_path / "p.db"), settings=make_settings("memory"),
+                             detect_types=dbapi.PARSE_DECLTYPES)
+        conn.execute("CREATE TABLE t(p point, s shadowed)")
+        conn.execute("INSERT INTO t VALUES (?, 'x')", (_Point(3, 4),))
+        point, shadowed = conn.execute("SELECT p, s FROM t").fetchone()
+        assert (point.x, point.y) == (3, 4)
+        assert shadowed == "ours"  # this module's registry comes first
+        with pytest.raises(dbapi.ProgrammingError, match="type 'object' is not supported"):
+            conn.execute("SELECT ?", (object(),))
+        conn.close()
+    finally:
+        del dbapi.converters["SHADOWED"]
+
+
+def test_pandas_reads_and_writes_through_a_connection_of_this_module(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    pd = pytest.importorskip("pandas")
+    import warnings
+
+    conn = dbapi.connect(str(tmp_path / "pd.db"), settings=make_settings("memory"))
+    frame = pd.DataFrame({"at": [datetime.time(1, 2, 3)], "on": [datetime.date(2020, 1, 2)],
+                          "x": [1.5]})
+    with warnings.catch_warnings():  # pandas warns it tests only sqlite3 and SQLAlchemy
+        warnings.simplefilter("ignore", UserWarning)
+        assert frame.to_sql("t", conn, index=False) == 1  # time: pandas's sqlite3 adapter
+        back = pd.read_sql("SELECT * FROM t", conn)
+        assert back.to_dict("records") == [{"at": "01:02:03.000000", "on": "2020-01-02",
+                                            "x": 1.5}]
+        with pytest.raises(pd.errors.DatabaseError, match="no such table"):
+            pd.read_sql("SELECT * FROM nope", conn)
+    conn.close()
+
+
 def test_a_converter_gets_a_real_as_sqlite_writes_it(tmp_path: Any,
                                                      make_settings: MakeSettings) -> None:
     conn = dbapi.connect(str(tmp_path / "f.db"), settings=make_settings("memory"),

@@ -21,7 +21,7 @@ from bottomless.dbapi.types import (
     PARSE_DECLTYPES,
     adapt_all,
     column_bytes,
-    converters,
+    find_converter,
     registry,
 )
 
@@ -297,10 +297,10 @@ class Cursor:
                 start = name.find("[")
                 end = name.find("]", start + 1)
                 if start >= 0 and end > start:
-                    converter = converters.get(name[start + 1 : end].upper())
+                    converter = find_converter(name[start + 1 : end].upper())
             if converter is None and detect & PARSE_DECLTYPES and decltype:
                 base = decltype.split("(", 1)[0].split(" ", 1)[0]
-                converter = converters.get(base.upper())
+                converter = find_converter(base.upper())
             found.append(converter)
         return found
 

@@ -18,11 +18,16 @@ is raised as an instance of a class that derives from *both* :class:`Operational
 bottomless class (:class:`~bottomless.StoreError`, :class:`~bottomless.ConfigError`, ...), so
 ``except sqlite3.OperationalError`` and ``except bottomless.BottomlessError`` both catch it.
 The original error is its ``__cause__``.
+
+Each class also derives from the standard library's class of the same name, so code written for
+``sqlite3`` (``except sqlite3.IntegrityError``, or pandas catching ``sqlite3.Error``) handles
+this module's errors too.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import NoReturn
 
 import apsw
@@ -30,46 +35,46 @@ import apsw
 from bottomless.errors import BottomlessError
 
 
-class Warning(Exception):  # noqa: N818 - the name PEP 249 gives it
+class Warning(sqlite3.Warning):
     """An important warning, such as data truncation (PEP 249)."""
 
 
-class Error(Exception):
+class Error(sqlite3.Error):
     """Base of every DB-API error; ``sqlite_errorcode``/``sqlite_errorname`` when SQLite's."""
 
     sqlite_errorcode: int | None = None
     sqlite_errorname: str | None = None
 
 
-class InterfaceError(Error):
+class InterfaceError(Error, sqlite3.InterfaceError):
     """Misuse of the DB-API interface itself."""
 
 
-class DatabaseError(Error):
+class DatabaseError(Error, sqlite3.DatabaseError):
     """An error reported by the database."""
 
 
-class DataError(DatabaseError):
+class DataError(DatabaseError, sqlite3.DataError):
     """A value was out of range or too big."""
 
 
-class OperationalError(DatabaseError):
+class OperationalError(DatabaseError, sqlite3.OperationalError):
     """The database could not do what was asked: locked, I/O error, failed upload, ..."""
 
 
-class IntegrityError(DatabaseError):
+class IntegrityError(DatabaseError, sqlite3.IntegrityError):
     """A constraint failed."""
 
 
-class InternalError(DatabaseError):
+class InternalError(DatabaseError, sqlite3.InternalError):
     """SQLite reported an internal error."""
 
 
-class ProgrammingError(DatabaseError):
+class ProgrammingError(DatabaseError, sqlite3.ProgrammingError):
     """Wrong SQL, wrong number of parameters, a closed object, the wrong thread."""
 
 
-class NotSupportedError(DatabaseError):
+class NotSupportedError(DatabaseError, sqlite3.NotSupportedError):
     """The operation is not supported."""
 
 

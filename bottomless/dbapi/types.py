@@ -4,11 +4,16 @@ The registries are this module's own (``adapters``, ``converters``), filled and 
 the standard library's ``sqlite3`` fills and reads its own: ``register_adapter(type, callable)``
 turns a Python value into one SQLite stores, ``register_converter(name, callable)`` turns the
 bytes of a column declared (``PARSE_DECLTYPES``) or named (``PARSE_COLNAMES``) ``name`` back.
+
+Where this module has no adapter for a type, or no converter for a name, the standard library's
+registries (``sqlite3.adapters``, ``sqlite3.converters``) are asked next: a library that
+registers its adapters with ``sqlite3`` (pandas does, for ``datetime.time``) works unchanged.
 """
 
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import sys
 import time
 import warnings
@@ -59,12 +64,20 @@ def register_converter(name: str, converter: Callable[[bytes], Any], /) -> None:
     converters[name.upper()] = converter
 
 
+def find_converter(name: str) -> Callable[[bytes], Any] | None:
+    """The converter for the type name ``name`` (upper case): this module's, else ``sqlite3``'s."""
+    found = converters.get(name)
+    return found if found is not None else sqlite3.converters.get(name)
+
+
 _MISSING: Any = object()
 
 
 def adapt(obj: Any, proto: Any = PrepareProtocol, alt: Any = _MISSING, /) -> Any:
     """Adapt ``obj``: a registered adapter, ``__adapt__``, ``__conform__``, else ``alt``."""
     adapter = adapters.get((type(obj), proto))
+    if adapter is None and proto is PrepareProtocol:
+        adapter = sqlite3.adapters.get((type(obj), sqlite3.PrepareProtocol))
     if adapter is not None:
         return adapter(obj)
     # as in sqlite3, a TypeError from __adapt__ or __conform__ means "cannot adapt"
