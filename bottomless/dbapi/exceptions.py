@@ -42,8 +42,10 @@ class Warning(sqlite3.Warning):
 class Error(sqlite3.Error):
     """Base of every DB-API error; ``sqlite_errorcode``/``sqlite_errorname`` when SQLite's."""
 
-    sqlite_errorcode: int | None = None
-    sqlite_errorname: str | None = None
+    # None for an error SQLite did not report (sqlite3's have no attribute then); typeshed
+    # types sqlite3's as always set
+    sqlite_errorcode: int | None = None  # type: ignore[assignment]
+    sqlite_errorname: str | None = None  # type: ignore[assignment]
 
 
 class InterfaceError(Error, sqlite3.InterfaceError):
