@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -164,3 +166,18 @@ def wait_for(condition: Callable[[], bool], timeout: float, poll: float = 0.005)
         assert time.monotonic() - started < timeout, "timed out"
         time.sleep(poll)
     return time.monotonic() - started
+
+
+def junit_outcomes(xml_path: Path, name: Callable[[str, str], str]) -> dict[str, str]:
+    """Test id, as ``name(classname, test name)`` makes it -> passed / failed / skipped, from
+    a JUnit XML report (how the tests that run another project's suite read its results)."""
+    outcomes = {}
+    for case in ET.parse(xml_path).iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            outcome = "failed"
+        elif case.find("skipped") is not None:
+            outcome = "skipped"
+        else:
+            outcome = "passed"
+        outcomes[name(case.get("classname", ""), case.get("name", ""))] = outcome
+    return outcomes

@@ -489,6 +489,25 @@ def test_errors_are_also_the_standard_librarys_classes(tmp_path: Any,
         assert issubclass(getattr(dbapi, name), getattr(sqlite3, name)), name
 
 
+def test_a_connection_is_a_sqlite3_connection_whose_stdlib_part_is_closed(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "i.db"), settings=make_settings("memory"))
+    assert isinstance(conn, sqlite3.Connection)  # what pandas checks
+    # the standard library's own functions, handed it, fail cleanly instead of crashing
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        sqlite3.Cursor(conn).execute("SELECT 1")
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        sqlite3.connect(":memory:").backup(conn)
+    with pytest.raises(TypeError, match="factory must return a cursor"):
+        conn.cursor(sqlite3.Cursor)
+    # and every public name is this module's own
+    assert [name for name in dir(sqlite3.Connection) if not name.startswith("_")
+            and getattr(dbapi.Connection, name) is getattr(sqlite3.Connection, name)] == []
+    conn.row_factory = dbapi.Row
+    assert conn.execute("SELECT 7 AS seven").fetchone()["seven"] == 7
+    conn.close()
+
+
 class _Point:
     def __init__(self, x: int, y: int) -> None:
         self.x, self.y = x, y

@@ -13,8 +13,9 @@ import re
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from helpers import junit_outcomes
 
 SUITE = Path(__file__).parent / "sqla_suite"
 DRIVERS = ("pysqlite", "bottomless")
@@ -36,19 +37,9 @@ def _start(driver: str, workdir: Path) -> subprocess.Popen[str]:
     )
 
 
-def _outcomes(xml_path: Path) -> dict[str, str]:
-    """Test id (backend suffix removed) -> passed / failed / skipped."""
-    outcomes = {}
-    for case in ET.parse(xml_path).iter("testcase"):
-        cls = BACKEND_SUFFIX.sub("", case.get("classname", "").rsplit(".", 1)[-1])
-        if case.find("failure") is not None or case.find("error") is not None:
-            outcome = "failed"
-        elif case.find("skipped") is not None:
-            outcome = "skipped"
-        else:
-            outcome = "passed"
-        outcomes[f"{cls}::{case.get('name')}"] = outcome
-    return outcomes
+def _test_id(classname: str, name: str) -> str:
+    """``Class::test``, the backend suffix taken off the class."""
+    return f"{BACKEND_SUFFIX.sub('', classname.rsplit('.', 1)[-1])}::{name}"
 
 
 def test_bottomless_passes_everything_pysqlite_passes(tmp_path: Path) -> None:
@@ -60,7 +51,7 @@ def test_bottomless_passes_everything_pysqlite_passes(tmp_path: Path) -> None:
     for driver in DRIVERS:
         xml_path = tmp_path / driver / "results.xml"
         assert xml_path.exists(), f"{driver} suite did not report:\n{logs[driver][-3000:]}"
-        results[driver] = _outcomes(xml_path)
+        results[driver] = junit_outcomes(xml_path, _test_id)
         print(f"{driver}: {logs[driver].strip().splitlines()[-1]}")
     print(f"both runs: {elapsed:.1f} s")
 

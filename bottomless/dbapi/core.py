@@ -7,8 +7,9 @@ builds the public ``sqlite3`` API on top, and :class:`~bottomless.dbapi.Cursor`
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -29,8 +30,22 @@ def convert_binding(_cursor: apsw.Cursor, number: int, value: Any) -> Any:
     return bind_value(number, value)
 
 
-class ConnectionCore:
+if TYPE_CHECKING:
+    class _StdlibConnection:
+        """Typed as this module's own API (see :class:`ConnectionCore`)."""
+else:
+    _StdlibConnection = sqlite3.Connection
+
+
+class ConnectionCore(_StdlibConnection):
     """The internals of a connection that its cursors use; not to be made on its own.
+
+    It derives from the standard library's ``sqlite3.Connection``, whose ``__init__`` it never
+    calls, so that libraries that check ``isinstance(conn, sqlite3.Connection)`` (pandas)
+    take it for what it is, a drop-in; every public method and attribute is this module's own.
+    The inherited part is made and closed at once, so a ``sqlite3`` function handed this
+    connection (``sqlite3.Cursor(conn)``) says it is closed instead of touching memory never
+    set up.
 
     Until :meth:`_start` has run (from ``Connection.__init__``) every check fails with
     "Base Connection.__init__ not called.".
@@ -53,7 +68,14 @@ class ConnectionCore:
     _autocommit: bool | int
     #: the BEGIN to run before DML, None when nothing begins transactions implicitly
     _begin: str | None
-    row_factory: Any
+    row_factory: Any = None  # shadows sqlite3.Connection's slot: kept in the instance
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        if not TYPE_CHECKING:  # the stdlib part: a private in-memory database, closed
+            sqlite3.Connection.__init__(self, ":memory:", check_same_thread=False)
+            sqlite3.Connection.close(self)
+        return self
 
     def _start(self, db: apsw.Connection, *, check_same_thread: bool, detect_types: int,
                isolation_level: str | None, autocommit: bool | int) -> None:
