@@ -202,6 +202,30 @@ def test_with_autocommit_false_a_failed_commit_leaves_a_transaction_open(
     assert rows(path) == rows(restored(tmp_path, settings, "ac.db")) == []
 
 
+_CTE_INSERT = "WITH v(x) AS (VALUES (1), (2), (3)) INSERT INTO t SELECT x FROM v RETURNING x"
+
+
+def test_a_with_insert_returning_commits_in_execute_and_raises_a_failed_upload(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "cte.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    cursor = conn.execute(_CTE_INSERT)  # no implicit BEGIN before WITH, as in sqlite3
+    assert not conn.in_transaction and cursor.rowcount == -1
+    assert cursor.fetchone() == (1,)  # one row read: the commit is already done
+    assert rows(restored(tmp_path, settings, "cte.db")) == [(1,), (2,), (3,)]
+    assert cursor.fetchall() == [(2,), (3,)] and cursor.rowcount == -1
+    _break_store(path).down = True
+    with pytest.raises(dbapi.OperationalError, match="not committed") as info:
+        conn.execute(_CTE_INSERT.replace("(1), (2), (3)", "(4), (5)"))
+    assert isinstance(info.value, StoreError)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    conn.close()
+    assert rows(path) == [(1,), (2,), (3,)]
+
+
 def test_a_blob_write_whose_commit_cannot_upload_raises_a_dbapi_error(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     """Outside a transaction, closing the blob is the commit of what was written."""

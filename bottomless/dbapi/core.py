@@ -165,7 +165,9 @@ class ConnectionCore(_StdlibConnection):
     def _classify(self, sql: str) -> tuple[int, str]:
         """The kind of ``sql`` and the SQL to run; the kind is cached in ``_kinds``.
 
-        Kinds: 0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows.
+        Kinds: 0: not DML; 1: INSERT/UPDATE/DELETE/REPLACE; 2: one that may return rows;
+        3: a statement that starts with ``WITH`` and may be DML that returns rows (no
+        implicit BEGIN, as in ``sqlite3``; see ``Cursor.execute``).
         When only comments follow the statement, only the statement itself is run (like
         sqlite3, the rest is never compiled); such SQL is cached in ``_trimmed`` instead, so
         the common case costs one dictionary lookup.
@@ -174,9 +176,10 @@ class ConnectionCore(_StdlibConnection):
         if trimmed is not None:
             return trimmed
         head = skip_blank(sql)
-        kind = 1 if sql[head : head + 7].lower().startswith(_DML) else 0
-        if kind and "returning" in sql.lower():
-            kind = 2
+        start = sql[head : head + 7].lower()
+        kind = 1 if start.startswith(_DML) else 0
+        if "returning" in sql.lower():
+            kind = 2 if kind else 3 if start.startswith("with") else 0
         if ";" in sql:
             end = first_statement_end(sql)
             if skip_blank(sql, end) != len(sql):

@@ -166,7 +166,7 @@ class Cursor:
                 kind, sql = conn._classify(sql)
             db = conn._db
             assert db is not None  # conn._check() said so
-            if kind and conn._begin is not None and not db.in_transaction:
+            if 0 < kind < 3 and conn._begin is not None and not db.in_transaction:
                 conn._begin_transaction()
             if self.row_factory is not None or conn._transform_rows:
                 if not self._traced:
@@ -192,7 +192,13 @@ class Cursor:
                 self._pending = False
                 self._description = None
                 self._fail(e)
-            if kind:
+            if kind == 3:  # WITH ... RETURNING: if it writes, run it to the end now, so
+                # that an autocommit commit that fails raises here, not at a later reset
+                if self._active() and not self._cur.is_readonly:
+                    self._run_returning(db)
+                    self._changes = -1  # not DML to sqlite3: rowcount stays -1
+                self.rowcount = -1
+            elif kind:
                 if kind == 2 and self._active():
                     self._run_returning(db)
                 else:
@@ -212,7 +218,7 @@ class Cursor:
             kind = conn._kinds.get(sql)
             if kind is None:
                 kind, sql = conn._classify(sql)
-            if not kind:
+            if not kind or kind == 3:
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
             if conn._begin is not None and not db.in_transaction:
