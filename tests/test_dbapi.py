@@ -524,9 +524,19 @@ def test_a_connection_is_a_sqlite3_connection_whose_stdlib_part_is_closed(
         sqlite3.connect(":memory:").backup(conn)
     with pytest.raises(TypeError, match="factory must return a cursor"):
         conn.cursor(sqlite3.Cursor)
-    # and every public name is this module's own
-    assert [name for name in dir(sqlite3.Connection) if not name.startswith("_")
-            and getattr(dbapi.Connection, name) is getattr(sqlite3.Connection, name)] == []
+    # every public name is this module's own, or absent (hasattr False), never the stdlib's
+    for name in dir(sqlite3.Connection):
+        if not name.startswith("_") and hasattr(conn, name):
+            assert getattr(dbapi.Connection, name) is not getattr(sqlite3.Connection, name)
+    # Python 3.12's getconfig/setconfig, and extension loading, on every Python
+    assert conn.getconfig(dbapi.SQLITE_DBCONFIG_ENABLE_FKEY) is False
+    assert conn.setconfig(dbapi.SQLITE_DBCONFIG_ENABLE_FKEY) is True
+    assert conn.getconfig(dbapi.SQLITE_DBCONFIG_ENABLE_FKEY) is True
+    with pytest.raises(ValueError, match="unknown config"):
+        conn.getconfig(1001)  # SQLITE_DBCONFIG_LOOKASIDE takes no on/off
+    conn.enable_load_extension(True)
+    with pytest.raises(sqlite3.OperationalError, match="no-such-extension"):
+        conn.load_extension(str(tmp_path / "no-such-extension"))
     conn.row_factory = dbapi.Row
     assert conn.execute("SELECT 7 AS seven").fetchone()["seven"] == 7
     conn.close()
@@ -555,6 +565,13 @@ def test_adapters_and_converters_registered_with_sqlite3_apply_too(
         assert shadowed == "ours"  # this module's registry comes first
         with pytest.raises(dbapi.ProgrammingError, match="type 'object' is not supported"):
             conn.execute("SELECT ?", (object(),))
+        # a replacement of a default, and an adapter of a type SQLite stores (bool), apply too
+        monkeypatch.setitem(sqlite3.adapters, (datetime.date, sqlite3.PrepareProtocol),
+                            lambda d: f"day {d.isoformat()}")
+        monkeypatch.setitem(sqlite3.adapters, (bool, sqlite3.PrepareProtocol),
+                            lambda b: "yes" if b else "no")
+        assert conn.execute("SELECT ?, ?, ?", (datetime.date(2020, 1, 2), True, 1)).fetchone() \
+            == ("day 2020-01-02", "yes", 1)
         conn.close()
     finally:
         del dbapi.converters["SHADOWED"]

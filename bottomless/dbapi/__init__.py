@@ -78,6 +78,9 @@ for _mapping in (apsw.mapping_result_codes, apsw.mapping_extended_result_codes,
     for _name, _value in _mapping.items():
         if isinstance(_name, str) and _name.startswith("SQLITE_"):
             globals()[_name] = _value
+for _name, _value in vars(apsw).items():  # the options of Connection.getconfig/setconfig
+    if _name.startswith("SQLITE_DBCONFIG_") and isinstance(_value, int):
+        globals()[_name] = _value
 SQLITE_DONE: int = apsw.SQLITE_DONE
 SQLITE_ROW: int = apsw.SQLITE_ROW
 

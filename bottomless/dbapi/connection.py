@@ -11,6 +11,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sqlite3
 import sys
 import sysconfig
 import time
@@ -426,6 +427,43 @@ class Connection(ConnectionCore):
             raise ProgrammingError("'category' is out of bounds")
         return int(self._live.limit(category, limit))
 
+    def getconfig(self, op: int, /) -> bool:
+        """Whether the boolean option ``op`` (an ``SQLITE_DBCONFIG_*``) is on (Python 3.12's
+        ``getconfig``, on every Python)."""
+        return self._config(op, -1)
+
+    def setconfig(self, op: int, enable: bool = True, /) -> bool:
+        """Turn the boolean option ``op`` on or off; return whether it is on now."""
+        return self._config(op, 1 if enable else 0)
+
+    def _config(self, op: int, value: int) -> bool:
+        self._check()
+        if op not in BOOLEAN_CONFIGS:
+            raise ValueError(f"unknown config 'op': {op}")
+        try:
+            return bool(self._live.config(op, value))
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def enable_load_extension(self, enabled: bool, /) -> None:
+        """Allow or forbid :meth:`load_extension` (and SQL's ``load_extension()``)."""
+        self._check()
+        try:
+            self._live.enable_load_extension(bool(enabled))
+        except apsw.Error as e:
+            raise_translated(e)
+
+    def load_extension(self, name: str, /, *, entrypoint: str | None = None) -> None:
+        """Load the SQLite extension in the shared library ``name`` (enable it first)."""
+        self._check()
+        try:
+            self._live.load_extension(os.fspath(name), entrypoint)
+        except apsw.ExtensionLoadingError as e:  # an OperationalError in sqlite3
+            message = str(e).removeprefix("ExtensionLoadingError: ")
+            raise OperationalError(message) from e
+        except apsw.Error as e:
+            raise_translated(e)
+
     def serialize(self, *, name: str = "main") -> bytes:
         """The database ``name`` as bytes, as it would be written to a file. Raises
         OperationalError for a schema that is not attached, as sqlite3 does."""
@@ -445,6 +483,33 @@ class Connection(ConnectionCore):
             self._live.deserialize(name, view.tobytes())
         except apsw.Error as e:
             raise_translated(e)
+
+
+#: the ``SQLITE_DBCONFIG_*`` options that are on or off (the others take other arguments)
+BOOLEAN_CONFIGS = frozenset(
+    value for name, value in vars(apsw).items()
+    if name.startswith("SQLITE_DBCONFIG_") and isinstance(value, int)
+    and name not in ("SQLITE_DBCONFIG_MAINDBNAME", "SQLITE_DBCONFIG_LOOKASIDE",
+                     "SQLITE_DBCONFIG_FP_DIGITS", "SQLITE_DBCONFIG_MAX")
+)
+
+
+class _NotProvided:
+    """A public name of ``sqlite3.Connection`` that this module has no counterpart of (a
+    newer Python's, say): reading it raises AttributeError, so ``hasattr`` is False, instead
+    of reaching the closed standard-library part (see ``ConnectionCore``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        raise AttributeError(f"'Connection' object has no attribute {self.name!r}")
+
+
+for _name in dir(sqlite3.Connection):
+    if not _name.startswith("_") and getattr(Connection, _name) is getattr(sqlite3.Connection,
+                                                                          _name):
+        setattr(Connection, _name, _NotProvided(_name))
 
 
 def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:

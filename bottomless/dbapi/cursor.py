@@ -23,6 +23,7 @@ from bottomless.dbapi.types import (
     column_bytes,
     find_converter,
     registry,
+    stdlib_adapters,
 )
 
 _get_ident = threading.get_ident
@@ -177,6 +178,8 @@ class Cursor:
                 self._traced = False
             if type(parameters) is not tuple:
                 parameters = _sequence(parameters)
+            if len(stdlib_adapters) != registry.stdlib_size:
+                registry.refresh()
             if registry.shadows_native:
                 parameters = adapt_all(parameters)
             self._pending = True
@@ -224,6 +227,8 @@ class Cursor:
             if conn._begin is not None and not db.in_transaction:
                 conn._begin_transaction()
             self._reset()
+            if len(stdlib_adapters) != registry.stdlib_size:
+                registry.refresh()
             if registry.shadows_native:
                 seq_of_parameters = (adapt_all(p) for p in seq_of_parameters)
             before = db.total_changes()

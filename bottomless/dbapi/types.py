@@ -5,9 +5,11 @@ the standard library's ``sqlite3`` fills and reads its own: ``register_adapter(t
 turns a Python value into one SQLite stores, ``register_converter(name, callable)`` turns the
 bytes of a column declared (``PARSE_DECLTYPES``) or named (``PARSE_COLNAMES``) ``name`` back.
 
-Where this module has no adapter for a type, or no converter for a name, the standard library's
-registries (``sqlite3.adapters``, ``sqlite3.converters``) are asked next: a library that
-registers its adapters with ``sqlite3`` (pandas does, for ``datetime.time``) works unchanged.
+Where this module has no adapter for a type, or no converter for a name, or only the default
+one it registers itself (date, datetime, timestamp), the standard library's registries
+(``sqlite3.adapters``, ``sqlite3.converters``) are asked next: a library that registers its
+adapters with ``sqlite3`` (pandas does, for ``datetime.time`` and in place of the defaults
+Python 3.12 deprecates) works unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -43,20 +45,41 @@ _NATIVE = (int, float, str, bytes, bytearray, memoryview)
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _shadows(kind: type) -> bool:
+    return issubclass(kind, _NATIVE) or kind is type(None)
+
+
 class _Registry:
-    """Whether an adapter shadows a type apsw would bind by itself."""
+    """Whether an adapter, this module's or ``sqlite3``'s, shadows a type apsw would bind by
+    itself (then every parameter goes through :func:`adapt_all`)."""
 
     shadows_native = False
+    ours_shadow = False
+    #: ``len(sqlite3.adapters)`` when it was last looked through (checked per execute)
+    stdlib_size = -1
+
+    def refresh(self) -> None:
+        """Look through ``sqlite3.adapters`` again (its size changed)."""
+        self.stdlib_size = len(sqlite3.adapters)
+        self.shadows_native = self.ours_shadow or any(
+            proto is sqlite3.PrepareProtocol and _shadows(kind)
+            for kind, proto in list(sqlite3.adapters)
+        )
 
 
 registry = _Registry()
+#: the stdlib's registry, read on every execute to see whether it changed
+stdlib_adapters = sqlite3.adapters
 
 
 def register_adapter(kind: type, adapter: Callable[[Any], Any], /) -> None:
     """Adapt values of exactly ``kind`` with ``adapter`` when they are bound."""
     adapters[(kind, PrepareProtocol)] = adapter
-    if issubclass(kind, _NATIVE) or kind is type(None):
-        registry.shadows_native = True
+    if _shadows(kind):
+        registry.ours_shadow = registry.shadows_native = True
 
 
 def register_converter(name: str, converter: Callable[[bytes], Any], /) -> None:
@@ -64,10 +87,26 @@ def register_converter(name: str, converter: Callable[[bytes], Any], /) -> None:
     converters[name.upper()] = converter
 
 
+def _first(ours: _F | None, stdlib: _F | None) -> _F | None:
+    """One registered with this module, else one registered with ``sqlite3`` by someone other
+    than ``sqlite3`` itself, else this module's default (the same as ``sqlite3``'s, with its
+    deprecation warning pointing at the caller)."""
+    if ours is not None and ours not in _DEFAULTS:
+        return ours
+    if stdlib is not None and getattr(stdlib, "__module__", None) != "sqlite3.dbapi2":
+        return stdlib
+    return ours if ours is not None else stdlib
+
+
 def find_converter(name: str) -> Callable[[bytes], Any] | None:
-    """The converter for the type name ``name`` (upper case): this module's, else ``sqlite3``'s."""
-    found = converters.get(name)
-    return found if found is not None else sqlite3.converters.get(name)
+    """The converter for the type name ``name`` (upper case), as :func:`_first` picks it."""
+    return _first(converters.get(name), sqlite3.converters.get(name))
+
+
+def _adapter_for(kind: type) -> Callable[[Any], Any] | None:
+    """The adapter of ``kind``, as :func:`_first` picks it."""
+    return _first(adapters.get((kind, PrepareProtocol)),
+                  sqlite3.adapters.get((kind, sqlite3.PrepareProtocol)))
 
 
 _MISSING: Any = object()
@@ -75,9 +114,10 @@ _MISSING: Any = object()
 
 def adapt(obj: Any, proto: Any = PrepareProtocol, alt: Any = _MISSING, /) -> Any:
     """Adapt ``obj``: a registered adapter, ``__adapt__``, ``__conform__``, else ``alt``."""
-    adapter = adapters.get((type(obj), proto))
-    if adapter is None and proto is PrepareProtocol:
-        adapter = sqlite3.adapters.get((type(obj), sqlite3.PrepareProtocol))
+    if proto is PrepareProtocol:
+        adapter = _adapter_for(type(obj))
+    else:
+        adapter = adapters.get((type(obj), proto))
     if adapter is not None:
         return adapter(obj)
     # as in sqlite3, a TypeError from __adapt__ or __conform__ means "cannot adapt"
@@ -115,9 +155,8 @@ def bind_value(number: int, value: Any) -> Any:
 def adapt_all(parameters: Any) -> Any:
     """Every parameter through the adapters (used when an adapter shadows a native type)."""
     def one(value: Any) -> Any:
-        if (type(value), PrepareProtocol) in adapters:
-            return adapters[(type(value), PrepareProtocol)](value)
-        return value
+        adapter = _adapter_for(type(value))
+        return value if adapter is None else adapter(value)
 
     if isinstance(parameters, dict):
         return {key: one(value) for key, value in parameters.items()}
@@ -264,6 +303,9 @@ def _convert_timestamp(value: bytes) -> datetime.datetime:
     hours, minutes, seconds = map(int, parts[0].split(b":"))
     micro = int(f"{parts[1].decode():0<6.6}") if len(parts) == 2 else 0
     return datetime.datetime(year, month, date, hours, minutes, seconds, micro)
+
+
+_DEFAULTS = frozenset({_adapt_date, _adapt_datetime, _convert_date, _convert_timestamp})
 
 
 def register_defaults() -> None:
