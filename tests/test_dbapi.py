@@ -22,6 +22,7 @@ from helpers import FailingStore, remove_db, replicator, restored, rows
 
 import bottomless
 import bottomless.dbapi as dbapi
+import bottomless.dbapi.types as dbapi_types
 from bottomless.errors import StoreError
 
 MakeSettings = Callable[..., bottomless.Settings]
@@ -566,6 +567,9 @@ def test_adapters_and_converters_registered_with_sqlite3_apply_too(
         with pytest.raises(dbapi.ProgrammingError, match="type 'object' is not supported"):
             conn.execute("SELECT ?", (object(),))
         # a replacement of a default, and an adapter of a type SQLite stores (bool), apply too
+        # (our default in place: bottomless.django, once imported, registers its own)
+        monkeypatch.setitem(dbapi.adapters, (datetime.date, dbapi.PrepareProtocol),
+                            dbapi_types._adapt_date)
         monkeypatch.setitem(sqlite3.adapters, (datetime.date, sqlite3.PrepareProtocol),
                             lambda d: f"day {d.isoformat()}")
         monkeypatch.setitem(sqlite3.adapters, (bool, sqlite3.PrepareProtocol),
@@ -672,3 +676,240 @@ def test_a_shared_in_memory_database_is_shared_between_connections() -> None:
     other = dbapi.connect(f"file:private-{os.getpid()}?mode=memory", uri=True)
     assert other.execute("SELECT name FROM sqlite_master").fetchall() == []
     first.close()
+
+
+# ---------------------------------------------------------------- newer Pythons' sqlite3
+
+_PY312 = sys.version_info >= (3, 12)
+_PY313 = sys.version_info >= (3, 13)
+
+
+def _warnings_of(action: Callable[[], Any]) -> list[Any]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        action()
+    return [w for w in seen if issubclass(w.category, DeprecationWarning | ResourceWarning)]
+
+
+@pytest.mark.parametrize("sql", [
+    "select ?", "select :a, :a, ?", "select ?2, :a", "select :a, ?1", "select ?3, :3, ?1",
+    "select @a, :a, $a", "select ':a', ?", 'select "c:d", :x from t', "select [e $f], $g from t",
+    "select price$usd, ? from t", "select -- :no\n ?, /* :no */ :yes", "select 'it''s', :y",
+    "select $a::b, $c(x), ?", "select ?5, ?", "select :émoji, :a1_b$c", "select @a, @a, @b",
+    "select 1 limit ? offset :o", "select coalesce(?, :a, ?3, @b, ?)", "select ?10",
+])
+def test_placeholders_are_numbered_and_named_as_sqlite_does(sql: str) -> None:
+    """The text scan behind 3.12's named-placeholder warning agrees with SQLite's own
+    numbering (read through apsw, which drops the marker from each name)."""
+    import apsw
+
+    from bottomless.dbapi.sqltext import placeholders
+
+    db = apsw.Connection(":memory:")
+    db.execute('create table t(a, "c:d", [e $f], price$usd)')
+    seen: list[Any] = []
+
+    def trace(cursor: Any, _sql: str, _bindings: Any) -> bool:
+        seen.append((cursor.bindings_count, cursor.bindings_names))
+        return False
+
+    cursor = db.cursor()
+    cursor.exec_trace = trace
+    count, names = placeholders(sql)
+    with pytest.raises(apsw.ExecTraceAbort):
+        cursor.execute(sql, (None,) * count)
+    sqlite_count, sqlite_names = seen[0]
+    assert count == sqlite_count
+    assert all(name[0] in "?:@$#" and name in sql for _, name in names)
+    assert [(number, name[1:]) for number, name in names] == [
+        (index + 1, name) for index, name in enumerate(sqlite_names) if name is not None
+    ]
+
+
+def test_a_sequence_for_named_placeholders_warns_from_python_3_12() -> None:
+    """Python 3.12 warns, per named placeholder, when a sequence is bound (the warning names
+    the caller's file); a dict, plain ``?`` and a wrong count do not warn; 3.11 never does."""
+    conn = dbapi.connect(":memory:")
+    conn.execute("create table t(a, b)")
+    seen = _warnings_of(lambda: conn.execute("select :a, ?, @b", (1, 2, 3)))
+    many = _warnings_of(lambda: conn.executemany("insert into t values (:a, ?)", [(1, 2)] * 2))
+
+    def no_warning_here() -> None:
+        conn.execute("select :a", {"a": 1})
+        conn.execute("select ?", (1,))
+        conn.executemany("insert into t values (?, ?)", [(1, 2)])
+        with pytest.raises(dbapi.ProgrammingError):
+            conn.execute("select :a", (1, 2))
+
+    quiet = _warnings_of(no_warning_here)
+    numbered = _warnings_of(lambda: conn.execute("select ?2, ?1", (1, 2)))
+    assert conn.execute("select count(*) from t").fetchone() == (3,)
+    conn.close()
+    assert quiet == []
+    if not _PY312:
+        assert seen == many == numbered == []
+        return
+    assert [str(w.message).split(" is a named")[0] for w in seen] == [
+        "Binding 1 (':a')", "Binding 3 ('@b')"]
+    assert "Starting with Python 3.14 an sqlite3.ProgrammingError" in str(seen[0].message)
+    assert {w.filename for w in seen + many} == {__file__}
+    assert len(many) == 2
+    # 3.12.0 to 3.12.3 took "?1" for a name too (CPython gh-117995)
+    assert len(numbered) == (2 if sys.version_info < (3, 12, 4) else 0)
+
+
+def test_version_and_version_info_warn_from_python_3_12() -> None:
+    """``version``/``version_info`` (also through ``dbapi2``) warn from 3.12, naming the
+    caller; ``enable_shared_cache`` is gone from 3.12, as in sqlite3."""
+    assert dbapi.dbapi2 is dbapi
+    seen = _warnings_of(lambda: (dbapi.version, dbapi.dbapi2.version_info))
+    assert (hasattr(dbapi, "enable_shared_cache"), "version" in dbapi.__all__) == (
+        not _PY312, not _PY312)
+    if not _PY312:
+        assert seen == []
+        return
+    assert [str(w.message) for w in seen] == [
+        f"{name} is deprecated and will be removed in Python 3.14"
+        for name in ("version", "version_info")]
+    assert {w.filename for w in seen} == {__file__}
+
+
+def test_the_default_date_adapters_warn_at_the_caller_from_python_3_12(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # only the defaults warn: none of sqlite3's own (pandas registers some) may shadow them
+    monkeypatch.delitem(sqlite3.adapters, (datetime.date, sqlite3.PrepareProtocol), False)
+    monkeypatch.delitem(sqlite3.converters, "DATE", False)
+    registries: list[tuple[dict[Any, Any], Any]] = [
+        (dbapi.adapters, (datetime.date, dbapi.PrepareProtocol)),
+        (dbapi.adapters, (datetime.datetime, dbapi.PrepareProtocol)),
+        (dbapi.converters, "DATE"), (dbapi.converters, "TIMESTAMP"),
+    ]
+    for registry, key in registries:  # put back as they are after the test
+        monkeypatch.setitem(registry, key, registry.get(key))
+    dbapi.register_defaults()
+    conn = dbapi.connect(":memory:", detect_types=dbapi.PARSE_DECLTYPES)
+    conn.execute("create table t(d date)")
+    bound = _warnings_of(lambda: conn.execute("insert into t values (?)", (datetime.date.today(),)))
+    read = _warnings_of(lambda: conn.execute("select d from t").fetchone())
+    conn.close()
+    if not _PY312:
+        assert bound == read == []
+        return
+    assert ["adapter" in str(w.message) for w in bound] == [True]
+    assert ["converter" in str(w.message) for w in read] == [True]
+    assert {w.filename for w in bound + read} == {__file__}
+
+
+def test_options_by_position_warn_from_python_3_13() -> None:
+    """3.13 warns for options given by position to ``connect`` and ``Connection()``, and for
+    the callbacks given by keyword; the signatures stay those of sqlite3."""
+    import inspect
+
+    class Factory(dbapi.Connection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+
+    made: list[Any] = []
+    by_position = _warnings_of(lambda: made.append(dbapi.connect(":memory:", 1.0, 0, None)))
+    via_factory = _warnings_of(lambda: made.append(
+        dbapi.connect(":memory:", 5.0, 0, None, True, Factory)))
+    by_keyword = _warnings_of(lambda: made.append(dbapi.connect(":memory:", timeout=1.0)))
+    conn = made[-1]
+    callbacks = _warnings_of(lambda: (
+        conn.create_function("f", 0, func=lambda: 1),
+        conn.create_aggregate("g", n_arg=1, aggregate_class=None),
+        conn.set_authorizer(authorizer_callback=None),
+        conn.set_progress_handler(progress_handler=None, n=1),
+        conn.set_trace_callback(trace_callback=None),
+        conn.create_function("h", 0, lambda: 1, deterministic=True),
+    ))
+    assert made[0].isolation_level is None and isinstance(made[1], Factory)
+    for each in made:
+        each.close()
+    assert by_keyword == []
+    assert str(inspect.signature(dbapi.connect)).startswith("(database: 'str | bytes")
+    assert "narg" in str(inspect.signature(dbapi.Connection.create_function))
+    if not _PY313:
+        assert by_position == via_factory == callbacks == []
+        return
+    assert [str(w.message).split(" is deprecated")[0] for w in by_position + via_factory] == [
+        "Passing more than 1 positional argument to sqlite3.connect()",
+        "Passing more than 1 positional argument to _sqlite3.Connection()",
+    ] * 2
+    assert "'cached_statements' and 'uri' will become keyword-only" in str(by_position[0].message)
+    assert [str(w.message).split(" to _sqlite3")[0] for w in callbacks] == [
+        "Passing keyword arguments 'name', 'narg' and 'func'",
+        "Passing keyword arguments 'name', 'n_arg' and 'aggregate_class'",
+        "Passing keyword argument 'authorizer_callback'",
+        "Passing keyword argument 'progress_handler'",
+        "Passing keyword argument 'trace_callback'",
+    ]
+    assert {w.filename for w in by_position + via_factory + callbacks} == {__file__}
+
+
+def test_an_unclosed_connection_warns_when_collected_from_python_3_13() -> None:
+    import gc
+
+    described: list[str] = []
+
+    def drop_one(close: bool) -> None:
+        conn = dbapi.connect(":memory:")
+        described.append(f"unclosed database in {conn!r}")
+        if close:
+            conn.close()
+        del conn
+        gc.collect()
+
+    open_one = _warnings_of(lambda: drop_one(False))
+    closed_one = _warnings_of(lambda: drop_one(True))
+    # the collector may find other tests' connections too: only these two count
+    assert [w.category for w in open_one if str(w.message) == described[0]] == (
+        [ResourceWarning] if _PY313 else [])
+    assert [w for w in closed_one if str(w.message) == described[1]] == []
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str, stdin: str = "") -> tuple[int, str, str]:
+    import io
+
+    from bottomless.dbapi.__main__ import main
+
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+def test_the_command_line_shell_runs_a_statement_or_reads_them(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bottomless.dbapi``, Python 3.12's ``python -m sqlite3`` over this module:
+    a statement from the command line, or statements from standard input."""
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BACKEND", "file")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", str(tmp_path / "bucket"))
+    path = str(tmp_path / "cli.db")
+    assert _cli(capsys, path, "create table t(x)") == (0, "", "")
+    assert _cli(capsys, path, "select count(*) from t") == (0, "(0,)\n", "")
+    code, out, err = _cli(capsys, ":memory:", "select 1; select 2")
+    assert (code, out) == (1, "")
+    assert err == "ProgrammingError: You can only execute one statement at a time.\n"
+    assert "OperationalError (SQLITE_ERROR): " in _cli(capsys, ":memory:", "sel")[2]
+    code, out, _ = _cli(capsys, "-v")
+    assert (code, out) == (0, f"SQLite version {dbapi.sqlite_version}\n")
+    assert "usage: python -m bottomless.dbapi" in _cli(capsys, "-h")[1]
+
+    code, out, err = _cli(capsys, path, stdin="insert into t\nvalues (7);\nsel;\n.version\n"
+                          "select x from t;\n.quit\nselect 2;\n")
+    assert code == 0
+    assert f"Connected to {path!r}" in err and "OperationalError (SQLITE_ERROR)" in err
+    assert out == ("sqlite>     ... sqlite> sqlite> " + dbapi.sqlite_version + "\nsqlite> "
+                   "(7,)\nsqlite> ")
+    code, out, err = _cli(capsys, stdin="select\n")
+    assert (code, out) == (0, "sqlite>     ... ")
+    assert "Connected to a transient in-memory database" in err

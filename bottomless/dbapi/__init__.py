@@ -17,9 +17,11 @@ converters, and the exception classes follow ``sqlite3``'s rules (see
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -29,6 +31,11 @@ from bottomless.dbapi.callbacks import reporting
 from bottomless.dbapi.connection import Connection
 from bottomless.dbapi.core import LEGACY_TRANSACTION_CONTROL
 from bottomless.dbapi.cursor import Cursor
+from bottomless.dbapi.deprecations import (
+    SINCE_3_12,
+    deprecated_attribute,
+    options_by_position,
+)
 from bottomless.dbapi.exceptions import (
     DatabaseError,
     DataError,
@@ -68,8 +75,11 @@ threadsafety = 1
 paramstyle = "qmark"
 sqlite_version: str = apsw.sqlite_lib_version()
 sqlite_version_info: tuple[int, ...] = tuple(int(p) for p in sqlite_version.split("."))
-version = "0.1.0"
-version_info = (0, 1, 0)
+_VERSION = "0.1.0"
+_VERSION_INFO = (0, 1, 0)
+if sys.version_info < (3, 12):  # from 3.12 on, reading them warns (see __getattr__)
+    version = _VERSION
+    version_info = _VERSION_INFO
 
 # the SQLITE_* constants: result codes, authorizer actions and answers, limits
 for _mapping in (apsw.mapping_result_codes, apsw.mapping_extended_result_codes,
@@ -121,6 +131,28 @@ def connect(
     )
 
 
+def _forward_positional_options(
+    keyword_connect: Callable[..., Connection],
+) -> Callable[..., Connection]:
+    """3.13's ``connect``: with options by position, a warning, and the arguments handed on
+    to the factory as they came, so that ``Connection()`` warns about them too."""
+
+    @functools.wraps(keyword_connect)
+    def connect(database: Any, *args: Any, **kwargs: Any) -> Connection:
+        if not args:
+            return keyword_connect(database, **kwargs)
+        options_by_position("sqlite3.connect()")
+        factory = args[4] if len(args) > 4 else kwargs.get("factory")
+        made: Connection = (factory or Connection)(database, *args, **kwargs)
+        return made
+
+    return connect
+
+
+if sys.version_info >= (3, 13):
+    connect = _forward_positional_options(connect)
+
+
 def complete_statement(statement: str) -> bool:
     """True if ``statement`` holds one or more complete SQL statements."""
     return bool(apsw.complete(statement))
@@ -131,22 +163,29 @@ def enable_callback_tracebacks(flag: bool, /) -> None:
     reporting.tracebacks = bool(flag)
 
 
-def enable_shared_cache(enable: bool) -> None:
-    """Deprecated, as in ``sqlite3``: turn SQLite's shared-cache mode on or off."""
-    warnings.warn(
-        "enable_shared_cache is deprecated and will be removed in Python 3.12. Shared cache is"
-        " strongly discouraged by the SQLite 3 documentation. If shared cache must be used,"
-        " open the database in URI mode using the cache=shared query parameter.",
-        DeprecationWarning, stacklevel=2,
-    )
-    try:
-        apsw.enable_shared_cache(bool(enable))
-    except Exception as e:  # apsw's SQLite may be built without shared cache
-        if enable:
-            raise OperationalError("Changing the shared_cache flag failed") from e
+if sys.version_info < (3, 12):  # removed from sqlite3 in 3.12
+    def enable_shared_cache(enable: bool) -> None:
+        """Deprecated, as in ``sqlite3``: turn SQLite's shared-cache mode on or off."""
+        warnings.warn(
+            "enable_shared_cache is deprecated and will be removed in Python 3.12. Shared"
+            " cache is strongly discouraged by the SQLite 3 documentation. If shared cache"
+            " must be used, open the database in URI mode using the cache=shared query"
+            " parameter.",
+            DeprecationWarning, stacklevel=2,
+        )
+        try:
+            apsw.enable_shared_cache(bool(enable))
+        except Exception as e:  # apsw's SQLite may be built without shared cache
+            if enable:
+                raise OperationalError("Changing the shared_cache flag failed") from e
 
 
 def __getattr__(name: str) -> Any:
+    if name == "dbapi2":  # sqlite3.dbapi2 holds the same names as sqlite3 itself
+        return sys.modules[__name__]
+    if name in ("version", "version_info") and SINCE_3_12:
+        deprecated_attribute(name)
+        return _VERSION if name == "version" else _VERSION_INFO
     # sqlite3.OptimizedUnicode: an alias of str, deprecated in 3.10 and gone in 3.12
     if name == "OptimizedUnicode" and sys.version_info < (3, 12):
         warnings.warn(
@@ -165,7 +204,9 @@ __all__ = [
     "OperationalError", "PrepareProtocol", "ProgrammingError", "Row", "Time", "TimeFromTicks",
     "Timestamp", "TimestampFromTicks", "Warning", "adapt", "adapters", "apilevel",
     "complete_statement", "connect", "converters", "enable_callback_tracebacks",
-    "enable_shared_cache", "paramstyle",
+    "paramstyle",
     "register_adapter", "register_converter", "sqlite_version", "sqlite_version_info",
-    "threadsafety", "version", "version_info",
+    "threadsafety",
 ]
+if sys.version_info < (3, 12):
+    __all__ += ["enable_shared_cache", "version", "version_info"]

@@ -8,12 +8,8 @@ tools.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import os
-import sqlite3
 import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -23,8 +19,15 @@ import apsw
 from bottomless.dbapi import callbacks as _callbacks
 from bottomless.dbapi import exceptions as _exc
 from bottomless.dbapi.blob import Blob
-from bottomless.dbapi.core import LEGACY_TRANSACTION_CONTROL, ConnectionCore
+from bottomless.dbapi.core import (
+    LEGACY_TRANSACTION_CONTROL,
+    ConnectionCore,
+    check_level,
+    hide_stdlib_names,
+    stdlib_dump,
+)
 from bottomless.dbapi.cursor import Cursor
+from bottomless.dbapi.deprecations import positional_callbacks, positional_options, unclosed
 from bottomless.dbapi.exceptions import (
     DataError,
     OperationalError,
@@ -34,23 +37,6 @@ from bottomless.dbapi.exceptions import (
 from bottomless.dbapi.opening import open_database
 from bottomless.dbapi.sqltext import is_single_statement
 from bottomless.settings import Settings
-
-_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
-
-
-@functools.cache
-def _stdlib_dump() -> Any:
-    """The standard library's ``sqlite3.dump`` module, even when ``sqlite3`` is this module."""
-    module = sys.modules.get("sqlite3.dump")
-    if module is not None and hasattr(module, "_iterdump"):
-        return module
-    path = os.path.join(sysconfig.get_path("stdlib"), "sqlite3", "dump.py")
-    spec = importlib.util.spec_from_file_location("bottomless.dbapi._stdlib_dump", path)
-    if spec is None or spec.loader is None or not os.path.exists(path):
-        raise _exc.NotSupportedError("iterdump needs the standard library's sqlite3/dump.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Statement:
@@ -90,6 +76,7 @@ class Connection(ConnectionCore):
     ProgrammingError = _exc.ProgrammingError
     NotSupportedError = _exc.NotSupportedError
 
+    @positional_options("_sqlite3.Connection()", allowed=2)
     def __init__(
         self,
         database: str | bytes | os.PathLike[str] | os.PathLike[bytes],
@@ -110,7 +97,7 @@ class Connection(ConnectionCore):
             raise ValueError(
                 "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
             )
-        level = _check_level(isolation_level)
+        level = check_level(isolation_level)
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
         if isinstance(name, bytes):
             name = os.fsdecode(name)
@@ -143,7 +130,7 @@ class Connection(ConnectionCore):
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
         self._check()
-        level = _check_level(value)
+        level = check_level(value)
         if level is None and self._legacy() and self._live.in_transaction:
             self._run("COMMIT")
         self._isolation_level = level
@@ -280,6 +267,11 @@ class Connection(ConnectionCore):
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 raise_translated(e)
 
+    if sys.version_info >= (3, 13):
+        def __del__(self) -> None:
+            if self._db is not None:  # collected while open: apsw closes it, sqlite3 warns
+                unclosed(self)
+
     def __enter__(self) -> Connection:
         return self
 
@@ -296,6 +288,7 @@ class Connection(ConnectionCore):
 
     # ------------------------------------------------------------ functions and hooks
 
+    @positional_callbacks("_sqlite3.Connection.create_function()", ("name", "narg", "func"))
     def create_function(self, name: str, narg: int, func: Callable[..., Any] | None, *,
                         deterministic: bool = False) -> None:
         """Register a scalar SQL function (None removes it)."""
@@ -306,6 +299,8 @@ class Connection(ConnectionCore):
         except apsw.Error as e:
             raise OperationalError("Error creating function") from e
 
+    @positional_callbacks("_sqlite3.Connection.create_aggregate()",
+                          ("name", "n_arg", "aggregate_class"))
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
         """Register an aggregate: a class with ``step(*args)`` and ``finalize()``."""
         self._check()
@@ -336,6 +331,7 @@ class Connection(ConnectionCore):
             name, None if callable is None else _callbacks.collation(callable)
         )
 
+    @positional_callbacks("_sqlite3.Connection.set_authorizer()", ("authorizer_callback",))
     def set_authorizer(self, authorizer_callback: Callable[..., int] | None) -> None:
         """Authorize each action while statements are prepared (SQLITE_OK/DENY/IGNORE)."""
         self._check()
@@ -343,6 +339,7 @@ class Connection(ConnectionCore):
             None if authorizer_callback is None else _callbacks.authorizer(authorizer_callback)
         )
 
+    @positional_callbacks("_sqlite3.Connection.set_progress_handler()", ("progress_handler",))
     def set_progress_handler(self, progress_handler: Callable[[], Any] | None, n: int) -> None:
         """Call ``progress_handler`` every ``n`` VM steps; a true result interrupts."""
         self._check()
@@ -351,6 +348,7 @@ class Connection(ConnectionCore):
             return
         self._live.set_progress_handler(_callbacks.progress_handler(progress_handler), n)
 
+    @positional_callbacks("_sqlite3.Connection.set_trace_callback()", ("trace_callback",))
     def set_trace_callback(self, trace_callback: Callable[[str], Any] | None) -> None:
         """Call ``trace_callback(sql)`` for each statement SQLite runs."""
         self._check()
@@ -372,7 +370,7 @@ class Connection(ConnectionCore):
     def iterdump(self, *, filter: str | None = None) -> Iterator[str]:
         """The database as SQL text, statement by statement (the standard library's dump)."""
         self._check()
-        dump = _stdlib_dump()
+        dump = stdlib_dump()
         lines: Iterator[str] = (
             dump._iterdump(self) if filter is None else dump._iterdump(self, filter=filter)
         )
@@ -494,22 +492,7 @@ BOOLEAN_CONFIGS = frozenset(
 )
 
 
-class _NotProvided:
-    """A public name of ``sqlite3.Connection`` that this module has no counterpart of (a
-    newer Python's, say): reading it raises AttributeError, so ``hasattr`` is False, instead
-    of reaching the closed standard-library part (see ``ConnectionCore``)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: object, owner: type | None = None) -> Any:
-        raise AttributeError(f"'Connection' object has no attribute {self.name!r}")
-
-
-for _name in dir(sqlite3.Connection):
-    if not _name.startswith("_") and getattr(Connection, _name) is getattr(sqlite3.Connection,
-                                                                          _name):
-        setattr(Connection, _name, _NotProvided(_name))
+hide_stdlib_names(Connection)
 
 
 def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
@@ -518,17 +501,3 @@ def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
 
 def _is_callable(value: object) -> bool:
     return callable(value)
-
-
-def _check_level(value: object) -> str | None:
-    """The canonical (upper-case) isolation level for ``value``; raises as sqlite3 does."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError("isolation_level must be str or None")
-    level = str.upper(value)  # never a subclass's upper()
-    if level not in _LEVELS:
-        raise ValueError(
-            "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
-        )
-    return level

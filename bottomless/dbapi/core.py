@@ -3,11 +3,18 @@
 :class:`ConnectionCore` holds it; :class:`~bottomless.dbapi.Connection` (``connection.py``)
 builds the public ``sqlite3`` API on top, and :class:`~bottomless.dbapi.Cursor`
 (``cursor.py``) works against the core alone, so the two modules never import each other.
+The parts of the standard library's ``sqlite3`` a connection stands on are here too: the
+closed ``sqlite3.Connection`` it derives from, and ``sqlite3/dump.py`` for ``iterdump``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 import sqlite3
+import sys
+import sysconfig
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -222,3 +229,57 @@ class ConnectionCore(_StdlibConnection):
                 self._no_columns.clear()
             self._no_columns.add(sql)
         return columns
+
+
+_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+
+def check_level(value: object) -> str | None:
+    """The canonical (upper-case) isolation level for ``value``; raises as sqlite3 does."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("isolation_level must be str or None")
+    level = str.upper(value)  # never a subclass's upper()
+    if level not in _LEVELS:
+        raise ValueError(
+            "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
+        )
+    return level
+
+
+class _NotProvided:
+    """A public name of ``sqlite3.Connection`` that this module has no counterpart of (a
+    newer Python's, say): reading it raises AttributeError, so ``hasattr`` is False, instead
+    of reaching the closed standard-library part (see :class:`ConnectionCore`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        raise AttributeError(f"'Connection' object has no attribute {self.name!r}")
+
+
+def hide_stdlib_names(connection_class: type) -> None:
+    """Make every public name ``connection_class`` inherits from ``sqlite3.Connection``
+    unreadable (see :class:`_NotProvided`)."""
+    for name in dir(sqlite3.Connection):
+        if not name.startswith("_") and getattr(connection_class, name) is getattr(
+            sqlite3.Connection, name
+        ):
+            setattr(connection_class, name, _NotProvided(name))
+
+
+@functools.cache
+def stdlib_dump() -> Any:
+    """The standard library's ``sqlite3.dump`` module, even when ``sqlite3`` is this module."""
+    module = sys.modules.get("sqlite3.dump")
+    if module is not None and hasattr(module, "_iterdump"):
+        return module
+    path = os.path.join(sysconfig.get_path("stdlib"), "sqlite3", "dump.py")
+    spec = importlib.util.spec_from_file_location("bottomless.dbapi._stdlib_dump", path)
+    if spec is None or spec.loader is None or not os.path.exists(path):
+        raise _exc.NotSupportedError("iterdump needs the standard library's sqlite3/dump.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

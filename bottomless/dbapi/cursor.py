@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import apsw
 
 from bottomless.dbapi.core import ConnectionCore, convert_binding
+from bottomless.dbapi.deprecations import SINCE_3_12, named_placeholders
 from bottomless.dbapi.exceptions import (
     DataError,
     OperationalError,
@@ -178,6 +179,9 @@ class Cursor:
                 self._traced = False
             if type(parameters) is not tuple:
                 parameters = _sequence(parameters)
+            if (SINCE_3_12 and parameters and type(parameters) is tuple
+                    and sql not in named_placeholders.unnamed):
+                named_placeholders.check(sql, len(parameters))
             if len(stdlib_adapters) != registry.stdlib_size:
                 registry.refresh()
             if registry.shadows_native:
@@ -227,6 +231,8 @@ class Cursor:
             if conn._begin is not None and not db.in_transaction:
                 conn._begin_transaction()
             self._reset()
+            if SINCE_3_12:
+                seq_of_parameters = named_placeholders.checked_rows(sql, seq_of_parameters)
             if len(stdlib_adapters) != registry.stdlib_size:
                 registry.refresh()
             if registry.shadows_native:

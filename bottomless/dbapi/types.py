@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
+from bottomless.dbapi.deprecations import SINCE_3_12, default_adapter_used
 from bottomless.dbapi.exceptions import ProgrammingError
 
 PARSE_DECLTYPES = 1
@@ -272,12 +271,8 @@ def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802 - PEP 2
 
 
 def _deprecated(name: str) -> None:
-    if sys.version_info >= (3, 12):
-        warnings.warn(
-            f"The default {name} is deprecated as of Python 3.12; see the sqlite3"
-            " documentation for suggested replacement recipes",
-            DeprecationWarning, stacklevel=4,
-        )
+    if SINCE_3_12:
+        default_adapter_used(name)
 
 
 def _adapt_date(value: datetime.date) -> str:

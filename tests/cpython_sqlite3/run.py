@@ -8,16 +8,18 @@
 
 In this (fresh) interpreter ``bottomless.dbapi`` becomes ``sqlite3`` and ``sqlite3.dbapi2``
 in ``sys.modules`` before the suite is imported, so every ``import sqlite3`` in it gets
-bottomless. ``sqlite3.dump`` stays the standard library's (``Connection.iterdump`` uses it).
+bottomless. ``sqlite3.dump`` stays the standard library's (``Connection.iterdump`` uses it);
+``sqlite3.__main__`` (the CLI that 3.12's ``test_cli`` tests) is then found in the package,
+``bottomless/dbapi/__main__.py``.
 File databases replicate to the in-memory backend, a fresh namespace per test, so a test that
 deletes its file and reconnects gets an empty database, as it would with ``sqlite3``. The
 suite's file name, ``@test_<pid>_tmpæ``, is not a valid db_name itself; bottomless derives
 one from it (``test_<pid>_tmp_-<hash>``).
 
 Each test is printed with its outcome. Known differences are listed, with their reasons, in
-``expected_failures.py`` beside this file: those count as ``xfail``, and one that passes is
-reported as ``XPASS``. The exit status is 0 when nothing else failed and nothing else passed
-unexpectedly.
+``expected_failures.py`` beside this file (some for some Python versions only): those count
+as ``xfail``, and one that passes is reported as ``XPASS``. The exit status is 0 when nothing
+else failed and nothing else passed unexpectedly.
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ SUITE = "test.test_sqlite3"
 
 
 def expected_failures(*, db_name: bool = False) -> dict[str, str]:
-    """Full test id -> reason, from ``expected_failures.py``."""
+    """Full test id -> reason, from ``expected_failures.py``, for this Python version."""
     spec = importlib.util.spec_from_file_location("_cpython_xfail", HERE / "expected_failures.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    listed: dict[str, str] = dict(module.EXPECTED_FAILURES)
+    listed: dict[str, str] = module.for_python(sys.version_info)
     return {f"{SUITE}.{test}": reason for test, reason in listed.items()}
 
 
