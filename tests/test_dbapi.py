@@ -913,3 +913,38 @@ def test_the_command_line_shell_runs_a_statement_or_reads_them(
     code, out, err = _cli(capsys, stdin="select\n")
     assert (code, out) == (0, "sqlite>     ... ")
     assert "Connected to a transient in-memory database" in err
+
+
+def test_an_unreachable_store_at_connect_is_a_store_error_with_its_reason(
+        tmp_path: Any) -> None:
+    settings = bottomless.Settings(backend="s3", endpoint="http://127.0.0.1:9", bucket="b",
+                                   max_retries=0, timeout=1, access_key_id="a",
+                                   secret_access_key="b")
+    with pytest.raises(dbapi.OperationalError) as info:
+        dbapi.connect(str(tmp_path / "u.db"), settings=settings)
+    assert isinstance(info.value, bottomless.StoreError)
+    assert "http://127.0.0.1:9" in str(info.value) and "connect" in str(info.value)
+
+
+def test_a_factory_that_is_not_this_modules_connection_is_refused(tmp_path: Any) -> None:
+    class Stdlib(sqlite3.Connection):
+        pass
+
+    with pytest.raises(TypeError, match="would not be replicated"):
+        dbapi.connect(str(tmp_path / "f.db"), factory=Stdlib)  # type: ignore[arg-type]
+
+
+def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bottomless.dbapi", str(tmp_path / "missing" / "x.db"),
+         "SELECT 1"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LIBSQL_BOTTOMLESS_BACKEND": "file",
+             "LIBSQL_BOTTOMLESS_BUCKET": str(tmp_path / "bucket")},
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith(
+        f"python -m bottomless.dbapi: cannot open '{tmp_path / 'missing' / 'x.db'}':"
+        " unable to open database file"
+    )

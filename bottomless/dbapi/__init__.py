@@ -17,6 +17,7 @@ converters, and the exception classes follow ``sqlite3``'s rules (see
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -124,11 +125,25 @@ def connect(
         extra["autocommit"] = autocommit
     if settings is not None:
         extra["settings"] = settings
-    return (factory or Connection)(
+    return _replicating((factory or Connection)(
         database, timeout=timeout, detect_types=detect_types, isolation_level=isolation_level,
         check_same_thread=check_same_thread, factory=factory,
         cached_statements=cached_statements, uri=uri, **extra,
-    )
+    ))
+
+
+def _replicating(made: Any) -> Connection:
+    """``made``, what a ``factory`` returned, if it is a connection of this module; else it is
+    closed and TypeError raised: a ``sqlite3.Connection`` of the standard library's own
+    would open the file without replicating it, and say nothing."""
+    if not isinstance(made, Connection):
+        with contextlib.suppress(Exception):
+            made.close()
+        raise TypeError(
+            "factory must be bottomless.dbapi.Connection or a subclass of it, not"
+            f" {type(made).__qualname__}: its connections would not be replicated"
+        )
+    return made
 
 
 def _forward_positional_options(
@@ -143,8 +158,7 @@ def _forward_positional_options(
             return keyword_connect(database, **kwargs)
         options_by_position("sqlite3.connect()")
         factory = args[4] if len(args) > 4 else kwargs.get("factory")
-        made: Connection = (factory or Connection)(database, *args, **kwargs)
-        return made
+        return _replicating((factory or Connection)(database, *args, **kwargs))
 
     return connect
 

@@ -53,6 +53,10 @@ def _shell(connection: dbapi.Connection, described: str) -> None:
         except EOFError:
             print(file=sys.stderr)
             return
+        except KeyboardInterrupt:  # Ctrl-C drops the statement being typed, as a shell does
+            print("\nKeyboardInterrupt", file=sys.stderr)
+            pending.clear()
+            continue
         command = line.strip()
         if not pending and command == ".quit":
             return
@@ -82,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                         help="print the version of SQLite and exit")
     args = parser.parse_args(argv)
     memory = args.filename == ":memory:"
-    connection = dbapi.connect(args.filename, isolation_level=None)
+    try:
+        connection = dbapi.connect(args.filename, isolation_level=None)
+    except dbapi.Error as e:  # a bad setting, an unreachable store, a missing directory
+        print(f"{PROGRAM}: cannot open {args.filename!r}: {e}", file=sys.stderr)
+        sys.exit(1)
     try:
         if args.sql:
             if not run(connection, args.sql):

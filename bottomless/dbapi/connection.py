@@ -36,6 +36,7 @@ from bottomless.dbapi.exceptions import (
 )
 from bottomless.dbapi.opening import open_database
 from bottomless.dbapi.sqltext import is_single_statement
+from bottomless.errors import BottomlessError
 from bottomless.settings import Settings
 
 
@@ -106,6 +107,8 @@ class Connection(ConnectionCore):
         self._db = None
         try:
             db = open_database(name, uri, settings, max(int(cached_statements), 0))
+        except BottomlessError as e:  # the store, a setting, a conflict: its own message
+            raise_translated(e)
         except (OSError, UnicodeError) as e:  # the VFS could not open or name the file
             raise OperationalError("unable to open database file") from e
         except BaseException as e:  # noqa: BLE001 - translated, never swallowed

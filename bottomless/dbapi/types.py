@@ -61,12 +61,14 @@ class _Registry:
     stdlib_size = -1
 
     def refresh(self) -> None:
-        """Look through ``sqlite3.adapters`` again (its size changed)."""
-        self.stdlib_size = len(sqlite3.adapters)
+        """Look through ``sqlite3.adapters`` again (its size changed; a swap that keeps the
+        size goes unseen until the next change of size)."""
+        size = len(sqlite3.adapters)
         self.shadows_native = self.ours_shadow or any(
             proto is sqlite3.PrepareProtocol and _shadows(kind)
             for kind, proto in list(sqlite3.adapters)
         )
+        self.stdlib_size = size  # last: another thread skips nothing meanwhile
 
 
 registry = _Registry()
