@@ -948,3 +948,47 @@ def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) 
         f"python -m bottomless.dbapi: cannot open '{tmp_path / 'missing' / 'x.db'}':"
         " unable to open database file"
     )
+
+
+def test_a_row_factory_that_raises_cannot_leave_a_returning_write_pending(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = str(tmp_path / "rf.db")
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+
+    def failing(_cursor: Any, _row: Any) -> Any:
+        raise ValueError("row factory failed")
+
+    conn.row_factory = failing
+    cursor = conn.execute(_CTE_INSERT)  # the statement ran to its end: committed here
+    assert rows(restored(tmp_path, settings, "rf.db")) == [(1,), (2,), (3,)]
+    with pytest.raises(ValueError, match="row factory failed"):  # at fetch, as in sqlite3
+        cursor.fetchone()
+    cursor.row_factory = None  # the cursor's own, copied from the connection's
+    assert cursor.fetchall() == [(1,), (2,), (3,)]  # the rows stay kept
+    _break_store(path).down = True
+    conn.row_factory = failing
+    with pytest.raises(dbapi.OperationalError, match="not committed"):  # raised in execute
+        conn.execute(_CTE_INSERT.replace("(1), (2), (3)", "(4)"))
+    conn.row_factory = None
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,), (2,), (3,)]
+    conn.close()
+    assert rows(path) == [(1,), (2,), (3,)]
+
+
+def test_executemany_runs_any_statement_that_writes_as_sqlite3_does(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    conn = dbapi.connect(str(tmp_path / "em.db"), settings=make_settings("memory"))
+    conn.execute("CREATE TABLE t(x)")
+    cursor = conn.executemany("WITH v(x) AS (SELECT ?) INSERT INTO t SELECT x FROM v",
+                              [(1,), (2,)])
+    assert cursor.rowcount == -1 and not conn.in_transaction  # not DML to sqlite3
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,), (2,)]
+    conn.executemany("CREATE TABLE IF NOT EXISTS u(y)", [(), ()])
+    with pytest.raises(dbapi.ProgrammingError, match="can only execute DML"):
+        conn.executemany("WITH v(x) AS (SELECT ?) SELECT x FROM v", [(1,)])
+    with pytest.raises(dbapi.OperationalError, match="no such table: nope"):
+        conn.executemany("WITH v(x) AS (SELECT ?) INSERT INTO nope SELECT x FROM v", [(1,)])
+    conn.close()

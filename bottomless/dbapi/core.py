@@ -22,7 +22,7 @@ import apsw
 
 from bottomless.dbapi import exceptions as _exc
 from bottomless.dbapi.exceptions import ProgrammingError, raise_translated
-from bottomless.dbapi.sqltext import first_statement_end, skip_blank
+from bottomless.dbapi.sqltext import first_statement_end, placeholders, skip_blank
 from bottomless.dbapi.types import bind_value
 
 #: Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``: implicit BEGIN before DML
@@ -237,6 +237,30 @@ class ConnectionCore(_StdlibConnection):
                 self._no_columns.clear()
             self._no_columns.add(sql)
         return columns
+
+
+    def _writes(self, sql: str) -> bool:
+        """Whether ``sql`` may change the database (``sqlite3_stmt_readonly`` is false),
+        learned by preparing it without running it; True for SQL that does not prepare, so
+        that running it raises SQLite's own error."""
+        found: list[bool] = []
+
+        def readonly(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            found.append(not cursor.is_readonly)
+            return False
+
+        with self._lock:
+            probe = self._live.cursor()
+            probe.exec_trace = readonly
+            try:
+                probe.execute(sql, (None,) * placeholders(sql)[0])
+            except apsw.ExecTraceAbort:
+                pass
+            except Exception:  # noqa: BLE001 - executemany runs it and raises the real error
+                return True
+            finally:
+                probe.close()
+        return not found or found[0]
 
 
 _LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")

@@ -225,10 +225,13 @@ class Cursor:
             kind = conn._kinds.get(sql)
             if kind is None:
                 kind, sql = conn._classify(sql)
-            if not kind or kind == 3:
+            # as sqlite3 does, any statement that writes (WITH ... INSERT, DDL), but only
+            # INSERT/UPDATE/DELETE/REPLACE open a transaction and count rows
+            dml = 0 < kind < 3
+            if not dml and not conn._writes(sql):
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
-            if conn._begin is not None and not db.in_transaction:
+            if dml and conn._begin is not None and not db.in_transaction:
                 conn._begin_transaction()
             self._reset()
             if SINCE_3_12:
@@ -240,13 +243,13 @@ class Cursor:
             before = db.total_changes()
             try:
                 self._cur.executemany(sql, seq_of_parameters)
-                if kind == 2:
+                if kind >= 2:
                     for _ in self._cur:
                         pass
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self.rowcount = -1
                 raise_translated(e)
-            self.rowcount = db.total_changes() - before
+            self.rowcount = db.total_changes() - before if dml else -1
         return self
 
     def executescript(self, sql_script: str, /) -> Cursor:
@@ -330,11 +333,22 @@ class Cursor:
         """
         self._pending = False
         self._description = self._describe()
+        # rows are kept as SQLite gives them: the row factory and converters run when they
+        # are fetched, as in sqlite3, so that one that raises cannot stop the statement
+        # half-way (its autocommit commit, and a failed upload, would then wait for a reset)
+        tracer = self._cur.row_trace if self._traced else None
+        if tracer is not None:
+            if self.connection._transform_rows and self._converters is None:
+                self._converters = self._column_converters()
+            self._cur.row_trace = None
         try:
             rows: list[Any] = self._cur.fetchall()
         except BaseException as e:  # noqa: BLE001 - translated, never swallowed
             self.rowcount = -1
             self._fail(e)
+        finally:
+            if tracer is not None:
+                self._cur.row_trace = tracer
         self.rowcount = 0
         self._changes = db.changes()
         self._returning = rows
@@ -343,12 +357,16 @@ class Cursor:
         """Up to ``count`` (None: all) kept RETURNING rows; the last sets ``rowcount``."""
         rows = self._returning
         assert rows is not None
+        end = len(rows) if count is None else min(max(count, 0), len(rows))
+        taken = rows[:end]
+        tracer = self._cur.row_trace if self._traced else None
+        if tracer is not None:  # a row factory or converter that raises leaves them kept
+            taken = [tracer(self._cur, row) for row in taken]
         if count is None or count >= len(rows):
-            taken, self._returning = rows, None
+            self._returning = None
             self.rowcount = self._changes
         else:
-            taken = rows[:max(count, 0)]
-            del rows[:max(count, 0)]
+            del rows[:end]
         return taken
 
     def fetchone(self) -> Any:
