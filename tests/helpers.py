@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -181,3 +182,27 @@ def junit_outcomes(xml_path: Path, name: Callable[[str, str], str]) -> dict[str,
             outcome = "passed"
         outcomes[name(case.get("classname", ""), case.get("name", ""))] = outcome
     return outcomes
+
+
+def assert_suite_parity(tmp_path: Path, runs: dict[str, subprocess.Popen[str]], baseline: str,
+                        name: Callable[[str, str], str], at_least: int) -> None:
+    """Wait for another project's suite run twice, as ``baseline`` and as ``"bottomless"``
+    (each reporting JUnit XML to ``tmp_path/<run>/results.xml``), and assert that the baseline
+    really ran (more than ``at_least`` passes) and that bottomless passes all it passes."""
+    started = time.monotonic()
+    logs = {run: process.communicate(timeout=600)[0] for run, process in runs.items()}
+    print(f"both runs: {time.monotonic() - started:.1f} s")
+    results = {}
+    for run in runs:
+        xml_path = tmp_path / run / "results.xml"
+        assert xml_path.exists(), f"the {run} run did not report:\n{logs[run][-3000:]}"
+        results[run] = junit_outcomes(xml_path, name)
+        print(f"{run}: {logs[run].strip().splitlines()[-1]}")
+    passed = {run: {t for t, o in results[run].items() if o == "passed"} for run in runs}
+    assert len(passed[baseline]) > at_least, logs[baseline][-3000:]
+    missing = sorted(passed[baseline] - passed["bottomless"])
+    shown = "\n".join(f"  {t}: {results['bottomless'].get(t, 'not run')}" for t in missing)
+    assert not missing, (
+        f"{len(missing)} test(s) pass on {baseline} but not on bottomless:\n{shown}\n"
+        f"{logs['bottomless'][-5000:]}"
+    )

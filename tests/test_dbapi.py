@@ -29,6 +29,16 @@ MakeSettings = Callable[..., bottomless.Settings]
 
 
 
+def _with_table(tmp_path: Any, settings: bottomless.Settings, name: str,
+                table: str = "t(x)") -> tuple[str, dbapi.Connection]:
+    """A replicated file database ``name`` holding an empty ``table``, committed."""
+    path = str(tmp_path / name)
+    conn = dbapi.connect(path, settings=settings)
+    conn.execute(f"CREATE TABLE {table}")
+    conn.commit()
+    return path, conn
+
+
 def _break_store(path: str) -> FailingStore:
     rep = replicator(path)
     failing = FailingStore(rep.store)
@@ -166,10 +176,7 @@ def test_a_failed_upload_fails_commit_rolls_back_and_a_retry_works(
 def test_a_failed_upload_in_a_with_block_raises_and_keeps_nothing(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     settings = make_settings("file")
-    path = str(tmp_path / "w.db")
-    conn = dbapi.connect(path, settings=settings)
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
+    path, conn = _with_table(tmp_path, settings, "w.db")
     _break_store(path).down = True
     with pytest.raises(dbapi.OperationalError), conn:
         conn.execute("INSERT INTO t VALUES (1)")
@@ -209,10 +216,7 @@ _CTE_INSERT = "WITH v(x) AS (VALUES (1), (2), (3)) INSERT INTO t SELECT x FROM v
 def test_a_with_insert_returning_commits_in_execute_and_raises_a_failed_upload(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     settings = make_settings("file")
-    path = str(tmp_path / "cte.db")
-    conn = dbapi.connect(path, settings=settings)
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
+    path, conn = _with_table(tmp_path, settings, "cte.db")
     cursor = conn.execute(_CTE_INSERT)  # no implicit BEGIN before WITH, as in sqlite3
     assert not conn.in_transaction and cursor.rowcount == -1
     assert cursor.fetchone() == (1,)  # one row read: the commit is already done
@@ -491,10 +495,7 @@ def test_serializing_a_schema_that_is_not_attached_is_an_error_as_in_sqlite3(
 
 def test_errors_are_also_the_standard_librarys_classes(tmp_path: Any,
                                                       make_settings: MakeSettings) -> None:
-    settings = make_settings("file")
-    path = str(tmp_path / "e.db")
-    conn = dbapi.connect(path, settings=settings)
-    conn.execute("CREATE TABLE t(x PRIMARY KEY)")
+    path, conn = _with_table(tmp_path, make_settings("file"), "e.db", "t(x PRIMARY KEY)")
     conn.execute("INSERT INTO t VALUES (1)")
     conn.commit()
     with pytest.raises(sqlite3.IntegrityError):  # code written for sqlite3 catches it
@@ -953,10 +954,7 @@ def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) 
 def test_a_row_factory_that_raises_cannot_leave_a_returning_write_pending(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     settings = make_settings("file")
-    path = str(tmp_path / "rf.db")
-    conn = dbapi.connect(path, settings=settings)
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
+    path, conn = _with_table(tmp_path, settings, "rf.db")
 
     def failing(_cursor: Any, _row: Any) -> Any:
         raise ValueError("row factory failed")

@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import junit_outcomes
+from helpers import assert_suite_parity
 
 PLUGIN_DIR = Path(__file__).parent / "pandas_suite"
 RUNS = ("sqlite3", "bottomless")
@@ -46,26 +45,9 @@ def test_bottomless_passes_every_sqlite_case_of_pandas_that_sqlite3_passes(
     suite = Path(pandas.__file__).parent / "tests" / "io" / "test_sql.py"
     if not suite.exists():
         pytest.skip("this pandas was installed without its tests")
-    started = time.monotonic()
     runs = {run: _start(run, suite, tmp_path / run) for run in RUNS}
-    logs = {run: process.communicate(timeout=600)[0] for run, process in runs.items()}
-    print(f"both runs: {time.monotonic() - started:.1f} s")
-    results = {}
-    for run in RUNS:
-        xml_path = tmp_path / run / "results.xml"
-        assert xml_path.exists(), f"the {run} run did not report:\n{logs[run][-3000:]}"
-        results[run] = junit_outcomes(xml_path, lambda classname, name: name)
-        print(f"{run}: {logs[run].strip().splitlines()[-1]}")
-
-    passed = {run: {t for t, o in results[run].items() if o == "passed"} for run in RUNS}
-    # the suite really ran: pandas 3.1 passes 437 SQLite cases without its data files
-    assert len(passed["sqlite3"]) > 300, logs["sqlite3"][-3000:]
-    missing = sorted(passed["sqlite3"] - passed["bottomless"])
-    shown = "\n".join(f"  {t}: {results['bottomless'].get(t, 'not run')}" for t in missing)
-    assert not missing, (
-        f"{len(missing)} case(s) pass on sqlite3 but not on bottomless:\n{shown}\n"
-        f"{logs['bottomless'][-5000:]}"
-    )
+    # pandas 3.1 passes 437 SQLite cases without its data files
+    assert_suite_parity(tmp_path, runs, "sqlite3", lambda classname, name: name, at_least=300)
     # and the cases really ran through bottomless: their databases are in the bucket
     replicated = [d for d in (tmp_path / "bottomless" / "bucket").iterdir() if d.is_dir()]
     assert len(replicated) > 200, f"only {len(replicated)} databases replicated"
