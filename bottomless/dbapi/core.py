@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -30,6 +31,8 @@ LEGACY_TRANSACTION_CONTROL = -1
 _DML = ("insert", "update", "delete", "replace")
 _MAX_CACHED_KINDS = 1024
 _get_ident = threading.get_ident
+#: what ConnectionCore._prepared returns for SQL that does not prepare
+_NOT_PREPARED: Any = object()
 
 
 def convert_binding(_cursor: apsw.Cursor, number: int, value: Any) -> Any:
@@ -209,58 +212,47 @@ class ConnectionCore(_StdlibConnection):
         self._kinds[sql] = kind
         return kind, sql
 
-    def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
-        """The columns ``sql`` would return, learned by preparing it without running it."""
-        if sql in self._no_columns or self._db is None:
-            return ()
-        captured: list[Any] = []
+    def _prepared(self, sql: str, parameters: Any, look: Callable[[apsw.Cursor], Any]) -> Any:
+        """What ``look`` finds on ``sql`` prepared and bound but not run; ``_NOT_PREPARED``
+        if it does not prepare (running it would raise)."""
+        found: list[Any] = []
 
-        def describe(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-            captured.append(cursor.description)
+        def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            found.append(look(cursor))
             return False
 
         with self._lock:
-            probe = self._db.cursor()
+            probe = self._live.cursor()
             probe.convert_binding = convert_binding
-            probe.exec_trace = describe
+            probe.exec_trace = trace
             try:
                 probe.execute(sql, parameters)
             except apsw.ExecTraceAbort:
                 pass
-            except Exception:  # noqa: BLE001 - it no longer prepares: nothing to describe
-                return ()
+            except Exception:  # noqa: BLE001 - it does not prepare: the caller decides
+                return _NOT_PREPARED
             finally:
                 probe.close()
-        columns: tuple[Any, ...] = tuple(captured[0]) if captured else ()
+        return found[0] if found else _NOT_PREPARED
+
+    def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
+        """The columns ``sql`` would return, learned by preparing it without running it."""
+        if sql in self._no_columns or self._db is None:
+            return ()
+        described = self._prepared(sql, parameters, lambda cursor: cursor.description)
+        columns: tuple[Any, ...] = () if described is _NOT_PREPARED else tuple(described)
         if not columns:
             if len(self._no_columns) >= _MAX_CACHED_KINDS:
                 self._no_columns.clear()
             self._no_columns.add(sql)
         return columns
 
-
     def _writes(self, sql: str) -> bool:
-        """Whether ``sql`` may change the database (``sqlite3_stmt_readonly`` is false),
-        learned by preparing it without running it; True for SQL that does not prepare, so
-        that running it raises SQLite's own error."""
-        found: list[bool] = []
-
-        def readonly(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-            found.append(not cursor.is_readonly)
-            return False
-
-        with self._lock:
-            probe = self._live.cursor()
-            probe.exec_trace = readonly
-            try:
-                probe.execute(sql, (None,) * placeholders(sql)[0])
-            except apsw.ExecTraceAbort:
-                pass
-            except Exception:  # noqa: BLE001 - executemany runs it and raises the real error
-                return True
-            finally:
-                probe.close()
-        return not found or found[0]
+        """Whether ``sql`` may change the database (``sqlite3_stmt_readonly`` is false); True
+        for SQL that does not prepare, so that running it raises SQLite's own error."""
+        writes = self._prepared(sql, (None,) * placeholders(sql)[0],
+                                lambda cursor: not cursor.is_readonly)
+        return writes is _NOT_PREPARED or bool(writes)
 
 
 _LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")

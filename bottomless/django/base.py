@@ -7,8 +7,6 @@ underneath is swapped, so every commit of a file database is replicated before i
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import os
 from collections.abc import Iterable, Mapping
 from itertools import tee
@@ -17,7 +15,6 @@ from typing import Any
 from django.db.backends.sqlite3 import base as sqlite_base
 from django.db.backends.sqlite3._functions import register as register_functions
 from django.utils.asyncio import async_unsafe
-from django.utils.dateparse import parse_date, parse_datetime, parse_time
 
 from bottomless import dbapi as Database  # noqa: N812  (Django's name for the DB-API module)
 from bottomless.django.client import DatabaseClient
@@ -31,17 +28,8 @@ from bottomless.django.options import (
 )
 from bottomless.settings import Settings
 
-# bottomless.dbapi keeps its own adapter and converter registries (like the sqlite3 module's),
-# so the ones Django's backend registers on sqlite3 at import are registered here too.
-Database.register_converter("bool", b"1".__eq__)
-Database.register_converter("date", sqlite_base.decoder(parse_date))
-Database.register_converter("time", sqlite_base.decoder(parse_time))
-Database.register_converter("datetime", sqlite_base.decoder(parse_datetime))
-Database.register_converter("timestamp", sqlite_base.decoder(parse_datetime))
-Database.register_adapter(decimal.Decimal, str)
-Database.register_adapter(datetime.date, sqlite_base.adapt_date)
-Database.register_adapter(datetime.datetime, sqlite_base.adapt_datetime)
-
+# the adapters and converters Django's backend registers on sqlite3 at import apply to
+# bottomless.dbapi too: it asks sqlite3's registries after its own (see bottomless.dbapi.types)
 
 class DatabaseWrapper(sqlite_base.DatabaseWrapper):  # type: ignore[misc]
     """A Django SQLite database whose file is replicated by bottomless.
