@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,7 @@ def run(step: str, path: str, env: dict[str, str], *, killed: bool = False) -> s
 
 def restored(tmp_path: Any, settings: bottomless.Settings) -> list[tuple[str, str]]:
     target = str(tmp_path / "restored.db")
-    bottomless.restore(target, settings, db_name="app.db")
+    bottomless.restore(target, settings, db_name="app.db", overwrite=True)
     with sqlite3.connect(target) as conn:
         found = conn.execute("SELECT a.v, b.v FROM a, b").fetchall()
     conn.close()
@@ -122,6 +123,28 @@ def test_a_sync_commit_after_an_async_process_was_killed_before_spooling(
     finally:
         db.close()
     assert restored(tmp_path, synchronous) == [("a2", "b1")]
+
+
+def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """An async process that stays open and commits nothing more: its uploader settles the
+    mark a sibling killed before spooling left, so the sibling's commit, which its readers
+    see, reaches the bucket within about ``max_lag`` (it used to wait for this process's
+    next commit, or the next open)."""
+    settings = make_settings("file", durability="async", max_lag=1)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
+    try:
+        run("kill-spooling", path, env, killed=True)
+        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b1")]
+        deadline = time.monotonic() + 30
+        while (found := restored(tmp_path, settings)) != [("a1", "b1")]:
+            assert time.monotonic() < deadline, f"the bucket still restores {found}"
+            time.sleep(0.25)
+    finally:
+        db.close()
 
 
 def test_a_kill_after_a_damaged_spool_was_set_aside(tmp_path: Any,

@@ -9,6 +9,7 @@ with the file's name; consumed space must be given back; and a spool left by bot
 from __future__ import annotations
 
 import errno
+import functools
 import multiprocessing
 import os
 import signal
@@ -18,16 +19,18 @@ import time
 import types
 from typing import Any
 
+import apsw
 import pytest
 
 from bottomless import CorruptObjectError
 from bottomless import format as fmt
-from bottomless.engine import legacy_spool
+from bottomless.engine import commit_mark, legacy_spool
 from bottomless.engine import spool as spool_module
 from bottomless.engine.intent import Intent
 from bottomless.engine.legacy_spool import migrate_legacy
 from bottomless.engine.spool import DamagedSpoolError, Spool
 from bottomless.engine.transaction import Transaction
+from bottomless.sqlite.locks import sqlite_write_lock
 
 PAGE = 4096
 
@@ -412,3 +415,44 @@ def test_nothing_is_read_for_upload_while_the_resync_mark_is_set(tmp_path: Any) 
     spool.mark_resync(False)
     assert not spool.resync_needed() and len(spool.read_group(1 << 20)) == 1
     spool.close()
+
+
+def test_a_stale_commit_mark_is_settled_only_when_no_one_holds_the_write_lock(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uploader's watch turns a commit mark that stays put into the resync mark, but only
+    once SQLite's write lock is free: while a connection holds it, the mark may be a live
+    committer's (held up by back-pressure) and must stay as it is."""
+    monkeypatch.setattr(commit_mark, "STALE_SECONDS", 0.05)
+    path = str(tmp_path / "app.db")
+    holder = apsw.Connection(path)  # the SQLite that bottomless's own connections use
+    holder.execute("CREATE TABLE t(x)")
+    spool = Spool(path)
+    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path))
+    holder.execute("BEGIN IMMEDIATE")
+    assert not spool.begin_commit()
+    for _ in range(3):
+        watch.settle()
+        time.sleep(0.06)
+    assert spool.commit_mark() == 1 and not spool.resync_needed()
+    holder.execute("ROLLBACK")
+    holder.close()
+    watch.settle()
+    assert spool.commit_mark() is None and spool.resync_needed()
+
+
+def test_a_commit_mark_that_moves_on_is_never_settled(tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Committers that keep passing their commit points (each mark cleared by its append, the
+    next one at a new number) are not taken for a killed one, however often the watch looks."""
+    monkeypatch.setattr(commit_mark, "STALE_SECONDS", 0.05)
+    path = str(tmp_path / "app.db")
+    sqlite3.connect(path).close()
+    spool = Spool(path)
+    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path))
+    for seed in range(4):
+        spool.begin_commit()
+        watch.settle()
+        time.sleep(0.06)
+        spool.append(txn(seed), marked=True)
+    watch.settle()
+    assert not spool.resync_needed() and spool.entries() == [1, 2, 3, 4]

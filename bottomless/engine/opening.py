@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
+from bottomless.engine.commit_mark import WriteLock
 from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import Decision, LineageCheck, Verdict
-from bottomless.engine.shipper import AsyncShipper, WriteLock
+from bottomless.engine.shipper import AsyncShipper
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import DamagedSpoolError
 from bottomless.errors import ReplicaConflictError

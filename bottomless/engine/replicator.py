@@ -28,11 +28,12 @@ from bottomless import log
 from bottomless.backends.base import PageStore
 from bottomless.backends.counting import CountingStore
 from bottomless.engine.commit import PREPARED, CommitProtocol, Phase
+from bottomless.engine.commit_mark import WriteLock
 from bottomless.engine.generations import Generations, ProgressFactory
 from bottomless.engine.lease import WriterLease
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.opening import Opening, is_empty_locally
-from bottomless.engine.shipper import AsyncShipper, WriteLock
+from bottomless.engine.shipper import AsyncShipper
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Spool
 from bottomless.engine.stats import Stats

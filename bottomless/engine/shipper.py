@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
+from bottomless.engine.commit_mark import CommitMarkWatch, WriteLock
 from bottomless.engine.generations import Generations
 from bottomless.engine.intent import Intent
 from bottomless.engine.legacy_spool import migrate_legacy
@@ -47,8 +48,6 @@ SHIP_AT_ONCE_BYTES = 1024 * 1024
 
 #: builds the local content a new generation starts from
 ImageSource = Callable[[], LocalImage]
-#: SQLite's write lock on the database, as a context manager
-WriteLock = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ class AsyncShipper:
         self._record = record
         self._check_lease = check_lease
         self._write_lock = write_lock
+        self._mark = CommitMarkWatch(self.spool, write_lock)
         #: set while this thread holds SQLite's write lock outside a commit (during open)
         self.holds_write_lock = False
         self.uploader: Uploader | None = None
@@ -118,7 +118,7 @@ class AsyncShipper:
             f"bottomless-upload-{self.db_name}", self.drain_once, self._backlog,
             interval=self.settings.shipping_interval, bound=self.settings.max_lag,
             gather=min(0.05, self.settings.max_lag / 10), full=SHIP_AT_ONCE_BYTES,
-            failed=self.failures.failed,
+            failed=self.failures.failed, tidy=self._mark.settle,
         )
         self.uploader.start()
 

@@ -239,6 +239,12 @@ class Spool:
                        self.path)
         return flags & ~_IN_COMMIT | _RESYNC
 
+    def commit_mark(self) -> int | None:
+        """The number the commit :meth:`begin_commit` marked would take, while the mark is
+        there (``None`` otherwise). Outside SQLite's write lock it may be a live commit's."""
+        header = self._peek()
+        return header.next_number if header is not None and header.flags & _IN_COMMIT else None
+
     def resync_needed(self) -> bool:
         """Whether :meth:`mark_resync` recorded that a new generation must come next."""
         header = self._peek()

@@ -39,12 +39,14 @@ class Uploader(threading.Thread):
     the oldest commit is ``bound`` (``max_lag``) seconds old, allowing twice the slowest
     recent upload. ``hurry`` ships at once; so do ``full`` bytes of spooled pages. A failed
     turn goes to ``failed`` (default: a warning), and the thread goes on after a pause.
+    ``tidy`` runs before each look at the spool (it settles a killed committer's mark).
     """
 
     def __init__(
         self, name: str, drain_once: Callable[[], bool], backlog: Callable[[], Backlog], *,
         interval: float, bound: float, gather: float, full: int,
         failed: Callable[[Exception], None] | None = None,
+        tidy: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._drain_once = drain_once
@@ -55,6 +57,7 @@ class Uploader(threading.Thread):
         self.bound = bound
         self.gather = gather
         self._full = full
+        self._tidy = tidy
         self.wake = threading.Event()
         self.hurry = threading.Event()
         self.stopping = threading.Event()
@@ -98,6 +101,7 @@ class Uploader(threading.Thread):
         """Upload whenever :meth:`delay` says so, until stopped."""
         while not self.stopping.is_set():
             try:
+                self._tidy()
                 delay = self.delay()
                 if delay > 0:
                     self.wake.wait(delay)

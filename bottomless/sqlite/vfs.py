@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import apsw
@@ -37,6 +38,7 @@ from bottomless.settings import (
 from bottomless.sqlite.capture import WalCapture
 from bottomless.sqlite.databases import DatabaseEntry as _Entry
 from bottomless.sqlite.databases import OpenDatabases
+from bottomless.sqlite.locks import sqlite_write_lock
 
 logger = logging.getLogger(__name__)
 
@@ -90,23 +92,6 @@ class SettingsTokens:
 settings_tokens = SettingsTokens()
 
 
-@contextlib.contextmanager
-def sqlite_write_lock(db_path: str) -> Iterator[None]:
-    """Hold SQLite's write lock on ``db_path`` through a private default-VFS connection."""
-    connection = apsw.Connection(
-        db_path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    )
-    try:
-        connection.set_busy_timeout(60_000)
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            connection.execute("ROLLBACK")
-    finally:
-        connection.close()
-
-
 class BottomlessVFS(apsw.VFS):
     """Replicating VFS; one per process, registered under the name ``bottomless``."""
 
@@ -124,7 +109,7 @@ class BottomlessVFS(apsw.VFS):
     def _open_replicator(self, path: str, settings: Settings) -> Replicator:
         store = open_store(settings)
         try:
-            replicator = Replicator(path, settings, store, lambda: sqlite_write_lock(path))
+            replicator = Replicator(path, settings, store, partial(sqlite_write_lock, path))
             replicator.progress = self.progress
             replicator.open()
         except BaseException:

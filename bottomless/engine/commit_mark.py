@@ -1,0 +1,57 @@
+"""A commit mark left behind by a killed async committer, settled by a process that lives on.
+
+An async commit marks the spool before its commit point and clears the mark when it appends
+the commit (:meth:`~bottomless.engine.spool.Spool.begin_commit`), both under SQLite's write
+lock. A committer killed between the two leaves the mark, and a commit that is in the local
+file but not in the spool. The next holder of the write lock that looks at the spool (a commit,
+an open) turns the mark into the resync mark: a new generation from the local file comes next.
+A process that only reads, or writes no more, never holds that lock, so its uploader looks for
+a mark that stays put and, if the write lock is free, settles it: the lost commit then reaches
+the bucket within about ``max_lag``, not at some later commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Protocol
+
+from bottomless.engine.spool import Spool
+
+#: seconds a mark must stay put before SQLite's write lock is tried: a live committer clears
+#: its own within one page write, unless back-pressure holds it, and then it holds the lock
+STALE_SECONDS = 0.2
+
+
+class WriteLock(Protocol):
+    """SQLite's write lock on the database, as a context manager that yields whether it is
+    held (always when ``wait``; waiting is bounded, then it raises)."""
+
+    def __call__(self, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+        """Take the lock (``wait``: until it is free), for the ``with`` block."""
+        ...
+
+
+class CommitMarkWatch:
+    """Watches one spool's commit mark from the uploader thread and settles a stale one."""
+
+    def __init__(self, spool: Spool, write_lock: WriteLock) -> None:
+        self._spool = spool
+        self._write_lock = write_lock
+        self._seen: tuple[int, float] | None = None  # the marked number, when first seen
+
+    def settle(self) -> None:
+        """Turn the commit mark into the resync mark if it has stayed put for
+        :data:`STALE_SECONDS` and SQLite's write lock is free, so that no committer is
+        between its commit point and its append: the one that marked it was killed."""
+        marked = self._spool.commit_mark()
+        now = time.monotonic()
+        if marked is None or self._seen is None or self._seen[0] != marked:
+            self._seen = None if marked is None else (marked, now)
+            return
+        if now - self._seen[1] < STALE_SECONDS:
+            return
+        self._seen = None
+        with self._write_lock(wait=False) as held:
+            if held:
+                self._spool.settle_interrupted_commit()
