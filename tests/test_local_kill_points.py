@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from test_crash import child_env
 
 import bottomless
+from bottomless.engine import commit_mark
 
 MakeSettings = Callable[..., bottomless.Settings]
 
@@ -143,6 +145,28 @@ def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
         while (found := restored(tmp_path, settings)) != [("a1", "b1")]:
             assert time.monotonic() < deadline, f"the bucket still restores {found}"
             time.sleep(0.25)
+    finally:
+        db.close()
+
+
+def test_a_database_removed_while_a_killed_siblings_mark_waits_is_not_uploaded_empty(
+        tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch of the test above must lock the database it replicates, not a new empty
+    file in its place: taking SQLite's write lock created one, and an empty generation went
+    up as the newest state (the restore gave an empty database)."""
+    monkeypatch.setattr(commit_mark, "STALE_SECONDS", 1.0)  # the files go well before that
+    settings = make_settings("file", durability="async", max_lag=1)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
+    try:
+        run("kill-spooling", path, env, killed=True)
+        for suffix in ("", "-wal", "-shm"):
+            os.remove(path + suffix)
+        time.sleep(3)
+        assert not os.path.exists(path)
+        assert restored(tmp_path, settings) == [("a1", "b0")]
     finally:
         db.close()
 

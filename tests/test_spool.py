@@ -456,3 +456,25 @@ def test_a_commit_mark_that_moves_on_is_never_settled(tmp_path: Any,
         spool.append(txn(seed), marked=True)
     watch.settle()
     assert not spool.resync_needed() and spool.entries() == [1, 2, 3, 4]
+
+
+def test_a_write_lock_that_cannot_be_tried_leaves_the_mark_and_the_uploads_going(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The watch runs in the uploader's turn: an error taking the lock (the database removed,
+    read-only for this process) is logged and tried again later, never raised into it."""
+    monkeypatch.setattr(commit_mark, "STALE_SECONDS", 0.0)
+    path = str(tmp_path / "app.db")
+    spool = Spool(path)
+    tries: list[bool] = []
+
+    def cannot_open(*, wait: bool = True) -> Any:
+        tries.append(wait)
+        raise OSError(errno.EACCES, "read-only here")
+
+    watch = commit_mark.CommitMarkWatch(spool, cannot_open)
+    spool.begin_commit()
+    for _ in range(6):
+        watch.settle()
+    assert tries == [False]  # one try, then a pause of RETRY_SECONDS
+    assert spool.commit_mark() == 1 and not spool.resync_needed()
+    assert "read-only here" in caplog.text

@@ -13,14 +13,19 @@ the bucket within about ``max_lag``, not at some later commit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Protocol
 
 from bottomless.engine.spool import Spool
 
+logger = logging.getLogger(__name__)
+
 #: seconds a mark must stay put before SQLite's write lock is tried: a live committer clears
 #: its own within one page write, unless back-pressure holds it, and then it holds the lock
 STALE_SECONDS = 0.2
+#: seconds before the write lock is tried again after a try failed (not merely found busy)
+RETRY_SECONDS = 10.0
 
 
 class WriteLock(Protocol):
@@ -39,6 +44,7 @@ class CommitMarkWatch:
         self._spool = spool
         self._write_lock = write_lock
         self._seen: tuple[int, float] | None = None  # the marked number, when first seen
+        self._retry_at = 0.0  # after a failed try, when to try again
 
     def settle(self) -> None:
         """Turn the commit mark into the resync mark if it has stayed put for
@@ -49,9 +55,15 @@ class CommitMarkWatch:
         if marked is None or self._seen is None or self._seen[0] != marked:
             self._seen = None if marked is None else (marked, now)
             return
-        if now - self._seen[1] < STALE_SECONDS:
+        if now - self._seen[1] < STALE_SECONDS or now < self._retry_at:
             return
         self._seen = None
-        with self._write_lock(wait=False) as held:
-            if held:
-                self._spool.settle_interrupted_commit()
+        try:
+            with self._write_lock(wait=False) as held:
+                if held:
+                    self._spool.settle_interrupted_commit()
+        except Exception as e:  # noqa: BLE001 - uploads must go on: the next commit or open
+            # settles the mark instead (the database removed, read-only for this process …)
+            self._retry_at = now + RETRY_SECONDS
+            logger.warning("%s: a commit mark a killed process may have left stays for now;"
+                           " SQLite's write lock could not be tried (%s)", self._spool.path, e)

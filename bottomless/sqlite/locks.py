@@ -16,8 +16,11 @@ import apsw
 @contextlib.contextmanager
 def sqlite_write_lock(db_path: str, *, wait: bool = True) -> Iterator[bool]:
     """Hold SQLite's write lock on ``db_path``; yield whether it is held: always, unless
-    ``wait`` is false and another connection holds it (waiting gives up after a minute)."""
-    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    ``wait`` is false and another connection holds it (waiting gives up after a minute).
+
+    The file must exist: a database removed while open is not created anew, empty, to be
+    locked (and uploaded) in its place; apsw's CantOpenError says so instead."""
+    flags = apsw.SQLITE_OPEN_READWRITE
     with contextlib.closing(apsw.Connection(db_path, flags=flags)) as connection:
         connection.set_busy_timeout(60_000 if wait else 0)
         try:
