@@ -130,9 +130,10 @@ def test_a_sync_commit_after_an_async_process_was_killed_before_spooling(
 def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     """An async process that stays open and commits nothing more: its uploader settles the
-    mark a sibling killed before spooling left, so the sibling's commit, which its readers
-    see, reaches the bucket within about ``max_lag`` (it used to wait for this process's
-    next commit, or the next open)."""
+    mark a sibling killed before spooling left, so the sibling's commit reaches the bucket
+    within about ``max_lag`` (it used to wait for this process's next commit, or the next
+    open). This process had not read yet, so SQLite's recovery kept that commit, and its
+    readers see it (the test below has the other case)."""
     settings = make_settings("file", durability="async", max_lag=1)
     env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
     path = str(tmp_path / "app.db")
@@ -145,6 +146,31 @@ def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
         while (found := restored(tmp_path, settings)) != [("a1", "b1")]:
             assert time.monotonic() < deadline, f"the bucket still restores {found}"
             time.sleep(0.25)
+    finally:
+        db.close()
+
+
+def test_a_commit_sqlite_never_published_stays_out_of_the_new_generation(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """The sibling is killed after writing its commit frame, before SQLite published it in the
+    wal-index, while this process has the WAL open: for SQLite that commit never happened (no
+    recovery runs), and the next writer overwrites its frames. The generation the mark brings
+    must hold what SQLite sees: taken from the whole WAL file, it held the phantom commit, and
+    the next commit, shipped on top of it, restored as a malformed database."""
+    settings = make_settings("file", durability="async", max_lag=1)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
+    try:
+        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
+        run("kill-spooling", path, env, killed=True)
+        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
+        time.sleep(3)  # the watch's turn: a new generation from the local file
+        assert restored(tmp_path, settings) == [("a1", "b0")]
+        db.execute("UPDATE a SET v = 'a2'")
+        bottomless.wait_durable(db, 30)
+        assert restored(tmp_path, settings) == [("a2", "b0")]
     finally:
         db.close()
 

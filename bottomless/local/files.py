@@ -215,7 +215,10 @@ def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
 def scan_wal(path: str) -> WalContent | None:
     """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none.
 
-    Frames past the wal-index's ``mxFrame`` are ignored when the index is valid.
+    Frames past the wal-index's ``mxFrame`` are ignored when the index is valid, and all of
+    them when it holds none and the WAL's header is not the one it knows. Under SQLite's write
+    lock the index is valid and current (its holder ran any recovery needed), so what is left
+    is what SQLite itself reads.
     """
     limit = wal_index_limit(path)
     try:
@@ -235,6 +238,10 @@ def scan_wal(path: str) -> WalContent | None:
             index_salts = tuple(struct.pack("=I", s) for s in limit[1])
             if index_salts == (header[16:20], header[20:24]):
                 max_frame = limit[0]
+            elif limit[0] == 0:
+                # the index holds no frame and the WAL a header it does not know: a writer
+                # started this WAL and died before publishing a commit, so SQLite has none
+                max_frame = 0
         s0, s1 = wal_checksum(header[:24], 0, 0, big)
         if (s0, s1) != (c0, c1):
             return None
