@@ -8,13 +8,15 @@ the local files saying less than the truth (see each test).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -127,6 +129,30 @@ def test_a_sync_commit_after_an_async_process_was_killed_before_spooling(
     assert restored(tmp_path, synchronous) == [("a2", "b1")]
 
 
+@dataclass
+class LiveSibling:
+    """A database a child set up, open async (``max_lag`` 1 s) in this process, which stays
+    open beside the children the test kills."""
+
+    db: Any
+    path: str
+    env: dict[str, str]
+    settings: bottomless.Settings
+
+
+@contextlib.contextmanager
+def live_sibling(tmp_path: Any, make_settings: MakeSettings) -> Iterator[LiveSibling]:
+    settings = make_settings("file", durability="async", max_lag=1)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
+    try:
+        yield LiveSibling(db, path, env, settings)
+    finally:
+        db.close()
+
+
 def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
         tmp_path: Any, make_settings: MakeSettings) -> None:
     """An async process that stays open and commits nothing more: its uploader settles the
@@ -134,20 +160,13 @@ def test_a_live_async_process_ships_a_commit_its_killed_sibling_left(
     within about ``max_lag`` (it used to wait for this process's next commit, or the next
     open). This process had not read yet, so SQLite's recovery kept that commit, and its
     readers see it (the test below has the other case)."""
-    settings = make_settings("file", durability="async", max_lag=1)
-    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
-    path = str(tmp_path / "app.db")
-    run("setup", path, env)
-    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
-    try:
-        run("kill-spooling", path, env, killed=True)
-        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b1")]
+    with live_sibling(tmp_path, make_settings) as live:
+        run("kill-spooling", live.path, live.env, killed=True)
+        assert live.db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b1")]
         deadline = time.monotonic() + 30
-        while (found := restored(tmp_path, settings)) != [("a1", "b1")]:
+        while (found := restored(tmp_path, live.settings)) != [("a1", "b1")]:
             assert time.monotonic() < deadline, f"the bucket still restores {found}"
             time.sleep(0.25)
-    finally:
-        db.close()
 
 
 def test_a_commit_sqlite_never_published_stays_out_of_the_new_generation(
@@ -157,44 +176,30 @@ def test_a_commit_sqlite_never_published_stays_out_of_the_new_generation(
     recovery runs), and the next writer overwrites its frames. The generation the mark brings
     must hold what SQLite sees: taken from the whole WAL file, it held the phantom commit, and
     the next commit, shipped on top of it, restored as a malformed database."""
-    settings = make_settings("file", durability="async", max_lag=1)
-    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
-    path = str(tmp_path / "app.db")
-    run("setup", path, env)
-    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
-    try:
-        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
-        run("kill-spooling", path, env, killed=True)
-        assert db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
+    with live_sibling(tmp_path, make_settings) as live:
+        assert live.db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
+        run("kill-spooling", live.path, live.env, killed=True)
+        assert live.db.execute("SELECT a.v, b.v FROM a, b").fetchall() == [("a1", "b0")]
         time.sleep(3)  # the watch's turn: a new generation from the local file
-        assert restored(tmp_path, settings) == [("a1", "b0")]
-        db.execute("UPDATE a SET v = 'a2'")
-        bottomless.wait_durable(db, 30)
-        assert restored(tmp_path, settings) == [("a2", "b0")]
-    finally:
-        db.close()
+        assert restored(tmp_path, live.settings) == [("a1", "b0")]
+        live.db.execute("UPDATE a SET v = 'a2'")
+        bottomless.wait_durable(live.db, 30)
+        assert restored(tmp_path, live.settings) == [("a2", "b0")]
 
 
 def test_a_database_removed_while_a_killed_siblings_mark_waits_is_not_uploaded_empty(
         tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The watch of the test above must lock the database it replicates, not a new empty
+    """The watch of the tests above must lock the database it replicates, not a new empty
     file in its place: taking SQLite's write lock created one, and an empty generation went
     up as the newest state (the restore gave an empty database)."""
     monkeypatch.setattr(commit_mark, "STALE_SECONDS", 1.0)  # the files go well before that
-    settings = make_settings("file", durability="async", max_lag=1)
-    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
-    path = str(tmp_path / "app.db")
-    run("setup", path, env)
-    db = bottomless.connect(path, settings.model_copy(update={"db_name": "app.db"}))
-    try:
-        run("kill-spooling", path, env, killed=True)
+    with live_sibling(tmp_path, make_settings) as live:
+        run("kill-spooling", live.path, live.env, killed=True)
         for suffix in ("", "-wal", "-shm"):
-            os.remove(path + suffix)
+            os.remove(live.path + suffix)
         time.sleep(3)
-        assert not os.path.exists(path)
-        assert restored(tmp_path, settings) == [("a1", "b0")]
-    finally:
-        db.close()
+        assert not os.path.exists(live.path)
+        assert restored(tmp_path, live.settings) == [("a1", "b0")]
 
 
 def test_a_kill_after_a_damaged_spool_was_set_aside(tmp_path: Any,
