@@ -29,7 +29,7 @@ MakeSettings = Callable[..., bottomless.Settings]
 
 #: ``-c CHILD STEP DB_PATH``: runs STEP; ``kill-*`` steps SIGKILL the child where they say
 CHILD = r"""
-import os, signal, sys
+import os, signal, sys, time
 import bottomless
 from bottomless.engine import shipper, spool
 from bottomless.ops import restore
@@ -73,6 +73,9 @@ elif step == "spool-only":  # b1 stays in the spool: the uploader never runs aga
     os.kill(os.getpid(), signal.SIGKILL)
 elif step == "next":
     db.execute("UPDATE a SET v = 'a2'")
+elif step == "hold":  # reads, then stays open until killed
+    print(db.execute("SELECT a.v, b.v FROM a, b").fetchall(), flush=True)
+    time.sleep(600)
 bottomless.wait_durable(db, 30)
 print(db.execute("SELECT a.v, b.v FROM a, b").fetchall(), flush=True)
 db.close()
@@ -185,6 +188,34 @@ def test_a_commit_sqlite_never_published_stays_out_of_the_new_generation(
         live.db.execute("UPDATE a SET v = 'a2'")
         bottomless.wait_durable(live.db, 30)
         assert restored(tmp_path, live.settings) == [("a2", "b0")]
+
+
+@pytest.mark.parametrize("opened_meanwhile", [False, True], ids=["watch", "open"])
+def test_a_commit_a_recovery_brings_back_after_every_process_died_reaches_the_bucket(
+        tmp_path: Any, make_settings: MakeSettings, opened_meanwhile: bool) -> None:
+    """As above, but the sibling that had the WAL open is killed too, before anyone writes:
+    the next open's recovery adopts the commit SQLite had not published. The sibling's watch,
+    and an open meanwhile (``open``), must leave the mark for that open: settled while the
+    sibling lived, it made a generation without the commit, the open after recovery found no
+    mark and went on from it, and the restore lost b1 for good."""
+    settings = make_settings("file", durability="async", max_lag=1)
+    env = child_env(settings, LIBSQL_BOTTOMLESS_DB_NAME="app.db")
+    path = str(tmp_path / "app.db")
+    run("setup", path, env)
+    holder = subprocess.Popen([sys.executable, "-c", CHILD, "hold", path], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().decode().strip() == "[('a1', 'b0')]"
+        run("kill-spooling", path, env, killed=True)
+        time.sleep(2)  # the holder's watch finds the mark stale, the commit unpublished
+        if opened_meanwhile:  # no recovery while the holder lives: SQLite reads b0
+            assert run("look", path, env) == "[('a1', 'b0')]"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run("next", path, env) == "[('a2', 'b1')]"
+    assert restored(tmp_path, settings) == [("a2", "b1")]
 
 
 def test_a_database_removed_while_a_killed_siblings_mark_waits_is_not_uploaded_empty(

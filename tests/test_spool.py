@@ -427,7 +427,8 @@ def test_a_stale_commit_mark_is_settled_only_when_no_one_holds_the_write_lock(
     holder = apsw.Connection(path)  # the SQLite that bottomless's own connections use
     holder.execute("CREATE TABLE t(x)")
     spool = Spool(path)
-    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path))
+    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path),
+                                         path)
     holder.execute("BEGIN IMMEDIATE")
     assert not spool.begin_commit()
     for _ in range(3):
@@ -448,7 +449,8 @@ def test_a_commit_mark_that_moves_on_is_never_settled(tmp_path: Any,
     path = str(tmp_path / "app.db")
     sqlite3.connect(path).close()
     spool = Spool(path)
-    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path))
+    watch = commit_mark.CommitMarkWatch(spool, functools.partial(sqlite_write_lock, path),
+                                         path)
     for seed in range(4):
         spool.begin_commit()
         watch.settle()
@@ -471,7 +473,7 @@ def test_a_write_lock_that_cannot_be_tried_leaves_the_mark_and_the_uploads_going
         tries.append(wait)
         raise OSError(errno.EACCES, "read-only here")
 
-    watch = commit_mark.CommitMarkWatch(spool, cannot_open)
+    watch = commit_mark.CommitMarkWatch(spool, cannot_open, path)
     spool.begin_commit()
     for _ in range(6):
         watch.settle()

@@ -18,6 +18,7 @@ import time
 from typing import Protocol
 
 from bottomless.engine.spool import Spool
+from bottomless.local.files import unpublished_commit
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,30 @@ class WriteLock(Protocol):
         ...
 
 
+def settle_if_decided(spool: Spool, db_path: str) -> bool:
+    """Call under SQLite's write lock, with no commit under way: turn a commit mark a killed
+    process left into the resync mark, unless the WAL still holds a commit SQLite has not
+    published (see :func:`~bottomless.local.files.unpublished_commit`). A new generation from
+    the local file would leave that commit out, and a recovery could bring it back later, on
+    top of a bucket that never gets it; the mark waits instead for what decides its fate: the
+    next commit (which overwrites it and settles the mark itself) or an open after recovery.
+    Returns False if the mark was left for that reason."""
+    if spool.commit_mark() is None:
+        return True
+    if unpublished_commit(db_path):
+        logger.info("%s: a killed process's commit is in the WAL but not published; its"
+                    " mark stays until a commit or a recovery decides it", db_path)
+        return False
+    spool.settle_interrupted_commit()
+    return True
+
+
 class CommitMarkWatch:
     """Watches one spool's commit mark from the uploader thread and settles a stale one."""
 
-    def __init__(self, spool: Spool, write_lock: WriteLock) -> None:
+    def __init__(self, spool: Spool, write_lock: WriteLock, db_path: str) -> None:
         self._spool = spool
+        self._db_path = db_path
         self._write_lock = write_lock
         self._seen: tuple[int, float] | None = None  # the marked number, when first seen
         self._retry_at = 0.0  # after a failed try, when to try again
@@ -49,7 +69,8 @@ class CommitMarkWatch:
     def settle(self) -> None:
         """Turn the commit mark into the resync mark if it has stayed put for
         :data:`STALE_SECONDS` and SQLite's write lock is free, so that no committer is
-        between its commit point and its append: the one that marked it was killed."""
+        between its commit point and its append: the one that marked it was killed (unless
+        its commit's fate is still open: :func:`settle_if_decided`)."""
         marked = self._spool.commit_mark()
         now = time.monotonic()
         if marked is None or self._seen is None or self._seen[0] != marked:
@@ -60,8 +81,8 @@ class CommitMarkWatch:
         self._seen = None
         try:
             with self._write_lock(wait=False) as held:
-                if held:
-                    self._spool.settle_interrupted_commit()
+                if held and not settle_if_decided(self._spool, self._db_path):
+                    self._retry_at = now + RETRY_SECONDS  # nothing decides it meanwhile
         except Exception as e:  # noqa: BLE001 - uploads must go on: the next commit or open
             # settles the mark instead (the database removed, read-only for this process …)
             self._retry_at = now + RETRY_SECONDS

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.engine.commit_mark import WriteLock
+from bottomless.engine.commit_mark import WriteLock, settle_if_decided
 from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import Decision, LineageCheck, Verdict
 from bottomless.engine.shipper import AsyncShipper
@@ -99,7 +99,7 @@ class Opening:
             self._discard_spool()
             self._open_existing(interrupted)
             return
-        self.shipper.spool.settle_interrupted_commit()
+        settle_if_decided(self.shipper.spool, self.db_path)
         if self.shipper.spool.resync_needed():
             self._resync()  # before anything spooled goes up on top of the gap
         else:

@@ -96,7 +96,7 @@ class AsyncShipper:
         self._record = record
         self._check_lease = check_lease
         self._write_lock = write_lock
-        self._mark = CommitMarkWatch(self.spool, write_lock)
+        self._mark = CommitMarkWatch(self.spool, write_lock, db_path)
         #: set while this thread holds SQLite's write lock outside a commit (during open)
         self.holds_write_lock = False
         self.uploader: Uploader | None = None

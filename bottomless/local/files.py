@@ -212,15 +212,16 @@ def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
     return max_frame, (salt1, salt2)
 
 
-def scan_wal(path: str) -> WalContent | None:
+def scan_wal(path: str, *, published_only: bool = True) -> WalContent | None:
     """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none.
 
     Frames past the wal-index's ``mxFrame`` are ignored when the index is valid, and all of
     them when it holds none and the WAL's header is not the one it knows. Under SQLite's write
     lock the index is valid and current (its holder ran any recovery needed), so what is left
-    is what SQLite itself reads.
+    is what SQLite itself reads. ``published_only=False``: every valid commit, as a recovery
+    would find them, whatever the index says.
     """
-    limit = wal_index_limit(path)
+    limit = wal_index_limit(path) if published_only else None
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; the WAL holds no locks
     except FileNotFoundError:
@@ -271,6 +272,18 @@ def scan_wal(path: str) -> WalContent | None:
             return None
         result.frames = frames
         return result
+
+
+def unpublished_commit(db_path: str) -> bool:
+    """Whether the WAL holds a valid commit past what the wal-index publishes: a writer died
+    between writing its commit frame and publishing it. Call under SQLite's write lock. That
+    commit's fate is open: SQLite reads without it, and the next writer overwrites it, but a
+    recovery (once no connection is left on the file) adopts it."""
+    everything = scan_wal(db_path + "-wal", published_only=False)
+    if everything is None:
+        return False
+    published = scan_wal(db_path + "-wal")
+    return published is None or everything.last_commit_frame > published.last_commit_frame
 
 
 class LocalImage:
