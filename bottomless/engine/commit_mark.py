@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from typing import Protocol
 
 from bottomless.engine.spool import Spool
-from bottomless.local.files import unpublished_commit
+from bottomless.local.files import WAL_FRAME_HEADER_SIZE, unpublished_commit
+from bottomless.osutil import pwrite_all
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +40,33 @@ class WriteLock(Protocol):
         ...
 
 
-def settle_if_decided(spool: Spool, db_path: str) -> bool:
-    """Call under SQLite's write lock, with no commit under way: turn a commit mark a killed
-    process left into the resync mark, unless the WAL still holds a commit SQLite has not
-    published (see :func:`~bottomless.local.files.unpublished_commit`). A new generation from
-    the local file would leave that commit out, and a recovery could bring it back later, on
-    top of a bucket that never gets it; the mark waits instead for what decides its fate: the
-    next commit (which overwrites it and settles the mark itself) or an open after recovery.
-    Returns False if the mark was left for that reason."""
-    if spool.commit_mark() is None:
-        return True
-    if unpublished_commit(db_path):
-        logger.info("%s: a killed process's commit is in the WAL but not published; its"
-                    " mark stays until a commit or a recovery decides it", db_path)
+def drop_unpublished(db_path: str) -> bool:
+    """Call under SQLite's write lock, outside any commit: make a commit a killed writer left
+    in the WAL, unpublished, unrecoverable, as the next writer's frames would (the header of
+    its first frame is zeroed, and the WAL synced). SQLite reads without it already; left
+    there, a recovery once every process is gone would bring it back, on top of a new
+    generation made without it. Returns whether there was one."""
+    offset = unpublished_commit(db_path)
+    if offset is None:
         return False
-    spool.settle_interrupted_commit()
+    fd = os.open(db_path + "-wal", os.O_WRONLY)
+    try:
+        pwrite_all(fd, bytes(WAL_FRAME_HEADER_SIZE), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    logger.warning("%s: dropped from the WAL a commit a killed writer never published (SQLite"
+                   " does not read it; a recovery would have brought it back)", db_path)
     return True
+
+
+def settle_left_mark(spool: Spool, db_path: str) -> None:
+    """Call under SQLite's write lock, outside any commit: turn a commit mark a killed process
+    left into the resync mark, once the commit it may have left unpublished is dropped
+    (:func:`drop_unpublished`), so that the new generation and any later recovery agree."""
+    if spool.commit_mark() is not None:
+        drop_unpublished(db_path)
+        spool.settle_interrupted_commit()
 
 
 class CommitMarkWatch:
@@ -69,8 +82,7 @@ class CommitMarkWatch:
     def settle(self) -> None:
         """Turn the commit mark into the resync mark if it has stayed put for
         :data:`STALE_SECONDS` and SQLite's write lock is free, so that no committer is
-        between its commit point and its append: the one that marked it was killed (unless
-        its commit's fate is still open: :func:`settle_if_decided`)."""
+        between its commit point and its append: the one that marked it was killed."""
         marked = self._spool.commit_mark()
         now = time.monotonic()
         if marked is None or self._seen is None or self._seen[0] != marked:
@@ -81,8 +93,8 @@ class CommitMarkWatch:
         self._seen = None
         try:
             with self._write_lock(wait=False) as held:
-                if held and not settle_if_decided(self._spool, self._db_path):
-                    self._retry_at = now + RETRY_SECONDS  # nothing decides it meanwhile
+                if held:
+                    settle_left_mark(self._spool, self._db_path)
         except Exception as e:  # noqa: BLE001 - uploads must go on: the next commit or open
             # settles the mark instead (the database removed, read-only for this process …)
             self._retry_at = now + RETRY_SECONDS

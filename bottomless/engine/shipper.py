@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from bottomless import format as fmt
 from bottomless import log
 from bottomless.backends.base import PageStore
-from bottomless.engine.commit_mark import CommitMarkWatch, WriteLock
+from bottomless.engine.commit_mark import CommitMarkWatch, WriteLock, drop_unpublished
 from bottomless.engine.generations import Generations
 from bottomless.engine.intent import Intent
 from bottomless.engine.legacy_spool import migrate_legacy
@@ -286,7 +286,6 @@ class AsyncShipper:
 
     def drain_once(self, state_required: bool = False) -> bool:
         """Upload the oldest spooled entries as one commit object; False if there was nothing.
-
         Raises StoreError or ReplicaConflictError if the upload fails (entries stay spooled).
         """
         with self.spool.upload_lock() as mine:
@@ -300,6 +299,7 @@ class AsyncShipper:
         # settled under SQLite's write lock, so that no commit lands meanwhile; it is taken
         # before the upload lock, in the order a sync commit takes them
         with self._write_lock(), self.spool.upload_lock(wait=self.settings.request_budget) as mine:
+            drop_unpublished(self.db_path)  # no commit under way: what SQLite reads is the truth
             return mine and self._drain_locked(
                 state_required, _ForkFrom(self._committed_image, False)
             ).shipped

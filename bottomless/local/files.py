@@ -274,16 +274,19 @@ def scan_wal(path: str, *, published_only: bool = True) -> WalContent | None:
         return result
 
 
-def unpublished_commit(db_path: str) -> bool:
-    """Whether the WAL holds a valid commit past what the wal-index publishes: a writer died
-    between writing its commit frame and publishing it. Call under SQLite's write lock. That
-    commit's fate is open: SQLite reads without it, and the next writer overwrites it, but a
-    recovery (once no connection is left on the file) adopts it."""
+def unpublished_commit(db_path: str) -> int | None:
+    """Where in the WAL a valid commit past what the wal-index publishes starts (a writer died
+    between writing its commit frame and publishing it), or None. Call under SQLite's write
+    lock. SQLite reads without that commit and the next writer overwrites it, but a recovery
+    (once no connection is left on the file) would adopt it."""
     everything = scan_wal(db_path + "-wal", published_only=False)
     if everything is None:
-        return False
+        return None
     published = scan_wal(db_path + "-wal")
-    return published is None or everything.last_commit_frame > published.last_commit_frame
+    first = published.last_commit_frame if published is not None else 0
+    if everything.last_commit_frame <= first:
+        return None
+    return WAL_HEADER_SIZE + first * (WAL_FRAME_HEADER_SIZE + everything.page_size)
 
 
 class LocalImage:
