@@ -8,6 +8,11 @@ an open) turns the mark into the resync mark: a new generation from the local fi
 A process that only reads, or writes no more, never holds that lock, so its uploader looks for
 a mark that stays put and, if the write lock is free, settles it: the lost commit then reaches
 the bucket within about ``max_lag``, not at some later commit.
+
+Whether that commit is in the local file depends on SQLite: its recovery keeps it, but while
+another connection has the WAL open it was never published in the wal-index, and SQLite reads
+without it. Such a commit is dropped from the WAL (:func:`drop_unpublished`) before a new
+generation without it is made, so that no later recovery brings it back.
 """
 
 from __future__ import annotations
