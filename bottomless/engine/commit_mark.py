@@ -67,10 +67,13 @@ def drop_unpublished(db_path: str) -> bool:
 
 def settle_left_mark(spool: Spool, db_path: str) -> None:
     """Call under SQLite's write lock, outside any commit: turn a commit mark a killed process
-    left into the resync mark, once the commit it may have left unpublished is dropped
-    (:func:`drop_unpublished`), so that the new generation and any later recovery agree."""
-    if spool.commit_mark() is not None:
+    left into the resync mark. Either mark means a new generation from the local file comes
+    next, so a commit left unpublished is dropped first (:func:`drop_unpublished`): the new
+    generation and any later recovery then agree."""
+    marked = spool.commit_mark() is not None
+    if marked or spool.resync_needed():
         drop_unpublished(db_path)
+    if marked:
         spool.settle_interrupted_commit()
 
 

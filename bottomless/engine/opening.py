@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.engine.commit_mark import WriteLock, drop_unpublished, settle_left_mark
+from bottomless.engine.commit_mark import WriteLock, settle_left_mark
 from bottomless.engine.generations import Generations
 from bottomless.engine.lineage import Decision, LineageCheck, Verdict
 from bottomless.engine.shipper import AsyncShipper
@@ -99,11 +99,8 @@ class Opening:
             self._discard_spool()
             self._open_existing(interrupted)
             return
-        spool = self.shipper.spool
-        if spool.resync_needed():  # a killed writer's unpublished commit must not come back
-            drop_unpublished(self.db_path)  # on top of the new generation (see settle_left_mark)
-        settle_left_mark(spool, self.db_path)
-        if spool.resync_needed():
+        settle_left_mark(self.shipper.spool, self.db_path)
+        if self.shipper.spool.resync_needed():
             self._resync()  # before anything spooled goes up on top of the gap
         else:
             self.shipper.drain_leftovers()

@@ -191,6 +191,7 @@ class WalContent:
     db_size: int
     frames: dict[int, int]  # page number -> offset of its data in the WAL file
     last_commit_frame: int
+    published: int | None = None  #: frames the wal-index publishes (None: it has no say)
 
 
 def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
@@ -212,6 +213,17 @@ def wal_index_limit(wal_path: str) -> tuple[int, tuple[int, int]] | None:
     return max_frame, (salt1, salt2)
 
 
+def _published_frames(limit: tuple[int, tuple[int, int]] | None, header: bytes) -> int | None:
+    """Frames of the WAL starting with ``header`` that index ``limit`` publishes (None: no say)."""
+    if limit is None:
+        return None
+    if tuple(struct.pack("=I", s) for s in limit[1]) == (header[16:20], header[20:24]):
+        return limit[0]
+    # the index holds no frame and the WAL a header it does not know: a writer started this
+    # WAL and died before publishing a commit, so SQLite has none
+    return 0 if limit[0] == 0 else None
+
+
 def scan_wal(path: str, *, published_only: bool = True) -> WalContent | None:
     """Find every committed, checksum-valid frame of a WAL; ``None`` if it holds none.
 
@@ -221,7 +233,7 @@ def scan_wal(path: str, *, published_only: bool = True) -> WalContent | None:
     is what SQLite itself reads. ``published_only=False``: every valid commit, as a recovery
     would find them, whatever the index says.
     """
-    limit = wal_index_limit(path) if published_only else None
+    limit = wal_index_limit(path)  # read first: SQLite publishes after writing frames
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; the WAL holds no locks
     except FileNotFoundError:
@@ -234,21 +246,14 @@ def scan_wal(path: str, *, published_only: bool = True) -> WalContent | None:
         if magic not in _WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
             return None
         big = magic & 1 == 1
-        max_frame = None
-        if limit is not None:
-            index_salts = tuple(struct.pack("=I", s) for s in limit[1])
-            if index_salts == (header[16:20], header[20:24]):
-                max_frame = limit[0]
-            elif limit[0] == 0:
-                # the index holds no frame and the WAL a header it does not know: a writer
-                # started this WAL and died before publishing a commit, so SQLite has none
-                max_frame = 0
+        published = _published_frames(limit, header)
+        max_frame = published if published_only else None
         s0, s1 = wal_checksum(header[:24], 0, 0, big)
         if (s0, s1) != (c0, c1):
             return None
         frames: dict[int, int] = {}
         pending: dict[int, int] = {}
-        result = WalContent(page_size, 0, {}, 0)
+        result = WalContent(page_size, 0, {}, 0, published)
         index = 0
         while max_frame is None or index < max_frame:
             offset = WAL_HEADER_SIZE + index * (WAL_FRAME_HEADER_SIZE + page_size)
@@ -279,14 +284,10 @@ def unpublished_commit(db_path: str) -> int | None:
     between writing its commit frame and publishing it), or None. Call under SQLite's write
     lock. SQLite reads without that commit and the next writer overwrites it, but a recovery
     (once no connection is left on the file) would adopt it."""
-    everything = scan_wal(db_path + "-wal", published_only=False)
-    if everything is None:
+    wal = scan_wal(db_path + "-wal", published_only=False)
+    if wal is None or wal.published is None or wal.last_commit_frame <= wal.published:
         return None
-    published = scan_wal(db_path + "-wal")
-    first = published.last_commit_frame if published is not None else 0
-    if everything.last_commit_frame <= first:
-        return None
-    return WAL_HEADER_SIZE + first * (WAL_FRAME_HEADER_SIZE + everything.page_size)
+    return WAL_HEADER_SIZE + wal.published * (WAL_FRAME_HEADER_SIZE + wal.page_size)
 
 
 class LocalImage:
