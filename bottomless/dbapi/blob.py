@@ -54,6 +54,14 @@ class Blob:
             except apsw.Error as e:
                 raise_translated(e)
 
+    def _discard(self) -> None:
+        """Close the blob as its connection closes. An error it already raised (a write to a
+        read-only blob) is not raised again, as in ``sqlite3``; the failed commit of what was
+        written outside a transaction is (apsw's own error: the caller translates it)."""
+        blob, self._blob = self._blob, None
+        if blob is not None:
+            blob.close(True)
+
     def __len__(self) -> int:
         return int(self._open().length())
 

@@ -127,14 +127,15 @@ class Connection(ConnectionCore):
     @property
     def isolation_level(self) -> str | None:
         """``""``, ``"DEFERRED"``, ``"IMMEDIATE"``, ``"EXCLUSIVE"``: BEGIN before DML; None: off."""
-        self._check()
+        self._check_open()
         return self._isolation_level
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
-        self._check()
+        self._check_open()  # any thread may set it, as in sqlite3; only the COMMIT checks
         level = check_level(value)
         if level is None and self._legacy() and self._live.in_transaction:
+            self._check()
             self._run("COMMIT")
         self._isolation_level = level
         self._update_begin()
@@ -142,6 +143,7 @@ class Connection(ConnectionCore):
     @property
     def autocommit(self) -> bool | int:
         """Python 3.12's transaction control: True, False or LEGACY_TRANSACTION_CONTROL."""
+        self._check()
         return self._autocommit
 
     @autocommit.setter
@@ -162,13 +164,13 @@ class Connection(ConnectionCore):
     @property
     def in_transaction(self) -> bool:
         """True while a transaction is open."""
-        self._check()
+        self._check_open()
         return bool(self._live.in_transaction)
 
     @property
     def total_changes(self) -> int:
         """Rows changed since the connection was opened."""
-        self._check()
+        self._check_open()
         return int(self._live.total_changes())
 
     # ------------------------------------------------------------ statements
@@ -264,11 +266,20 @@ class Connection(ConnectionCore):
             db = self._db
             if self._autocommit is False and db.in_transaction:
                 self._run("ROLLBACK")
+            failed: BaseException | None = None
+            for blob in list(self._blobs):
+                try:
+                    blob._discard()
+                except BaseException as e:  # noqa: BLE001 - raised below, once closed
+                    failed = failed or e
             self._db = None
             try:
                 db.close()
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+                db.close(True)  # closed whatever failed: the connection cannot be reached now
                 raise_translated(e)
+            if failed is not None:
+                raise_translated(failed)
 
     if sys.version_info >= (3, 13):
         def __del__(self) -> None:
@@ -276,6 +287,7 @@ class Connection(ConnectionCore):
                 unclosed(self)
 
     def __enter__(self) -> Connection:
+        self._check_open()
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
@@ -413,9 +425,11 @@ class Connection(ConnectionCore):
         """Open the BLOB in ``table.column`` of rowid ``row`` for incremental I/O."""
         self._check()
         try:
-            return Blob._wrap(self, self._live.blob_open(name, table, column, row, not readonly))
+            blob = Blob._wrap(self, self._live.blob_open(name, table, column, row, not readonly))
         except apsw.Error as e:
             raise_translated(e)
+        self._blobs.add(blob)
+        return blob
 
     def getlimit(self, category: int, /) -> int:
         """The current value of a run-time limit (``SQLITE_LIMIT_*``)."""

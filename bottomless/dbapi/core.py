@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import sysconfig
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,7 @@ class ConnectionCore(_StdlibConnection):
         self._kinds = {}
         self._trimmed = {}
         self._no_columns = set()
+        self._blobs: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones (Connection.blobopen)
         self._isolation_level = isolation_level
         self._autocommit = autocommit
         self._begin = None
@@ -124,6 +126,11 @@ class ConnectionCore(_StdlibConnection):
         if not self._initialized:
             return ProgrammingError("Base Connection.__init__ not called.")
         return ProgrammingError("Cannot operate on a closed database.")
+
+    def _check_open(self) -> None:
+        """The check of what ``sqlite3`` lets any thread do: only that the connection is open."""
+        if self._db is None:
+            raise self._gone()
 
     def _check(self) -> None:
         if self._db is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -120,6 +121,7 @@ class Cursor:
         self._changes = 0
         self._traced = False
         self._closed = False
+        self._compiled = False  # the statement now running compiled (see _begin_before_step)
 
     # ------------------------------------------------------------ checks
 
@@ -168,8 +170,9 @@ class Cursor:
                 kind, sql = conn._classify(sql)
             db = conn._db
             assert db is not None  # conn._check() said so
-            if 0 < kind < 3 and conn._begin is not None and not db.in_transaction:
-                conn._begin_transaction()
+            began = 0 < kind < 3 and conn._begin is not None and not db.in_transaction
+            if began:
+                self._begin_before_step()
             if self.row_factory is not None or conn._transform_rows:
                 if not self._traced:
                     self._cur.row_trace = _RowTracer(self)
@@ -198,7 +201,12 @@ class Cursor:
                 self.rowcount = -1
                 self._pending = False
                 self._description = None
+                if began:
+                    self._undo_begin(e)
                 self._fail(e)
+            finally:
+                if began:
+                    self._cur.exec_trace = None
             if kind == 3:  # WITH ... RETURNING: if it writes, run it to the end now, so
                 # that an autocommit commit that fails raises here, not at a later reset
                 if self._active() and not self._cur.is_readonly:
@@ -225,14 +233,14 @@ class Cursor:
             kind = conn._kinds.get(sql)
             if kind is None:
                 kind, sql = conn._classify(sql)
-            # as sqlite3 does, any statement that writes (WITH ... INSERT, DDL), but only
-            # INSERT/UPDATE/DELETE/REPLACE open a transaction and count rows
+            # as in sqlite3: anything that writes; only DML begins a transaction, counts rows
             dml = 0 < kind < 3
             if not dml and not conn._writes(sql):
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
-            if dml and conn._begin is not None and not db.in_transaction:
-                conn._begin_transaction()
+            began = dml and conn._begin is not None and not db.in_transaction
+            if began:
+                self._begin_before_step()
             self._reset()
             if SINCE_3_12:
                 seq_of_parameters = named_placeholders.checked_rows(sql, seq_of_parameters)
@@ -248,7 +256,12 @@ class Cursor:
                         pass
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self.rowcount = -1
+                if began:
+                    self._undo_begin(e)
                 raise_translated(e)
+            finally:
+                if began:
+                    self._cur.exec_trace = None
             self.rowcount = db.total_changes() - before if dml else -1
         return self
 
@@ -274,6 +287,26 @@ class Cursor:
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 raise_translated(e)
         return self
+
+    def _begin_before_step(self) -> None:
+        """The implicit BEGIN before DML. apsw's exec tracer then tells when the statement is
+        compiled and bound, before its first step (see :meth:`_undo_begin`)."""
+        self.connection._begin_transaction()
+        self._compiled = False
+        self._cur.exec_trace = self._on_compiled
+
+    def _on_compiled(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        self._compiled = True
+        outer = self.connection._live.exec_trace  # set_trace_callback's, shadowed by ours
+        return True if outer is None else bool(outer(cursor, sql, bindings))
+
+    def _undo_begin(self, error: BaseException) -> None:
+        """Roll back the implicit BEGIN of a statement that did not compile: ``sqlite3``
+        compiles before its BEGIN (and binds after it: a binding error keeps it)."""
+        if isinstance(error, apsw.Error) and not (
+                self._compiled or isinstance(error, apsw.BindingsError)):
+            with contextlib.suppress(apsw.Error):  # the statement's error is the one raised
+                self.connection._txn.execute("ROLLBACK")
 
     def _reset(self) -> None:
         self._pending = False
@@ -447,6 +480,9 @@ class Cursor:
             raw = self._cur.description
         except apsw.ExecutionCompleteError:
             raw = self.connection._columns_of(self._sql, self._params)
+        except apsw.Error as e:  # closed with its connection before it was ever described
+            self._pending = True
+            raise_translated(e)
         if not raw:
             return None
         strip = self.connection._detect_types & PARSE_COLNAMES

@@ -97,7 +97,7 @@ _BY_CODE: dict[int, type[Error]] = {
     apsw.SQLITE_RANGE: InterfaceError,
 }
 for _code in ("ERROR", "PERM", "ABORT", "BUSY", "LOCKED", "READONLY", "INTERRUPT", "IOERR",
-              "FULL", "CANTOPEN", "PROTOCOL", "EMPTY", "SCHEMA", "AUTH", "NOLFS"):
+              "FULL", "CANTOPEN", "PROTOCOL", "EMPTY", "SCHEMA"):  # the rest (AUTH): DatabaseError
     _BY_CODE[getattr(apsw, "SQLITE_" + _code)] = OperationalError
 
 _PROGRAMMING = (apsw.BindingsError, apsw.ThreadingViolationError, apsw.CursorClosedError,

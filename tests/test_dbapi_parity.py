@@ -1,0 +1,203 @@
+"""bottomless.dbapi against the standard library's sqlite3, side by side, where they once differed.
+
+Each test runs the same steps on ``sqlite3`` and on ``bottomless.dbapi`` (file backend) and
+expects the same outcome; CPython's own suite (test_cpython_sqlite3.py) has no case for them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+from helpers import FailingStore, remove_db, replicator, rows
+
+import bottomless
+import bottomless.dbapi as dbapi
+from bottomless.errors import StoreError
+
+MODULES = [pytest.param(sqlite3, id="sqlite3"), pytest.param(dbapi, id="bottomless")]
+
+
+@pytest.fixture(autouse=True)
+def _file_backend(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BACKEND", "file")
+    monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUCKET", str(tmp_path / "bucket"))
+
+
+def _database(module: ModuleType, tmp_path: Any, journal_mode: str = "delete") -> str:
+    path = str(tmp_path / f"{module.__name__}.db")
+    conn = module.connect(path)
+    conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    conn.execute("CREATE TABLE t(a)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("statement", [
+    lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"),
+    lambda c: c.execute("UPDATE t SETT a = 1"),
+    lambda c: c.executemany("INSERT INTO no_such_table VALUES (?)", [(1,)]),
+], ids=["missing-table", "syntax", "executemany"])
+def test_dml_that_does_not_compile_begins_no_transaction(
+        module: ModuleType, statement: Callable[[Any], Any], tmp_path: Any) -> None:
+    path = _database(module, tmp_path)
+    reader = module.connect(path, timeout=0.1)
+    with pytest.raises(module.OperationalError):
+        statement(reader)
+    assert not reader.in_transaction
+    reader.execute("SELECT count(*) FROM t").fetchall()  # would keep a read lock in a transaction
+    writer = module.connect(path, timeout=0.1)
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.commit()  # "database is locked" while the reader's transaction was left open
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_dml_whose_parameters_do_not_bind_keeps_its_transaction(
+        module: ModuleType, tmp_path: Any) -> None:
+    """sqlite3 binds after its BEGIN, so the transaction stays open (and nothing else does)."""
+    conn = module.connect(_database(module, tmp_path))
+    with pytest.raises(module.ProgrammingError):
+        conn.execute("INSERT INTO t VALUES (?)", (1, 2))
+    assert conn.in_transaction
+    conn.execute("INSERT INTO t VALUES (?)", (3,))
+    conn.commit()
+    assert conn.execute("SELECT a FROM t").fetchall() == [(3,)]
+    conn.close()
+
+
+def test_a_statement_that_does_not_compile_is_still_traced(tmp_path: Any) -> None:
+    """The watch for compiling stands in for the connection's tracer: it must hand on."""
+    conn = dbapi.connect(_database(dbapi, tmp_path))
+    traced: list[str] = []
+    conn.set_trace_callback(traced.append)
+    conn.execute("INSERT INTO t VALUES (7)")
+    with pytest.raises(dbapi.OperationalError):
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+    conn.commit()
+    assert "INSERT INTO t VALUES (7)" in traced
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_closing_a_connection_does_not_raise_a_blobs_earlier_error(
+        module: ModuleType, tmp_path: Any) -> None:
+    path = _database(module, tmp_path)
+    conn = module.connect(path)
+    conn.execute("INSERT INTO t VALUES (zeroblob(4))")
+    conn.commit()
+    blob = conn.blobopen("t", "a", 1, readonly=True)
+    with pytest.raises(module.OperationalError):
+        blob.write(b"x")
+    conn.close()  # the blob is closed with it; its error was raised already
+    with pytest.raises(module.ProgrammingError):
+        blob.read()
+    again = module.connect(path)  # no lock was left behind
+    again.execute("INSERT INTO t VALUES (2)")
+    again.commit()
+    again.close()
+
+
+def test_closing_a_connection_raises_the_failed_commit_of_an_open_blob(tmp_path: Any) -> None:
+    """Outside a transaction, what a blob wrote commits when it closes: if that commit cannot
+    be uploaded, ``close()`` says so (sqlite3 has no upload to fail), and still closes."""
+    path = _database(dbapi, tmp_path)
+    conn = dbapi.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (zeroblob(4))")
+    rep = replicator(path)
+    failing = FailingStore(rep.store)
+    rep.store = failing
+    blob = conn.blobopen("t", "a", 1)
+    blob.write(b"ABCD")
+    failing.down = True
+    with pytest.raises(dbapi.OperationalError) as info:
+        conn.close()
+    assert isinstance(info.value, StoreError)
+    conn.close()  # closed already: nothing to do
+    failing.down = False
+    again = dbapi.connect(path)
+    assert again.execute("SELECT a FROM t").fetchall() == [(bytes(4),)]
+    again.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_another_thread_reads_a_connections_state(module: ModuleType, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path))
+    conn.execute("INSERT INTO t VALUES (1)")
+    seen: dict[str, Any] = {}
+
+    def look() -> None:
+        seen["state"] = (conn.in_transaction, conn.isolation_level, conn.total_changes)
+        try:
+            conn.commit()
+        except module.ProgrammingError as e:
+            seen["commit"] = str(e)
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    assert seen["state"] == (True, "", 1)
+    assert "same thread" in seen["commit"]
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_denied_statement_is_a_database_error_not_an_operational_one(
+        module: ModuleType, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path))
+    conn.set_authorizer(lambda *args: module.SQLITE_DENY)
+    with pytest.raises(module.DatabaseError) as info:
+        conn.execute("SELECT * FROM t")
+    assert type(info.value) is module.DatabaseError
+    assert info.value.sqlite_errorname == "SQLITE_AUTH"
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_closed_connection_cannot_enter_a_with_block(module: ModuleType, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path))
+    conn.close()
+    ran = False
+    with pytest.raises(module.ProgrammingError, match="closed database"), conn:
+        ran = True
+    assert not ran
+
+
+def test_a_cursor_described_only_after_its_connection_closed_raises_a_dbapi_error(
+        tmp_path: Any) -> None:
+    """sqlite3 describes at execute; this module when asked (cheaper): after the close, only
+    a DB-API error can be given, not apsw's own."""
+    conn = dbapi.connect(_database(dbapi, tmp_path))
+    cursor = conn.execute("SELECT 1 AS one")
+    conn.close()
+    with pytest.raises(dbapi.ProgrammingError):
+        cursor.description  # noqa: B018
+
+
+def test_the_transactions_that_were_committed_are_the_ones_restored(tmp_path: Any) -> None:
+    """A failed statement, rolled back or never begun, leaves nothing in the bucket."""
+    path = _database(dbapi, tmp_path)
+    conn = dbapi.connect(path)
+    with pytest.raises(dbapi.OperationalError):
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    remove_db(path)
+    restored = rows(bottomless_restored(tmp_path, os.path.basename(path)), "SELECT a FROM t")
+    assert restored == [(1,)]
+
+
+def bottomless_restored(tmp_path: Any, db_name: str) -> str:
+    target = str(tmp_path / "restored.db")
+    bottomless.restore(target, bottomless.Settings(), db_name=db_name)
+    return target
