@@ -285,12 +285,12 @@ def test_gc_uses_the_snapshot_a_writer_built_at_the_same_commit(
     report = retention.collect_garbage(store, "race.db", older_than=dt.timedelta(0))
     assert report.snapshot_built is None  # the writer's, not gc's
     assert snapshot_seqs(inner, "race.db", generation) == [last]
-    # the writer's snapshot is dated after the window's start: its commit stays for now
-    assert commit_numbers(inner, "race.db", generation) == [last]
+    # the writer's snapshot is dated by its commit, at the window's start: the log goes too
+    assert commit_numbers(inner, "race.db", generation) == []
     later = retention.collect_garbage(inner, "race.db", older_than=dt.timedelta(0),
                                       now=time.time() + 1)
     assert later.snapshot_built is None
-    assert later.deleted == [fmt.commit_key("race.db", generation, last)]
+    assert later.deleted == []
     assert bucket_bytes(settings, "race.db") / db_bytes(path) <= MAX_RATIO
     assert restore_rows(tmp_path, settings, "race.db") == db.execute(SELECT).fetchall()
     assert bottomless.verify("race.db", settings).ok
@@ -322,4 +322,67 @@ def test_gc_leaves_a_snapshot_another_process_is_building(
     assert restore_rows(tmp_path, settings, "race.db") == db.execute(SELECT).fetchall()
     assert bottomless.verify("race.db", settings).ok
     db.close()
+    store.close()
+
+
+def _blob_database(tmp_path: Any, settings: bottomless.Settings, name: str,
+                   commits: int) -> tuple[str, str]:
+    """``commits`` inserts of 100 kB blobs, a snapshot every 10 commits (1 MiB parts, built in
+    a thread); returns the path and the generation."""
+    path = str(tmp_path / name)
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)")
+    for _ in range(commits):
+        db.execute("INSERT INTO t(b) VALUES (randomblob(100000))")
+        replicator(path).wait_snapshot(60)
+    generation = str(bottomless.status(db)["generation"])
+    db.close()
+    return path, generation
+
+
+def test_gc_deletes_nothing_when_the_snapshot_it_keeps_is_damaged(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A part no later commit touched is listed again, unread, by the snapshot gc builds:
+    gc must check it before the older snapshots and commits, the only intact way to the
+    newest state, are deleted."""
+    settings = make_settings("file", snapshot_worker="thread", snapshot_part_mb=1,
+                             snapshot_interval_commits=10, lease_ttl=0)
+    _, generation = _blob_database(tmp_path, settings, "damaged.db", 32)
+    store = bottomless.open_store(settings)
+    assert snapshot_seqs(store, "damaged.db", generation) == [0, 10, 20, 30]
+    part = fmt.part_key("damaged.db", generation, 30, 1)
+    data = bytearray(store.get(part))
+    data[len(data) // 2] ^= 0xFF
+    with open(os.path.join(settings.bucket, part), "wb") as damaged:
+        damaged.write(data)
+    before = bucket_state(settings, "damaged.db")
+    with pytest.raises(bottomless.CorruptObjectError, match="gc deleted nothing") as info:
+        bottomless.gc("damaged.db", settings, older_than="0s")
+    assert info.value.key == part
+    after = bucket_state(settings, "damaged.db")
+    assert set(before) <= set(after)  # the snapshot gc built may stay; nothing went
+    # the newest state is still restorable through snapshot 20 and the commits after it
+    for seq in snapshot_seqs(store, "damaged.db", generation):
+        if seq > 20:
+            os.remove(os.path.join(settings.bucket,
+                                   fmt.snapshot_key("damaged.db", generation, seq)))
+    restored = str(tmp_path / "restored.db")
+    bottomless.restore(restored, settings, db_name="damaged.db")
+    assert integrity(restored) == "ok"
+    assert rows(restored, "SELECT count(*) FROM t") == [(32,)]  # every commit
+    store.close()
+
+
+def test_a_snapshot_built_from_the_bucket_is_dated_by_its_commit(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """So that a restore by timestamp finds it from the moment its state holds, however long
+    it took to build (and gc's window, which goes by it, starts there)."""
+    settings = make_settings("file", snapshot_worker="thread", snapshot_part_mb=1,
+                             snapshot_interval_commits=10, lease_ttl=0)
+    _, generation = _blob_database(tmp_path, settings, "dated.db", 12)
+    store = bottomless.open_store(settings)
+    manifest = read_manifest(store, "dated.db", generation, 10)
+    assert manifest.created_ms == commit_header(store, "dated.db", generation, 10).created_ms
     store.close()

@@ -37,8 +37,19 @@ from dataclasses import dataclass, field
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.errors import ObjectExistsError, ObjectNotFoundError, ReplicaNotFoundError
-from bottomless.ops.snapshots import compact, planned_parts, read_manifest, snapshot_seqs
+from bottomless.errors import (
+    CorruptObjectError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ReplicaNotFoundError,
+)
+from bottomless.ops.snapshots import (
+    check_snapshot,
+    compact,
+    planned_parts,
+    read_manifest,
+    snapshot_seqs,
+)
 from bottomless.ops.targets import commit_header, commit_numbers, generations
 
 logger = logging.getLogger(__name__)
@@ -149,8 +160,9 @@ def collect_garbage(
     (``compression``, ``parallelism`` and ``part_mb`` say how, as for background snapshots).
 
     With ``dry_run`` nothing is built or deleted; the report says what would be. Raises
-    CorruptObjectError (an object gc must read does not parse, or the log a snapshot would be
-    built from is broken) or StoreError, before deleting anything.
+    CorruptObjectError (an object gc must read does not parse, the log a snapshot would be
+    built from is broken, or a part of the snapshot every kept point would be restored from
+    is damaged) or StoreError, before deleting anything.
     """
     now = time.time() if now is None else now
     gens = generations(store, db_name)
@@ -189,6 +201,10 @@ def collect_garbage(
     report.temporaries = store.stale_temporaries(
         fmt.db_prefix(db_name), older_than=GRACE_SECONDS, now=now
     )
+    if not dry_run and histories and any(
+        fmt.is_snapshot_key(key) or fmt.is_commit_key(key) for key in report.deleted
+    ):
+        _check_anchor(store, db_name, histories[-1], keep, report, parallelism)
     if not dry_run:
         # snapshots first, oldest first, then commits, then parts: a gc killed half-way leaves
         # fewer restorable points, never a snapshot whose parts or commits are gone
@@ -199,6 +215,26 @@ def collect_garbage(
             store.delete(key)
         logger.info("%s: gc deleted %d objects", db_name, len(report.deleted))
     return report
+
+
+def _check_anchor(store: PageStore, db_name: str, newest: _History, keep: set[Snapshot],
+                  report: GcReport, parallelism: int) -> None:
+    """Before gc deletes the way to a point through older snapshots and commits, check the
+    snapshot the newest state is then restored from: a damaged part (as a part listed again,
+    unread, by the snapshot gc built would be) must not become the only way there. Parts gc
+    uploaded in this run were just written from checked pages."""
+    seq = newest.anchor(keep)
+    try:
+        check_snapshot(read_manifest(store, db_name, newest.generation, seq), store,
+                       parallelism, written_for=report.snapshot_built)
+    except CorruptObjectError as e:
+        raise CorruptObjectError(
+            f"{db_name}: gc deleted nothing: the snapshot at commit {seq} of generation"
+            f" {newest.generation}, which every point gc keeps would be restored from, is"
+            f" damaged ({e}). The older snapshots and commits still reach those points;"
+            f" `bottomless verify {db_name}` lists what is damaged",
+            key=e.key,
+        ) from e
 
 
 def _window_start(

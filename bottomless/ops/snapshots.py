@@ -126,6 +126,32 @@ def read_manifest(store: PageStore, db_name: str, generation: str, seq: int) -> 
     return manifest
 
 
+def check_snapshot(manifest: fmt.Manifest, store: PageStore, parallelism: int, *,
+                   written_for: int | None = None) -> None:
+    """Download every part ``manifest`` lists (but those written for the snapshot at commit
+    ``written_for``) and check each against it; raise CorruptObjectError for the first that
+    is damaged or missing."""
+    def fresh(key: str) -> bool:
+        return (fmt.generation_of_key(key) == manifest.generation
+                and fmt.part_snapshot_seq(key) == written_for)
+
+    parts = [p for p in manifest.parts if not fresh(str(p["key"]))]
+
+    def fetch(part: dict[str, Any]) -> None:
+        key = str(part["key"])
+        try:
+            data = store.get(key)
+        except ObjectNotFoundError:
+            raise CorruptObjectError(f"{key}: missing (listed by snapshot {manifest.seq})",
+                                     key=key) from None
+        check_part(fmt.decode_raw(data, key), key, part, manifest.page_size)
+
+    window = window_for(parallelism, manifest.part_pages * manifest.page_size)
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        for _ in in_order(pool, [functools.partial(fetch, p) for p in parts], window):
+            pass
+
+
 def check_part(raw: fmt.RawBatch, key: str, part: dict[str, Any], page_size: int) -> None:
     """Raise CorruptObjectError unless ``raw`` is exactly the part the manifest lists."""
     check_part_digest(raw.digest, key, part)
@@ -220,15 +246,16 @@ def compact(
     are uploaded, at most ``parallelism`` at a time. The changed pages wait in a temporary file,
     so memory holds the objects in flight, not the whole log since the previous snapshot.
     ``counter`` sees each object written, from upload threads but never two at once.
-    ``created_ms``, the manifest's time, defaults to now; gc, which builds snapshots long after
-    their commit, passes the commit's time, the moment from which the snapshot's state holds.
+    ``created_ms``, the manifest's time, defaults to the time of commit ``seq``, the moment
+    from which the snapshot's state holds (to now for a branch: ``into``).
     Raises RestoreError without a snapshot at or before ``seq``, CorruptObjectError on a broken
     chain or object.
     """
     started = time.monotonic()
     base = _base_snapshot(store, db_name, generation, seq)
     with ChangedPages(base.page_size) as changed:
-        db_size, last_digest, resized = _read_log(store, base, seq, parallelism, changed)
+        db_size, last_digest, resized, last_ms = _read_log(store, base, seq, parallelism,
+                                                          changed)
         build = _PartBuild(
             store, db_name, generation, seq, into or generation, 0 if into else seq,
             changed.page_size, db_size, base.page_size, compression, one_at_a_time(counter),
@@ -243,7 +270,8 @@ def compact(
         db_size=db_size, part_pages=per_part, writer=writer, reason=reason, parts=parts,
         commit_digest=None if into else last_digest.hex(),
         base={"generation": generation, "seq": seq, "digest": last_digest.hex()} if into else None,
-        created_ms=int(time.time() * 1000) if created_ms is None else created_ms,
+        created_ms=created_ms if created_ms is not None else int(time.time() * 1000) if into
+        else last_ms,
     ), build.counter)
     logger.info(
         "%s: snapshot of %s at commit %d%s: %d of %d parts uploaded in %.2fs",
@@ -303,10 +331,12 @@ def _reusable(old: dict[str, Any], first: int, last: int, *, changed: bool) -> b
 
 def _read_log(
     store: PageStore, base: fmt.Manifest, seq: int, parallelism: int, changed: ChangedPages
-) -> tuple[int, bytes, bool]:
+) -> tuple[int, bytes, bool, int]:
     """Put the pages of the commits from ``base`` to ``seq`` into ``changed``; return the
-    database size and the digest at ``seq``, and whether the page size changed on the way."""
+    database size and the digest at ``seq``, whether the page size changed on the way, and
+    the time of commit ``seq`` (ms)."""
     db_size, last_digest, resized = base.db_size, base.chain_digest, False
+    last_ms = base.created_ms
     for raw in iter_commits(
         store, base.db_name, base.generation, base.seq + 1, seq, base.chain_digest, parallelism
     ):
@@ -314,8 +344,8 @@ def _read_log(
             changed.clear(raw.head.page_size)  # such a commit holds every page
             resized = True
         changed.add(raw)
-        db_size, last_digest = raw.head.db_size, raw.digest
-    return db_size, last_digest, resized
+        db_size, last_digest, last_ms = raw.head.db_size, raw.digest, raw.head.created_ms
+    return db_size, last_digest, resized, last_ms
 
 
 def _upload_parts(
