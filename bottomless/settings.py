@@ -213,9 +213,13 @@ class Settings(BaseSettings):
     def _check_endpoint(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        if "@" in urllib.parse.urlsplit(value).netloc:
+        # any '@' (user:password@host, even where a '/', '?' or '#' in the password hides it
+        # from URL parsing), and any query or fragment (a token), could carry a secret
+        if "@" in value:
             raise ValueError("must not carry credentials (user:password@host): set"
                              " access_key_id and secret_access_key instead")
+        if urllib.parse.urlsplit(value).query or "?" in value or "#" in value:
+            raise ValueError("must be scheme://host[:port][/path], with no query or fragment")
         return value
 
     def portable(self) -> dict[str, Any]:
@@ -250,10 +254,14 @@ def env_var(field: str) -> str:
 
 
 def _without_userinfo(value: Any) -> Any:
-    """``value``, with the credentials of a URL (``user:password@``) masked."""
-    if isinstance(value, str) and "@" in value:
-        return re.sub(r"(?<=://)[^/@]*@", "***@", value)
-    return value
+    """``value``, with what could be the credentials of a URL masked: everything up to the
+    last ``@`` (after the scheme, if any), and any query or fragment."""
+    if not isinstance(value, str):
+        return value
+    if "@" in value:
+        scheme = value[: value.index("://") + 3] if "://" in value.split("@", 1)[0] else ""
+        value = f"{scheme}***@{value.rsplit('@', 1)[1]}"
+    return re.sub(r"[?#].*", "?***", value, flags=re.DOTALL)
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -8,7 +8,8 @@ import apsw
 import pytest
 
 import bottomless
-from bottomless.settings import Settings, load_settings, resolve
+import bottomless.backends.registry  # installs the check of backend names (bottomless.Settings
+from bottomless.settings import Settings, load_settings, resolve  # imports it too)
 
 # one bad value per setting, and the words the error must contain
 BAD_VALUES = {
@@ -143,7 +144,15 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_an_endpoint_with_credentials_is_refused_without_showing_them() -> None:
     """They would reach error messages and repr; the s3 path cannot use them anyway."""
-    for endpoint in ("http://user:p4ssw0rd@127.0.0.1:9", "ftp://user:p4ssw0rd@host"):
+    for endpoint in (
+        "http://user:p4ssw0rd@127.0.0.1:9", "ftp://user:p4ssw0rd@host",
+        "user:p4ssw0rd@127.0.0.1:9",  # no scheme
+        # a '/', '#' or '?' in the password ends the URL's authority before its '@'
+        "http://user:p4/ssw0rd@127.0.0.1:9", "http://user:p4#ssw0rd@127.0.0.1:9",
+        "http://user:p4?ssw0rd@127.0.0.1:9",
+        "http://user:p4@ssw0rd@127.0.0.1:9",  # credentials run to the last '@'
+        "http://127.0.0.1:9/?token=p4ssw0rd", "127.0.0.1:9#p4ssw0rd",
+    ):
         with pytest.raises(bottomless.ConfigError) as info:
             Settings(endpoint=endpoint)
         assert "p4ssw0rd" not in str(info.value) and "endpoint" in str(info.value)
