@@ -345,9 +345,16 @@ def shell(path: str, db_name: str | None, initial_replication: str | None,
         from bottomless.sqlite import vfs
 
         vfs.register(None).progress = _terminal_progress
-    connection = api.connect(path, _settings(options))
+    connection = None
     try:
-        apsw.shell.Shell(db=connection).cmdloop()  # type: ignore[no-untyped-call]
+        connection = api.connect(path, _settings(options))
+        shell = apsw.shell.Shell(db=connection)
+    except apsw.Error as e:  # not a database, a directory that does not exist ...
+        if connection is not None:
+            connection.close()
+        raise click.ClickException(f"cannot open {path}: {e}") from None
+    try:
+        shell.cmdloop()  # type: ignore[no-untyped-call]
     finally:
         connection.close()
 

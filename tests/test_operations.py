@@ -482,6 +482,20 @@ def test_shell_commits_are_replicated(
     assert rows(path) == [(1,), (42,)]
 
 
+def test_shell_on_a_file_it_cannot_open_says_so_in_one_line(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(10_000))
+    for path, reason in ((str(garbage), "file is not a database"),
+                         (str(tmp_path / "missing" / "x.db"), "unable to open database file")):
+        session = run_cli(settings, "shell", path, stdin="select 1;\n")
+        assert session.returncode == 1
+        lines = session.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: cannot open {path}: {reason}")
+
+
 def test_verify_reports_a_commit_deleted_while_it_runs(tmp_path: Any,
                                                        make_settings: MakeSettings) -> None:
     """A commit listed and then deleted (a gc at the same time) is reported, not a crash."""
