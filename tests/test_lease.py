@@ -188,3 +188,27 @@ def test_a_commit_that_meets_a_new_holders_object_says_it_lost_the_lease(
     finally:
         other.release()
     db.close()
+
+
+def test_a_lease_released_on_closing_is_taken_without_a_warning(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a lease that expired (its writer crashed) or was forced is worth a warning."""
+    store = open_store(bottomless.Settings(backend="file", bucket=str(tmp_path / "replicas")))
+    first = WriterLease(store, "handover", fmt.new_writer_id().hex(), ttl=30)
+    first.acquire()
+    first.release()
+    caplog.set_level("INFO", logger="bottomless")
+    second = WriterLease(store, "handover", fmt.new_writer_id().hex(), ttl=0.3)
+    second.acquire()
+    assert [r.levelname for r in caplog.records if "lease" in r.getMessage()] == ["INFO"]
+    assert "released on closing" in caplog.text
+    second._stop.set()  # crashed: never renewed, never released
+    time.sleep(0.4)
+    caplog.clear()
+    third = WriterLease(store, "handover", fmt.new_writer_id().hex(), ttl=30)
+    third.acquire()
+    assert [r.levelname for r in caplog.records if "lease" in r.getMessage()] == ["WARNING"]
+    assert "(expired)" in caplog.text
+    third.release()
+    store.close()

@@ -99,7 +99,10 @@ class WriterLease:
             except ObjectChangedError:
                 continue
             self._valid_until = started + self.ttl * 2 / 3
-            if current.writer != self.writer and current.writer:
+            if current.writer != self.writer and current.writer and current.expires_ms == 0:
+                logger.info("%s: took the writer lease %s released on closing", self.db_name,
+                            current.holder)
+            elif current.writer != self.writer and current.writer:
                 logger.warning("%s: took over the writer lease of %s (%s)", self.db_name,
                                current.holder, "forced" if force else "expired")
             break
