@@ -52,9 +52,10 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
     """Open ``path`` through the bottomless VFS and return the apsw connection.
 
     Before the connection reads a byte, a missing or empty local file is restored from the
-    store, and an existing one is checked against the replica (see ``initial_replication``).
-    ``kwargs`` go to :class:`apsw.Connection`. Raises ReplicaConflictError, ConfigError or
-    StoreError (all BottomlessError).
+    store, and an existing one is checked against the replica (see ``initial_replication``);
+    a read-only open (``flags=apsw.SQLITE_OPEN_READONLY``) touches no store, unless this
+    process has ``path`` open for writing. ``kwargs`` go to :class:`apsw.Connection`.
+    Raises ReplicaConflictError, ConfigError or StoreError (all BottomlessError).
     """
     import apsw
 

@@ -394,3 +394,52 @@ def test_paths_through_symbolic_links_open(tmp_path: Any, make_settings: MakeSet
     db.close()
     assert rows(str(tmp_path / "real" / "app.db")) == [(1,), (2,)]
     assert rows(restored(tmp_path, settings, "app.db")) == [(1,), (2,)]
+
+
+def test_a_read_only_open_never_writes_to_the_bucket(tmp_path: Any,
+                                                     make_settings: MakeSettings) -> None:
+    """It cannot commit: no lease, no initial upload, no empty generation for a missing file
+    (SQLite refuses to open that read-only, and so does bottomless)."""
+    settings = make_settings("file")
+    path = str(tmp_path / "local.db")
+    plain = apsw.Connection(path)
+    plain.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('local only')")
+    plain.close()
+    reader = bottomless.connect(path, settings, flags=apsw.SQLITE_OPEN_READONLY)
+    assert reader.execute("SELECT x FROM t").fetchall() == [("local only",)]
+    with pytest.raises(apsw.ReadOnlyError):
+        reader.execute("INSERT INTO t VALUES ('no')")
+    reader.close()
+    with pytest.raises(apsw.CantOpenError):
+        bottomless.connect(str(tmp_path / "missing.db"), settings,
+                           flags=apsw.SQLITE_OPEN_READONLY)
+    assert not os.path.exists(settings.bucket) or not os.listdir(settings.bucket)
+    # a writer of the same process is shared: the reader sees its commits
+    writer = bottomless.connect(path, settings)
+    reader = bottomless.connect(path, settings, flags=apsw.SQLITE_OPEN_READONLY)
+    writer.execute("INSERT INTO t VALUES ('replicated')")
+    assert reader.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    reader.close()
+    writer.close()
+    assert rows(restored(tmp_path, settings, "local.db")) == [("local only",), ("replicated",)]
+
+
+def test_a_uri_naming_the_vfs_still_takes_settings_from_the_dbapi(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """``bottomless.dbapi.connect("file:...?vfs=bottomless", uri=True, settings=...)`` in a
+    fresh process: no ``bottomless.register()`` needed, and ``settings`` is not ignored."""
+    settings = make_settings("file")
+    script = (
+        "import sys, bottomless, bottomless.dbapi as dbapi\n"
+        "settings = bottomless.Settings(backend='file', bucket=sys.argv[2])\n"
+        "conn = dbapi.connect(f'file:{sys.argv[1]}?vfs=bottomless', uri=True,"
+        " settings=settings)\n"
+        "conn.execute('CREATE TABLE t(x)'); conn.execute('INSERT INTO t VALUES (1)')\n"
+        "conn.commit(); conn.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBSQL_BOTTOMLESS_")}
+    env["LIBSQL_BOTTOMLESS_BUCKET"] = str(tmp_path / "from-the-environment")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "named.db"), settings.bucket],
+                   check=True, env=env, timeout=60)
+    assert rows(restored(tmp_path, settings, "named.db")) == [(1,)]
+    assert not os.path.exists(tmp_path / "from-the-environment")

@@ -32,7 +32,7 @@ def open_database(database: str, uri: bool, settings: Settings | None, cache: in
                   ) -> apsw.Connection:
     """Open ``database``: files through the bottomless VFS, in-memory databases plainly.
 
-    A URI that names its own ``vfs`` is opened as it is. apsw's errors are not translated
+    A URI that names another ``vfs`` is opened as it is. apsw's errors are not translated
     here: the caller turns them into DB-API exceptions.
     """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -48,7 +48,9 @@ def open_database(database: str, uri: bool, settings: Settings | None, cache: in
         ):
             database = _shared_memory(path, params)
             params["vfs"] = "memdb"
-        if "vfs" in params or params.get("mode") == "memory" or path in ("", ":memory:"):
+        if params.get("vfs") == _vfs.VFS_NAME:  # named already: settings= still applies
+            del extra["vfs"]
+        elif "vfs" in params or params.get("mode") == "memory" or path in ("", ":memory:"):
             return apsw.Connection(database, flags=flags | apsw.SQLITE_OPEN_URI,
                                    statementcachesize=cache)
         if parsed.scheme != "file":

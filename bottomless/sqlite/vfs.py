@@ -156,6 +156,10 @@ class BottomlessVFS(apsw.VFS):
             assert isinstance(name, apsw.URIFilename)
             path = name.filename()
             settings = self._settings_for(name)
+            if kind & apsw.SQLITE_OPEN_READONLY and self.databases.get(path) is None:
+                # it cannot commit: no lease, no upload, no restore (as SQLite, it fails on a
+                # missing file); one open for writing in this process is shared instead
+                return apsw.VFSFile("", name, flags)
             try:
                 entry = self.databases.acquire(path, settings)
             except OSError as e:
