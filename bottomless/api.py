@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -159,6 +160,10 @@ def restore(
     name = validate_db_name(db_name or settings.db_name or default_db_name(path))
     if os.path.exists(path) and not os.path.isfile(path):
         raise LocalFileExistsError(f"{path} exists and is not a regular file", path=path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "the directory to restore into does not exist",
+                                directory)
     if file_size(path) > 0 and not overwrite:
         raise LocalFileExistsError(
             f"{path} exists; pass overwrite=True (CLI: --force) to replace it", path=path
@@ -290,7 +295,8 @@ def ls(
     ``LIBSQL_BOTTOMLESS_*`` environment. The store is only read.
 
     Raises ConfigError (an invalid ``db_name``, or ``generation`` without ``db_name``),
-    CorruptObjectError (a manifest or commit header does not parse) or StoreError.
+    ReplicaNotFoundError (no such ``generation``), CorruptObjectError (a manifest or commit
+    header does not parse) or StoreError.
     """
     if db_name is None:
         if generation is not None:

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         None, description="S3 access key; default from the AWS chain (AWS_ACCESS_KEY_ID, ...)."
     )
     secret_access_key: SecretStr | None = Field(
-        None, description="S3 secret key; default from the AWS chain."
+        None, description="S3 secret key; default from the AWS chain.", validate_default=True
     )
     session_token: SecretStr | None = Field(None, description="S3 session token, if any.")
     verify_tls: bool = Field(True, description="Verify TLS certificates of https endpoints.")
@@ -190,6 +190,16 @@ class Settings(BaseSettings):
     @classmethod
     def _check_db_name(cls, value: str | None) -> str | None:
         return None if value is None else validate_db_name(value)
+
+    @field_validator("secret_access_key")
+    @classmethod
+    def _check_key_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if (value is None) != (info.data.get("access_key_id") is None):
+            raise ValueError(
+                f"set access_key_id ({env_var('access_key_id')}) and secret_access_key"
+                f" ({env_var('secret_access_key')}) together, or neither for the AWS chain"
+            )
+        return value
 
     @field_validator("ship_interval")
     @classmethod

@@ -89,7 +89,9 @@ def test_local_file_errors_and_odd_targets_are_one_line(
     for output in (str(tmp_path / "no" / "such" / "dir.db"),):
         result = _cli("restore", "app.db", "-o", output, *store)
         assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("error: ") and "No such file" in result.stderr
+        assert result.stderr.startswith("error: ") and "does not exist" in result.stderr
+        assert str(tmp_path / "no" / "such") in result.stderr  # not an internal file's name
+        assert "bottomless-restore" not in result.stderr
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)
     result = _cli("restore", "app.db", "-o", fifo, "--force", *store)
@@ -199,3 +201,23 @@ def test_ls_verify_gc_print_what_the_library_returns(
         "app.db", settings, older_than="0s", dry_run=True).deleted
     orphan = _cli("ls", "--generation", generations[0].generation, *where)
     assert orphan.returncode == 2 and "DB_NAME" in orphan.stderr
+
+
+def test_mistakes_in_options_get_errors_that_name_the_fix(
+    tmp_path: Any, replica: tuple[str, list[Any]]
+) -> None:
+    replicas, _ = replica
+    store = ("--backend", "file", "--bucket", replicas)
+    typo = _cli("ls", "app.db", "--generation", "20991231T000000000Z-deadbeef", *store)
+    assert typo.returncode == 1 and "no generation 20991231T000000000Z-deadbeef" in typo.stderr
+    assert "generations: " in typo.stderr
+    negative = _cli("promote", "app.db", str(tmp_path / "r.db"), "--timeout", "-5", *store)
+    assert negative.returncode == 2 and "--timeout" in negative.stderr
+    half = _cli("ls", env={"LIBSQL_BOTTOMLESS_BUCKET": replicas,
+                           "LIBSQL_BOTTOMLESS_SECRET_ACCESS_KEY": "s3cr3t-never-shown"})
+    assert half.returncode == 1 and "LIBSQL_BOTTOMLESS_ACCESS_KEY_ID" in half.stderr
+    assert "s3cr3t" not in half.stderr
+    other = tmp_path / "other.db"
+    other.write_bytes(b"x" * 4096)
+    follow = _cli("follow", "app.db", str(other), *store)
+    assert follow.returncode == 1 and "--overwrite" in follow.stderr

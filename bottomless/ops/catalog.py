@@ -18,7 +18,7 @@ import apsw
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
-from bottomless.errors import BottomlessError, ObjectNotFoundError
+from bottomless.errors import BottomlessError, ObjectNotFoundError, ReplicaNotFoundError
 from bottomless.ops.restore import restore_file
 from bottomless.ops.snapshots import check_part, read_manifest, snapshot_seqs
 from bottomless.ops.targets import commit_header, commit_numbers, generations
@@ -125,7 +125,14 @@ def describe_commits(
     store: PageStore, db_name: str, generation: str, parallelism: int = 8
 ) -> list[CommitInfo]:
     """Every stored commit of a generation, in order (not the successor object that ends a
-    superseded generation: it names the next generation, and holds no state to restore)."""
+    superseded generation: it names the next generation, and holds no state to restore).
+    Raises ReplicaNotFoundError, naming the generations there are, for one that is not."""
+    known = generations(store, db_name)
+    if generation not in known:
+        raise ReplicaNotFoundError(
+            f"{db_name} has no generation {generation} at {store.location}; generations:"
+            f" {', '.join(reversed(known)) or 'none'}"
+        )
     seqs = commit_numbers(store, db_name, generation)
 
     def one(seq: int) -> CommitInfo | None:
@@ -293,10 +300,14 @@ def _verify_commits(
             continue
         seq = number
         if seq != expected:
+            # a later snapshot that the commits after the gap follow restores from there on
+            later = min((at for at in manifests if at >= seq - 1), default=None)
+            lost = (f"points after {expected - 1} are not restorable" if later is None else
+                    f"points {expected}..{later - 1} are not restorable (the snapshot at"
+                    f" {later} restores the later ones)")
             report.problems.append(
                 f"{fmt.commit_key(db_name, generation, expected)}: missing; commits"
-                f" {expected}..{seq - 1} are gone, so points after {expected - 1} are not"
-                " restorable"
+                f" {expected}..{seq - 1} are gone, so {lost}"
             )
             prev = None
         expected = seq + 1

@@ -209,7 +209,7 @@ def resolve_target(
             raise RestoreError(
                 f"{db_name}: generation {gen} is missing commit {last + 1} while later"
                 f" commits exist; the last consistent point is commit {last}; pass"
-                f" --commit {last} to restore it"
+                f" commit={last} (CLI: --commit {last}) to restore it"
             )
         return _target(bucket, gen, last)
     if not any(first <= seq <= end for first, end in spans):

@@ -58,7 +58,10 @@ def status_line(status: dict[str, Any]) -> str:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--poll-interval", type=float, default=1.0, show_default=True,
               help="Seconds to wait after a poll found nothing new (each poll is one GET).")
-def follow(db_name: str, path: str, poll_interval: float, **options: Any) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace a PATH that is not a replica (by default that is an error).")
+def follow(db_name: str, path: str, poll_interval: float, overwrite: bool,
+           **options: Any) -> None:
     """Keep PATH a read replica of DB_NAME until interrupted (Ctrl-C, SIGTERM).
 
     A missing PATH is restored first; then each new commit is applied as it appears in the
@@ -75,7 +78,7 @@ def follow(db_name: str, path: str, poll_interval: float, **options: Any) -> Non
         stopping.set()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    replica = Replica(path, settings, poll_interval=poll_interval)
+    replica = Replica(path, settings, poll_interval=poll_interval, overwrite=overwrite)
     try:
         replica.start()
         _watch(replica, stopping, sys.stdout.isatty())
@@ -112,7 +115,7 @@ def _watch(replica: Replica, stopping: threading.Event, terminal: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Take the writer lease now, even if the writer's has not expired (only"
               " once a human has decided the writer is gone).")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Give up after this many seconds [default: the lease TTL plus 60].")
 def promote(db_name: str, path: str, force: bool, timeout: float | None, **options: Any) -> None:
     """Make the read replica at PATH the writer of DB_NAME.

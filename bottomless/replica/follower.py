@@ -152,7 +152,7 @@ class Replica:
             raise ReplicaConflictError(
                 f"{self.path} exists and is not a bottomless replica (no"
                 f" {os.path.basename(self.path)}-bottomless-replica record); remove it or pass"
-                " overwrite=True")
+                " overwrite=True (CLI: --overwrite)")
         if position is None or file_size(self.path) == 0 or not self._file.installed(position):
             # (not installed: a follower was stopped in the middle of replacing the file)
             assert self._feed is not None

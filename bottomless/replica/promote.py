@@ -154,9 +154,9 @@ def _take_lease(lease: WriterLease, *, force: bool, deadline: float) -> None:
             if time.monotonic() + max(wait, 0) > deadline:
                 raise ReplicaConflictError(
                     f"{lease.db_name!r}: the writer's lease ({e.holder}) runs until"
-                    f" {e.expires_at.isoformat()}, past the promotion timeout; pass force to"
-                    " take it over now", db_name=lease.db_name, key=e.key, holder=e.holder,
-                    expires_at=e.expires_at,
+                    f" {e.expires_at.isoformat()}, past the promotion timeout; pass force=True"
+                    " (CLI: --force) to take it over now", db_name=lease.db_name, key=e.key,
+                    holder=e.holder, expires_at=e.expires_at,
                 ) from e
             time.sleep(max(wait, 0.05))
 
