@@ -1,7 +1,8 @@
 """Rebuilding a database file from the store, at the newest commit or at any point in time.
 
 A restore picks the newest snapshot at or before the target commit, writes its parts, and
-applies the commits after it in order. Every object is verified (checksum, generation,
+applies the commits after it in order (from the snapshot before it, if one of its parts is
+damaged or missing). Every object is verified (checksum, generation,
 sequence, chain). Snapshot parts are written as they download, several at once in a few MiB
 each, and commits once verified, into a temporary file that replaces the target path, by a
 rename, only once all of it is complete and verified.
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bottomless import format as fmt
@@ -36,6 +37,8 @@ from bottomless.ops.snapshots import (
     check_part_digest,
     check_part_layout,
     iter_commits,
+    read_manifest,
+    snapshot_seqs,
 )
 from bottomless.ops.targets import Target, resolve_target
 from bottomless.ops.transfer import STREAMED_PART_BYTES, in_order, window_for
@@ -83,10 +86,16 @@ def restore_file(
         fcntl.flock(fd, fcntl.LOCK_EX)  # alive: not to be taken for one a killed restore left
         for leftover in remove_abandoned(path + _TMP_INFIX, _ABANDONED_SECONDS):
             logger.info("removed %s, left by a restore that did not finish", leftover)
-        _write_snapshot(store, target.snapshot, fd, parallelism, tally)
-        page_size, db_size, digest, created_ms = _apply_commits(
-            store, db_name, target, fd, parallelism, tally
-        )
+        while True:
+            try:
+                _write_snapshot(store, target.snapshot, fd, parallelism, tally)
+                page_size, db_size, digest, created_ms = _apply_commits(
+                    store, db_name, target, fd, parallelism, tally
+                )
+                break
+            except (CorruptObjectError, ObjectNotFoundError) as e:
+                target = _from_an_older_snapshot(store, target, e)  # or raises e
+                os.ftruncate(fd, 0)
         os.ftruncate(fd, db_size * page_size)
         os.fsync(fd)
     except BaseException:
@@ -113,6 +122,30 @@ def restore_file(
         db_name, target.generation, target.seq, db_size, path, result.seconds,
     )
     return result
+
+
+def _from_an_older_snapshot(
+    store: PageStore, target: Target, error: CorruptObjectError | ObjectNotFoundError
+) -> Target:
+    """``target`` from the snapshot before its own, if ``error`` is a damaged or missing part
+    of its own (the commits after the older one reach the same point); else raise ``error``."""
+    snapshot = target.snapshot
+    if error.key not in {str(part["key"]) for part in snapshot.parts}:
+        raise error
+    older = [s for s in snapshot_seqs(store, snapshot.db_name, target.generation)
+             if s < snapshot.seq]
+    for seq in reversed(older):
+        try:
+            manifest = read_manifest(store, snapshot.db_name, target.generation, seq)
+        except (CorruptObjectError, ObjectNotFoundError):
+            continue
+        logger.warning(
+            "%s: snapshot %d of generation %s cannot be used (%s); restoring from snapshot %d"
+            " and the commits after it", snapshot.db_name, snapshot.seq, target.generation,
+            error, seq,
+        )
+        return replace(target, snapshot=manifest)
+    raise error
 
 
 class _Tally:
