@@ -179,7 +179,7 @@ def test_a_replica_promotes_after_gc_folded_the_last_commits_into_a_snapshot(
     assert report.snapshot_built == 4 and report.deleted
     replica = bottomless.Replica(str(tmp_path / "r.db"), settings)
     promoted = replica.promote(timeout=20)
-    assert promoted.seq == 4
+    assert promoted.seq == 5  # the snapshot's 4, then the promotion's fence
     db = bottomless.connect(str(tmp_path / "r.db"), settings)
     db.execute("INSERT INTO t VALUES(3)")
     assert db.execute("SELECT x FROM t ORDER BY x").fetchall() == [(0,), (1,), (2,), (3,)]
@@ -208,7 +208,7 @@ def test_a_running_replica_behind_gc_promotes_without_waiting_for_its_next_check
         db.execute("INSERT INTO t VALUES(?)", (i,))
     db.close()
     assert bottomless.gc("w.db", settings, older_than=dt.timedelta(0)).snapshot_built == 4
-    assert replica.promote(timeout=10).seq == 4
+    assert replica.promote(timeout=10).seq == 5  # the snapshot's 4, then the fence
 
 
 def test_a_replica_of_a_database_not_written_yet_promotes_onto_the_same_generation(
@@ -238,7 +238,7 @@ def test_a_failed_promotion_leaves_no_follower_behind(
     path = str(tmp_path / "r.db")
     with pytest.raises(bottomless.ReplicaConflictError, match="lease"):
         bottomless.Replica(path, settings, db_name="w.db").promote(timeout=1)
-    assert bottomless.Replica(path, settings, db_name="w.db").promote(force=True).seq == 1
+    assert bottomless.Replica(path, settings, db_name="w.db").promote(force=True).seq == 2
     db.close()
 
 
@@ -257,7 +257,7 @@ def test_the_promote_command_takes_over_at_once_with_force(
     done = subprocess.run(command, env=child_env(settings), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert '"seq": 2' in done.stdout  # commit 1 made the table, commit 2 the row
+    assert '"seq": 3' in done.stdout  # the table, the row, then the promotion's fence
     # the old writer's next renewal finds the lease taken (however late its thread wakes)
     wait_for(lambda: replicator(str(tmp_path / "old.db")).lease.lost is not None, timeout=30)
     with pytest.raises(apsw.IOError):
@@ -268,3 +268,33 @@ def test_the_promote_command_takes_over_at_once_with_force(
     new.execute("INSERT INTO t VALUES(3)")
     assert new.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (3,)]
     new.close()
+
+
+def test_the_old_writer_is_fenced_by_the_promotions_own_commit(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """Promotion puts a commit of its own (changing nothing) at the next position, so that
+    the old writer stays fenced once the lease has expired again, before the promoted app
+    commits anything: restarted on its old file, it is refused at open, and the promoted
+    file opens and continues (without the fence, the old writer took over again)."""
+    ttl = 1.0
+    settings = make_settings("file", lease_ttl=ttl, db_name="w.db")
+    old_path = str(tmp_path / "old.db")
+    old = bottomless.connect(old_path, settings)
+    old.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    old.close()  # the lease is released: promotion takes it at once
+    promotion = bottomless.Replica(str(tmp_path / "new.db"), settings).promote(timeout=20)
+    assert promotion.seq == 3  # the table, the row, the fence
+    time.sleep(ttl + 0.2)  # the new writer's lease expires before its app opens the file
+    with pytest.raises(bottomless.ReplicaConflictError, match="another writer added commit 3"):
+        bottomless.connect(old_path, settings)
+    new = bottomless.connect(str(tmp_path / "new.db"), settings)
+    new.execute("INSERT INTO t VALUES (2)")
+    assert bottomless.status(new)["last_replicated_commit"] == 4
+    new.close()
+    copy = str(tmp_path / "copy.db")
+    bottomless.restore(copy, settings)
+    db = apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY)
+    assert db.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import replicator, rows
+from helpers import ForwardingStore, replicator, rows
 
 import bottomless
 from bottomless import format as fmt
@@ -212,3 +212,36 @@ def test_a_lease_released_on_closing_is_taken_without_a_warning(
     assert "(expired)" in caplog.text
     third.release()
     store.close()
+
+
+def test_a_commit_whose_upload_outlives_the_lease_is_not_acknowledged(tmp_path: Any) -> None:
+    """A writer paused during its PUT (SIGSTOP, a VM freeze) while a promotion takes the
+    expired lease and catches up without its object: COMMIT must fail, not succeed."""
+    ttl = 1.0
+    settings = bottomless.Settings(backend="file", bucket=str(tmp_path / "replicas"),
+                                   lease_ttl=ttl)
+    path = str(tmp_path / "paused.db")
+    db = bottomless.connect(path, settings)
+    db.execute("CREATE TABLE t(x)")
+    rep = replicator(path)
+    assert rep.lease is not None
+    rep.lease._stop.set()  # no renewal from here on, as in a paused process
+    inner = rep.store
+
+    class PromotedDuringThePut(ForwardingStore):
+        def put_if_absent(self, key: str, data: bytes) -> None:
+            if fmt.is_commit_key(key):
+                time.sleep(ttl + 0.2)  # the lease expires while this PUT is under way
+                rival = WriterLease(inner, rep.db_name, fmt.new_writer_id().hex(), ttl=30)
+                rival.acquire()  # the promotion; its catch-up saw no commit 2
+                rival._stop.set()
+            inner.put_if_absent(key, data)
+
+    rep.store = PromotedDuringThePut(inner)
+    with pytest.raises(apsw.Error) as info:
+        db.execute("INSERT INTO t VALUES (1)")
+    cause = info.value.__cause__
+    assert isinstance(cause, bottomless.ReplicaConflictError) and "lease" in str(cause)
+    assert db.execute("SELECT count(*) FROM t").fetchall() == [(0,)]  # rolled back locally
+    rep.store = inner
+    db.close()

@@ -270,6 +270,10 @@ class Replicator:
         self.stats.count_object(data)
         self.stats.upload_took(took)
         self._last_object_size = len(data)
+        # held until the PUT ended? A writer paused during it (SIGSTOP, a VM freeze) may have
+        # been replaced meanwhile, by a promotion that did not see this object: the app must
+        # not be told it succeeded (the object stays behind, as an orphan nobody acknowledged)
+        self._check_lease()
         self.log.debug("PUT %s (%d pages, %d bytes) in %.1f ms", key, len(txn.pages),
                        len(data), took * 1000)
         self.commit.uploaded(

@@ -1,16 +1,18 @@
 """Failover: a read replica takes over as the writer, on the same lineage.
 
 :func:`promote` takes the database's writer lease (once the writer's has expired, or at once
-with ``force``), applies every commit the bucket holds, and leaves ``path`` as the writer's
-own local file: a state file at the last commit, a writer id of its own, and the lease held
-for that writer id until it expires. ``bottomless.connect(path, settings)`` then continues
+with ``force``), applies every commit the bucket holds, puts a commit of the new writer that
+changes nothing at the next position (the fence), and leaves ``path`` as the writer's own
+local file: a state file at the fence, a writer id of its own, and the lease held for that
+writer id until it expires. ``bottomless.connect(path, settings)`` then continues
 the lineage at the next commit.
 
 The old writer is fenced by the lease: its next renewal finds the lease taken (``If-Match``
 fails), and its next commit is refused with a ReplicaConflictError. A commit it had already
 checked the lease for and was uploading when the lease moved is caught by the create-only
 write of the commit's position: whichever of the two writers comes second is refused, so
-history never forks silently.
+history never forks silently. The fence keeps the old writer out after the lease expires
+again, before the new writer's app has committed: its open and its commits meet it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ from typing import Any, Protocol
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.engine.lease import WriterLease
-from bottomless.errors import ConfigError, ReplicaConflictError
-from bottomless.local.files import LocalState, remove_local_files, sync_state, write_state
+from bottomless.errors import ConfigError, ObjectExistsError, ReplicaConflictError
+from bottomless.local.files import (
+    LocalImage,
+    LocalState,
+    remove_local_files,
+    sync_state,
+    write_state,
+)
 from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
 from bottomless.ops.snapshots import read_manifest, snapshot_seqs
@@ -62,7 +70,7 @@ class Promotion:
 
     Attributes:
         generation: The generation the new writer continues.
-        seq: The last commit it holds; its first commit will be ``seq + 1``.
+        seq: The last commit it holds (the fence); its first commit will be ``seq + 1``.
         writer: The new writer id (hex).
         lease_wait_seconds: How long it waited for the old writer's lease to expire.
         seconds: How long promotion took in all.
@@ -123,8 +131,9 @@ def promote(
             # writer's file has none either, or its first open takes it for a changed file
             remove_local_files(replica.path, include_db=False)
             os.truncate(replica.path, 0)
-        state = LocalState(replica.db_name, point.generation, point.seq, point.digest,
-                           page_size, writer.hex(), store.location)
+        seq, digest = _fence(replica, store, point, writer, settings.compression)
+        state = LocalState(replica.db_name, point.generation, seq, digest, page_size,
+                           writer.hex(), store.location)
         write_state(replica.path, state)
         sync_state(replica.path)
         os.unlink(position_path(replica.path))  # no longer a replica: the writer's file
@@ -134,11 +143,43 @@ def promote(
         lease.release()  # a later promotion (or the old writer) need not wait for it
         raise
     lease.hand_over()
-    promotion = Promotion(point.generation, point.seq, writer.hex(), round(waited, 3),
+    promotion = Promotion(point.generation, seq, writer.hex(), round(waited, 3),
                           round(time.monotonic() - started, 3))
     log.warning("promoted %s to writer at commit %d of generation %s (waited %.1fs for the"
-                " lease)", replica.path, point.seq, point.generation, waited)
+                " lease)", replica.path, seq, point.generation, waited)
     return promotion
+
+
+def _fence(replica: Replica, store: PageStore, point: Point, writer: bytes,
+           compression: str) -> tuple[int, str]:
+    """Put the new writer's first commit, which changes nothing (page 1 as it is), at the
+    position after ``point``; return the position and digest the new writer continues from.
+
+    The old writer may come back after the lease expired again, before the new writer's
+    app commits (or be paused in its upload as the lease moved): with this commit in place,
+    its next commit, and its open, meet another writer's object and are refused. A database
+    with no pages yet has no page 1 to write: the lease alone fences it."""
+    image = LocalImage(replica.path)
+    try:
+        if not image.db_size:
+            return point.seq, point.digest
+        batch = fmt.PageBatch(
+            fmt.KIND_COMMIT, point.generation, point.seq + 1, image.page_size, image.db_size,
+            {1: image.page(1)}, prev=bytes.fromhex(point.digest), writer=writer,
+        )
+    finally:
+        image.close()
+    key = fmt.commit_key(replica.db_name, point.generation, point.seq + 1)
+    try:
+        store.put_once(key, fmt.encode_batch(batch, compression))
+    except ObjectExistsError:
+        raise ReplicaConflictError(
+            f"{replica.db_name!r}: the old writer uploaded commit {point.seq + 1} after the"
+            " replica caught up (it was refused to its app, its lease being gone); promotion"
+            " abandoned: promote again to take that commit in", db_name=replica.db_name,
+            key=key,
+        ) from None
+    return point.seq + 1, batch.digest.hex()
 
 
 def _take_lease(lease: WriterLease, *, force: bool, deadline: float) -> None:
