@@ -27,10 +27,12 @@ MakeSettings = Callable[..., bottomless.Settings]
 TTL = 2.0
 
 
-def start_writer(path: str, settings: bottomless.Settings) -> subprocess.Popen[bytes]:
+def start_writer(path: str, settings: bottomless.Settings,
+                 **extra: str) -> subprocess.Popen[bytes]:
     child = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "failover_writer.py"), path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(settings), bufsize=0,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(settings, **extra),
+        bufsize=0,
     )
     assert child.stdout is not None
     line = child.stdout.readline()
@@ -297,4 +299,31 @@ def test_the_old_writer_is_fenced_by_the_promotions_own_commit(
     db = apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY)
     assert db.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
     assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+
+
+def test_a_forced_promotion_outlasts_a_busy_live_writer(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """The writer keeps committing until its next renewal finds the lease taken: promotion
+    catches up until then instead of giving up after a few rounds (which left no writer at
+    all), and every commit the old writer's app saw succeed is in the promoted file."""
+    settings = make_settings("file", db_name="bank", lease_ttl=6.0)
+    writer = start_writer(str(tmp_path / "writer.db"), settings, FAILOVER_PAUSE="0")
+    replica = bottomless.Replica(str(tmp_path / "replica.db"), settings, poll_interval=0.05)
+    try:
+        replica.start()
+        lines = read_lines(writer, 0.5)
+        promotion = replica.promote(force=True, timeout=30)
+        out, _ = writer.communicate(timeout=60)  # refused once it learns, then it exits
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+    lines += out.decode().splitlines()
+    assert writer.returncode == 3, lines[-5:]
+    assert acknowledged(lines) < promotion.seq  # the fence comes after all of them
+    assert check_bank(replica.path) >= acknowledged(lines)
+    db = bottomless.connect(replica.path, settings)
+    db.execute("UPDATE counter SET n = n + 1")
     db.close()

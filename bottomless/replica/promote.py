@@ -114,8 +114,12 @@ def promote(
     lease = WriterLease(store, replica.db_name, writer.hex(), settings.lease_ttl)
     _take_lease(lease, force=force, deadline=deadline)
     waited = time.monotonic() - started
+    # a writer whose lease was taken from it by force goes on committing until its next
+    # renewal (a third of the TTL) tells it; one whose lease expired has stopped already.
+    # One still committing after that is caught by the fence (promotion then fails)
+    settle_by = min(deadline, time.monotonic() + (settings.lease_ttl / 3 + 1 if force else 0))
     try:
-        _catch_up(replica, store, deadline)
+        _catch_up(replica, store, deadline, settle_by)
         point, page_size = replica.stop_at()
         newest = _newest(store, replica.db_name)
         if (point.generation, point.seq) != newest:
@@ -213,17 +217,23 @@ def _newest(store: PageStore, db_name: str) -> tuple[str, int]:
     )
 
 
-def _catch_up(replica: Replica, store: PageStore, deadline: float) -> None:
+def _catch_up(replica: Replica, store: PageStore, deadline: float, settle_by: float) -> None:
     """Wait until the follower has applied the bucket's newest commit, as of after the lease
-    moved (the old writer may have finished one more upload meanwhile: look again)."""
+    moved (the old writer may have finished one more upload meanwhile: look again; until
+    ``settle_by``, a writer the lease was taken from by force may still be committing)."""
     target = _newest(store, replica.db_name)
-    for _ in range(CATCH_UP_ROUNDS):
+    rounds = 0  # counted once ``settle_by`` has passed
+    while rounds < CATCH_UP_ROUNDS:
         remaining = max(deadline - time.monotonic(), 0.1)
         replica.wait_for(format_bookmark(*target), remaining)
         again = _newest(store, replica.db_name)
         if again == target:
-            return
+            if time.monotonic() >= settle_by:
+                return
+            time.sleep(0.1)  # a writer that may still commit: follow it until it is told
+            continue
         target = again
+        rounds += time.monotonic() >= settle_by
     raise ReplicaConflictError(
         f"{replica.db_name!r}: commits keep arriving after the lease moved: another writer is"
         " still running; promotion abandoned", db_name=replica.db_name,
