@@ -54,8 +54,8 @@ def connect(path: str, settings: Settings | None = None, **kwargs: Any) -> apsw.
 
     Before the connection reads a byte, a missing or empty local file is restored from the
     store, and an existing one is checked against the replica (see ``initial_replication``);
-    a read-only open (``flags=apsw.SQLITE_OPEN_READONLY``) touches no store, unless this
-    process has ``path`` open for writing. ``kwargs`` go to :class:`apsw.Connection`.
+    a read-only open (``flags=apsw.SQLITE_OPEN_READONLY``) touches no store. ``kwargs`` go
+    to :class:`apsw.Connection`.
     Raises ReplicaConflictError, ConfigError or StoreError (all BottomlessError).
     """
     import apsw

@@ -269,8 +269,8 @@ def _without_userinfo(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if "@" in value:
-        scheme = value[: value.index("://") + 3] if "://" in value.split("@", 1)[0] else ""
-        value = f"{scheme}***@{value.rsplit('@', 1)[1]}"
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value)  # only a real scheme is kept
+        value = f"{scheme.group(0) if scheme else ''}***@{value.rsplit('@', 1)[1]}"
     return re.sub(r"[?#].*", "?***", value, flags=re.DOTALL)
 
 
@@ -302,7 +302,7 @@ def _problem(error: Mapping[str, Any]) -> ConfigProblem:
     if field not in Settings.model_fields:  # its value may be a mistyped credential
         return ConfigProblem(field, "unknown setting")
     reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    value = None if field in SECRET_FIELDS else error.get("input")
+    value = None if field in SECRET_FIELDS else _without_userinfo(error.get("input"))
     return ConfigProblem(field, reason, value, _allowed(field))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -201,3 +202,47 @@ def bottomless_restored(tmp_path: Any, db_name: str) -> str:
     target = str(tmp_path / "restored.db")
     bottomless.restore(target, bottomless.Settings(), db_name=db_name)
     return target
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_executemany_with_no_rows_still_compiles_first(module: ModuleType, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path), isolation_level="IMMEDIATE")
+    with pytest.raises(module.OperationalError, match="no such table"):
+        conn.executemany("INSERT INTO missing VALUES (?)", [])
+    assert not conn.in_transaction  # an IMMEDIATE one would hold the write lock
+    conn.executemany("INSERT INTO t VALUES (?)", [])
+    assert conn.in_transaction  # compiled, then begun, as in sqlite3
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_value_too_big_to_bind_keeps_the_transaction(module: ModuleType,
+                                                       tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path))
+    conn.setlimit(module.SQLITE_LIMIT_LENGTH, 40)
+    with pytest.raises(module.DataError):
+        conn.execute("INSERT INTO t VALUES (?)", ("x" * 100,))
+    assert conn.in_transaction  # bound after the BEGIN, as sqlite3 binds
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_another_thread_reads_the_state_while_a_statement_runs(
+        module: ModuleType, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path), check_same_thread=False)
+    started = threading.Event()
+    seen: list[Any] = []
+
+    def slow(x: int) -> int:
+        started.set()
+        time.sleep(0.2)
+        return x
+
+    conn.create_function("slow", 1, slow)
+    reader = threading.Thread(
+        target=lambda: (started.wait(5), seen.append((conn.in_transaction, conn.total_changes))))
+    reader.start()
+    conn.execute("INSERT INTO t SELECT slow(1)")
+    reader.join()
+    assert len(seen) == 1 and seen[0][1] in (0, 1)
+    conn.close()

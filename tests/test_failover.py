@@ -327,3 +327,50 @@ def test_a_forced_promotion_outlasts_a_busy_live_writer(
     db = bottomless.connect(replica.path, settings)
     db.execute("UPDATE counter SET n = n + 1")
     db.close()
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_the_fence_changes_nothing_in_the_restored_file(
+    tmp_path: Any, make_settings: MakeSettings, journal_mode: str
+) -> None:
+    """Not even the journal mode in page 1, which the replica's file always says is WAL."""
+    settings = make_settings("file", lease_ttl=2.0, db_name="w.db")
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute(f"PRAGMA journal_mode={journal_mode}")
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    db.close()
+    promotion = bottomless.Replica(str(tmp_path / "new.db"), settings).promote(timeout=30)
+    at_point, at_fence = str(tmp_path / "point.db"), str(tmp_path / "fence.db")
+    bottomless.restore(at_point, settings, commit=promotion.seq - 1)
+    bottomless.restore(at_fence, settings, commit=promotion.seq)
+    with open(at_point, "rb") as point, open(at_fence, "rb") as fence:
+        assert point.read() == fence.read()
+
+
+def test_a_replica_whose_promotion_failed_can_promote_again(
+    tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same Replica object, after a promotion that failed once its follower had stopped
+    (its fence met the old writer's late commit): it starts the follower again."""
+    import bottomless.replica.promote as promoting
+
+    settings = make_settings("file", lease_ttl=2)
+    db = bottomless.connect(str(tmp_path / "w.db"), settings)
+    db.execute("CREATE TABLE t(x)")
+    db.close()
+    real = promoting._fence
+    calls: list[int] = []
+
+    def late_commit_first(*args: Any) -> tuple[int, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise bottomless.ReplicaConflictError("the old writer uploaded a commit: again")
+        return real(*args)
+
+    monkeypatch.setattr(promoting, "_fence", late_commit_first)
+    replica = bottomless.Replica(str(tmp_path / "r.db"), settings, db_name="w.db")
+    replica.start()
+    with pytest.raises(bottomless.ReplicaConflictError, match="again"):
+        replica.promote(timeout=10)
+    replica.start()  # stopped by the promotion: it starts again (it said "already started")
+    assert replica.promote(timeout=10).seq == 2

@@ -385,3 +385,33 @@ def test_a_snapshot_built_from_the_bucket_is_dated_by_its_commit(
     manifest = read_manifest(store, "dated.db", generation, 10)
     assert manifest.created_ms == commit_header(store, "dated.db", generation, 10).created_ms
     store.close()
+
+
+def test_gc_checks_the_anchor_of_an_older_generation_it_trims_too(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    """A generation that ends inside the window keeps its points from its anchor on: gc must
+    not delete what is before that anchor while the anchor is damaged."""
+    settings = make_settings("file", snapshot_worker="thread", snapshot_part_mb=1,
+                             snapshot_interval_commits=10, lease_ttl=0)
+    _, first = _blob_database(tmp_path, settings, "older.db", 32)
+    store = bottomless.open_store(settings)
+    damaged = fmt.part_key("older.db", first, 20, 1)
+    data = bytearray(store.get(damaged))
+    data[len(data) // 2] ^= 0xFF
+    with open(os.path.join(settings.bucket, damaged), "wb") as out:
+        out.write(data)
+    plain = apsw.Connection(str(tmp_path / "other.db"))
+    plain.execute("CREATE TABLE u(x)")
+    plain.close()
+    other = bottomless.connect(str(tmp_path / "other.db"), settings.model_copy(
+        update={"db_name": "older.db", "initial_replication": "force"}))
+    other.close()  # a second generation, from another file
+    assert len(generations(store, "older.db")) == 2
+    window = commit_header(store, "older.db", first, 24).created_ms / 1000
+    before = bucket_state(settings, "older.db")
+    with pytest.raises(bottomless.CorruptObjectError, match="gc deleted nothing") as info:
+        retention.collect_garbage(store, "older.db", older_than=dt.timedelta(0), now=window)
+    assert info.value.key == damaged
+    assert bucket_state(settings, "older.db") == before
+    store.close()

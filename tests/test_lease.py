@@ -245,3 +245,41 @@ def test_a_commit_whose_upload_outlives_the_lease_is_not_acknowledged(tmp_path: 
     assert db.execute("SELECT count(*) FROM t").fetchall() == [(0,)]  # rolled back locally
     rep.store = inner
     db.close()
+
+
+_EXITING = """
+import atexit, logging, sys, time
+sys.path.insert(0, sys.argv[2])
+import bottomless
+from bottomless import format as fmt
+from bottomless.backends.registry import open_store
+from bottomless.engine.lease import WriterLease
+from bottomless.errors import StoreError
+from helpers import ForwardingStore
+
+logging.basicConfig(level=logging.WARNING)
+inner = open_store(bottomless.Settings(backend="file", bucket=sys.argv[1]))
+
+class ShutDown(ForwardingStore):
+    refuse = False
+    def put_if_match(self, key, data, version):
+        if self.refuse:  # as s3fs's loop does once Python's thread pools are shut down
+            raise StoreError("PUT lease failed: cannot schedule new futures after shutdown")
+        return self.inner.put_if_match(key, data, version)
+
+store = ShutDown(inner)
+lease = WriterLease(store, "exiting", fmt.new_writer_id().hex(), ttl=0.3)
+lease.acquire()
+atexit.register(time.sleep, 0.5)  # renewals come due while Python is exiting
+store.refuse = True
+"""
+
+
+def test_a_renewal_that_fails_as_python_exits_is_not_a_warning(tmp_path: Any) -> None:
+    script = tmp_path / "exiting.py"
+    script.write_text(_EXITING)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "replicas"), tests],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "lease renewal failed" not in done.stderr

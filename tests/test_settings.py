@@ -152,10 +152,13 @@ def test_an_endpoint_with_credentials_is_refused_without_showing_them() -> None:
         "http://user:p4?ssw0rd@127.0.0.1:9",
         "http://user:p4@ssw0rd@127.0.0.1:9",  # credentials run to the last '@'
         "http://127.0.0.1:9/?token=p4ssw0rd", "127.0.0.1:9#p4ssw0rd",
+        "user:a://p4ssw0rd@127.0.0.1:9",  # '://' inside the password, no scheme
     ):
         with pytest.raises(bottomless.ConfigError) as info:
             Settings(endpoint=endpoint)
         assert "p4ssw0rd" not in str(info.value) and "endpoint" in str(info.value)
+        # nor in the attributes (Django's settings errors are built from them)
+        assert "p4ssw0rd" not in repr([info.value.value, *info.value.problems])
         assert info.value.__context__ is None  # pydantic's error quotes every input
 
 

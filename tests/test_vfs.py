@@ -443,3 +443,19 @@ def test_a_uri_naming_the_vfs_still_takes_settings_from_the_dbapi(
                    check=True, env=env, timeout=60)
     assert rows(restored(tmp_path, settings, "named.db")) == [(1,)]
     assert not os.path.exists(tmp_path / "from-the-environment")
+
+
+def test_a_read_only_connection_to_a_wal_database_closes_quietly(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """At the last close SQLite tries the exclusive lock to checkpoint; the read-only
+    descriptor cannot take it, and apsw raised that I/O error from close()."""
+    settings = make_settings("file")
+    path = str(tmp_path / "wal.db")
+    writer = bottomless.connect(path, settings)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    writer.close()
+    for _ in range(2):
+        reader = bottomless.connect(path, settings, flags=apsw.SQLITE_OPEN_READONLY)
+        assert reader.execute("SELECT x FROM t").fetchall() == [(1,)]
+        reader.close()

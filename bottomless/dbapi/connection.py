@@ -165,13 +165,13 @@ class Connection(ConnectionCore):
     def in_transaction(self) -> bool:
         """True while a transaction is open."""
         self._check_open()
-        return bool(self._live.in_transaction)
+        return bool(self._between_steps(lambda db: db.in_transaction))
 
     @property
     def total_changes(self) -> int:
         """Rows changed since the connection was opened."""
         self._check_open()
-        return int(self._live.total_changes())
+        return int(self._between_steps(lambda db: db.total_changes()))
 
     # ------------------------------------------------------------ statements
 

@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import sysconfig
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,15 @@ class ConnectionCore(_StdlibConnection):
         """The check of what ``sqlite3`` lets any thread do: only that the connection is open."""
         if self._db is None:
             raise self._gone()
+
+    def _between_steps(self, read: Callable[[apsw.Connection], Any]) -> Any:
+        """``read(db)``, from any thread: apsw refuses while another thread is inside a call
+        on the connection (a step of a statement), so wait for that call to end."""
+        while True:
+            try:
+                return read(self._live)
+            except apsw.ThreadingViolationError:
+                time.sleep(0.0005)
 
     def _check(self) -> None:
         if self._db is None:

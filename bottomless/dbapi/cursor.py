@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from bottomless.dbapi.exceptions import (
     ProgrammingError,
     raise_translated,
 )
+from bottomless.dbapi.implicit import ImplicitBegin
 from bottomless.dbapi.types import (
     PARSE_COLNAMES,
     PARSE_DECLTYPES,
@@ -121,7 +121,6 @@ class Cursor:
         self._changes = 0
         self._traced = False
         self._closed = False
-        self._compiled = False  # the statement now running compiled (see _begin_before_step)
 
     # ------------------------------------------------------------ checks
 
@@ -156,6 +155,7 @@ class Cursor:
 
     # ------------------------------------------------------------ executing
 
+    # one function, however long: it is the path of every statement, and each call costs
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Execute one SQL statement with qmark (``?``) or named (``:name``) parameters."""
         if self._closed:  # _check(), inlined: this is the hot path
@@ -169,10 +169,11 @@ class Cursor:
             if kind is None:  # new, or followed by comments that are cut off
                 kind, sql = conn._classify(sql)
             db = conn._db
-            assert db is not None  # conn._check() said so
-            began = 0 < kind < 3 and conn._begin is not None and not db.in_transaction
-            if began:
-                self._begin_before_step()
+            if db is None:  # closed by another thread since the check
+                raise conn._gone()
+            began = None
+            if 0 < kind < 3 and conn._begin is not None and not db.in_transaction:
+                began = ImplicitBegin(conn, self._cur)
             if self.row_factory is not None or conn._transform_rows:
                 if not self._traced:
                     self._cur.row_trace = _RowTracer(self)
@@ -202,11 +203,11 @@ class Cursor:
                 self._pending = False
                 self._description = None
                 if began:
-                    self._undo_begin(e)
+                    began.failed(e, sql)
                 self._fail(e)
             finally:
                 if began:
-                    self._cur.exec_trace = None
+                    began.done()
             if kind == 3:  # WITH ... RETURNING: if it writes, run it to the end now, so
                 # that an autocommit commit that fails raises here, not at a later reset
                 if self._active() and not self._cur.is_readonly:
@@ -238,9 +239,9 @@ class Cursor:
             if not dml and not conn._writes(sql):
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
-            began = dml and conn._begin is not None and not db.in_transaction
-            if began:
-                self._begin_before_step()
+            began = None
+            if dml and conn._begin is not None and not db.in_transaction:
+                began = ImplicitBegin(conn, self._cur)
             self._reset()
             if SINCE_3_12:
                 seq_of_parameters = named_placeholders.checked_rows(sql, seq_of_parameters)
@@ -254,14 +255,16 @@ class Cursor:
                 if kind >= 2:
                     for _ in self._cur:
                         pass
+                if began:
+                    began.ran_without_rows(sql)
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self.rowcount = -1
                 if began:
-                    self._undo_begin(e)
+                    began.failed(e, sql)
                 raise_translated(e)
             finally:
                 if began:
-                    self._cur.exec_trace = None
+                    began.done()
             self.rowcount = db.total_changes() - before if dml else -1
         return self
 
@@ -287,26 +290,6 @@ class Cursor:
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 raise_translated(e)
         return self
-
-    def _begin_before_step(self) -> None:
-        """The implicit BEGIN before DML. apsw's exec tracer then tells when the statement is
-        compiled and bound, before its first step (see :meth:`_undo_begin`)."""
-        self.connection._begin_transaction()
-        self._compiled = False
-        self._cur.exec_trace = self._on_compiled
-
-    def _on_compiled(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
-        self._compiled = True
-        outer = self.connection._live.exec_trace  # set_trace_callback's, shadowed by ours
-        return True if outer is None else bool(outer(cursor, sql, bindings))
-
-    def _undo_begin(self, error: BaseException) -> None:
-        """Roll back the implicit BEGIN of a statement that did not compile: ``sqlite3``
-        compiles before its BEGIN (and binds after it: a binding error keeps it)."""
-        if isinstance(error, apsw.Error) and not (
-                self._compiled or isinstance(error, apsw.BindingsError)):
-            with contextlib.suppress(apsw.Error):  # the statement's error is the one raised
-                self.connection._txn.execute("ROLLBACK")
 
     def _reset(self) -> None:
         self._pending = False

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -150,6 +151,11 @@ class WriterLease:
             try:
                 self.renew()
             except StoreError as e:
+                if sys.is_finalizing() or not threading.main_thread().is_alive():
+                    # Python is exiting (its thread pools refuse work: "cannot schedule new
+                    # futures after shutdown"): renewals end here; the lease expires by itself
+                    logger.debug("%s: lease renewal at exit failed: %s", self.db_name, e)
+                    return
                 logger.warning("%s: lease renewal failed, will retry: %s", self.db_name, e)
 
     def check(self) -> None:

@@ -201,36 +201,45 @@ def collect_garbage(
     report.temporaries = store.stale_temporaries(
         fmt.db_prefix(db_name), older_than=GRACE_SECONDS, now=now
     )
-    if not dry_run and histories and any(
-        fmt.is_snapshot_key(key) or fmt.is_commit_key(key) for key in report.deleted
-    ):
-        _check_anchor(store, db_name, histories[-1], keep, report, parallelism)
     if not dry_run:
-        # snapshots first, oldest first, then commits, then parts: a gc killed half-way leaves
-        # fewer restorable points, never a snapshot whose parts or commits are gone
-        for key in report.deleted:
-            if key not in cleared:  # already gone
-                store.delete(key)
-        for key in report.temporaries:
-            store.delete(key)
-        logger.info("%s: gc deleted %d objects", db_name, len(report.deleted))
+        for history in histories:  # gc builds in the newest one alone
+            built = report.snapshot_built if history is histories[-1] else None
+            _check_anchor(store, db_name, history, keep, report, parallelism, built)
+        _delete(store, db_name, report, cleared)
     return report
 
 
-def _check_anchor(store: PageStore, db_name: str, newest: _History, keep: set[Snapshot],
-                  report: GcReport, parallelism: int) -> None:
-    """Before gc deletes the way to a point through older snapshots and commits, check the
-    snapshot the newest state is then restored from: a damaged part (as a part listed again,
-    unread, by the snapshot gc built would be) must not become the only way there. Parts gc
-    uploaded in this run were just written from checked pages."""
-    seq = newest.anchor(keep)
+def _delete(store: PageStore, db_name: str, report: GcReport, cleared: list[str]) -> None:
+    """Delete what ``report`` lists, but ``cleared`` (gone already): snapshots first, oldest
+    first, then commits, then parts (the order of ``report.deleted``), so that a gc killed
+    half-way leaves fewer restorable points, never a snapshot whose parts or commits are gone."""
+    for key in report.deleted:
+        if key not in cleared:
+            store.delete(key)
+    for key in report.temporaries:
+        store.delete(key)
+    logger.info("%s: gc deleted %d objects", db_name, len(report.deleted))
+
+
+def _check_anchor(store: PageStore, db_name: str, history: _History, keep: set[Snapshot],
+                  report: GcReport, parallelism: int, built: int | None) -> None:
+    """Before gc deletes older snapshots or commits of a generation it keeps, check the
+    snapshot the points it keeps there are then restored from: a damaged part (as a part
+    listed again, unread, by a snapshot gc built would be) must not become the only way
+    there. Parts gc uploaded in this run were just written from checked pages."""
+    if not history.kept or not any(
+        (fmt.is_snapshot_key(key) or fmt.is_commit_key(key))
+        and fmt.generation_of_key(key) == history.generation for key in report.deleted
+    ):
+        return  # a generation gc deletes whole, or one whose history stays as it is
+    seq = history.anchor(keep)
     try:
-        check_snapshot(read_manifest(store, db_name, newest.generation, seq), store,
-                       parallelism, written_for=report.snapshot_built)
+        check_snapshot(read_manifest(store, db_name, history.generation, seq), store,
+                       parallelism, written_for=built)
     except CorruptObjectError as e:
         raise CorruptObjectError(
             f"{db_name}: gc deleted nothing: the snapshot at commit {seq} of generation"
-            f" {newest.generation}, which every point gc keeps would be restored from, is"
+            f" {history.generation}, which every point gc keeps would be restored from, is"
             f" damaged ({e}). The older snapshots and commits still reach those points;"
             f" `bottomless verify {db_name}` lists what is damaged",
             key=e.key,

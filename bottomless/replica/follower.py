@@ -1,16 +1,16 @@
 """A read replica that follows the bucket: :class:`Replica`.
 
-``Replica(path, settings).start()`` restores ``path`` from the store (or picks up where the
-last follower of ``path`` stopped), then a background thread in this process applies every
-new commit as it appears. Readers open ``path`` read-only with any SQLite library and see whole
-commits, in commit order (the apply protocol is in :mod:`bottomless.replica.local`).
+``Replica(path, settings).start()`` restores ``path`` from the store (or picks up where the last
+follower of ``path`` stopped), then a background thread in this process applies every new commit as
+it appears. Readers open ``path`` read-only with any SQLite library and see whole commits, in
+commit order (the apply protocol is in :mod:`bottomless.replica.local`).
 
-The thread's loop: ask for the next commit (one GET; a 404 means nothing new); apply what came
-back as one WAL transaction and ask again at once, with a window of parallel GETs growing
-while every round finds all it asked for; after a 404, sleep ``poll_interval`` seconds. After
-a 404, and at most every ``generation_check_interval`` seconds, it looks for a newer
-generation, and now and then whether gc deleted the commits it needs: either makes it restore
-the newest state and write the pages that differ into the WAL.
+The thread's loop: ask for the next commit (one GET; a 404 means nothing new); apply what came back
+as one WAL transaction and ask again at once, with a window of parallel GETs growing while every
+round finds all it asked for; after a 404, sleep ``poll_interval`` seconds. After a 404, and at
+most every ``generation_check_interval`` seconds, it looks for a newer generation, and now and then
+whether gc deleted the commits it needs: either makes it restore the newest state and write the
+pages that differ into the WAL.
 """
 
 from __future__ import annotations
@@ -63,17 +63,16 @@ class Replica:
     is ``db_name``, else ``settings.db_name``, else the base name of ``path``. Use as a
     context manager, or call :meth:`start` and :meth:`stop`.
 
-    A missing or empty ``path`` is restored first; a file written by an earlier follower of
-    the same database continues from its position record. Any other existing file is refused
+    A missing or empty ``path`` is restored first; a file written by an earlier follower of the
+    same database continues from its position record. Any other existing file is refused
     (ReplicaConflictError) unless ``overwrite`` is set, and a database the bottomless writer
     replicates (it has a ``-bottomless`` state file) always is.
 
     ``poll_interval`` is the pause after a poll found nothing new (each idle poll is one GET);
-    ``generation_check_interval`` the least time between two looks for a new generation (one
-    LIST each); ``max_window`` how many commits one round asks for when far behind (they
-    download ``settings.parallelism`` at a time and are applied as one WAL transaction). The
-    WAL is checkpointed every ``checkpoint_frames`` frames and emptied once it holds
-    ``max_wal_frames``.
+    ``generation_check_interval`` the least time between two looks for a new generation (one LIST
+    each); ``max_window`` how many commits one round asks for when far behind (they download
+    ``settings.parallelism`` at a time and are applied as one WAL transaction). The WAL is
+    checkpointed every ``checkpoint_frames`` frames and emptied once it holds ``max_wal_frames``.
     """
 
     def __init__(
@@ -117,8 +116,10 @@ class Replica:
         Raises ReplicaNotFoundError if the store has no such database, ReplicaConflictError
         if ``path`` is not this database's replica, StoreError, CorruptObjectError.
         """
-        if self._thread is not None:
+        if self._thread is not None and (self._thread.is_alive() or not self._stopping.is_set()):
             raise BottomlessError(f"{self.path}: this replica has already been started")
+        self._thread = None  # never started, or stopped: (again) from where the file is
+        self._stopping.clear()
         self._lock.acquire()
         try:
             store = CountingStore(open_store(self.settings, read_only=True))
@@ -168,7 +169,7 @@ class Replica:
 
     def start_if_needed(self) -> None:
         """:meth:`start`, unless the follower runs already."""
-        if self._thread is None:
+        if self._thread is None or self._stopping.is_set():
             self.start()
 
     @property

@@ -36,7 +36,7 @@ from bottomless.local.files import (
 )
 from bottomless.local.lockfile import local_writer_id, open_lock
 from bottomless.log import for_database
-from bottomless.ops.snapshots import read_manifest, snapshot_seqs
+from bottomless.ops.snapshots import iter_commits, read_manifest, snapshot_seqs
 from bottomless.ops.targets import commit_numbers, complete_generations
 from bottomless.replica.bookmark import format_bookmark
 from bottomless.replica.position import Point, follower_lock_path, position_path
@@ -106,7 +106,6 @@ def promote(
         )
     started = time.monotonic()
     deadline = started + (timeout if timeout is not None else settings.lease_ttl + 60)
-    log = for_database(__name__, replica.db_name)
     replica.start_if_needed()
     store = replica.store
     with open_lock(replica.path) as lock_fd:
@@ -114,12 +113,8 @@ def promote(
     lease = WriterLease(store, replica.db_name, writer.hex(), settings.lease_ttl)
     _take_lease(lease, force=force, deadline=deadline)
     waited = time.monotonic() - started
-    # a writer whose lease was taken from it by force goes on committing until its next
-    # renewal (a third of the TTL) tells it; one whose lease expired has stopped already.
-    # One still committing after that is caught by the fence (promotion then fails)
-    settle_by = min(deadline, time.monotonic() + (settings.lease_ttl / 3 + 1 if force else 0))
     try:
-        _catch_up(replica, store, deadline, settle_by)
+        _catch_up(replica, store, deadline, settings.lease_ttl / 3 + 1 if force else 0)
         point, page_size = replica.stop_at()
         newest = _newest(store, replica.db_name)
         if (point.generation, point.seq) != newest:
@@ -136,22 +131,29 @@ def promote(
             remove_local_files(replica.path, include_db=False)
             os.truncate(replica.path, 0)
         seq, digest = _fence(replica, store, point, writer, settings.compression)
-        state = LocalState(replica.db_name, point.generation, seq, digest, page_size,
-                           writer.hex(), store.location)
-        write_state(replica.path, state)
-        sync_state(replica.path)
-        os.unlink(position_path(replica.path))  # no longer a replica: the writer's file
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(follower_lock_path(replica.path))
+        _to_the_writer(replica.path, LocalState(
+            replica.db_name, point.generation, seq, digest, page_size, writer.hex(),
+            store.location,
+        ))
     except BaseException:
         lease.release()  # a later promotion (or the old writer) need not wait for it
         raise
     lease.hand_over()
     promotion = Promotion(point.generation, seq, writer.hex(), round(waited, 3),
                           round(time.monotonic() - started, 3))
-    log.warning("promoted %s to writer at commit %d of generation %s (waited %.1fs for the"
-                " lease)", replica.path, seq, point.generation, waited)
+    for_database(__name__, replica.db_name).warning(
+        "promoted %s to writer at commit %d of generation %s (waited %.1fs for the lease)",
+        replica.path, seq, point.generation, waited)
     return promotion
+
+
+def _to_the_writer(path: str, state: LocalState) -> None:
+    """Make the replica file at ``path`` the writer's, at ``state``."""
+    write_state(path, state)
+    sync_state(path)
+    os.unlink(position_path(path))  # no longer a replica: the writer's file
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(follower_lock_path(path))
 
 
 def _fence(replica: Replica, store: PageStore, point: Point, writer: bytes,
@@ -167,9 +169,11 @@ def _fence(replica: Replica, store: PageStore, point: Point, writer: bytes,
     try:
         if not image.db_size:
             return point.seq, point.digest
+        page = bytearray(image.page(1))  # the replica's says WAL mode, whatever the writer's
+        page[18:20] = _file_format(store, replica.db_name, point)
         batch = fmt.PageBatch(
             fmt.KIND_COMMIT, point.generation, point.seq + 1, image.page_size, image.db_size,
-            {1: image.page(1)}, prev=bytes.fromhex(point.digest), writer=writer,
+            {1: bytes(page)}, prev=bytes.fromhex(point.digest), writer=writer,
         )
     finally:
         image.close()
@@ -217,10 +221,15 @@ def _newest(store: PageStore, db_name: str) -> tuple[str, int]:
     )
 
 
-def _catch_up(replica: Replica, store: PageStore, deadline: float, settle_by: float) -> None:
+def _catch_up(replica: Replica, store: PageStore, deadline: float, settle: float) -> None:
     """Wait until the follower has applied the bucket's newest commit, as of after the lease
-    moved (the old writer may have finished one more upload meanwhile: look again; until
-    ``settle_by``, a writer the lease was taken from by force may still be committing)."""
+    moved (the old writer may have finished one more upload meanwhile: look again).
+
+    ``settle``: seconds to follow the old writer before the newest commit may count as the
+    last, for a writer whose lease was taken by force: it goes on committing until its next
+    renewal (a third of the TTL) tells it; one whose lease expired has stopped already. One
+    still committing after that is caught by the fence (promotion then fails)."""
+    settle_by = min(deadline, time.monotonic() + settle)
     target = _newest(store, replica.db_name)
     rounds = 0  # counted once ``settle_by`` has passed
     while rounds < CATCH_UP_ROUNDS:
@@ -238,3 +247,20 @@ def _catch_up(replica: Replica, store: PageStore, deadline: float, settle_by: fl
         f"{replica.db_name!r}: commits keep arriving after the lease moved: another writer is"
         " still running; promotion abandoned", db_name=replica.db_name,
     )
+
+
+def _file_format(store: PageStore, db_name: str, point: Point) -> bytes:
+    """Bytes 18-19 of page 1 (rollback journal or WAL) in the bucket's state at ``point``:
+    from the last commit since the snapshot before it that holds page 1, else from that
+    snapshot (promotion reads them once)."""
+    base = max(s for s in snapshot_seqs(store, db_name, point.generation) if s <= point.seq)
+    manifest = read_manifest(store, db_name, point.generation, base)
+    found = None
+    for raw in iter_commits(store, db_name, point.generation, base + 1, point.seq,
+                            manifest.chain_digest, parallelism=4):
+        if raw.numbers and raw.numbers[0] == 1:
+            found = raw.payload[18:20]
+    if found is not None:
+        return found
+    key = str(manifest.parts[0]["key"])  # the first part holds page 1
+    return fmt.decode_raw(store.get(key), key).payload[18:20]

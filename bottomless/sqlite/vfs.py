@@ -39,6 +39,7 @@ from bottomless.sqlite.capture import WalCapture
 from bottomless.sqlite.databases import DatabaseEntry as _Entry
 from bottomless.sqlite.databases import OpenDatabases
 from bottomless.sqlite.locks import sqlite_write_lock
+from bottomless.sqlite.readonly import ReadOnlyFile
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,10 @@ class BottomlessVFS(apsw.VFS):
             assert isinstance(name, apsw.URIFilename)
             path = name.filename()
             settings = self._settings_for(name)
-            if kind & apsw.SQLITE_OPEN_READONLY and self.databases.get(path) is None:
+            if kind & apsw.SQLITE_OPEN_READONLY:
                 # it cannot commit: no lease, no upload, no restore (as SQLite, it fails on a
-                # missing file); one open for writing in this process is shared instead
-                return apsw.VFSFile("", name, flags)
+                # missing file); it reads what a writer of this process commits all the same
+                return ReadOnlyFile("", name, flags)
             try:
                 entry = self.databases.acquire(path, settings)
             except OSError as e:
