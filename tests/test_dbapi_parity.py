@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -245,4 +246,28 @@ def test_another_thread_reads_the_state_while_a_statement_runs(
     conn.execute("INSERT INTO t SELECT slow(1)")
     reader.join()
     assert len(seen) == 1 and seen[0][1] in (0, 1)
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_with_autocommit_off_commit_always_commits(module: ModuleType, tmp_path: Any) -> None:
+    """Python 3.12's autocommit=False: COMMIT runs even when SQLite rolled the transaction
+    back by itself (an interrupted statement), and fails then, as sqlite3's does."""
+    if module is sqlite3 and sys.version_info < (3, 12):
+        pytest.skip("sqlite3 has autocommit from Python 3.12")
+    conn = module.connect(_database(module, tmp_path), autocommit=False)
+    steps = [0]
+
+    def interrupt() -> bool:
+        steps[0] += 1
+        return steps[0] > 200
+
+    conn.set_progress_handler(interrupt, 1)
+    with pytest.raises(module.OperationalError, match="interrupted"):
+        conn.execute("INSERT INTO t WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1"
+                     " FROM r WHERE x < 100000) SELECT x FROM r")
+    conn.set_progress_handler(None, 1)
+    assert not conn.in_transaction  # SQLite rolled it back
+    with pytest.raises(module.OperationalError, match="no transaction is active"):
+        conn.commit()
     conn.close()

@@ -241,8 +241,8 @@ class Connection(ConnectionCore):
         if self._autocommit is True:
             return
         with self._lock:
-            try:
-                if self._live.in_transaction:
+            try:  # with autocommit=False always, as sqlite3: a COMMIT with none open fails
+                if self._autocommit is False or self._live.in_transaction:
                     self._run(verb)
             except BaseException:
                 # a failed COMMIT (an upload that failed) rolled the transaction back: with
