@@ -291,7 +291,8 @@ class Replicator:
                 f" {self.db_name!r} to {self.store.location}; this commit is refused",
                 db_name=self.db_name, key=key,
             )
-        self.log.warning("%s is an orphan of an earlier crash; starting a new generation", key)
+        self.log.warning("%s is an orphan (uploaded, never committed locally: a crash, or a"
+                         " commit refused after its upload); starting a new generation", key)
         local = image()  # the content after this commit: recorded at its commit point
         try:
             self.commit.forked(self.generations.start(local, "fork", writer=state.writer_bytes))
