@@ -270,4 +270,19 @@ def test_with_autocommit_off_commit_always_commits(module: ModuleType, tmp_path:
     assert not conn.in_transaction  # SQLite rolled it back
     with pytest.raises(module.OperationalError, match="no transaction is active"):
         conn.commit()
+    assert not conn.in_transaction  # none begun after SQLite's own error (an upload's: one)
+    conn.close()
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("level", ["", "IMMEDIATE", None])
+def test_executemany_checks_its_arguments_and_sql_before_any_begin(
+        module: ModuleType, level: str | None, tmp_path: Any) -> None:
+    conn = module.connect(_database(module, tmp_path), isolation_level=level)
+    with pytest.raises(TypeError):
+        conn.executemany("INSERT INTO t VALUES (?)", 5)  # not iterable
+    assert not conn.in_transaction
+    with pytest.raises(module.OperationalError, match="no such table"):
+        conn.executemany("INSERT INTO missing VALUES (?)", iter([]))
+    assert not conn.in_transaction
     conn.close()

@@ -192,16 +192,7 @@ class Connection(ConnectionCore):
         self._check_sql(sql)
         if ";" in sql and not is_single_statement(sql):
             raise ProgrammingError("You can only execute one statement at a time.")
-        probe = self._live.cursor()
-        probe.exec_trace = _never
-        try:
-            probe.execute(sql)
-        except (apsw.ExecTraceAbort, apsw.BindingsError):
-            pass  # compiled; bindings are only missing because nothing runs
-        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
-            raise_translated(e)
-        finally:
-            probe.close()
+        self._compile(sql)
         return Statement._make(sql)
 
     def _check_sql(self, sql: str) -> None:
@@ -244,11 +235,12 @@ class Connection(ConnectionCore):
             try:  # with autocommit=False always, as sqlite3: a COMMIT with none open fails
                 if self._autocommit is False or self._live.in_transaction:
                     self._run(verb)
-            except BaseException:
-                # a failed COMMIT (an upload that failed) rolled the transaction back: with
-                # autocommit=False the connection must still be in one, or the app's retry
-                # would run statement by statement, each committed on its own
-                if self._autocommit is False and not self._live.in_transaction:
+            except BaseException as e:
+                # a failed upload rolled the transaction back: with autocommit=False the
+                # connection must still be in one, or the app's retry would run statement by
+                # statement, each committed on its own (SQLite's own errors: as sqlite3, none)
+                if (self._autocommit is False and isinstance(e, BottomlessError)
+                        and not self._live.in_transaction):
                     with contextlib.suppress(_exc.Error):
                         self._run("BEGIN")
                 raise
@@ -510,10 +502,6 @@ BOOLEAN_CONFIGS = frozenset(
 
 
 hide_stdlib_names(Connection)
-
-
-def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-    return False
 
 
 def _is_callable(value: object) -> bool:

@@ -252,6 +252,19 @@ class ConnectionCore(_StdlibConnection):
                 probe.close()
         return found[0] if found else _NOT_PREPARED
 
+    def _compile(self, sql: str) -> None:
+        """Compile ``sql`` without running it; raise its error (translated) if it does not."""
+        probe = self._live.cursor()
+        probe.exec_trace = _never
+        try:
+            probe.execute(sql)
+        except (apsw.ExecTraceAbort, apsw.BindingsError):
+            pass  # compiled; bindings are only missing because nothing runs
+        except BaseException as e:  # noqa: BLE001 - translated, never swallowed
+            raise_translated(e)
+        finally:
+            probe.close()
+
     def _columns_of(self, sql: str, parameters: Any) -> tuple[Any, ...]:
         """The columns ``sql`` would return, learned by preparing it without running it."""
         if sql in self._no_columns or self._db is None:
@@ -324,3 +337,8 @@ def stdlib_dump() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _never(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+    """An exec tracer that stops every statement before it runs (it compiled)."""
+    return False

@@ -239,6 +239,9 @@ class Cursor:
             if not dml and not conn._writes(sql):
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
+            seq_of_parameters = iter(seq_of_parameters)  # as sqlite3: first, then compile,
+            if dml:  # and only then BEGIN (apsw compiles nothing when there are no rows)
+                conn._compile(sql)
             began = None
             if dml and conn._begin is not None and not db.in_transaction:
                 began = ImplicitBegin(conn, self._cur)
@@ -255,8 +258,6 @@ class Cursor:
                 if kind >= 2:
                     for _ in self._cur:
                         pass
-                if began:
-                    began.ran_without_rows(sql)
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self.rowcount = -1
                 if began:

@@ -48,17 +48,6 @@ class ImplicitBegin:
             return
         self.rollback()
 
-    def ran_without_rows(self, sql: str) -> None:
-        """``executemany`` got no parameters, so apsw compiled nothing: compile ``sql`` now,
-        as ``sqlite3`` does first, and raise (the BEGIN rolled back) if it does not."""
-        if self.compiled:
-            return
-        try:
-            self.connection(sql)  # compiles without running
-        except BaseException:
-            self.rollback()
-            raise
-
     def rollback(self) -> None:
         """Undo the BEGIN; the statement's own error is the one raised."""
         with contextlib.suppress(apsw.Error):
