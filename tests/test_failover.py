@@ -234,7 +234,7 @@ def test_a_failed_promotion_leaves_no_follower_behind(
 ) -> None:
     """The lease is still the live writer's: promotion fails, and the follower it started
     stops, so that the next attempt (here with force) is not refused as a second one."""
-    settings = make_settings("file", lease_ttl=30)
+    settings = make_settings("file", lease_ttl=6)  # force follows the live writer for 3 s
     db = bottomless.connect(str(tmp_path / "w.db"), settings)
     db.execute("CREATE TABLE t(x)")
     path = str(tmp_path / "r.db")

@@ -47,6 +47,8 @@ class WriterLease:
         self._epoch = 0
         self._valid_until = 0.0  # time.monotonic() after which we may not be the holder
         self._lost: str | None = None
+        #: the last :meth:`acquire` took the lease by force from a holder whose lease ran
+        self.forced = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +95,7 @@ class WriterLease:
                     expires_at=dt.datetime.fromtimestamp(current.expires_ms / 1000, tz=dt.UTC),
                 )
             self._epoch = current.epoch + (0 if current.writer == self.writer else 1)
+            live = current.writer != self.writer and current.expires_ms > time.time() * 1000
             try:
                 self._version = self.store.put_if_match(
                     self.key, self._record().encode(), version
@@ -100,12 +103,13 @@ class WriterLease:
             except ObjectChangedError:
                 continue
             self._valid_until = started + self.ttl * 2 / 3
+            self.forced = live
             if current.writer != self.writer and current.writer and current.expires_ms == 0:
                 logger.info("%s: took the writer lease %s released on closing", self.db_name,
                             current.holder)
             elif current.writer != self.writer and current.writer:
                 logger.warning("%s: took over the writer lease of %s (%s)", self.db_name,
-                               current.holder, "forced" if force else "expired")
+                               current.holder, "forced" if live else "expired")
             break
         else:
             raise ReplicaConflictError(

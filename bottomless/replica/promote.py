@@ -114,7 +114,7 @@ def promote(
     _take_lease(lease, force=force, deadline=deadline)
     waited = time.monotonic() - started
     try:
-        _catch_up(replica, store, deadline, settings.lease_ttl / 3 + 1 if force else 0)
+        _catch_up(replica, store, deadline, settings.lease_ttl / 3 + 1 if lease.forced else 0)
         point, page_size = replica.stop_at()
         newest = _newest(store, replica.db_name)
         if (point.generation, point.seq) != newest:
@@ -226,9 +226,9 @@ def _catch_up(replica: Replica, store: PageStore, deadline: float, settle: float
     moved (the old writer may have finished one more upload meanwhile: look again).
 
     ``settle``: seconds to follow the old writer before the newest commit may count as the
-    last, for a writer whose lease was taken by force: it goes on committing until its next
-    renewal (a third of the TTL) tells it; one whose lease expired has stopped already. One
-    still committing after that is caught by the fence (promotion then fails)."""
+    last, for a writer whose running lease was taken by force: it goes on committing until
+    its next renewal (a third of the TTL) tells it; one whose lease expired has stopped
+    already. One still committing after that is caught by the fence (promotion then fails)."""
     settle_by = min(deadline, time.monotonic() + settle)
     target = _newest(store, replica.db_name)
     rounds = 0  # counted once ``settle_by`` has passed
