@@ -240,11 +240,10 @@ class Cursor:
                 raise ProgrammingError("executemany() can only execute DML statements.")
             db = conn._live
             seq_of_parameters = iter(seq_of_parameters)  # as sqlite3: first, then compile,
-            if dml:  # and only then BEGIN (apsw compiles nothing when there are no rows)
-                conn._compile(sql)
-            began = None
-            if dml and conn._begin is not None and not db.in_transaction:
-                began = ImplicitBegin(conn, self._cur)
+            if dml:  # and only then BEGIN (apsw compiles nothing when there are no rows),
+                conn._compile(sql)  # so that any error after the BEGIN keeps it, as there
+                if conn._begin is not None and not db.in_transaction:
+                    conn._begin_transaction()
             self._reset()
             if SINCE_3_12:
                 seq_of_parameters = named_placeholders.checked_rows(sql, seq_of_parameters)
@@ -260,12 +259,7 @@ class Cursor:
                         pass
             except BaseException as e:  # noqa: BLE001 - translated, never swallowed
                 self.rowcount = -1
-                if began:
-                    began.failed(e, sql)
                 raise_translated(e)
-            finally:
-                if began:
-                    began.done()
             self.rowcount = db.total_changes() - before if dml else -1
         return self
 

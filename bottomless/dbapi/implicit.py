@@ -5,7 +5,8 @@ it. apsw compiles, binds and runs in one call, so the BEGIN has to come first; a
 tracer, which runs once the statement is compiled and bound (before its first step), tells
 afterwards whether it got that far. If it did not, and the error is not one of binding (which
 ``sqlite3`` raises after its BEGIN), the BEGIN is rolled back: a statement that does not
-compile leaves no transaction open, as in ``sqlite3``.
+compile leaves no transaction open, as in ``sqlite3``. (``executemany`` compiles its
+statement first instead, as apsw compiles nothing for an empty sequence.)
 """
 
 from __future__ import annotations
