@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     if not TYPE_CHECKING:  # type checkers keep the per-field signature pydantic gives them
 
         def __init__(self, **values: Any) -> None:
+            check_environment()  # a mistyped variable must not fall back to a default
             problem = None
             try:
                 super().__init__(**values)
@@ -336,7 +337,6 @@ def check_environment() -> None:
 
 def load_settings(**values: Any) -> Settings:
     """Build Settings from env vars plus ``values``; raise ConfigError listing every problem."""
-    check_environment()
     return Settings(**values)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,21 @@ def settings_page() -> str:
     return "\n".join(lines)
 
 
+def _option_meaning(option: click.Option) -> str:
+    """The option's help with what ``--help`` adds: its choices, default and required."""
+    extras = []
+    if isinstance(option.type, click.Choice):
+        extras.append("one of " + ", ".join(f"`{c}`" for c in option.type.choices))
+    if option.required:
+        extras.append("required")
+    elif option.show_default and option.default is not None and not option.is_flag:
+        extras.append(f"default: `{option.default}`")
+    return " ".join([option.help or ""] + [f"({extra})" for extra in extras]).strip()
+
+
 def _command_section(name: str, command: click.Command, level: str) -> list[str]:
     context = click.Context(command, info_name=name)
-    lines = [f"{level} `{name}`", "", (command.help or "").strip(), ""]
+    lines = [f"{level} `{name}`", "", inspect.cleandoc(command.help or ""), ""]
     usage = command.collect_usage_pieces(context)
     lines += ["```", f"{name} {' '.join(usage)}".rstrip(), "```", ""]
     params = [p for p in command.params if isinstance(p, click.Option)]
@@ -67,7 +80,7 @@ def _command_section(name: str, command: click.Command, level: str) -> list[str]
         lines += ["| option | meaning |", "|---|---|"]
         for option in params:
             flags = ", ".join(f"`{o}`" for o in option.opts + option.secondary_opts)
-            meaning = (option.help or "").replace("|", "\\|")
+            meaning = _option_meaning(option).replace("|", "\\|")
             lines.append(f"| {flags} | {meaning} |")
         lines.append("")
     return lines
@@ -83,7 +96,9 @@ def cli_page() -> str:
         "The console script `bottomless` (also `python -m bottomless`). The store location comes",
         "from `--backend/--bucket/--endpoint` or the same `LIBSQL_BOTTOMLESS_*` variables the",
         "library reads; credentials from the AWS chain or `LIBSQL_BOTTOMLESS_ACCESS_KEY_ID` /",
-        "`LIBSQL_BOTTOMLESS_SECRET_ACCESS_KEY`. Errors print one clear line and exit with 1.",
+        "`LIBSQL_BOTTOMLESS_SECRET_ACCESS_KEY`. Errors print one clear line and exit with 1; a",
+        "command line that cannot be parsed (a missing or unknown option) prints the usage and",
+        "exits with 2.",
         "",
     ]
     lines += _command_section("bottomless", cli, "##")[2:]

@@ -13,17 +13,23 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bottomless
+from bottomless.sqlite.vfs import registration
 from bottomless.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, start_seaweed
 
 BACKENDS = ["memory", "file", "s3"]
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's own LIBSQL_BOTTOMLESS_* or AWS settings."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's own LIBSQL_BOTTOMLESS_* or AWS settings, nor the VFS
+    defaults an earlier test gave ``bottomless.register``."""
     for name in list(os.environ):
         if name.startswith(("LIBSQL_BOTTOMLESS_", "AWS_")):
             monkeypatch.delenv(name)
+    yield
+    registered = registration.current
+    if registered is not None:
+        registered.settings = None
 
 
 @pytest.fixture(scope="session")

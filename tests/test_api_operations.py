@@ -135,6 +135,10 @@ def test_gc_defaults_come_from_settings(tmp_path: Any, make_settings: MakeSettin
     expected = dt.datetime.now(dt.UTC) - dt.timedelta(weeks=2)
     assert abs((window - expected).total_seconds()) < 60
     assert report.deleted == []
+    # more snapshots kept than there are: every point stays, reported from the oldest one
+    report = bottomless.gc("app.db", settings, keep_snapshots=5, dry_run=True)
+    window = dt.datetime.fromisoformat(report.window_start)
+    assert abs((window - dt.datetime.now(dt.UTC)).total_seconds()) < 60
 
 
 def test_gc_rejects_bad_arguments(make_settings: MakeSettings) -> None:

@@ -226,6 +226,8 @@ def test_a_with_insert_returning_commits_in_execute_and_raises_a_failed_upload(
     with pytest.raises(dbapi.OperationalError, match="not committed") as info:
         conn.execute(_CTE_INSERT.replace("(1), (2), (3)", "(4), (5)"))
     assert isinstance(info.value, StoreError)
+    cause = info.value.__cause__  # the guide promises bottomless's own error there
+    assert isinstance(cause, StoreError) and not isinstance(cause, dbapi.Error)
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
     conn.close()
     assert rows(path) == [(1,), (2,), (3,)]
@@ -931,8 +933,13 @@ def test_a_factory_that_is_not_this_modules_connection_is_refused(tmp_path: Any)
     class Stdlib(sqlite3.Connection):
         pass
 
-    with pytest.raises(TypeError, match="would not be replicated"):
-        dbapi.connect(str(tmp_path / "f.db"), factory=Stdlib)  # type: ignore[arg-type]
+    settings = bottomless.Settings(backend="file", bucket=str(tmp_path / "bucket"))
+    for given in ({}, {"settings": settings}):
+        with pytest.raises(TypeError, match="Stdlib: its connections would not be replicated"):
+            dbapi.connect(str(tmp_path / "f.db"), factory=Stdlib, **given)  # type: ignore[arg-type]
+    assert not os.path.exists(tmp_path / "f.db")  # refused before anything was opened
+    with pytest.raises(TypeError, match="would not be replicated"):  # a callable: what it made
+        dbapi.connect(str(tmp_path / "g.db"), factory=lambda *a, **k: sqlite3.connect(":memory:"))
 
 
 def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) -> None:
@@ -949,6 +956,7 @@ def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) 
         f"python -m bottomless.dbapi: cannot open '{tmp_path / 'missing' / 'x.db'}':"
         " unable to open database file"
     )
+    assert lines[0].endswith(f"the directory {tmp_path / 'missing'} does not exist")
 
 
 def test_a_row_factory_that_raises_cannot_leave_a_returning_write_pending(

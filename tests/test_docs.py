@@ -39,6 +39,9 @@ def test_every_cli_command_and_option_is_documented() -> None:
             if isinstance(param, click.Option):
                 for flag in param.opts:
                     assert f"`{flag}`" in section, f"{name} {flag} is not documented"
+    # a docstring's indentation would turn a command's description into a code block
+    outside_fences = re.sub(r"```.*?```", "", reference, flags=re.DOTALL)
+    assert not re.findall(r"^    \S.*", outside_fences, flags=re.MULTILINE)
 
 
 def test_every_setting_is_documented() -> None:

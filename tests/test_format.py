@@ -6,6 +6,7 @@ never apply or crash on a damaged object.
 from __future__ import annotations
 
 import json
+import re
 import string
 import struct
 from collections.abc import Callable
@@ -235,6 +236,8 @@ def test_any_flipped_bit_is_detected(sample: str, choice: st.DataObject) -> None
     damaged[bit // 8] ^= 1 << (bit % 8)
     error = assert_corrupt(bytes(damaged), decode, key)
     assert "checksum mismatch" in str(error)
+    shown = re.search(r"trailer says (\S+), content hashes to (\S+)\)", str(error))
+    assert shown is not None and shown[1] != shown[2]  # even when the trailer is the damage
 
 
 @pytest.mark.parametrize("sample", list(SAMPLES))

@@ -385,6 +385,14 @@ def test_a_replica_file_has_one_follower(bank: Bank, tmp_path: Any) -> None:
         again.wait_for(bookmark(writer), timeout=10)
 
 
+def test_a_replica_in_a_missing_directory_is_refused_naming_it(bank: Bank, tmp_path: Any) -> None:
+    _primary, _path, settings, _writer = bank
+    missing = tmp_path / "not-made-yet"
+    with pytest.raises(FileNotFoundError, match="directory does not exist") as info:
+        Replica(str(missing / "r.db"), settings).start()
+    assert info.value.filename == str(missing) and not missing.exists()
+
+
 def test_a_restore_left_by_a_killed_follower_is_removed_at_start(bank: Bank) -> None:
     _primary, path, settings, writer = bank
     with Replica(path, settings) as replica:

@@ -95,6 +95,9 @@ def test_unknown_uri_parameter_and_env_var(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("LIBSQL_BOTTOMLESS_BUKCET", "x")
     with pytest.raises(bottomless.ConfigError, match="LIBSQL_BOTTOMLESS_BUKCET"):
         load_settings()
+    # also when the code builds its own Settings: the typo would otherwise go unnoticed
+    with pytest.raises(bottomless.ConfigError, match="LIBSQL_BOTTOMLESS_BUKCET"):
+        Settings(backend="file", bucket="given")
 
 
 def test_precedence_uri_over_settings_over_env(monkeypatch: pytest.MonkeyPatch) -> None:

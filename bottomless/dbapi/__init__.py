@@ -23,7 +23,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -125,11 +125,24 @@ def connect(
         extra["autocommit"] = autocommit
     if settings is not None:
         extra["settings"] = settings
-    return _replicating((factory or Connection)(
+    return _replicating(_made_by(factory)(
         database, timeout=timeout, detect_types=detect_types, isolation_level=isolation_level,
         check_same_thread=check_same_thread, factory=factory,
         cached_statements=cached_statements, uri=uri, **extra,
     ))
+
+
+def _made_by(factory: Any) -> Callable[..., Any]:
+    """``factory``, or Connection if None; a class that is not Connection's is refused before
+    it opens (and maybe creates) anything, a callable is checked on what it returns."""
+    if factory is None:
+        return Connection
+    if isinstance(factory, type) and not issubclass(factory, Connection):
+        raise TypeError(
+            "factory must be bottomless.dbapi.Connection or a subclass of it, not"
+            f" {factory.__qualname__}: its connections would not be replicated"
+        )
+    return cast("Callable[..., Any]", factory)
 
 
 def _replicating(made: Any) -> Connection:
@@ -158,7 +171,7 @@ def _forward_positional_options(
             return keyword_connect(database, **kwargs)
         options_by_position("sqlite3.connect()")
         factory = args[4] if len(args) > 4 else kwargs.get("factory")
-        return _replicating((factory or Connection)(database, *args, **kwargs))
+        return _replicating(_made_by(factory)(database, *args, **kwargs))
 
     return connect
 

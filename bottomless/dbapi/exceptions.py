@@ -212,8 +212,12 @@ def _callback_failure(error: UserFunctionError) -> BaseException:
 
 
 def raise_translated(error: BaseException) -> NoReturn:
-    """Raise the DB-API form of ``error``, chained to it."""
+    """Raise the DB-API form of ``error``, chained to it, or to the bottomless error apsw
+    wrapped (a failed upload's ``StoreError``), which is the one that says what went wrong."""
     translated = translate(error)
     if translated is error:
         raise error
+    cause = error.__cause__
+    if isinstance(error, apsw.Error) and isinstance(cause, BottomlessError):
+        raise translated from cause
     raise translated from error

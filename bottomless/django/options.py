@@ -86,9 +86,8 @@ def settings_from_options(
               if name in FIELD_OF_OPTION}
     if db_name is not None:
         values["db_name"] = db_name
-    if base is None:
-        check_environment()
-    elif not values:
+    check_environment()  # before anything is merged, so the message names the variable
+    if base is not None and not values:
         return base
     try:
         if base is None:

@@ -49,11 +49,18 @@ def unseal(data: bytes, key: str) -> tuple[memoryview, bytes]:
 def check_trailer(actual: bytes, trailer: bytes, key: str) -> None:
     """Raise CorruptObjectError unless the body's digest ``actual`` is the ``trailer``."""
     if actual != trailer:
+        said, got = trailer.hex(), actual.hex()
+        differ = next((i for i, (a, b) in enumerate(zip(said, got, strict=False)) if a != b), 0)
+        shown = max(16, differ + 1)  # enough digits to show where they part
         raise CorruptObjectError(
-            f"{key}: checksum mismatch (trailer says {trailer.hex()[:16]}…, content hashes to"
-            f" {actual.hex()[:16]}…): the object is truncated or corrupted",
+            f"{key}: checksum mismatch (trailer says {_cut(said, shown)}, content hashes to"
+            f" {_cut(got, shown)}): the object is truncated or corrupted",
             key=key,
         )
+
+
+def _cut(digits: str, shown: int) -> str:
+    return digits if len(digits) <= shown else digits[:shown] + "…"
 
 
 def iso_time(ms: int, *, timespec: str = "milliseconds") -> str:

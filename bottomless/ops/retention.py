@@ -174,7 +174,10 @@ def collect_garbage(
     }
     window_ms = _window_start(now, older_than, keep_snapshots, manifests)
     keep = set(sorted(manifests, reverse=True)[:keep_snapshots])
-    report = GcReport(db_name, fmt.iso_time(window_ms, timespec="seconds"), dry_run=dry_run)
+    # a window with no start (every point kept) is reported from the oldest snapshot, as
+    # nothing is older, rather than from 1970
+    shown_ms = window_ms or min((m.created_ms for m in manifests.values()), default=0)
+    report = GcReport(db_name, fmt.iso_time(shown_ms, timespec="seconds"), dry_run=dry_run)
     histories = _histories(store, db_name, listed, manifests, window_ms)
     known = {snapshot: _listed(m) for snapshot, m in manifests.items()}
     ages = _Ages(store, now)

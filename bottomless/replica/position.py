@@ -20,6 +20,7 @@ has no such record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -253,7 +254,11 @@ class FollowerLock:
 
     def acquire(self) -> None:
         """Take the lock. Raises ReplicaConflictError if another follower, in this process or
-        another, holds it."""
+        another, holds it; FileNotFoundError naming the directory if it does not exist."""
+        directory = os.path.dirname(os.path.abspath(self.db_path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(errno.ENOENT, "the replica's directory does not exist",
+                                    directory)
         fd = os.open(follower_lock_path(self.db_path), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -167,7 +167,10 @@ class BottomlessVFS(apsw.VFS):
                 if isinstance(e, BottomlessError):
                     raise
                 # as SQLite says it (a missing directory, no permission), with the cause
-                cant_open = apsw.CantOpenError(f"unable to open database file {path}: {e}")
+                directory = os.path.dirname(os.path.abspath(path))
+                why = (f"the directory {directory} does not exist"
+                       if not os.path.isdir(directory) else str(e))
+                cant_open = apsw.CantOpenError(f"unable to open database file {path}: {why}")
                 for code in ("result", "extendedresult"):  # as apsw's own carry them
                     setattr(cant_open, code, apsw.SQLITE_CANTOPEN)
                 raise cant_open from e

@@ -9,6 +9,7 @@ sets that up. Everything runs on loopback and is deleted at the end.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def main() -> None:
         print("every acknowledged order survived the crash")
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
