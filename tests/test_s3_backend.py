@@ -1,8 +1,8 @@
 """What the S3 backend does beyond the PageStore contract: its two clients.
 
 Object bodies (create-only writes and reads), listings and the bucket check go through a plain
-botocore client in the calling thread; s3fs, for deletes and the lease, is built only when one
-of those first runs, so a restore never imports it.
+botocore client in the calling thread, and so do the lease's conditional reads and writes;
+s3fs, for deletes, is built only when one first runs, so a restore never imports it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -262,3 +264,29 @@ def test_restore_and_ls_never_import_s3fs(s3_settings: dict[str, Any], tmp_path:
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert "botocore" in loaded
     assert not {"s3fs", "aiobotocore", "aiohttp", "fsspec"} & loaded
+
+
+def test_the_leases_requests_fail_within_the_timeout_when_the_server_stalls(
+        s3_settings: dict[str, Any], seaweed: Any) -> None:
+    """A server that accepts and never answers (here SIGSTOPped): the lease's read and its
+    conditional replace fail within ``timeout``, as every other request does, so that a commit
+    waiting on the lease is refused in time instead of hanging for the whole outage."""
+    store = open_store(bottomless.Settings(**{**s3_settings, "timeout": 1, "max_retries": 0}))
+    store.put_if_absent("lease-like", b"one")
+    _body, version = store.get_versioned("lease-like")
+    calls: dict[str, Callable[[], Any]] = {
+        "put_if_match": lambda: store.put_if_match("lease-like", b"two", version),
+        "get_versioned": lambda: store.get_versioned("lease-like"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        os.killpg(seaweed.process.pid, signal.SIGSTOP)
+        try:
+            for name, call in calls.items():
+                started = time.monotonic()
+                pending = pool.submit(call)
+                with pytest.raises(StoreError):
+                    pending.result(timeout=15)  # before the fix, put_if_match never returned
+                assert time.monotonic() - started < 10, name
+        finally:
+            os.killpg(seaweed.process.pid, signal.SIGCONT)
+    assert store.get_versioned("lease-like")[0] in (b"one", b"two")  # the server is back

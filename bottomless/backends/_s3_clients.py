@@ -108,19 +108,6 @@ def s3fs_filesystem(settings: Settings) -> s3fs.S3FileSystem:
     return fs
 
 
-def read_on_loop(fs: s3fs.S3FileSystem, body: Any) -> bytes:
-    """Read an s3fs response's streaming body on s3fs's event loop."""
-    import fsspec.asyn
-
-    async def read() -> bytes:
-        async with body as stream:
-            content: bytes = await stream.read()
-            return content
-
-    result: bytes = fsspec.asyn.sync(fs.loop, read)
-    return result
-
-
 def secret(value: Any) -> str | None:
     """The text of a SecretStr setting, or None."""
     return value.get_secret_value() if value is not None else None

@@ -6,9 +6,11 @@ the two layers never multiply.
 
 Object bodies, written (create-only: every commit object, snapshot part and manifest) and read
 (whole or ranged), listings and the bucket check go through a plain botocore client in the
-calling thread; s3fs keeps deletes and the lease's conditional replace, and is imported and
-built only when one of those first runs, so that a restore or a listing never pays for it (its
-import and its client took about a third of a second of a small restore's CPU). s3fs runs
+calling thread, as do the lease's reads and conditional replaces (through s3fs, a PUT with a
+body outlived ``timeout`` when the server stalled, and commits waited on the lease for the
+whole outage). s3fs keeps deletes, and is imported and built only when one first runs, so that
+a restore or a listing never pays for it (its import and its client took about a third of a
+second of a small restore's CPU). s3fs runs
 every request on its one event-loop thread: handing a commit's PUT over to it and back cost
 about a quarter of a millisecond on loopback, a tenth of the request, and a restore's parallel
 downloads all funnelled their bodies through that one thread. Both clients share the endpoint,
@@ -39,7 +41,7 @@ from botocore.exceptions import (
 )
 
 from bottomless.backends._fsspec import FsspecPageStore
-from bottomless.backends._s3_clients import botocore_client, read_on_loop, s3fs_filesystem
+from bottomless.backends._s3_clients import botocore_client, s3fs_filesystem
 from bottomless.errors import (
     BucketNotFoundError,
     ObjectChangedError,
@@ -93,8 +95,7 @@ class S3PageStore(FsspecPageStore):
 
     @property
     def fs(self) -> s3fs.S3FileSystem:
-        """The s3fs filesystem of deletes and the lease's conditional writes, built (and s3fs
-        imported) on first use."""
+        """The s3fs filesystem of deletes, built (and s3fs imported) on first use."""
         fs = self._fs
         if fs is None:
             with self._client_lock:
@@ -360,8 +361,8 @@ class S3PageStore(FsspecPageStore):
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """Return the object and its ETag."""
         try:
-            response = self.fs.call_s3("get_object", Bucket=self.bucket, Key=key)
-            data: bytes = read_on_loop(self.fs, response["Body"])
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            data: bytes = response["Body"].read()
         except Exception as e:
             raise self._translate(e, "GET", key) from e
         return data, str(response["ETag"])
@@ -369,8 +370,8 @@ class S3PageStore(FsspecPageStore):
     def put_if_match(self, key: str, data: bytes, version: str) -> str:
         """Replace ``key`` with ``If-Match: <ETag>``; ObjectChangedError on 412."""
         try:
-            response = self.fs.call_s3(
-                "put_object", Bucket=self.bucket, Key=key, Body=bytes(data), IfMatch=version
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(data), IfMatch=version
             )
         except Exception as e:
             if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
