@@ -328,15 +328,19 @@ def gc(db_name: str, older_than: str | None, keep: int | None, dry_run: bool, as
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("shell_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SHELL_ARGS]...")
 @click.option("--db-name", help="Name in the bucket (default: the file's base name).")
 @click.option("--initial-replication", type=click.Choice(["error", "force", "skip"]),
               help="What to do if the file and the bucket disagree.")
 @store_options
-def shell(path: str, db_name: str | None, initial_replication: str | None,
-          **options: Any) -> None:
+def shell(path: str, shell_args: tuple[str, ...], db_name: str | None,
+          initial_replication: str | None, **options: Any) -> None:
     """Open the SQLite shell (apsw) on PATH through bottomless.
 
-    A missing file is restored first; every commit made in the shell is replicated.
+    A missing file is restored first; every commit made in the shell is replicated. After
+    `--`, the arguments are the sqlite3 shell's own: options (`-csv`, `-header`,
+    `-separator ,` ...), then SQL statements or dot-commands, which are run in turn instead
+    of the interactive loop (`bottomless shell app.db -- -header "SELECT 1"`).
     """
     import apsw.shell
 
@@ -354,9 +358,44 @@ def shell(path: str, db_name: str | None, initial_replication: str | None,
             connection.close()
         raise click.ClickException(f"cannot open {path}: {e}") from None
     try:
-        shell.cmdloop()  # type: ignore[no-untyped-call]
+        _run_shell(shell, shell_args)
     finally:
         connection.close()
+
+
+def _run_shell(shell: Any, shell_args: tuple[str, ...]) -> None:
+    """Apply the sqlite3-shell options of ``shell_args``, then run its commands, stopping at
+    the first that fails (exit status 1, as sqlite3's); with none, the interactive loop."""
+    shell_options, commands = _split_shell_args(shell_args)
+    try:
+        shell.process_args(shell_options)
+    except shell.Error as e:  # an unknown shell option, a missing value ...
+        raise click.ClickException(str(e)) from None
+    for command in commands:
+        try:
+            shell.process_complete_line(command)
+        except Exception:  # noqa: BLE001 - any failure of the command: SQL, I/O, a dot-command
+            shell.handle_exception()  # the message, as the interactive shell prints it
+            sys.exit(1)
+    if not commands:
+        shell.cmdloop()
+
+
+#: the sqlite3 shell's options that take a value
+_SHELL_VALUED = frozenset({"init", "separator", "nullvalue", "encoding"})
+
+
+def _split_shell_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The sqlite3-shell options at the front of ``args``, and the commands after them (the
+    shell would take the first of those as a database file to open instead of PATH)."""
+    options: list[str] = []
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        options.append(option)
+        if option.lstrip("-") in _SHELL_VALUED and rest:
+            options.append(rest.pop(0))
+    return options, rest
 
 
 cli.add_command(store_options(follow))  # defined beside bottomless.Replica

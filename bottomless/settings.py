@@ -187,6 +187,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("bucket", mode="before")
+    @classmethod
+    def _bucket_path(cls, value: Any) -> Any:
+        """A path object (``BASE_DIR / "replicas"``) is taken as its text, as ``NAME`` is."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     @field_validator("db_name")
     @classmethod
     def _check_db_name(cls, value: str | None) -> str | None:

@@ -929,6 +929,19 @@ def test_an_unreachable_store_at_connect_is_a_store_error_with_its_reason(
     assert "http://127.0.0.1:9" in str(info.value) and "connect" in str(info.value)
 
 
+def test_a_timeout_that_is_not_a_number_is_refused_before_the_open(tmp_path: Any) -> None:
+    settings = bottomless.Settings(backend="file", bucket=str(tmp_path / "bucket"))
+    for timeout in ("5", None):
+        with pytest.raises(TypeError, match="must be real number") as info:
+            dbapi.connect(str(tmp_path / "t.db"), timeout=timeout,  # type: ignore[arg-type]
+                          settings=settings)
+        with pytest.raises(TypeError) as stdlib:
+            sqlite3.connect(":memory:", timeout=timeout)  # type: ignore[arg-type]
+        assert str(info.value) == str(stdlib.value)
+    assert not os.path.exists(tmp_path / "t.db") and not os.path.exists(tmp_path / "bucket")
+    dbapi.connect(str(tmp_path / "t.db"), timeout=1e12, settings=settings).close()
+
+
 def test_a_factory_that_is_not_this_modules_connection_is_refused(tmp_path: Any) -> None:
     class Stdlib(sqlite3.Connection):
         pass

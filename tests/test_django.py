@@ -387,6 +387,18 @@ def test_dbshell_runs_the_replicated_shell(db: Database) -> None:
     result = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True,
                             input=f"SELECT 'rows=' || count(*) FROM {ITEMS};\n", timeout=60)
     assert "rows=1" in result.stdout, result.stdout + result.stderr
+    # dbshell -- ARGS: the sqlite3 shell's options, then commands run instead of the loop
+    args, env = connection.client.settings_to_cmd_args_env(
+        connection.settings_dict,
+        ["-header", "-separator", ";",
+         f"INSERT INTO {ITEMS}(name, data, on_sale) VALUES ('from the shell', '{{}}', 0)",
+         f"SELECT count(*) AS n, 7 AS seven FROM {ITEMS}"],
+    )
+    result = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["n;seven", "2;7"], result.stdout + result.stderr
+    assert db.restored_rows(Path(db.path).parent) == [("from django",), ("from the shell",)]
 
 
 # ---------------------------------------------------------------- test databases
@@ -400,14 +412,15 @@ def _keys(settings: bottomless.Settings, db_name: str) -> list[str]:
         store.close()
 
 
+@pytest.mark.parametrize("given_as", [str, Path])  # the Django guide shows BASE_DIR / "..."
 def test_file_test_database_replicates_and_is_destroyed_with_its_replica(
-        tmp_path: Path, make_settings: MakeSettings) -> None:
+        tmp_path: Path, make_settings: MakeSettings, given_as: Callable[[Path], Any]) -> None:
     settings = make_settings("file")
     real = open_database(str(tmp_path / "app.db"), settings)
     Item.objects.create(name="real data")
     connection.close()
     real_options = connection.settings_dict["OPTIONS"]
-    test_path = str(tmp_path / "test_app.db")
+    test_path = given_as(tmp_path / "test_app.db")
     connection.settings_dict["TEST"]["NAME"] = test_path
     try:
         for _ in range(2):  # the second test database starts empty, nothing restored

@@ -482,6 +482,25 @@ def test_shell_commits_are_replicated(
     assert rows(path) == [(1,), (42,)]
 
 
+def test_shell_runs_the_sqlite3_shell_arguments_after_a_double_dash(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    settings = make_settings("file")
+    path, db = open_db(tmp_path, settings, "args.db")
+    db.close()
+    session = run_cli(settings, "shell", path, "--", "-csv", "-header",
+                      "insert into t values(7)", "select x, x * 2 as twice from t")
+    assert ok(session).split() == ["x,twice", "7,14"]  # run in turn, no interactive loop
+    out, _ = restore_to(settings, tmp_path, "args.db")
+    assert rows(out) == [(7,)]
+    failed = run_cli(settings, "shell", path, "--", "select nope from t", "select 1")
+    assert failed.returncode == 1 and "no such column: nope" in failed.stderr
+    assert "Traceback" not in failed.stderr and failed.stdout.strip() == ""  # stops there
+    unknown = run_cli(settings, "shell", path, "--", "-nosuchoption")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == ["Error: Unrecognized argument 'nosuchoption'"]
+
+
 def test_shell_on_a_file_it_cannot_open_says_so_in_one_line(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:

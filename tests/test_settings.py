@@ -171,3 +171,9 @@ def test_a_uri_parameter_given_twice_is_refused(tmp_path: Any) -> None:
     with pytest.raises(bottomless.ConfigError, match="durability is given more than once"):
         apsw.Connection(uri, flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE
                         | apsw.SQLITE_OPEN_CREATE)
+
+
+def test_a_path_object_is_a_bucket_directory(tmp_path: Any) -> None:
+    """``BASE_DIR / "replicas"``, as Django settings write paths, is taken as its text."""
+    assert Settings(backend="file", bucket=tmp_path / "replicas").bucket == str(
+        tmp_path / "replicas")

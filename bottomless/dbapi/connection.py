@@ -99,6 +99,7 @@ class Connection(ConnectionCore):
                 "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
             )
         level = check_level(isolation_level)
+        busy_ms = _busy_ms(timeout)  # checked before the open, which may restore and lease
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
         if isinstance(name, bytes):
             name = os.fsdecode(name)
@@ -113,7 +114,7 @@ class Connection(ConnectionCore):
             raise OperationalError("unable to open database file") from e
         except BaseException as e:  # noqa: BLE001 - translated, never swallowed
             raise_translated(e)
-        db.set_busy_timeout(int(timeout * 1000))
+        db.set_busy_timeout(busy_ms)
         self._start(db, check_same_thread=check_same_thread, detect_types=detect_types,
                     isolation_level=level, autocommit=autocommit)
 
@@ -506,3 +507,11 @@ hide_stdlib_names(Connection)
 
 def _is_callable(value: object) -> bool:
     return callable(value)
+
+
+def _busy_ms(timeout: Any) -> int:
+    """``timeout`` (seconds) as SQLite's busy timeout in ms; TypeError as ``sqlite3`` raises
+    it for what is not a real number (a string from a config file)."""
+    if isinstance(timeout, (str, bytes, bytearray)) or not hasattr(timeout, "__float__"):
+        raise TypeError(f"must be real number, not {type(timeout).__name__}")
+    return min(int(float(timeout) * 1000), 2**31 - 1)

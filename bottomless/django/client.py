@@ -48,5 +48,7 @@ class DatabaseClient(sqlite_client.DatabaseClient):  # type: ignore[misc]
         """The command line and the environment of the shell."""
         settings = settings_from_options(settings_dict["OPTIONS"], "dbshell")
         name = os.fspath(settings_dict["NAME"])
-        args = [sys.executable, "-m", "bottomless", "shell", name, *parameters]
+        args = [sys.executable, "-m", "bottomless", "shell", name]
+        if parameters:  # the sqlite3 shell's options and commands, as Django hands them on
+            args += ["--", *parameters]
         return args, settings_environment(settings)

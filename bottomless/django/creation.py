@@ -26,9 +26,9 @@ from bottomless.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def remove_side_files(path: str) -> None:
+def remove_side_files(path: str | os.PathLike[str]) -> None:
     """Delete the journal, WAL, shared-memory and bottomless state files of ``path``."""
-    remove_local_files(path, include_db=False)
+    remove_local_files(os.fspath(path), include_db=False)
 
 
 def drop_replica(settings: Settings, db_name: str) -> int:
