@@ -161,6 +161,64 @@ def test_back_pressure_holds_with_a_commit_stamped_in_the_future(
 # ---------------------------------------------------------------- the lease is lost
 
 
+def test_refused_async_commits_are_counted_and_logged_without_flooding(
+    tmp_path: Any, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, path, db = open_async(tmp_path, make_settings, "refused.db", max_lag=0.3, timeout=1,
+                             max_retries=0)
+    rep = replicator(path)
+    caplog.set_level(logging.ERROR, logger="bottomless")
+    with rep.spool.upload_lock(wait=10) as mine:  # nothing ships
+        assert mine
+        for _ in range(3):
+            commits_are_refused_while_nothing_ships(db)
+    assert rep.stats.errors == 3
+    refused = [r for r in caplog.records if "commit refused" in r.getMessage()]
+    assert len(refused) == 1 and "behind" in refused[0].getMessage()
+    bottomless.wait_durable(db, 30)
+    db.close()
+
+
+def test_an_upload_slower_than_max_lag_is_a_warning(
+    tmp_path: Any, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store slower than ``max_lag`` breaks the bound without any error: it is said."""
+    _, path, db = open_async(tmp_path, make_settings, "slow.db", max_lag=0.2)
+    store = replicator(path).shipper.store
+    put_once = store.put_once
+
+    def slow_put_once(key: str, data: bytes) -> None:
+        time.sleep(0.3)
+        put_once(key, data)
+
+    monkeypatch.setattr(store, "put_once", slow_put_once)
+    caplog.set_level(logging.WARNING, logger="bottomless")
+    for value in range(3):
+        db.execute("INSERT INTO t VALUES(?)", (value,))
+        bottomless.wait_durable(db, 30)
+    slow = [r for r in caplog.records if "longer than max_lag" in r.getMessage()]
+    assert len(slow) == 1, "one warning, not one an upload"
+    db.close()
+
+
+def test_a_refusal_for_a_full_spool_names_max_spool_mb(
+    tmp_path: Any, make_settings: MakeSettings
+) -> None:
+    _, path, db = open_async(tmp_path, make_settings, "full.db", max_lag=0.5, timeout=1,
+                             max_retries=0, max_spool_mb=1)
+    with replicator(path).spool.upload_lock(wait=10) as mine:  # nothing ships
+        assert mine
+        db.execute("INSERT INTO t VALUES(randomblob(1500000))")  # over the bound at once
+        time.sleep(0.05)  # the bound is checked at most every 10 ms
+        with pytest.raises(apsw.IOError) as info:
+            db.execute("INSERT INTO t VALUES(1)")
+    message = str(info.value.__cause__)
+    assert "MiB (max_spool_mb 1)" in message and "commit refused" in message, message
+    bottomless.wait_durable(db, 30)
+    db.close()
+
+
 def test_a_writer_that_knows_it_lost_its_lease_refuses_async_commits_at_once(
     tmp_path: Any, make_settings: MakeSettings
 ) -> None:

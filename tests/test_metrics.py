@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from typing import Any
 
 import apsw
 import pytest
-from helpers import FailingStore, replicator
+from helpers import FailingStore, replicator, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,17 +101,28 @@ def test_a_writer_reports_commits_requests_bytes_and_upload_times(
                    labels(db_name, "writer", generation=status["generation"])] == 1
 
 
-def test_a_failed_commit_counts_as_an_error(writer: Any, db_name: str) -> None:
+def test_a_failed_commit_counts_as_an_error(
+        writer: Any, db_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Each refused commit counts; an outage is one error line, not one a commit; and the
+    error is cleared from ``status()`` once a commit reaches the store again."""
     rep = replicator(writer.filename)
     rep.store = failing = FailingStore(rep.store)
     failing.down = True
-    with pytest.raises(apsw.IOError):
-        writer.execute("INSERT INTO t VALUES('lost')")
+    caplog.set_level(logging.ERROR, logger="bottomless")
+    for _ in range(3):
+        with pytest.raises(apsw.IOError) as info:
+            writer.execute("INSERT INTO t VALUES('lost')")
+        assert "not committed" in str(info.value) and "injected outage" in str(info.value)
+        assert isinstance(info.value.__cause__, StoreError)
+    assert "injected outage" in bottomless.status(writer)["last_error"]
+    refused = [r for r in caplog.records if "commit refused" in r.getMessage()]
+    assert len(refused) == 1 and "injected outage" in refused[0].getMessage()
     failing.down = False
     writer.execute("INSERT INTO t VALUES('kept')")
     figures = metrics.snapshot()["writer"][db_name]
-    assert figures["errors_total"] == 1
+    assert figures["errors_total"] == 3
     assert figures["commits_total"] == COMMITS + 1
+    assert bottomless.status(writer)["last_error"] is None
 
 
 def test_a_closed_writer_is_no_longer_reported(
@@ -147,6 +160,33 @@ def test_a_replica_reports_its_lag_and_applied_commit(
         >= 1
     assert samples["bottomless_commits_total", labels(db_name, "writer")] == COMMITS + 1
     assert db_name not in metrics.snapshot()["replica"], "a stopped replica is not reported"
+
+
+def test_a_replica_cut_off_from_the_store_shows_it_and_recovers(
+    writer: Any, db_name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``replica_lag_seconds`` cannot tell an outage from an idle writer; the time of the last
+    poll that worked can, and the outage's error is cleared once polls work again."""
+    settings = replicator(writer.filename).settings
+    with Replica(str(tmp_path / "cut.db"), settings, poll_interval=0.05) as replica:
+        figure = "replica_last_poll_timestamp_seconds"
+        wait_for(lambda: metrics.snapshot()["replica"][db_name][figure] is not None, 10)
+        feed = replica._feed
+        assert feed is not None
+
+        def unreachable(*args: Any) -> Any:
+            raise StoreError("the store is unreachable (injected)")
+
+        monkeypatch.setattr(feed, "fetch", unreachable)
+        wait_for(lambda: replica.status()["last_error"] is not None, 10)
+        cut_at = metrics.snapshot()["replica"][db_name][figure]
+        time.sleep(0.3)
+        assert metrics.snapshot()["replica"][db_name][figure] == cut_at  # it stops moving
+        monkeypatch.undo()
+        wait_for(lambda: replica.status()["last_error"] is None, 10)
+        figures = metrics.snapshot()["replica"][db_name]
+        assert figures[figure] > cut_at and figures["errors_total"] >= 1
+        assert figures["replica_running"] == 1
 
 
 def test_the_live_replicas_hold_replicas_weakly_and_can_be_cleared(

@@ -88,6 +88,7 @@ class S3PageStore(FsspecPageStore):
         self._settings = settings
         self._client_lock = threading.Lock()
         self._client: Any = None
+        self._probe: Any = None  # the one-attempt client of _holds, made when first needed
         self._fs: s3fs.S3FileSystem | None = None
         super().__init__(None, self.bucket)  # the s3fs filesystem is built on first use
         live_stores.add(self)
@@ -120,10 +121,26 @@ class S3PageStore(FsspecPageStore):
                 client = self._client
         return client
 
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether ``key`` holds ``data``, after a PUT failed (did it land?), asked once with
+        no retries: the PUT has spent the request budget, and a commit waits on this."""
+        probe = self._probe
+        if probe is None:
+            with self._client_lock:
+                if self._probe is None:
+                    self._probe = botocore_client(self._settings.model_copy(
+                        update={"max_retries": 0}))
+                probe = self._probe
+        try:
+            response = probe.get_object(Bucket=self.bucket, Key=key)
+            return bool(response["Body"].read() == data)
+        except Exception:  # noqa: BLE001 - unanswered or missing: it did not land, as far
+            return False  # as anyone can tell; the PUT's error stands
+
     def _forget_client(self) -> None:
         """In a forked child: drop the parent's client, and the lock some other thread of the
         parent may have held at fork() (it would stay held here)."""
-        self._client = None
+        self._client = self._probe = None
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -389,10 +406,11 @@ class S3PageStore(FsspecPageStore):
         if fs is not None:
             with contextlib.suppress(Exception):  # best effort at shutdown
                 type(fs).close_session(fs.loop, fs.s3)
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+        for client in (self._client, self._probe):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self._client = self._probe = None
 
 
 #: a response body cut short or stalled while being read (after botocore's retries ended)

@@ -166,7 +166,9 @@ class WriterLease:
         """Raise ReplicaConflictError unless this process surely still holds the lease."""
         if self._lost:
             raise ReplicaConflictError(
-                f"{self.db_name!r}: this writer lost its lease ({self._lost}); commit refused",
+                f"{self.db_name!r}: this writer lost its lease ({self._lost}); commit refused."
+                " Another process writes this database now: stop this one, or open the file"
+                " anew to continue from the store",
                 db_name=self.db_name, key=self.key,
             )
         if time.monotonic() >= self._valid_until:

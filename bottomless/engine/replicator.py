@@ -33,6 +33,7 @@ from bottomless.engine.generations import Generations, ProgressFactory
 from bottomless.engine.lease import WriterLease
 from bottomless.engine.lineage import is_own_orphan
 from bottomless.engine.opening import Opening, is_empty_locally
+from bottomless.engine.refusals import Refusals
 from bottomless.engine.shipper import AsyncShipper
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import Spool
@@ -80,6 +81,7 @@ class Replicator:
         self.lock = threading.RLock()
         self.paused = False
         self.stats = Stats()
+        self.refusals = Refusals(self.db_name, self.stats, self.log)
         self.state: LocalState | None = None
         self.session = SessionMarker(db_path)
         self._pid = os.getpid()
@@ -188,7 +190,10 @@ class Replicator:
                 if self._lease_lost():
                     # refused as a sync commit is, with the lease's own error; nothing spooled
                     # now could ever be uploaded
-                    self._check_lease()
+                    try:
+                        self._check_lease()
+                    except BaseException as e:  # noqa: BLE001 - raised again, counted
+                        raise self.refusals.refused(e)  # noqa: B904 - e itself
                 if resync:
                     self.commit.resynced()  # due now, in memory and by the spool's mark
                 try:  # resync_due(), with the spool marked for this commit (Spool.begin_commit)
@@ -196,12 +201,10 @@ class Replicator:
                     if due and self._resync_in_commit(txn, image):
                         return
                     self.shipper.wait_for_room()
-                except BaseException as e:  # no commit point: a mark would cost a generation
-                    with contextlib.suppress(OSError, BottomlessError):
+                except BaseException as e:  # noqa: BLE001 - no commit point: a mark would cost
+                    with contextlib.suppress(OSError, BottomlessError):  # a generation
                         self.spool.end_commit()
-                    if isinstance(e, OSError):
-                        raise StoreError(f"{self.db_name}: the spool failed ({e})") from e
-                    raise
+                    raise self.refusals.refused(e, spooling=True)  # noqa: B904 - e, or caused by e
                 self.commit.queued(txn)
                 return
             try:
@@ -213,12 +216,9 @@ class Replicator:
                         self.commit.forked(forked)
                     else:
                         self._replicate(txn, image)
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - raised again, counted and logged
                 self.commit.failed()  # this transaction will not commit: nothing to record
-                if isinstance(e, BottomlessError):
-                    self.stats.error(str(e))
-                    self.log.error("commit not replicated, rolling back: %s", e)
-                raise
+                raise self.refusals.refused(e)  # noqa: B904 - e itself
 
     def _resync_in_commit(
         self, txn: Transaction, image: Callable[[], LocalImage] | None
@@ -340,7 +340,7 @@ class Replicator:
             if step.state.seq == 0:  # a new generation holds the commit (and what was spooled)
                 self.shipper.generation_recorded()
                 return
-            self.stats.commit_recorded(step.state.seq)
+            self.stats.commit_recorded(step.state.seq, clear_error=True)  # the store works again
             self.snapshots.commit_added(step.state, self._last_object_size)
 
     def _spooling_failed(self, error: Exception, in_place: bool) -> None:

@@ -201,11 +201,7 @@ class AsyncShipper:
             self.failures.refuse_if_stuck(age, size)
             self.hurry()
             if time.monotonic() > deadline:
-                raise StoreError(
-                    f"{self.db_name}: replication is {age:.1f}s behind"
-                    f" (max_lag {limit}s) and the store is not catching up"
-                    f" ({self.stats.last_error or 'no error recorded'}); commit refused"
-                )
+                raise self.failures.not_catching_up(age, size)
             with self._uploaded:
                 self._uploaded.wait(0.02)
 
@@ -407,9 +403,12 @@ class AsyncShipper:
         self._check_lease()
         started = time.monotonic()
         try:
-            self.store.put_once(intent.key, intent.data)
-            self.stats.count_object(intent.data)
-            self.stats.upload_took(time.monotonic() - started)
+            self.store.put_once(intent.key, data := intent.data)
+            took = time.monotonic() - started
+            self.stats.count_object(data)
+            self.stats.upload_took(took)
+            self.log.debug("PUT %s (%d bytes) in %.1f ms", intent.key, len(data), took * 1000)
+            self.failures.took(took)
         except ObjectExistsError:
             existing = self.store.get(intent.key)
             if fmt.trailer_digest(existing) != digest:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.engine.stats import Stats
-from bottomless.errors import CorruptObjectError, ReplicaConflictError
+from bottomless.errors import CorruptObjectError, ReplicaConflictError, StoreError
 from bottomless.log import DatabaseLogger
 from bottomless.settings import Settings
 
@@ -39,6 +39,7 @@ class UploadFailures:
         self._check_lease = check_lease
         self._failure: Exception | None = None  # the uploader's, until an upload succeeds
         self._reported: tuple[str, float] | None = None  # a stuck failure logged, and when
+        self._slow_reported = float("-inf")  # when a slow upload was last logged
 
     def failed(self, error: Exception) -> None:
         """The uploader's turn failed (it tries again after a pause): remember why, for
@@ -58,6 +59,20 @@ class UploadFailures:
             error, self.spool_path, self.settings.max_lag,
         )
 
+    def took(self, seconds: float) -> None:
+        """An upload took ``seconds``: longer than ``max_lag``, the bound cannot hold, and a
+        warning says so (at most every REPORT_STUCK_EVERY seconds)."""
+        now = time.monotonic()
+        if seconds <= self.settings.max_lag or now - self._slow_reported < REPORT_STUCK_EVERY:
+            return
+        self._slow_reported = now
+        self.log.warning(
+            "an upload took %.1fs, longer than max_lag (%gs): while the store is this slow,"
+            " commits reach it later than max_lag, and a crash can lose more than max_lag of"
+            " them from the bucket (they stay in the local file); raise max_lag, or see to the"
+            " store", seconds, self.settings.max_lag,
+        )
+
     def succeeded(self) -> None:
         """An upload (or a new generation) went through: the failure is over."""
         self._failure = self._reported = None
@@ -70,6 +85,19 @@ class UploadFailures:
         if isinstance(error, ReplicaConflictError):
             return error.key != fmt.lease_key(self.db_name) or self._lease_lost()
         return False
+
+    def not_catching_up(self, age: float, size: int) -> StoreError:
+        """The error of a commit refused because the spool stayed past its bound (``age``
+        seconds old, ``size`` bytes) until the deadline: it names the bound that was passed."""
+        limit, max_mb = self.settings.max_lag, self.settings.max_spool_mb
+        passed = [f"the spool holds {size / 2**20:.1f} MiB (max_spool_mb {max_mb})"
+                  ] if size > max_mb * 2**20 else []
+        if age >= limit or not passed:
+            passed.append(f"replication is {age:.1f}s behind (max_lag {limit}s)")
+        return StoreError(
+            f"{self.db_name}: {' and '.join(passed)}; the store is not catching up"
+            f" ({self.stats.last_error or 'no error recorded'}); commit refused"
+        )
 
     def refuse_if_stuck(self, age: float, size: int) -> None:
         """The spool is at its bound (``age`` seconds, ``size`` bytes): refuse the commit now

@@ -91,6 +91,9 @@ FIGURES: tuple[Figure, ...] = (
     Figure("replica_lag_seconds", "gauge",
            "From the creation of the last applied commit to its apply.", ("replica",),
            merge=_highest),
+    Figure("replica_last_poll_timestamp_seconds", "gauge",
+           "When the follower last heard from the store (Unix time): a poll that worked,"
+           " whether or not it found a new commit.", ("replica",), merge=_lowest),
     Figure("replica_restores_total", "counter",
            "Restores of the replica's file (the first one, new generations, gc).",
            ("replica",)),
@@ -137,6 +140,7 @@ def replica_figures(replica: Followed) -> dict[str, Any]:
         "generation_info": {generation: 1} if generation else {},
         "replica_applied_commit": status["seq"],
         "replica_lag_seconds": status["lag_seconds"],
+        "replica_last_poll_timestamp_seconds": status["last_poll_time"],
         "replica_restores_total": status["restores"],
         "replica_running": int(status["running"]),
     }

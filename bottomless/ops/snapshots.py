@@ -53,7 +53,10 @@ def _encode_part(
 ) -> dict[str, Any]:
     batch = fmt.PageBatch(fmt.KIND_SNAPSHOT, generation, number, page_size, db_size, pages)
     data = fmt.encode_batch(batch, compression)
+    started = time.monotonic()
     store.put_once(key, data)
+    logger.debug("PUT %s (%d pages, %d bytes) in %.1f ms", key, len(pages), len(data),
+                 (time.monotonic() - started) * 1000)
     if counter:
         counter(data)
     return {"key": key, "first": min(pages), "pages": len(pages), "digest": batch.digest.hex()}
@@ -102,7 +105,11 @@ def _write_manifest(
     store: PageStore, manifest: fmt.Manifest, counter: Callable[[bytes], None] | None
 ) -> fmt.Manifest:
     data = fmt.encode_manifest(manifest)
-    store.put_once(fmt.snapshot_key(manifest.db_name, manifest.generation, manifest.seq), data)
+    key = fmt.snapshot_key(manifest.db_name, manifest.generation, manifest.seq)
+    started = time.monotonic()
+    store.put_once(key, data)
+    logger.debug("PUT %s (%d bytes) in %.1f ms", key, len(data),
+                 (time.monotonic() - started) * 1000)
     if counter:
         counter(data)
     return manifest

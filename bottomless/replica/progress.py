@@ -34,9 +34,11 @@ class Progress:
         }
 
     def polled(self, newest_seen: int | None) -> None:
-        """A poll ended; ``newest_seen``: the last object it found, if any."""
+        """A poll worked; ``newest_seen``: the last object it found, if any. The store
+        answers again, so an error of an earlier poll is over (``errors`` keeps the count)."""
         with self._cond:
             self._stats["last_poll_time"] = time.time()
+            self._stats["last_error"] = None
             known = self._stats["newest_known_seq"]
             if newest_seen is not None and (known is None or known < newest_seen):
                 self._stats["newest_known_seq"] = newest_seen

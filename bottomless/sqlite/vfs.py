@@ -214,7 +214,9 @@ class BottomlessVFS(apsw.VFS):
 
 
 def _raise_io(code: int, error: BottomlessError) -> None:
-    raise apsw.exception_for(code) from error
+    failure = apsw.exception_for(code)  # SQLite's code, and the reason as its message too
+    failure.args = (f"disk I/O error: the transaction was not committed: {error}",)
+    raise failure from error
 
 
 def finalize_journal(entry: _Entry, code: int) -> None:
