@@ -22,6 +22,7 @@ from bottomless.errors import (
 )
 from bottomless.format import default_db_name, validate_db_name
 from bottomless.local.files import file_size
+from bottomless.local.session import SessionMarker
 from bottomless.ops import catalog
 from bottomless.ops.catalog import CommitInfo, GenerationInfo, VerifyReport
 from bottomless.ops.restore import RestoreResult, restore_file
@@ -176,6 +177,7 @@ def restore(
                 " before replacing it", path=path,
             )
         _fold_into_file(path)
+        SessionMarker(path).forget_stamp()  # a restore is no write made outside bottomless
     store = open_store(settings, read_only=True)
     try:
         return restore_file(

@@ -599,3 +599,32 @@ def test_example_project_tests_run_on_replicated_file_clones(example_env: dict[s
     replicas = tmp_path / "replicas"
     assert not replicas.exists() or list(replicas.iterdir()) == []  # test replicas dropped
     assert not (tmp_path / "test_notes.sqlite3").exists()
+
+
+_SPAWN_SETTINGS = """
+import multiprocessing
+from notes_site.settings import *  # noqa: F403
+
+DATABASES["default"].pop("TEST")  # Django's default: an in-memory test database
+multiprocessing.set_start_method("spawn", force=True)  # macOS's and Windows's default
+"""
+
+
+def test_parallel_tests_on_an_in_memory_database_under_spawn(example_env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """Django hands the database to spawned workers with the standard library's sqlite3,
+    another SQLite; the backend does it with its own module instead."""
+    (tmp_path / "spawn_settings.py").write_text(_SPAWN_SETTINGS)
+    env = {**example_env, "DJANGO_SETTINGS_MODULE": "spawn_settings",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(EXAMPLE), *sys.path])}
+    # two test classes, one a worker each; not the one that checks the test database replicates
+    labels = ["notes.tests.NotesTests", "notes.tests.ReplicationTests.test_bad_request"]
+    output = subprocess.run(
+        [sys.executable, "manage.py", "test", *labels, "--parallel=2", "--verbosity=2",
+         "--noinput"], cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert output.returncode == 0, output.stdout + output.stderr
+    assert "Cloning test database" in output.stderr and "Ran 2 tests" in output.stderr
+    replicas = tmp_path / "replicas"
+    assert not replicas.exists() or list(replicas.iterdir()) == []  # nothing replicated
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -459,3 +460,79 @@ def test_a_read_only_connection_to_a_wal_database_closes_quietly(
         reader = bottomless.connect(path, settings, flags=apsw.SQLITE_OPEN_READONLY)
         assert reader.execute("SELECT x FROM t").fetchall() == [(1,)]
         reader.close()
+
+
+# ---------------------------------------------------------------- writes that bypass bottomless
+
+def _closed_cleanly(tmp_path: Any, settings: bottomless.Settings, mode: str) -> str:
+    """A database written through bottomless in journal ``mode``, then closed."""
+    path = str(tmp_path / "outside.db")
+    db = bottomless.connect(path, settings)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT)")
+    db.execute("CREATE INDEX u_email ON u(email)")
+    db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)"
+               " INSERT INTO u(email) SELECT 'user' || i FROM n")
+    db.execute("CREATE TABLE log(m)")
+    db.execute("INSERT INTO log VALUES ('the last commit touches only this table')")
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete", "persist", "truncate"])
+def test_a_write_that_bypassed_bottomless_is_a_conflict_at_the_next_open(
+        tmp_path: Any, make_settings: MakeSettings, mode: str) -> None:
+    """Before, in WAL mode the change went unnoticed (the open compared only the last commit's
+    pages) and a later commit of the same row made restores fail integrity_check."""
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, mode)
+    plain = sqlite3.connect(path)  # an operator fixing a row with another SQLite
+    plain.execute("UPDATE u SET email = 'fixed' WHERE id = 7")
+    plain.commit()
+    plain.close()
+    with pytest.raises(bottomless.ReplicaConflictError, match="without bottomless"):
+        bottomless.connect(path, settings)
+    forced = settings.model_copy(update={"initial_replication": "force"})
+    db = bottomless.connect(path, forced)  # the local file, change included, replicated anew
+    db.execute("UPDATE u SET email = email || '!' WHERE id = 7")
+    db.close()
+    copy = restored(tmp_path, settings, "outside.db")
+    assert integrity(copy) == "ok"
+    assert rows(copy, "SELECT email FROM u WHERE email = 'fixed!'") == [("fixed!",)]
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_reading_with_another_sqlite_after_a_clean_close_is_no_conflict(
+        tmp_path: Any, make_settings: MakeSettings, mode: str) -> None:
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, mode)
+    for uri in (path, f"file:{path}?mode=ro"):  # a read-only one leaves -wal and -shm behind
+        plain = sqlite3.connect(uri, uri=uri.startswith("file:"))
+        assert plain.execute("SELECT count(*) FROM u").fetchone() == (50,)
+        plain.close()
+    # a reader still open when bottomless closes: the WAL it keeps is checkpointed later
+    reader = sqlite3.connect(path)
+    reader.execute("SELECT count(*) FROM u").fetchone()
+    db = bottomless.connect(path, settings)
+    db.execute("INSERT INTO log VALUES ('one more')")
+    db.close()
+    reader.close()  # the last connection: moves the WAL's frames into the file
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM log").fetchone() == (2,)
+    db.close()
+    assert rows(restored(tmp_path, settings, "outside.db"), "SELECT count(*) FROM log") == [(2,)]
+
+
+def test_a_restore_into_the_file_is_not_a_write_outside_bottomless(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """Going back in time in place: restore an earlier commit over the file, open it again,
+    and replication goes on from there."""
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, "wal")
+    bottomless.restore(path, settings, commit=3, overwrite=True)
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'log'").fetchone() == (0,)
+    db.execute("CREATE TABLE after(x)")
+    db.close()
+    assert rows(restored(tmp_path, settings, "outside.db"),
+                "SELECT name FROM sqlite_master WHERE name IN ('after', 'log')") == [("after",)]

@@ -6,14 +6,22 @@ to it), never under the real database's name. Because a missing file would be re
 the bucket, creating a test database (without ``--keepdb``) deletes its old replica along
 with the old file, and destroying it deletes both. An in-memory test database (Django's
 default, ``TEST["NAME"]`` unset) is not replicated at all.
+
+Under the ``spawn`` start method (macOS's and Windows's default), ``--parallel`` hands an
+in-memory test database to its workers through a file and a shared-cache memory database;
+Django does that with the standard library's ``sqlite3``, another SQLite than apsw's, whose
+memory databases this backend cannot see. Here both copies go through this backend's own
+module, on SQLite's default VFS (never replicated).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from typing import Any
 
+import apsw
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.sqlite3 import creation as sqlite_creation
 
@@ -118,16 +126,51 @@ class DatabaseCreation(sqlite_creation.DatabaseCreation):  # type: ignore[misc]
             }
         return clone
 
+    def _plain(self, path: str, query: str = "") -> Any:
+        """A connection of this backend's module to ``path`` on SQLite's default VFS: no
+        replication, and the same SQLite as the test database's connection."""
+        default_vfs = apsw.vfs_names()[0]
+        return self.connection.Database.connect(
+            f"file:{os.path.abspath(path)}?vfs={default_vfs}{query}", uri=True)
+
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
         source = self.connection.settings_dict["NAME"]
-        if not self.is_in_memory_db(source):
-            target = self.get_test_db_clone_settings(suffix)["NAME"]
-            if not (keepdb and os.access(target, os.F_OK)):
-                self._delete_test_replica(target)
-            # the clone copies the database file alone: bring WAL content into it first
-            with self.connection.cursor() as cursor:
-                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.is_in_memory_db(source):
+            if multiprocessing.get_start_method() == "spawn":  # (fork copies it by itself)
+                copy = self._plain(self.get_test_db_clone_settings(suffix)["NAME"])
+                try:
+                    self.connection.connection.backup(copy)
+                finally:
+                    copy.close()
+            return
+        target = self.get_test_db_clone_settings(suffix)["NAME"]
+        if not (keepdb and os.access(target, os.F_OK)):
+            self._delete_test_replica(target)
+        # the clone copies the database file alone: bring WAL content into it first
+        with self.connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         super()._clone_test_db(suffix, verbosity, keepdb)
+
+    def setup_worker_connection(self, _worker_id: int) -> None:
+        """A ``spawn`` worker: load its copy of the test database into the shared-cache memory
+        database it then uses, through this backend's own module (see the module)."""
+        if multiprocessing.get_start_method() != "spawn":
+            super().setup_worker_connection(_worker_id)
+            return
+        alias = self.connection.alias
+        memory = f"file:memorydb_{alias}_{_worker_id}?mode=memory&cache=shared"
+        source = self._plain(f"{alias}_{_worker_id}.sqlite3", "&mode=ro")
+        target = self.connection.Database.connect(memory, uri=True)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+        self.connection.settings_dict.update(self.get_test_db_clone_settings(str(_worker_id)))
+        self.connection.settings_dict["NAME"] = memory
+        self.connection.connect()  # the memory database lives while a connection holds it
+        target.close()
+        if os.environ.get("RUNNING_DJANGOS_TEST_SUITE") == "true":
+            self.mark_expected_failures_and_skips()
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         super()._destroy_test_db(test_database_name, verbosity)

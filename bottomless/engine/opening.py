@@ -210,7 +210,11 @@ class Opening:
                 self._record(self.generations.start(image, "initial", writer=self.writer))
                 return
             check = LineageCheck(self.store, self.db_name, self.writer, self.settings.parallelism)
-            decision = check.decide(state, manifest, image, interrupted)
+            # changed since the last clean close at the state's commit: written without us
+            outside = self.session.changed_outside(
+                (state.generation, state.seq) if state is not None else None)
+            decision = (Decision(Verdict.CONFLICT, outside) if outside
+                        else check.decide(state, manifest, image, interrupted))
             self._act_on(decision, state, manifest, image)
         finally:
             image.close()

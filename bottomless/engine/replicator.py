@@ -504,8 +504,10 @@ class Replicator:
         self.snapshots.closing = True
         self.shipper.stop()
         self.snapshots.wait()
+        state = self.state
         self.session.end(clean=self.shipper.nothing_spooled(),
-                         make_durable=self.shipper.make_durable)
+                         make_durable=self.shipper.make_durable,
+                         at=(state.generation, state.seq) if state is not None else None)
         if self.lease is not None:
             self.lease.release()
         self.spool.close()

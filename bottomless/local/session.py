@@ -16,23 +16,35 @@ asynchronously), and holds a shared ``flock`` on that file while it runs. The la
 close, with nothing left to upload, makes the state and the spool durable and records a clean
 end. The first open that finds a session left open on an earlier boot knows a power cut (or a
 crash of the whole machine) interrupted it, and the replicator decides accordingly.
+
+The clean end also records what the database file looked like then (:func:`file_stamp`:
+size, modification time, inode) and the commit it was at. If the next open finds the same
+commit recorded but the file changed, something wrote it without bottomless (the ``sqlite3``
+program, another SQLite library): :meth:`SessionMarker.changed_outside` says so, and the open
+treats the file as disagreeing with the bucket instead of replicating on top of a change the
+bucket lacks. A stamp is only taken when the file stands alone, with no WAL frames or hot
+journal beside it that another connection could still move into it.
 """
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from bottomless.local.files import fsync_dir
 
 logger = logging.getLogger(__name__)
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-_RECORD_SIZE = 128
+_SUFFIX = "-bottomless-session"
+_RECORD_SIZE = 512
+#: a WAL no larger than its header holds no frames
+_WAL_HEADER_SIZE = 32
 
 #: how a session that a machine restart interrupted replicated
 Interrupted = Literal["async", "sync"]
@@ -47,11 +59,54 @@ def boot_id() -> str:
         return ""
 
 
+def file_stamp(db_path: str) -> dict[str, Any] | None:
+    """The database file's size, modification time and inode, and the size and time of a
+    journal left beside it (``PERSIST`` keeps one); None if the file is missing or not alone:
+    WAL frames or a hot journal that another connection could still move into it."""
+    try:
+        stat = os.stat(db_path)
+        wal = os.stat(db_path + "-wal").st_size
+    except FileNotFoundError:
+        if not os.path.exists(db_path):
+            return None
+        wal = 0
+    if wal > _WAL_HEADER_SIZE:
+        return None
+    stamp: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                             "ino": stat.st_ino, "journal": None}
+    try:
+        with open(db_path + "-journal", "rb") as journal:
+            if journal.read(8).strip(b"\0"):
+                return None  # a hot journal: a rollback would still write the file
+            size = os.fstat(journal.fileno())
+            stamp["journal"] = [size.st_size, size.st_mtime_ns]
+    except FileNotFoundError:
+        pass
+    return stamp
+
+
+def _difference(now: dict[str, Any] | None, then: dict[str, Any]) -> str:
+    """What differs between two :func:`file_stamp` results, in words."""
+    if now is None:
+        return "it has WAL frames or a hot journal beside it now"
+    said = []
+    if now["ino"] != then.get("ino"):
+        said.append("it was replaced by another file")
+    if now["size"] != then.get("size"):
+        said.append(f"its size went from {then.get('size')} to {now['size']} bytes")
+    if now["mtime_ns"] != then.get("mtime_ns"):
+        when = datetime.datetime.fromtimestamp(now["mtime_ns"] / 1e9, tz=datetime.UTC)
+        said.append(f"it was modified at {when.isoformat(timespec='milliseconds')}")
+    if now["journal"] != then.get("journal"):
+        said.append("its rollback journal changed")
+    return "; ".join(said)
+
+
 class SessionMarker:
     """The session marker of one database file (see the module docstring)."""
 
     def __init__(self, db_path: str) -> None:
-        self.path = db_path + "-bottomless-session"
+        self.path = db_path + _SUFFIX
         self._fd: int | None = None
         self._pid = 0
         self._created = False
@@ -136,11 +191,13 @@ class SessionMarker:
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
             self._created = False
 
-    def end(self, clean: bool = False, make_durable: Callable[[], None] | None = None) -> None:
+    def end(self, clean: bool = False, make_durable: Callable[[], None] | None = None,
+            at: tuple[str, int] | None = None) -> None:
         """Leave the session; the last process out records a clean end if ``clean``.
 
         ``clean`` means nothing is left to upload. ``make_durable`` is called first, to fsync
-        what the marker then vouches for (the state file and the spool).
+        what the marker then vouches for (the state file and the spool). ``at``: the
+        generation and commit the file is at, recorded with its :func:`file_stamp`.
         """
         fd, self._fd = self._fd, None
         if fd is None:
@@ -156,13 +213,53 @@ class SessionMarker:
                     return
                 if make_durable is not None:
                     make_durable()
-                self._write(fd, is_open=False, asynchronous=False)
+                stamp = file_stamp(self.path[: -len(_SUFFIX)]) if at is not None else None
+                self._write(fd, is_open=False, asynchronous=False,
+                            left={"at": list(at), "file": stamp} if stamp and at else None)
         finally:
             os.close(fd)
 
-    def _write(self, fd: int, *, is_open: bool, asynchronous: bool) -> None:
-        record = json.dumps(
-            {"open": is_open, "async": asynchronous, "boot": boot_id(), "pid": os.getpid()}
-        ).encode()
+    def changed_outside(self, at: tuple[str, int] | None) -> str | None:
+        """Why the file is not as the last clean end left it at commit ``at`` (generation,
+        commit), or None: no such record (another commit, a crash, an older version), or
+        the file is as it was."""
+        record = self._read()
+        left = record.get("left") if record is not None and not record["open"] else None
+        if at is None or not isinstance(left, dict) or left.get("at") != list(at):
+            return None
+        now, then = file_stamp(self.path[: -len(_SUFFIX)]), left.get("file")
+        if now == then:
+            return None
+        what = _difference(now, then if isinstance(then, dict) else {})
+        return (f"the database file changed after bottomless last closed it at commit {at[1]}"
+                f" ({what}): something wrote it without bottomless (the sqlite3 program,"
+                " another SQLite library), so the bucket lacks that change")
+
+    def forget_stamp(self) -> None:
+        """Drop the file stamp of the last clean end: bottomless itself is replacing the
+        file (a restore into it), which is no change made outside it."""
+        record = self._read()
+        if record is None or record["open"] or "left" not in record:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._write(fd, is_open=False, asynchronous=False)
+        except BlockingIOError:
+            pass  # a live session: its own end records the file anew
+        finally:
+            os.close(fd)
+
+    def _write(self, fd: int, *, is_open: bool, asynchronous: bool,
+               left: dict[str, Any] | None = None) -> None:
+        fields: dict[str, Any] = {"open": is_open, "async": asynchronous, "boot": boot_id(),
+                                  "pid": os.getpid()}
+        if left is not None:
+            fields["left"] = left
+        record = json.dumps(fields).encode()
         os.pwrite(fd, record.ljust(_RECORD_SIZE - 1) + b"\n", 0)
+        os.ftruncate(fd, max(len(record) + 1, _RECORD_SIZE))  # no tail of a longer record
         os.fsync(fd)
