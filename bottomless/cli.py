@@ -371,6 +371,8 @@ def _run_shell(shell: Any, shell_args: tuple[str, ...]) -> None:
         shell.process_args(shell_options)
     except shell.Error as e:  # an unknown shell option, a missing value ...
         raise click.ClickException(str(e)) from None
+    except Exception:  # noqa: BLE001 - in an -init file: said, and the run goes on (sqlite3)
+        shell.handle_exception()
     for command in commands:
         try:
             shell.process_complete_line(command)
@@ -386,16 +388,21 @@ _SHELL_VALUED = frozenset({"init", "separator", "nullvalue", "encoding"})
 
 
 def _split_shell_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """The sqlite3-shell options at the front of ``args``, and the commands after them (the
-    shell would take the first of those as a database file to open instead of PATH)."""
+    """The sqlite3-shell options of ``args`` (anywhere, as sqlite3 takes them), and the
+    commands (given to the shell as options, the first would be a database to open instead
+    of PATH)."""
     options: list[str] = []
+    commands: list[str] = []
     rest = list(args)
-    while rest and rest[0].startswith("-"):
-        option = rest.pop(0)
-        options.append(option)
-        if option.lstrip("-") in _SHELL_VALUED and rest:
+    while rest:
+        argument = rest.pop(0)
+        if not argument.startswith("-"):
+            commands.append(argument)
+            continue
+        options.append(argument)
+        if argument.lstrip("-") in _SHELL_VALUED and rest:
             options.append(rest.pop(0))
-    return options, rest
+    return options, commands
 
 
 cli.add_command(store_options(follow))  # defined beside bottomless.Replica

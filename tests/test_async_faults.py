@@ -33,6 +33,7 @@ from helpers import (
 )
 
 import bottomless
+from bottomless import metrics
 from bottomless.backends.registry import open_store
 from bottomless.engine import spool as spool_module
 from bottomless.engine.lease import WriterLease
@@ -173,6 +174,8 @@ def test_refused_async_commits_are_counted_and_logged_without_flooding(
         for _ in range(3):
             commits_are_refused_while_nothing_ships(db)
     assert rep.stats.errors == 3
+    assert rep.stats.last_error is not None
+    assert rep.stats.last_error.count("commit refused") == 1, "a refusal quoting the last one"
     refused = [r for r in caplog.records if "commit refused" in r.getMessage()]
     assert len(refused) == 1 and "behind" in refused[0].getMessage()
     bottomless.wait_durable(db, 30)
@@ -228,7 +231,11 @@ def test_a_writer_that_knows_it_lost_its_lease_refuses_async_commits_at_once(
     other = WriterLease(open_store(settings), rep.db_name, "ff" * 16, 30)
     other.acquire(force=True)  # a failover decided by a human
     try:
+        assert bottomless.status(db)["replicating"] is True
         rep.lease.renew()  # the renewal finds the lease taken: the loss is known
+        status = bottomless.status(db)
+        assert status["replicating"] is False and "took it over" in status["lease_lost"]
+        assert metrics.snapshot()["writer"][rep.db_name]["writer_replicating"] == 0
         started = time.monotonic()
         with pytest.raises(apsw.IOError) as info:
             db.execute("INSERT INTO t VALUES(1)")

@@ -939,7 +939,8 @@ def test_a_timeout_that_is_not_a_number_is_refused_before_the_open(tmp_path: Any
             sqlite3.connect(":memory:", timeout=timeout)  # type: ignore[arg-type]
         assert str(info.value) == str(stdlib.value)
     assert not os.path.exists(tmp_path / "t.db") and not os.path.exists(tmp_path / "bucket")
-    dbapi.connect(str(tmp_path / "t.db"), timeout=1e12, settings=settings).close()
+    for timeout in (1e12, float("inf"), float("nan"), -1):  # accepted, as sqlite3 does
+        dbapi.connect(str(tmp_path / "t.db"), timeout=timeout, settings=settings).close()
 
 
 def test_a_factory_that_is_not_this_modules_connection_is_refused(tmp_path: Any) -> None:
@@ -953,6 +954,17 @@ def test_a_factory_that_is_not_this_modules_connection_is_refused(tmp_path: Any)
     assert not os.path.exists(tmp_path / "f.db")  # refused before anything was opened
     with pytest.raises(TypeError, match="would not be replicated"):  # a callable: what it made
         dbapi.connect(str(tmp_path / "g.db"), factory=lambda *a, **k: sqlite3.connect(":memory:"))
+
+    class Making(type):  # a class whose call makes one of ours, as sqlite3 accepts
+        def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+            return dbapi.Connection(*args, **kwargs)
+
+    class Made(metaclass=Making):
+        pass
+
+    made = dbapi.connect(str(tmp_path / "h.db"), factory=Made, settings=settings)  # type: ignore[arg-type]
+    assert isinstance(made, dbapi.Connection)
+    made.close()
 
 
 def test_the_shell_reports_a_database_it_cannot_open_in_one_line(tmp_path: Any) -> None:

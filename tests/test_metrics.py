@@ -76,6 +76,7 @@ def test_a_writer_reports_commits_requests_bytes_and_upload_times(
     assert figures["generations_started_total"] == 1
     assert figures["writer_replicated_commit"] == COMMITS
     assert figures["writer_pending_commits"] == 0 and figures["writer_lag_seconds"] == 0
+    assert figures["writer_replicating"] == 1
     status = bottomless.status(writer)
     assert figures["generation_info"] == {status["generation"]: 1}
     histogram = figures["upload_seconds"]
@@ -112,7 +113,7 @@ def test_a_failed_commit_counts_as_an_error(
     for _ in range(3):
         with pytest.raises(apsw.IOError) as info:
             writer.execute("INSERT INTO t VALUES('lost')")
-        assert "not committed" in str(info.value) and "injected outage" in str(info.value)
+        assert "replication failed" in str(info.value) and "injected outage" in str(info.value)
         assert isinstance(info.value.__cause__, StoreError)
     assert "injected outage" in bottomless.status(writer)["last_error"]
     refused = [r for r in caplog.records if "commit refused" in r.getMessage()]

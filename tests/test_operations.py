@@ -488,14 +488,19 @@ def test_shell_runs_the_sqlite3_shell_arguments_after_a_double_dash(
     settings = make_settings("file")
     path, db = open_db(tmp_path, settings, "args.db")
     db.close()
-    session = run_cli(settings, "shell", path, "--", "-csv", "-header",
-                      "insert into t values(7)", "select x, x * 2 as twice from t")
+    session = run_cli(settings, "shell", path, "--", "-csv", "insert into t values(7)",
+                      "select x, x * 2 as twice from t", "-header")  # options anywhere
     assert ok(session).split() == ["x,twice", "7,14"]  # run in turn, no interactive loop
     out, _ = restore_to(settings, tmp_path, "args.db")
     assert rows(out) == [(7,)]
     failed = run_cli(settings, "shell", path, "--", "select nope from t", "select 1")
     assert failed.returncode == 1 and "no such column: nope" in failed.stderr
     assert "Traceback" not in failed.stderr and failed.stdout.strip() == ""  # stops there
+    init = tmp_path / "init.sql"
+    init.write_text("select nope;\n")  # as sqlite3: said, and the run goes on
+    with_init = run_cli(settings, "shell", path, "--", "-init", str(init), "select 5")
+    assert with_init.returncode == 0 and with_init.stdout.split() == ["5"]
+    assert "no such column: nope" in with_init.stderr and "Traceback" not in with_init.stderr
     unknown = run_cli(settings, "shell", path, "--", "-nosuchoption")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines() == ["Error: Unrecognized argument 'nosuchoption'"]

@@ -51,12 +51,16 @@ def test_a_forked_child_writes_through_a_client_of_its_own(
     store: Any = open_store(make_settings("s3"))
     try:
         store.put_if_absent("parent/before", b"1")  # the parent's pooled connection exists
+        store.put_if_absent("parent/doomed", b"1")
+        store.delete("parent/doomed")  # s3fs, with its event loop, exists too
         parents_client = store.client
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
                 store.put_if_absent("child/key", b"2")
+                store.put_if_absent("child/doomed", b"2")
+                store.delete("child/doomed")  # s3fs refuses to run in a forked child
                 code = 0 if store.client is not parents_client else 3
             finally:
                 os._exit(code)
@@ -290,3 +294,25 @@ def test_the_leases_requests_fail_within_the_timeout_when_the_server_stalls(
         finally:
             os.killpg(seaweed.process.pid, signal.SIGCONT)
     assert store.get_versioned("lease-like")[0] in (b"one", b"two")  # the server is back
+
+
+def test_a_write_that_finds_its_own_object_is_confirmed_with_retries(
+        s3_settings: dict[str, Any]) -> None:
+    """After "it exists" (a retry of a PUT whose reply was lost), the read that confirms the
+    object is ours gets the usual retries, not the one-attempt probe meant for a failed PUT:
+    a wrong "no" would make the writer take its own commit for an orphan."""
+    store: Any = open_store(bottomless.Settings(**s3_settings))
+    store.put_if_absent("c/1", b"commit")
+
+    class Unanswered:
+        def get_object(self, **request: Any) -> Any:
+            raise ConnectionResetError("the probe's one attempt failed")
+
+        def close(self) -> None:
+            pass
+
+    store._probe = Unanswered()
+    store.put_once("c/1", b"commit")  # ours: confirmed
+    with pytest.raises(ObjectExistsError):
+        store.put_once("c/1", b"other bytes")
+    store.close()

@@ -1,9 +1,11 @@
 """The S3 backend's two clients, built from one Settings with the same endpoint, credentials
 (explicit, else the standard AWS chain), region, TLS verification, timeouts and retries.
 
-* a plain botocore client: object bodies, listings and the bucket check, in the calling thread;
-* an s3fs filesystem: deletes and the lease's conditional replace. s3fs (with aiobotocore and
-  aiohttp) is imported only when the first of them is built.
+* a plain botocore client: object bodies, listings, the bucket check and the lease's
+  conditional reads and replaces, in the calling thread (and a second one that makes a single
+  attempt, to tell whether a failed write landed);
+* an s3fs filesystem: deletes. s3fs (with aiobotocore and aiohttp) is imported only when it
+  is built.
 
 Every botocore client of the process reads its service model and endpoint data through one
 shared loader (:data:`botocore_models`): parsing them took about 0.1 s of CPU for each new

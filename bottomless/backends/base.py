@@ -116,11 +116,13 @@ class PageStore(ABC):
                 return
             raise
         except StoreError:
-            if self._holds(key, data):
+            if self._holds(key, data, after_failure=True):
                 return
             raise
 
-    def _holds(self, key: str, data: bytes) -> bool:
+    def _holds(self, key: str, data: bytes, *, after_failure: bool = False) -> bool:
+        """Whether ``key`` holds ``data``; ``after_failure``: asked because the PUT failed
+        (not because the key exists), once its requests budget is spent."""
         try:
             return self.get(key) == data
         except StoreError:

@@ -121,9 +121,13 @@ class S3PageStore(FsspecPageStore):
                 client = self._client
         return client
 
-    def _holds(self, key: str, data: bytes) -> bool:
-        """Whether ``key`` holds ``data``, after a PUT failed (did it land?), asked once with
-        no retries: the PUT has spent the request budget, and a commit waits on this."""
+    def _holds(self, key: str, data: bytes, *, after_failure: bool = False) -> bool:
+        """Whether ``key`` holds ``data``. After a failed PUT (did it land?) it is asked once,
+        with no retries: the PUT has spent the request budget, and a commit waits on this.
+        After "it exists" it is asked with the usual retries: a wrong "no" there would make
+        the writer take its own commit for an orphan and start a new generation."""
+        if not after_failure:
+            return super()._holds(key, data)
         probe = self._probe
         if probe is None:
             with self._client_lock:
@@ -138,9 +142,10 @@ class S3PageStore(FsspecPageStore):
             return False  # as anyone can tell; the PUT's error stands
 
     def _forget_client(self) -> None:
-        """In a forked child: drop the parent's client, and the lock some other thread of the
-        parent may have held at fork() (it would stay held here)."""
-        self._client = self._probe = None
+        """In a forked child: drop the parent's clients (s3fs's too: its event loop is the
+        parent's), and the lock some other thread of the parent may have held at fork() (it
+        would stay held here)."""
+        self._client = self._probe = self._fs = None
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -410,7 +415,7 @@ class S3PageStore(FsspecPageStore):
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-        self._client = self._probe = None
+        self._client = self._probe = self._fs = None
 
 
 #: a response body cut short or stalled while being read (after botocore's retries ended)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import sys
 import warnings
 from collections.abc import Callable
@@ -133,11 +134,14 @@ def connect(
 
 
 def _made_by(factory: Any) -> Callable[..., Any]:
-    """``factory``, or Connection if None; a class that is not Connection's is refused before
-    it opens (and maybe creates) anything, a callable is checked on what it returns."""
+    """``factory``, or Connection if None. A subclass of the standard library's connection is
+    refused before it opens (and creates) the file; anything else is checked on what it
+    returns (a class may make other objects than its own, through ``__new__`` or a
+    metaclass)."""
     if factory is None:
         return Connection
-    if isinstance(factory, type) and not issubclass(factory, Connection):
+    if (isinstance(factory, type) and issubclass(factory, sqlite3.Connection)
+            and not issubclass(factory, Connection)):  # (ours subclasses it, for isinstance)
         raise TypeError(
             "factory must be bottomless.dbapi.Connection or a subclass of it, not"
             f" {factory.__qualname__}: its connections would not be replicated"

@@ -8,6 +8,7 @@ tools.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -514,4 +515,5 @@ def _busy_ms(timeout: Any) -> int:
     it for what is not a real number (a string from a config file)."""
     if isinstance(timeout, (str, bytes, bytearray)) or not hasattr(timeout, "__float__"):
         raise TypeError(f"must be real number, not {type(timeout).__name__}")
-    return min(int(float(timeout) * 1000), 2**31 - 1)
+    ms = float(timeout) * 1000
+    return 0 if math.isnan(ms) else int(min(max(ms, -(2**31)), 2**31 - 1))  # inf: the most

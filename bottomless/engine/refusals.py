@@ -4,13 +4,15 @@ flooding the log.
 A refused commit is rolled back and its error raised to the application, in both durability
 modes: a sync commit whose upload failed, an async commit held back because replication is
 ``max_lag`` behind, any commit of a writer that lost its lease. Every refusal is counted in
-``errors_total`` and becomes ``last_error``. The first of a kind is logged as an error at once;
-while the same kind goes on (an outage, a fenced writer committing in a loop) one line is
-logged every :data:`REPORT_EVERY` seconds, saying how many were refused in between.
+``errors_total`` and becomes ``last_error``. The first of a kind (its class, and its text but
+for numbers) is logged as an error at once; while the same kind goes on (an outage, a fenced
+writer committing in a loop) one line is logged every :data:`REPORT_EVERY` seconds, and how
+many were refused in between is logged when the kind changes or a commit goes through.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from bottomless.engine.stats import Stats
@@ -29,9 +31,10 @@ class Refusals:
         self.db_name = db_name
         self.stats = stats
         self.log = log
-        self._kind: type[BaseException] | None = None  # of the last refusal logged
+        self._kind: tuple[type[BaseException], str] | None = None  # of the last one logged
         self._logged_at = float("-inf")
         self._unlogged = 0  # refusals since that line
+        self._last: str | None = None  # the text of the last refusal
 
     def refused(self, error: BaseException, *, spooling: bool = False) -> BaseException:
         """What to raise for a commit refused because of ``error``, counted and logged.
@@ -45,13 +48,29 @@ class Refusals:
             error = wrapped
         if not isinstance(error, BottomlessError):
             return error
-        self.stats.error(str(error))
+        self._last = str(error)
+        self.stats.error(self._last)
         now = time.monotonic()
-        if type(error) is self._kind and now - self._logged_at < REPORT_EVERY:
+        kind = (type(error), re.sub(r"[0-9][0-9.]*", "#", str(error)))  # "2.9s behind" alike
+        if kind == self._kind and now - self._logged_at < REPORT_EVERY:
             self._unlogged += 1
             return error
-        since = (f" ({self._unlogged} more refused since the last report)"
-                 if self._unlogged else "")
-        self.log.error("commit refused and rolled back: %s%s", error, since)
-        self._kind, self._logged_at, self._unlogged = type(error), now, 0
+        self._report_unlogged()
+        self.log.error("commit refused and rolled back: %s", error)
+        self._kind, self._logged_at = kind, now
         return error
+
+    def recovered(self) -> None:
+        """A commit went through: say how many refusals were not logged, if any, and clear the
+        last refusal's error from ``last_error`` (another error since stays)."""
+        if self._last is None:
+            return
+        self._report_unlogged()
+        self.stats.error_over(self._last)
+        self._kind = self._last = None
+
+    def _report_unlogged(self) -> None:
+        if self._unlogged:
+            self.log.error("%d more commits were refused as the last logged one was",
+                           self._unlogged)
+            self._unlogged = 0

@@ -206,6 +206,7 @@ class Replicator:
                         self.spool.end_commit()
                     raise self.refusals.refused(e, spooling=True)  # noqa: B904 - e, or caused by e
                 self.commit.queued(txn)
+                self.refusals.recovered()
                 return
             try:
                 # a mark of an async process killed between its commit point and spooling it:
@@ -340,7 +341,8 @@ class Replicator:
             if step.state.seq == 0:  # a new generation holds the commit (and what was spooled)
                 self.shipper.generation_recorded()
                 return
-            self.stats.commit_recorded(step.state.seq, clear_error=True)  # the store works again
+            self.stats.commit_recorded(step.state.seq)
+            self.refusals.recovered()  # the store works again: a refusal's error is over
             self.snapshots.commit_added(step.state, self._last_object_size)
 
     def _spooling_failed(self, error: Exception, in_place: bool) -> None:
@@ -479,7 +481,8 @@ class Replicator:
             "db_name": self.db_name,
             "backend": self.store.backend,
             "location": self.store.location,
-            "replicating": not self.paused,
+            "replicating": not self.paused and not self._lease_lost(),  # fenced: no more
+            "lease_lost": self.lease.lost if self.lease is not None else None,
             "generation": state.generation if state else None,
             "last_replicated_commit": state.seq if state else None,
             "last_commit_time": self.stats.last_commit_time,

@@ -81,6 +81,13 @@ class Stats:
             if clear_error:
                 self.last_error = None
 
+    def error_over(self, message: str) -> None:
+        """The failure ``message`` is over: clear it, if it is still the latest error (not, say,
+        a snapshot's failure since)."""
+        with self._lock:
+            if self.last_error == message:
+                self.last_error = None
+
     def error(self, message: str | None) -> None:
         """Remember the latest error (``None`` clears it)."""
         with self._lock:

@@ -94,9 +94,11 @@ class UploadFailures:
                   ] if size > max_mb * 2**20 else []
         if age >= limit or not passed:
             passed.append(f"replication is {age:.1f}s behind (max_lag {limit}s)")
+        failure = self._failure  # the uploader's own: never a refusal quoting another
+        why = f"the last upload failed: {failure}" if failure else "no upload has failed"
         return StoreError(
-            f"{self.db_name}: {' and '.join(passed)}; the store is not catching up"
-            f" ({self.stats.last_error or 'no error recorded'}); commit refused"
+            f"{self.db_name}: {' and '.join(passed)}; the store is not catching up ({why});"
+            " commit refused"
         )
 
     def refuse_if_stuck(self, age: float, size: int) -> None:

@@ -82,6 +82,10 @@ FIGURES: tuple[Figure, ...] = (
            merge=_lowest),
     Figure("writer_pending_commits", "gauge",
            "Commits spooled and not yet in the store (async durability).", ("writer",)),
+    Figure("writer_replicating", "gauge",
+           "1 while the writer replicates its commits; 0 when it does not: opened with"
+           " initial_replication=skip, or fenced (another writer took its lease).", ("writer",),
+           merge=_lowest),
     Figure("writer_lag_seconds", "gauge",
            "Age of the oldest commit not yet in the store (0 in sync durability).",
            ("writer",), merge=_highest),
@@ -123,6 +127,7 @@ def writer_figures(replicator: Replicator) -> dict[str, Any]:
         "writer_replicated_commit": status["last_replicated_commit"],
         "writer_pending_commits": status["pending_commits"],
         "writer_lag_seconds": status["lag_seconds"],
+        "writer_replicating": int(status["replicating"]),
     }
 
 

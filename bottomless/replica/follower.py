@@ -437,8 +437,7 @@ class Replica:
             self._progress.applied(target, 0, new_generation=True)
             self._file.checkpoint()
 
-        self._log.info("%s", reason)
-        self._try(run, restored.discard)
+        self._try(run, restored.discard)  # run() says what happened, once it has
 
     def _redo_last(self, redo: Position) -> None:
         """Apply again what the last follower may or may not have applied (see

@@ -215,7 +215,7 @@ class BottomlessVFS(apsw.VFS):
 
 def _raise_io(code: int, error: BottomlessError) -> None:
     failure = apsw.exception_for(code)  # SQLite's code, and the reason as its message too
-    failure.args = (f"disk I/O error: the transaction was not committed: {error}",)
+    failure.args = (f"disk I/O error: replication failed: {error}",)
     raise failure from error
 
 
