@@ -177,12 +177,14 @@ def restore(
                 " before replacing it", path=path,
             )
         _fold_into_file(path)
-        SessionMarker(path).forget_stamp()  # a restore is no write made outside bottomless
     store = open_store(settings, read_only=True)
     try:
         return restore_file(
             store, name, path, generation=generation, seq=commit, timestamp=moment,
             parallelism=settings.parallelism, progress=progress,
+            # a restore is no write made outside bottomless: the next open must not take it
+            # for one (the file it replaces may have been closed cleanly at the same commit)
+            before_replace=lambda _result: SessionMarker(path).forget_stamp(),
         )
     finally:
         store.close()

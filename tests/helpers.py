@@ -119,7 +119,7 @@ def abandon(db: Any, path: str) -> None:
 
     rep = replicator(path)
     rep.shipper.halt()
-    rep.close = lambda: None
+    rep.close = lambda **_: None
     rep.session.end()  # its descriptor (and flock) would go with the process
     db.close()
     registered = vfs.registration.current

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -536,3 +537,55 @@ def test_a_restore_into_the_file_is_not_a_write_outside_bottomless(
     db.close()
     assert rows(restored(tmp_path, settings, "outside.db"),
                 "SELECT name FROM sqlite_master WHERE name IN ('after', 'log')") == [("after",)]
+
+
+def test_a_copied_moved_or_touched_file_with_the_same_content_is_no_conflict(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """Its stamp changed (a new inode, a new mtime), its content did not: the open compares
+    the pages with the bucket before it believes a write happened."""
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, "wal")
+    copy = tmp_path / "elsewhere.db"
+    shutil.copyfile(path, copy)  # a new mtime, then a new inode too
+    os.replace(copy, path)
+    db = bottomless.connect(path, settings)
+    db.execute("INSERT INTO log VALUES ('after the move')")
+    db.close()
+    os.utime(path)  # touch
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM log").fetchone() == (2,)
+    db.close()
+
+
+@pytest.mark.parametrize("mode", ["delete", "persist", "truncate", "wal"])
+def test_exiting_with_a_transaction_open_is_no_conflict(
+        tmp_path: Any, make_settings: MakeSettings, mode: str) -> None:
+    """The exit's flush runs while SQLite still has the file open: the rollback that follows
+    changes the journal (and nothing of the database), so no stamp is taken then."""
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, mode)
+    script = (
+        "import bottomless, sys\n"
+        f"db = bottomless.connect({path!r}, bottomless.Settings(backend='file',"
+        f" bucket={settings.bucket!r}))\n"
+        "db.execute('BEGIN')\n"
+        "db.execute(\"INSERT INTO log VALUES ('never committed')\")\n"
+        "sys.exit(0)  # no COMMIT, no close\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM log").fetchone() == (1,)
+    db.close()
+
+
+def test_a_restore_into_a_missing_path_is_no_conflict(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, "wal")
+    os.rename(path, path + ".old")
+    bottomless.restore(path, settings)  # the newest commit: the one the stamp was taken at
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM log").fetchone() == (1,)
+    db.close()

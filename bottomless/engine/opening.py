@@ -9,18 +9,20 @@ applies ``initial_replication`` to a conflict. It records the position it ends a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.engine.commit_mark import WriteLock, settle_left_mark
 from bottomless.engine.generations import Generations
-from bottomless.engine.lineage import Decision, LineageCheck, Verdict
+from bottomless.engine.lineage import Decision, LineageCheck, Verdict, same_page
 from bottomless.engine.shipper import AsyncShipper
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import DamagedSpoolError
-from bottomless.errors import ReplicaConflictError
+from bottomless.errors import BottomlessError, ReplicaConflictError
 from bottomless.local.files import (
     LocalImage,
     LocalState,
@@ -210,14 +212,38 @@ class Opening:
                 self._record(self.generations.start(image, "initial", writer=self.writer))
                 return
             check = LineageCheck(self.store, self.db_name, self.writer, self.settings.parallelism)
-            # changed since the last clean close at the state's commit: written without us
+            # changed since the last clean close at the state's commit: written without us?
             outside = self.session.changed_outside(
                 (state.generation, state.seq) if state is not None else None)
-            decision = (Decision(Verdict.CONFLICT, outside) if outside
-                        else check.decide(state, manifest, image, interrupted))
+            if outside and state is not None and self._differs_from_bucket(state, image):
+                decision = Decision(Verdict.CONFLICT, outside)
+            else:
+                decision = check.decide(state, manifest, image, interrupted)
             self._act_on(decision, state, manifest, image)
         finally:
             image.close()
+
+    def _differs_from_bucket(self, state: LocalState, image: LocalImage) -> bool:
+        """Whether the local content differs from the bucket's state at ``state``'s commit,
+        page by page (a download of the database: only when the file's stamp changed since
+        the last clean close). False if the bucket cannot say: the usual checks decide."""
+        temporary = f"{self.db_path}.bottomless-check-{secrets.token_hex(4)}"
+        try:
+            restore_file(self.store, self.db_name, temporary, generation=state.generation,
+                         seq=state.seq, parallelism=self.settings.parallelism)
+        except BottomlessError as e:
+            self.log.info("cannot compare the changed local file with the bucket: %s", e)
+            return False
+        stored = LocalImage(temporary)
+        try:
+            return stored.db_size != image.db_size or not all(
+                same_page(n, image.page(n), stored.page(n)) for n in range(1, image.db_size + 1)
+            )
+        finally:
+            stored.close()
+            for leftover in (temporary, temporary + "-journal", temporary + "-wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     def _act_on(
         self, decision: Decision, state: LocalState | None, manifest: fmt.Manifest,

@@ -497,8 +497,10 @@ class Replicator:
             "last_error_time": self.stats.last_error_time,
         }
 
-    def close(self) -> None:
-        """Flush async commits, finish a snapshot in progress, then release the store."""
+    def close(self, *, final: bool = True) -> None:
+        """Flush async commits, finish a snapshot in progress, then release the store.
+        ``final``: SQLite has closed the file (not so at exit, where connections may still
+        roll back a transaction afterwards), so the clean end may record it."""
         if self._closing or sys.is_finalizing() or os.getpid() != self._pid:
             # closed already (e.g. flushed at exit), too late to do anything, or a forked
             # child's copy: the lease, the session and the uploads are the parent's
@@ -510,7 +512,7 @@ class Replicator:
         state = self.state
         self.session.end(clean=self.shipper.nothing_spooled(),
                          make_durable=self.shipper.make_durable,
-                         at=(state.generation, state.seq) if state is not None else None)
+                         at=(state.generation, state.seq) if state and final else None)
         if self.lease is not None:
             self.lease.release()
         self.spool.close()

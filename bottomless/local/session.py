@@ -19,11 +19,13 @@ crash of the whole machine) interrupted it, and the replicator decides according
 
 The clean end also records what the database file looked like then (:func:`file_stamp`:
 size, modification time, inode) and the commit it was at. If the next open finds the same
-commit recorded but the file changed, something wrote it without bottomless (the ``sqlite3``
-program, another SQLite library): :meth:`SessionMarker.changed_outside` says so, and the open
-treats the file as disagreeing with the bucket instead of replicating on top of a change the
-bucket lacks. A stamp is only taken when the file stands alone, with no WAL frames or hot
-journal beside it that another connection could still move into it.
+commit recorded but the stamp changed, something may have written the file without
+bottomless (the ``sqlite3`` program, another SQLite library), or it was copied, moved or
+touched: :meth:`SessionMarker.changed_outside` says so, the open compares the file's pages
+with the bucket's state at that commit, and if they differ treats the file as disagreeing
+with the bucket instead of replicating on top of a change the bucket lacks. A stamp is only
+taken when SQLite has closed the file and it stands alone, with no WAL frames or hot journal
+beside it that another connection could still move into it.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ def boot_id() -> str:
 
 
 def file_stamp(db_path: str) -> dict[str, Any] | None:
-    """The database file's size, modification time and inode, and the size and time of a
-    journal left beside it (``PERSIST`` keeps one); None if the file is missing or not alone:
-    WAL frames or a hot journal that another connection could still move into it."""
+    """The database file's size, modification time and inode; None if the file is missing or
+    not alone: WAL frames or a hot journal that another connection could still move into it.
+    (A journal's own changes are left out: a rollback that deletes or truncates one does not
+    change the database, and an outside commit always changes the file itself.)"""
     try:
         stat = os.stat(db_path)
         wal = os.stat(db_path + "-wal").st_size
@@ -72,17 +75,13 @@ def file_stamp(db_path: str) -> dict[str, Any] | None:
         wal = 0
     if wal > _WAL_HEADER_SIZE:
         return None
-    stamp: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                             "ino": stat.st_ino, "journal": None}
     try:
         with open(db_path + "-journal", "rb") as journal:
             if journal.read(8).strip(b"\0"):
                 return None  # a hot journal: a rollback would still write the file
-            size = os.fstat(journal.fileno())
-            stamp["journal"] = [size.st_size, size.st_mtime_ns]
     except FileNotFoundError:
         pass
-    return stamp
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino}
 
 
 def _difference(now: dict[str, Any] | None, then: dict[str, Any]) -> str:
@@ -97,8 +96,6 @@ def _difference(now: dict[str, Any] | None, then: dict[str, Any]) -> str:
     if now["mtime_ns"] != then.get("mtime_ns"):
         when = datetime.datetime.fromtimestamp(now["mtime_ns"] / 1e9, tz=datetime.UTC)
         said.append(f"it was modified at {when.isoformat(timespec='milliseconds')}")
-    if now["journal"] != then.get("journal"):
-        said.append("its rollback journal changed")
     return "; ".join(said)
 
 
@@ -220,9 +217,10 @@ class SessionMarker:
             os.close(fd)
 
     def changed_outside(self, at: tuple[str, int] | None) -> str | None:
-        """Why the file is not as the last clean end left it at commit ``at`` (generation,
+        """Why the file may not be as the last clean end left it at commit ``at`` (generation,
         commit), or None: no such record (another commit, a crash, an older version), or
-        the file is as it was."""
+        the file is as it was. A copy, a move to another disk or a ``touch`` changes the
+        stamp too: the caller confirms with the content before it believes it."""
         record = self._read()
         left = record.get("left") if record is not None and not record["open"] else None
         if at is None or not isinstance(left, dict) or left.get("at") != list(at):

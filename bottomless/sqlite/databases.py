@@ -133,7 +133,7 @@ class OpenDatabases:
             entries = [entry for entry in self._entries.values() if entry.state is _State.OPEN]
         for entry in entries:
             try:
-                entry.replicator.close()
+                entry.replicator.close(final=False)  # its connections are still open
             except Exception as e:  # noqa: BLE001 - keep flushing the others
                 logger.error("%s: flush at exit failed: %s", entry.replicator.db_name, e)
 
