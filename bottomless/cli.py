@@ -365,22 +365,32 @@ def shell(path: str, shell_args: tuple[str, ...], db_name: str | None,
 
 def _run_shell(shell: Any, shell_args: tuple[str, ...]) -> None:
     """Apply the sqlite3-shell options of ``shell_args``, then run its commands, stopping at
-    the first that fails (exit status 1, as sqlite3's); with none, the interactive loop."""
+    the first that fails, with exit status 1; with none, the interactive loop."""
     shell_options, commands = _split_shell_args(shell_args)
     try:
         shell.process_args(shell_options)
     except shell.Error as e:  # an unknown shell option, a missing value ...
         raise click.ClickException(str(e)) from None
     except Exception:  # noqa: BLE001 - in an -init file: said, and the run goes on (sqlite3)
-        shell.handle_exception()
+        _said(shell)  # (with -bail, it stops there)
     for command in commands:
         try:
             shell.process_complete_line(command)
         except Exception:  # noqa: BLE001 - any failure of the command: SQL, I/O, a dot-command
-            shell.handle_exception()  # the message, as the interactive shell prints it
-            sys.exit(1)
+            _said(shell, stop=True)
     if not commands:
         shell.cmdloop()
+
+
+def _said(shell: Any, *, stop: bool = False) -> None:
+    """Print the failure being handled as the interactive shell does; exit with status 1 if
+    ``stop``, or if the shell bails (``-bail``), which raises it again once printed."""
+    try:
+        shell.handle_exception()
+    except Exception:  # noqa: BLE001 - printed already: -bail's way of stopping
+        stop = True
+    if stop:
+        sys.exit(1)
 
 
 #: the sqlite3 shell's options that take a value

@@ -109,7 +109,7 @@ def test_a_failed_commit_counts_as_an_error(
     rep = replicator(writer.filename)
     rep.store = failing = FailingStore(rep.store)
     failing.down = True
-    caplog.set_level(logging.ERROR, logger="bottomless")
+    caplog.set_level(logging.WARNING, logger="bottomless")
     for _ in range(3):
         with pytest.raises(apsw.IOError) as info:
             writer.execute("INSERT INTO t VALUES('lost')")
@@ -124,6 +124,8 @@ def test_a_failed_commit_counts_as_an_error(
     assert figures["errors_total"] == 3
     assert figures["commits_total"] == COMMITS + 1
     assert bottomless.status(writer)["last_error"] is None
+    again = [r for r in caplog.records if "commits go through again" in r.getMessage()]
+    assert len(again) == 1 and "after 3 refused" in again[0].getMessage()
 
 
 def test_a_closed_writer_is_no_longer_reported(

@@ -501,6 +501,9 @@ def test_shell_runs_the_sqlite3_shell_arguments_after_a_double_dash(
     with_init = run_cli(settings, "shell", path, "--", "-init", str(init), "select 5")
     assert with_init.returncode == 0 and with_init.stdout.split() == ["5"]
     assert "no such column: nope" in with_init.stderr and "Traceback" not in with_init.stderr
+    bailing = run_cli(settings, "shell", path, "--", "-bail", "select nope from t", "select 1")
+    assert bailing.returncode == 1 and "no such column: nope" in bailing.stderr
+    assert "Traceback" not in bailing.stderr and bailing.stdout.strip() == ""
     unknown = run_cli(settings, "shell", path, "--", "-nosuchoption")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines() == ["Error: Unrecognized argument 'nosuchoption'"]

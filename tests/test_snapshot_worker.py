@@ -80,6 +80,8 @@ def test_the_thread_worker_builds_in_this_process(
     _commit(db, 10)
     replicator(path).wait_snapshot(60)
     assert "compact ran in the committing process" in bottomless.status(db)["last_error"]
+    _commit(db, 1)  # a commit does not make a failed snapshot's error go away
+    assert "compact ran in the committing process" in bottomless.status(db)["last_error"]
     db.close()
 
 

@@ -7,7 +7,8 @@ modes: a sync commit whose upload failed, an async commit held back because repl
 ``errors_total`` and becomes ``last_error``. The first of a kind (its class, and its text but
 for numbers) is logged as an error at once; while the same kind goes on (an outage, a fenced
 writer committing in a loop) one line is logged every :data:`REPORT_EVERY` seconds, and how
-many were refused in between is logged when the kind changes or a commit goes through.
+many were refused in between is logged when the kind changes or the database closes. When a
+commit goes through again, a warning says so, with how many were refused in all.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Refusals:
         self._logged_at = float("-inf")
         self._unlogged = 0  # refusals since that line
         self._last: str | None = None  # the text of the last refusal
+        self._refused = 0  # refusals since commits last went through
 
     def refused(self, error: BaseException, *, spooling: bool = False) -> BaseException:
         """What to raise for a commit refused because of ``error``, counted and logged.
@@ -49,6 +51,7 @@ class Refusals:
         if not isinstance(error, BottomlessError):
             return error
         self._last = str(error)
+        self._refused += 1
         self.stats.error(self._last)
         now = time.monotonic()
         kind = (type(error), re.sub(r"[0-9][0-9.]*", "#", str(error)))  # "2.9s behind" alike
@@ -61,16 +64,25 @@ class Refusals:
         return error
 
     def recovered(self) -> None:
-        """A commit went through: say how many refusals were not logged, if any, and clear the
-        last refusal's error from ``last_error`` (another error since stays)."""
+        """A commit went through: say so, with how many were refused in all, if any was, and
+        clear the last refusal's error from ``last_error`` (another error since stays)."""
         if self._last is None:
             return
-        self._report_unlogged()
         self.stats.error_over(self._last)
+        self.log.warning("commits go through again, after %d refused (the last: %s)",
+                         self._refused, self._last)
         self._kind = self._last = None
+        self._refused = self._unlogged = 0
+
+    def closing(self) -> None:
+        """The database closes: say how many refusals were not logged, if any."""
+        if self._unlogged:
+            self.log.error("%d more commits were refused like the last one logged before the"
+                           " database closed", self._unlogged)
+            self._unlogged = 0
 
     def _report_unlogged(self) -> None:
         if self._unlogged:
-            self.log.error("%d more commits were refused as the last logged one was",
+            self.log.error("%d more commits were refused like the last one logged",
                            self._unlogged)
             self._unlogged = 0

@@ -338,11 +338,11 @@ class Replicator:
             previous = self.state
             self._record(step.state)
             self.commit.recorded(previous)
+            self.refusals.recovered()  # the store works again: a refusal's error is over
             if step.state.seq == 0:  # a new generation holds the commit (and what was spooled)
                 self.shipper.generation_recorded()
                 return
             self.stats.commit_recorded(step.state.seq)
-            self.refusals.recovered()  # the store works again: a refusal's error is over
             self.snapshots.commit_added(step.state, self._last_object_size)
 
     def _spooling_failed(self, error: Exception, in_place: bool) -> None:
@@ -506,6 +506,7 @@ class Replicator:
             # child's copy: the lease, the session and the uploads are the parent's
             return
         self._closing = True
+        self.refusals.closing()
         self.snapshots.closing = True
         self.shipper.stop()
         self.snapshots.wait()

@@ -436,7 +436,7 @@ class AsyncShipper:
         self._record(recorded)
         self.spool.remove_through(intent.through)
         self.spool.intent.clear()
-        self.stats.commit_recorded(recorded.seq, clear_error=True)
+        self.stats.commit_recorded(recorded.seq)
         self.failures.succeeded()
         self.policy.commit_added(recorded, len(intent.data))
         with self._uploaded:
@@ -470,7 +470,7 @@ class AsyncShipper:
         self.spool.intent.clear()
         if not fork.in_commit:
             self.generation_recorded()
-        self.stats.error(None)
+        self.stats.error(None)  # a new generation, its snapshot included: every failure is over
         self.failures.succeeded()
         with self._uploaded:
             self._uploaded.notify_all()

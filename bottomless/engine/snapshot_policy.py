@@ -41,6 +41,7 @@ class SnapshotPolicy:
         self._use_child = settings.snapshot_worker == "process"
         #: children in a row that exited with an error status and no answer
         self._silent = 0
+        self._failure: str | None = None  # the last snapshot's failure, until one succeeds
         #: where relative paths in the settings were resolved when the store was opened (None:
         #: nowhere any more, the working directory was removed)
         self._cwd = working_directory() if self._use_child else None
@@ -86,13 +87,22 @@ class SnapshotPolicy:
                 else:
                     self._silent = 0
                     self.stats.count_objects(report.objects, report.bytes)
+                    self._succeeded()
                     return
             job.run(self.store, self.settings, self.stats.count_object)
+            self._succeeded()
         except ObjectExistsError:
             pass  # another process took this very snapshot
         except Exception as e:  # noqa: BLE001 - a failed snapshot must not break commits
-            self.stats.error(f"snapshot at commit {seq} failed: {e}")
+            self._failure = f"snapshot at commit {seq} failed: {e}"
+            self.stats.error(self._failure)
             self.log.warning("snapshot at commit %d failed: %s", seq, e)
+
+    def _succeeded(self) -> None:
+        """A snapshot was built: an earlier one's failure is over (``last_error``)."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            self.stats.error_over(failure)
 
     @property
     def running(self) -> bool:

@@ -72,14 +72,12 @@ class Stats:
             self.objects_written += objects
             self.bytes_written += nbytes
 
-    def commit_recorded(self, seq: int, *, clear_error: bool = False) -> None:
+    def commit_recorded(self, seq: int) -> None:
         """Commit ``seq`` is in the bucket and recorded."""
         with self._lock:
             self.commits += 1
             self.last_commit_seq = seq
             self.last_commit_time = time.time()
-            if clear_error:
-                self.last_error = None
 
     def error_over(self, message: str) -> None:
         """The failure ``message`` is over: clear it, if it is still the latest error (not, say,

@@ -55,8 +55,8 @@ class UploadFailures:
         self._reported = (str(error), now)
         self.log.error(
             "async uploads are stuck: %s. Retrying cannot fix this; the spooled commits stay"
-            " in %s, and commits are refused once replication is max_lag (%gs) behind",
-            error, self.spool_path, self.settings.max_lag,
+            " in %s, and commits are refused (at once if the lease is lost, else once"
+            " replication is max_lag (%gs) behind)", error, self.spool_path, self.settings.max_lag,
         )
 
     def took(self, seconds: float) -> None:
@@ -74,7 +74,11 @@ class UploadFailures:
         )
 
     def succeeded(self) -> None:
-        """An upload (or a new generation) went through: the failure is over."""
+        """An upload (or a new generation) went through: the failure is over, in
+        ``last_error`` too (not a snapshot's failure since: it lasts until one succeeds)."""
+        if self._failure is not None:
+            self.stats.error_over(f"async upload failed: {self._failure}")
+            self.log.info("async uploads go through again")
         self._failure = self._reported = None
 
     def is_permanent(self, error: Exception) -> bool:
@@ -95,7 +99,8 @@ class UploadFailures:
         if age >= limit or not passed:
             passed.append(f"replication is {age:.1f}s behind (max_lag {limit}s)")
         failure = self._failure  # the uploader's own: never a refusal quoting another
-        why = f"the last upload failed: {failure}" if failure else "no upload has failed"
+        why = (f"the last upload failed: {failure}" if failure
+               else "no upload has failed yet: the one under way is waiting for the store")
         return StoreError(
             f"{self.db_name}: {' and '.join(passed)}; the store is not catching up ({why});"
             " commit refused"
