@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import sqlite3
 import subprocess
@@ -589,3 +590,20 @@ def test_a_restore_into_a_missing_path_is_no_conflict(
     db = bottomless.connect(path, settings)
     assert db.execute("SELECT count(*) FROM log").fetchone() == (1,)
     db.close()
+
+
+def test_the_clean_end_record_fits_the_size_older_versions_write(
+        tmp_path: Any, make_settings: MakeSettings) -> None:
+    """An older version writes its 128-byte record over this one without truncating: a
+    longer record would leave a tail it reads as damage (a new generation at every open)."""
+    from bottomless.local.session import SessionMarker
+
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, "wal")
+    marker = path + "-bottomless-session"
+    raw = pathlib.Path(marker).read_bytes()
+    assert len(raw) == 128 and b'"left"' in raw
+    older = json.dumps({"open": False, "async": False, "boot": "b", "pid": 1}).encode()
+    with open(marker, "r+b") as handle:
+        handle.write(older.ljust(127) + b"\n")
+    assert SessionMarker(path).interrupted() is None  # read whole, not as damage

@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _SUFFIX = "-bottomless-session"
-_RECORD_SIZE = 512
+#: records are padded to this size; one with a file stamp fits in it too, in most cases (the
+#: size an older version writes, over which it leaves no tail then)
+_RECORD_SIZE = 128
 #: a WAL no larger than its header holds no frames
 _WAL_HEADER_SIZE = 32
 
@@ -211,8 +213,9 @@ class SessionMarker:
                 if make_durable is not None:
                     make_durable()
                 stamp = file_stamp(self.path[: -len(_SUFFIX)]) if at is not None else None
-                self._write(fd, is_open=False, asynchronous=False,
-                            left={"at": list(at), "file": stamp} if stamp and at else None)
+                self._write(fd, is_open=False, asynchronous=False, left=(
+                    [*at, stamp["size"], stamp["mtime_ns"], stamp["ino"]]
+                    if stamp and at else None))
         finally:
             os.close(fd)
 
@@ -223,12 +226,13 @@ class SessionMarker:
         stamp too: the caller confirms with the content before it believes it."""
         record = self._read()
         left = record.get("left") if record is not None and not record["open"] else None
-        if at is None or not isinstance(left, dict) or left.get("at") != list(at):
+        if at is None or not isinstance(left, list) or len(left) != 5 or left[:2] != list(at):
             return None
-        now, then = file_stamp(self.path[: -len(_SUFFIX)]), left.get("file")
+        then = dict(zip(("size", "mtime_ns", "ino"), left[2:], strict=True))
+        now = file_stamp(self.path[: -len(_SUFFIX)])
         if now == then:
             return None
-        what = _difference(now, then if isinstance(then, dict) else {})
+        what = _difference(now, then)
         return (f"the database file changed after bottomless last closed it at commit {at[1]}"
                 f" ({what}): something wrote it without bottomless (the sqlite3 program,"
                 " another SQLite library), so the bucket lacks that change")
@@ -252,12 +256,13 @@ class SessionMarker:
             os.close(fd)
 
     def _write(self, fd: int, *, is_open: bool, asynchronous: bool,
-               left: dict[str, Any] | None = None) -> None:
+               left: list[Any] | None = None) -> None:
         fields: dict[str, Any] = {"open": is_open, "async": asynchronous, "boot": boot_id(),
                                   "pid": os.getpid()}
-        if left is not None:
-            fields["left"] = left
-        record = json.dumps(fields).encode()
+        if left is not None:  # a clean end: its boot and pid tell nothing, its stamp must fit
+            fields.update(boot="", left=left)
+            del fields["pid"]
+        record = json.dumps(fields, separators=(",", ":")).encode()
         os.pwrite(fd, record.ljust(_RECORD_SIZE - 1) + b"\n", 0)
         os.ftruncate(fd, max(len(record) + 1, _RECORD_SIZE))  # no tail of a longer record
         os.fsync(fd)
