@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -607,3 +608,42 @@ def test_the_clean_end_record_fits_the_size_older_versions_write(
     with open(marker, "r+b") as handle:
         handle.write(older.ljust(127) + b"\n")
     assert SessionMarker(path).interrupted() is None  # read whole, not as damage
+
+
+@pytest.mark.parametrize("switch", [("delete", "wal"), ("wal", "delete")])
+def test_a_journal_mode_switch_by_another_sqlite_is_no_conflict(
+        tmp_path: Any, make_settings: MakeSettings, switch: tuple[str, str]) -> None:
+    """Page 1's header changes (format versions, change counter, the writing SQLite's
+    version), the content does not."""
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, switch[0])
+    plain = sqlite3.connect(path)
+    plain.execute(f"PRAGMA journal_mode={switch[1]}")
+    plain.close()
+    db = bottomless.connect(path, settings)
+    assert db.execute("SELECT count(*) FROM u").fetchone() == (50,)
+    db.close()
+
+
+def test_a_comparison_that_cannot_be_made_does_not_block_the_open(
+        tmp_path: Any, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """No room for the copy (or the bucket unreadable): a warning, and the usual checks."""
+    from bottomless.engine import opening
+
+    settings = make_settings("file")
+    path = _closed_cleanly(tmp_path, settings, "wal")
+    os.utime(path)  # a suspicion to confirm
+    leftover = pathlib.Path(path + "-bottomless-check")
+    leftover.mkdir()
+    (leftover / "copy.db").write_bytes(b"\0" * 4096)  # of a comparison killed half-way
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(opening, "restore_file", full_disk)
+    caplog.set_level(logging.WARNING, logger="bottomless")
+    db = bottomless.connect(path, settings)
+    db.close()
+    assert any("could not be compared" in r.getMessage() for r in caplog.records)
+    assert not leftover.exists()

@@ -9,16 +9,15 @@ applies ``initial_replication`` to a conflict. It records the position it ends a
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
+import shutil
 from collections.abc import Callable
 
 from bottomless import format as fmt
 from bottomless.backends.base import PageStore
 from bottomless.engine.commit_mark import WriteLock, settle_left_mark
 from bottomless.engine.generations import Generations
-from bottomless.engine.lineage import Decision, LineageCheck, Verdict, same_page
+from bottomless.engine.lineage import Decision, LineageCheck, Verdict
 from bottomless.engine.shipper import AsyncShipper
 from bottomless.engine.snapshot_policy import SnapshotPolicy
 from bottomless.engine.spool import DamagedSpoolError
@@ -226,24 +225,33 @@ class Opening:
     def _differs_from_bucket(self, state: LocalState, image: LocalImage) -> bool:
         """Whether the local content differs from the bucket's state at ``state``'s commit,
         page by page (a download of the database: only when the file's stamp changed since
-        the last clean close). False if the bucket cannot say: the usual checks decide."""
-        temporary = f"{self.db_path}.bottomless-check-{secrets.token_hex(4)}"
+        the last clean close). False if that cannot be told: the usual checks decide.
+
+        The copy goes into a directory of its own beside the database, readable by its owner
+        only, with a fixed name: opens are serialized, and one killed while comparing leaves
+        it for the next comparison to remove."""
+        directory = self.db_path + "-bottomless-check"
+        shutil.rmtree(directory, ignore_errors=True)
         try:
-            restore_file(self.store, self.db_name, temporary, generation=state.generation,
+            os.mkdir(directory, 0o700)
+            stored_path = os.path.join(directory, "copy.db")
+            restore_file(self.store, self.db_name, stored_path, generation=state.generation,
                          seq=state.seq, parallelism=self.settings.parallelism)
-        except BottomlessError as e:
-            self.log.info("cannot compare the changed local file with the bucket: %s", e)
+            stored = LocalImage(stored_path)
+            try:
+                return stored.db_size != image.db_size or not all(
+                    _same_content(n, image.page(n), stored.page(n))
+                    for n in range(1, image.db_size + 1)
+                )
+            finally:
+                stored.close()
+        except (BottomlessError, OSError) as e:  # the bucket, or room for a copy: no answer
+            self.log.warning("the local file changed since its last clean close, and could"
+                             " not be compared with the bucket (%s): going on as after a"
+                             " crash", e)
             return False
-        stored = LocalImage(temporary)
-        try:
-            return stored.db_size != image.db_size or not all(
-                same_page(n, image.page(n), stored.page(n)) for n in range(1, image.db_size + 1)
-            )
         finally:
-            stored.close()
-            for leftover in (temporary, temporary + "-journal", temporary + "-wal"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _act_on(
         self, decision: Decision, state: LocalState | None, manifest: fmt.Manifest,
@@ -298,3 +306,13 @@ class Opening:
                 " bucket.", db_name=self.db_name,
                 key=fmt.snapshot_key(self.db_name, manifest.generation, 0),
             )
+
+
+def _same_content(pgno: int, local: bytes, stored: bytes) -> bool:
+    """Whether a local page holds the stored one's content: on page 1, the bytes SQLite
+    rewrites without a change of content (any journal-mode switch) are left out: the file
+    format versions (18-19), the change counter (24-27), and the version-valid-for number
+    and SQLite version that wrote the file (92-99)."""
+    if pgno != 1:
+        return local == stored
+    return all(local[a:b] == stored[a:b] for a, b in ((0, 18), (20, 24), (28, 92), (100, None)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -44,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _SUFFIX = "-bottomless-session"
-#: records are padded to this size; one with a file stamp fits in it too, in most cases (the
-#: size an older version writes, over which it leaves no tail then)
+#: records are padded to this size, the one older versions write without truncating the file;
+#: a clean end with its stamp's digest fits in it too (leaving them no tail to misread)
 _RECORD_SIZE = 128
 #: a WAL no larger than its header holds no frames
 _WAL_HEADER_SIZE = 32
@@ -86,19 +87,19 @@ def file_stamp(db_path: str) -> dict[str, Any] | None:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino}
 
 
-def _difference(now: dict[str, Any] | None, then: dict[str, Any]) -> str:
-    """What differs between two :func:`file_stamp` results, in words."""
+def stamp_digest(stamp: dict[str, Any]) -> str:
+    """A short, fixed-width digest of a :func:`file_stamp` (the record must stay small)."""
+    text = f"{stamp['size']}:{stamp['mtime_ns']}:{stamp['ino']}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _difference(now: dict[str, Any] | None) -> str:
+    """What the file looks like now, in words, once its stamp differs."""
     if now is None:
         return "it has WAL frames or a hot journal beside it now"
-    said = []
-    if now["ino"] != then.get("ino"):
-        said.append("it was replaced by another file")
-    if now["size"] != then.get("size"):
-        said.append(f"its size went from {then.get('size')} to {now['size']} bytes")
-    if now["mtime_ns"] != then.get("mtime_ns"):
-        when = datetime.datetime.fromtimestamp(now["mtime_ns"] / 1e9, tz=datetime.UTC)
-        said.append(f"it was modified at {when.isoformat(timespec='milliseconds')}")
-    return "; ".join(said)
+    when = datetime.datetime.fromtimestamp(now["mtime_ns"] / 1e9, tz=datetime.UTC)
+    return (f"its size, modification time or inode changed: {now['size']} bytes, modified at"
+            f" {when.isoformat(timespec='milliseconds')}")
 
 
 class SessionMarker:
@@ -213,9 +214,8 @@ class SessionMarker:
                 if make_durable is not None:
                     make_durable()
                 stamp = file_stamp(self.path[: -len(_SUFFIX)]) if at is not None else None
-                self._write(fd, is_open=False, asynchronous=False, left=(
-                    [*at, stamp["size"], stamp["mtime_ns"], stamp["ino"]]
-                    if stamp and at else None))
+                self._write(fd, is_open=False, asynchronous=False,
+                            left=[*at, stamp_digest(stamp)] if stamp and at else None)
         finally:
             os.close(fd)
 
@@ -226,13 +226,12 @@ class SessionMarker:
         stamp too: the caller confirms with the content before it believes it."""
         record = self._read()
         left = record.get("left") if record is not None and not record["open"] else None
-        if at is None or not isinstance(left, list) or len(left) != 5 or left[:2] != list(at):
+        if at is None or not isinstance(left, list) or len(left) != 3 or left[:2] != list(at):
             return None
-        then = dict(zip(("size", "mtime_ns", "ino"), left[2:], strict=True))
         now = file_stamp(self.path[: -len(_SUFFIX)])
-        if now == then:
+        if now is not None and stamp_digest(now) == left[2]:
             return None
-        what = _difference(now, then)
+        what = _difference(now)
         return (f"the database file changed after bottomless last closed it at commit {at[1]}"
                 f" ({what}): something wrote it without bottomless (the sqlite3 program,"
                 " another SQLite library), so the bucket lacks that change")
