@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import bottomless
 
 
 def main() -> None:
+    """Run the demo; a bottomless error (an unreachable store, missing credentials) is one
+    line, with what to do, instead of a traceback."""
+    try:
+        demo()
+    except bottomless.BottomlessError as e:
+        sys.exit(f"demo: {e}\n(for S3, start a server first, e.g. `python -m"
+                 " bottomless.testing.seaweed`, and export the variables it prints)")
+
+
+def demo() -> None:
+    """Write, delete the file, reopen: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="file", choices=["file", "s3", "memory"])
     parser.add_argument("--bucket", default=None, help="bucket (s3) or directory (file)")

@@ -45,3 +45,22 @@ def test_webapp_survives_losing_its_file(tmp_path: Any) -> None:
     remove_db(path)
     restarted = create_app(path, settings).test_client()
     assert restarted.get("/todos").get_json() == before
+
+
+def test_the_demo_runs_and_says_in_one_line_when_the_store_cannot_be_reached(
+        tmp_path: Any) -> None:
+    demo = os.path.join(ROOT, "examples", "demo.py")
+    done = subprocess.run([sys.executable, demo, "--dir", str(tmp_path / "file")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "restored 5 rows, integrity_check: ok" in done.stdout
+    unreachable = subprocess.run(
+        [sys.executable, demo, "--backend", "s3", "--endpoint", "http://127.0.0.1:9",
+         "--dir", str(tmp_path / "s3")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LIBSQL_BOTTOMLESS_MAX_RETRIES": "0",
+             "LIBSQL_BOTTOMLESS_TIMEOUT": "2"},
+    )
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("demo: s3://demo at http://127.0.0.1:9")
+    assert "Traceback" not in unreachable.stderr
