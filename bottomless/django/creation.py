@@ -157,15 +157,15 @@ class DatabaseCreation(sqlite_creation.DatabaseCreation):  # type: ignore[misc]
         if multiprocessing.get_start_method() != "spawn":
             super().setup_worker_connection(_worker_id)
             return
-        alias = self.connection.alias
-        memory = f"file:memorydb_{alias}_{_worker_id}?mode=memory&cache=shared"
-        source = self._plain(f"{alias}_{_worker_id}.sqlite3", "&mode=ro")
+        clone = self.get_test_db_clone_settings(str(_worker_id))  # its copy: _clone_test_db's
+        memory = f"file:memorydb_{self.connection.alias}_{_worker_id}?mode=memory&cache=shared"
+        source = self._plain(clone["NAME"], "&mode=ro")
         target = self.connection.Database.connect(memory, uri=True)
         try:
             source.backup(target)
         finally:
             source.close()
-        self.connection.settings_dict.update(self.get_test_db_clone_settings(str(_worker_id)))
+        self.connection.settings_dict.update(clone)
         self.connection.settings_dict["NAME"] = memory
         self.connection.connect()  # the memory database lives while a connection holds it
         target.close()

@@ -54,7 +54,7 @@ class Refusals:
         self._refused += 1
         self.stats.error(self._last)
         now = time.monotonic()
-        kind = (type(error), re.sub(r"[0-9][0-9.]*", "#", str(error)))  # "2.9s behind" alike
+        kind = (type(error), re.sub(r"[0-9][0-9.]*", "#", self._last))  # "2.9s behind" alike
         if kind == self._kind and now - self._logged_at < REPORT_EVERY:
             self._unlogged += 1
             return error
@@ -76,10 +76,7 @@ class Refusals:
 
     def closing(self) -> None:
         """The database closes: say how many refusals were not logged, if any."""
-        if self._unlogged:
-            self.log.error("%d more commits were refused like the last one logged before the"
-                           " database closed", self._unlogged)
-            self._unlogged = 0
+        self._report_unlogged()
 
     def _report_unlogged(self) -> None:
         if self._unlogged:

@@ -45,7 +45,7 @@ class UploadFailures:
         """The uploader's turn failed (it tries again after a pause): remember why, for
         status and back-pressure, and say so; once, as an error, if retrying cannot help."""
         self._failure = error
-        self.stats.error(f"async upload failed: {error}")
+        self.stats.error(_failed(error))
         if not self.is_permanent(error):
             self.log.warning("async upload failed, will retry: %s", error)
             return
@@ -77,7 +77,7 @@ class UploadFailures:
         """An upload (or a new generation) went through: the failure is over, in
         ``last_error`` too (not a snapshot's failure since: it lasts until one succeeds)."""
         if self._failure is not None:
-            self.stats.error_over(f"async upload failed: {self._failure}")
+            self.stats.error_over(_failed(self._failure))
             self.log.info("async uploads go through again")
         self._failure = self._reported = None
 
@@ -123,3 +123,8 @@ class UploadFailures:
             raise CorruptObjectError(message, key=failure.key) from failure
         key = failure.key if isinstance(failure, ReplicaConflictError) else None
         raise ReplicaConflictError(message, db_name=self.db_name, key=key) from failure
+
+
+def _failed(error: Exception) -> str:
+    """``last_error`` for an upload that failed with ``error``."""
+    return f"async upload failed: {error}"

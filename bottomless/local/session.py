@@ -44,7 +44,6 @@ from bottomless.local.files import fsync_dir
 logger = logging.getLogger(__name__)
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-_SUFFIX = "-bottomless-session"
 #: records are padded to this size, the one older versions write without truncating the file;
 #: a clean end with its stamp's digest fits in it too (leaving them no tail to misread)
 _RECORD_SIZE = 128
@@ -106,7 +105,8 @@ class SessionMarker:
     """The session marker of one database file (see the module docstring)."""
 
     def __init__(self, db_path: str) -> None:
-        self.path = db_path + _SUFFIX
+        self.db_path = db_path
+        self.path = db_path + "-bottomless-session"
         self._fd: int | None = None
         self._pid = 0
         self._created = False
@@ -213,7 +213,7 @@ class SessionMarker:
                     return
                 if make_durable is not None:
                     make_durable()
-                stamp = file_stamp(self.path[: -len(_SUFFIX)]) if at is not None else None
+                stamp = file_stamp(self.db_path) if at is not None else None
                 self._write(fd, is_open=False, asynchronous=False,
                             left=[*at, stamp_digest(stamp)] if stamp and at else None)
         finally:
@@ -228,7 +228,7 @@ class SessionMarker:
         left = record.get("left") if record is not None and not record["open"] else None
         if at is None or not isinstance(left, list) or len(left) != 3 or left[:2] != list(at):
             return None
-        now = file_stamp(self.path[: -len(_SUFFIX)])
+        now = file_stamp(self.db_path)
         if now is not None and stamp_digest(now) == left[2]:
             return None
         what = _difference(now)
